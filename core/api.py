@@ -1,0 +1,233 @@
+"""The local chat channel: chat with Vigil over HTTP, no Telegram needed.
+
+``POST /api/chats/{chat_id}/messages`` answers with JSON holding the full
+reply, or with ``text/event-stream`` when the request asks for it. The turn
+runs as its own task, so a client that hangs up mid-stream loses nothing: the
+reply is still completed and stored. Every route needs the admin token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from core.channel import IncomingMessage, Turn, TurnResult
+from core.errors import EmptyText, InvalidChatId, TextTooLong, VigilError
+from core.http import check_admin
+
+CHAT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+LOCAL_PREFIX = "local:"
+
+router = APIRouter(prefix="/api", tags=["local chat"], dependencies=[Depends(check_admin)])
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    user: str | None = None
+    stream: bool = False
+
+
+class LocalReply:
+    """A Channel for one HTTP request: collects messages, feeds an SSE queue."""
+
+    name = "local"
+    max_message_chars = 1_000_000
+
+    def __init__(self, events: asyncio.Queue[tuple[str, Any]] | None = None) -> None:
+        self.messages: list[str] = []
+        self.events = events
+
+    def edit_interval(self, chat_id: str) -> float:
+        return 0.0
+
+    async def send(self, chat_id: str, text: str) -> str:
+        self.messages.append(text)
+        self._emit("delta", {"text": text})
+        return str(len(self.messages) - 1)
+
+    async def edit(self, chat_id: str, message_id: str, text: str) -> None:
+        index = int(message_id)
+        old = self.messages[index]
+        self.messages[index] = text
+        if text.startswith(old):
+            self._emit("delta", {"text": text[len(old) :]})
+        else:
+            self._emit("replace", {"message": index, "text": text})
+
+    async def typing(self, chat_id: str) -> None:
+        self._emit("typing", {})
+
+    def _emit(self, event: str, data: Any) -> None:
+        if self.events is not None:
+            self.events.put_nowait((event, data))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.messages)
+
+
+def local_chat_id(chat_id: str) -> str:
+    if not CHAT_ID_RE.match(chat_id):
+        raise InvalidChatId(
+            "chat id must be 1-64 characters of letters, digits, '_', '-' or '.'",
+            chat_id=chat_id[:80],
+        )
+    return LOCAL_PREFIX + chat_id
+
+
+ChatIdPath = Annotated[str, Path(description="1-64 of [A-Za-z0-9_.-]")]
+
+
+def turn_json(turn: Turn) -> dict[str, Any]:
+    return {
+        "id": turn.id,
+        "role": turn.role,
+        "content": turn.content,
+        "tokens": turn.tokens,
+        "created_at": turn.created_at,
+        "author": turn.author,
+    }
+
+
+def result_json(chat_id: str, result: TurnResult) -> dict[str, Any]:
+    return {
+        "chat_id": chat_id,
+        "reply": result.reply,
+        "user_message_id": result.user_message_id,
+        "reply_message_id": result.reply_message_id,
+        "command": result.command,
+        "error": {"code": result.error_code} if result.error_code else None,
+    }
+
+
+def _validate_text(request: Request, body: MessageIn) -> str:
+    text = body.text.strip()
+    if not text:
+        raise EmptyText("text must not be empty")
+    limit = request.app.state.vigil.settings.max_message_chars
+    if len(body.text) > limit:
+        raise TextTooLong(
+            f"text is {len(body.text)} characters; the limit is {limit} (VIGIL_MAX_MESSAGE_CHARS)",
+            limit=limit,
+        )
+    return body.text
+
+
+@router.post("/chats/{chat_id}/messages")
+async def post_message(request: Request, chat_id: ChatIdPath, body: MessageIn) -> Any:
+    runtime = request.app.state.vigil
+    full_id = local_chat_id(chat_id)
+    text = _validate_text(request, body)
+    msg = IncomingMessage(
+        chat_id=full_id,
+        text=text,
+        user_id=body.user,
+        username=body.user,
+        display_name=body.user,
+        received_at=time.time(),
+    )
+    wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    if not wants_stream:
+        reply = LocalReply()
+        result = await runtime.chat.handle(msg, reply)
+        return result_json(chat_id, result)
+    runtime.admission.check()  # refuse with 429/503 before the stream starts
+    events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    task = asyncio.ensure_future(runtime.chat.handle(msg, LocalReply(events)))
+    runtime.chat._background.add(task)
+    task.add_done_callback(runtime.chat._background.discard)
+    return StreamingResponse(
+        _sse(chat_id, task, events),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _sse(
+    chat_id: str, task: asyncio.Future[TurnResult], events: asyncio.Queue[tuple[str, Any]]
+) -> AsyncIterator[str]:
+    while True:
+        getter = asyncio.ensure_future(events.get())
+        waiters: set[asyncio.Future[Any]] = {getter, task}
+        done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            event, data = getter.result()
+            yield f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+            continue
+        getter.cancel()
+        while not events.empty():
+            event, data = events.get_nowait()
+            yield f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+        break
+    error = task.exception()
+    if isinstance(error, VigilError):
+        yield f"event: error\ndata: {json.dumps({'error': error.to_dict()})}\n\n"
+    elif error is not None:
+        payload = {"error": {"code": "internal_error", "message": "see logs/system.log"}}
+        yield f"event: error\ndata: {json.dumps(payload)}\n\n"
+    else:
+        yield f"event: done\ndata: {json.dumps(result_json(chat_id, task.result()))}\n\n"
+
+
+@router.get("/chats/{chat_id}/messages")
+async def get_messages(
+    request: Request,
+    chat_id: ChatIdPath,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1)] = None,
+    role: Annotated[str | None, Query(pattern="^(user|assistant|system)$")] = None,
+) -> dict[str, Any]:
+    memory = request.app.state.vigil.memory
+    full_id = local_chat_id(chat_id)
+    chat = await memory.chat(full_id)
+    turns = await memory.history(full_id, limit=limit, before=before, role=role)
+    return {
+        "chat_id": chat_id,
+        "message_count": chat["message_count"],
+        "messages": [turn_json(t) for t in turns],
+        "next_before": turns[-1].id if len(turns) == limit else None,
+    }
+
+
+@router.delete("/chats/{chat_id}/context")
+async def reset_context(request: Request, chat_id: ChatIdPath) -> dict[str, Any]:
+    runtime = request.app.state.vigil
+    full_id = local_chat_id(chat_id)
+    chat = await runtime.memory.chat(full_id)
+    await runtime.memory.reset(full_id)
+    return {"chat_id": chat_id, "reset": True, "history_kept": chat["message_count"]}
+
+
+@router.get("/chats")
+async def list_chats(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    chats = await request.app.state.vigil.memory.chats(limit=limit, offset=offset)
+    return {"chats": chats}
+
+
+@router.get("/search")
+async def search(
+    request: Request,
+    q: Annotated[str, Query(min_length=1, max_length=500)],
+    limit: Annotated[int, Query(ge=1, le=200)] = 20,
+) -> dict[str, Any]:
+    hits = await request.app.state.vigil.memory.search(q, limit=limit)
+    return {
+        "query": q,
+        "results": [
+            {**turn_json(h.turn), "chat_id": h.turn.chat_id, "snippet": h.snippet} for h in hits
+        ],
+    }

@@ -1,0 +1,194 @@
+"""The composition root: ``create_app`` builds Vigil and its lifespan.
+
+The lifespan opens resources in a fixed order (database -> LLM client ->
+chat pipeline -> Telegram -> monitoring) on an ``AsyncExitStack`` and closes
+them in reverse. Nothing connects or starts a task at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+
+from core import __version__, api, health
+from core.admission import AdjustableLimiter, Admission
+from core.chat import ChatService
+from core.config import Settings, load_settings
+from core.context import ContextWindowManager
+from core.database import Database
+from core.http import install_error_handlers
+from core.llm import LLMClient
+from core.memory import ChatMemory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything the routes and background loops share (``app.state.vigil``)."""
+
+    settings: Settings
+    db: Database
+    memory: ChatMemory
+    context: ContextWindowManager
+    llm: LLMClient
+    chat: ChatService
+    admission: Admission
+    limiter: AdjustableLimiter
+    admin_token: str
+    pid: int = field(default_factory=os.getpid)
+    started_at: float = field(default_factory=time.time)
+    started_monotonic: float = field(default_factory=time.monotonic)
+    telegram: Any = None
+    monitoring: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def telegram_state(self) -> str:
+        if self.telegram is None:
+            return "not_configured"
+        return str(self.telegram.state)
+
+
+def resolve_admin_token(settings: Settings) -> str:
+    """The configured token, else one generated once into ``data/admin_token``."""
+    if settings.admin_token is not None and settings.admin_token.get_secret_value():
+        return settings.admin_token.get_secret_value()
+    path: Path = settings.admin_token_file
+    if path.exists():
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    log.info("generated an admin token in %s (set VIGIL_ADMIN_TOKEN to choose one)", path)
+    return token
+
+
+async def _probe_loop(llm: LLMClient, interval: float) -> None:
+    while True:
+        try:
+            status = await llm.probe()
+            log.debug("LLM probe: %s %s", status.state, status.detail)
+        except Exception:  # loop boundary
+            log.exception("LLM probe failed")
+        await asyncio.sleep(interval)
+
+
+def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
+    memory = ChatMemory(db, cache_chats=settings.context_cache_chats)
+    context = ContextWindowManager(
+        memory,
+        system_prompt=settings.system_prompt,
+        max_messages=settings.context_max_messages,
+        max_tokens=settings.context_max_tokens,
+        summary_max_tokens=settings.context_summary_max_tokens,
+    )
+    admission = Admission()
+    limiter = AdjustableLimiter(settings.llm_concurrency)
+    chat = ChatService(
+        memory,
+        context,
+        llm,
+        admission=admission,
+        limiter=limiter,
+        queue_limit=settings.chat_queue_limit,
+    )
+    return Runtime(
+        settings=settings,
+        db=db,
+        memory=memory,
+        context=context,
+        llm=llm,
+        chat=chat,
+        admission=admission,
+        limiter=limiter,
+        admin_token=resolve_admin_token(settings),
+    )
+
+
+def make_llm(settings: Settings) -> LLMClient:
+    return LLMClient(
+        base_url=settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key,
+        timeout_s=settings.llm_timeout_s,
+        connect_timeout_s=settings.llm_connect_timeout_s,
+        max_tokens=settings.llm_max_tokens,
+        temperature=settings.llm_temperature,
+        max_retries=settings.llm_max_retries,
+    )
+
+
+# Extension points: each gets (app, runtime, stack) and may push cleanups.
+Starter = Callable[[FastAPI, Runtime, contextlib.AsyncExitStack], Any]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    telegram: Any = None,
+    llm: LLMClient | None = None,
+    starters: list[Starter] | None = None,
+) -> FastAPI:
+    """Build the FastAPI app. ``telegram``/``llm`` let tests inject fakes."""
+    settings = settings or load_settings()
+    extra_starters = list(starters or [])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            db = Database(settings.db_path)
+            await db.open()
+            stack.push_async_callback(db.close)
+            client = llm or make_llm(settings)
+            if llm is None:
+                stack.push_async_callback(client.aclose)
+            runtime = build_runtime(settings, db, client)
+            app.state.vigil = runtime
+
+            async def _status() -> str:
+                return health.status_line(await health.health_report(runtime))
+
+            runtime.chat.status_line = _status
+            stack.push_async_callback(runtime.chat.drain_background)
+            probe = asyncio.ensure_future(_probe_loop(client, settings.llm_probe_interval_s))
+            stack.callback(probe.cancel)
+            for starter in [*_default_starters(telegram), *extra_starters]:
+                result = starter(app, runtime, stack)
+                if asyncio.iscoroutine(result):
+                    await result
+            log.info(
+                "Vigil %s ready on %s (pid %d, model %s at %s, telegram %s)",
+                __version__,
+                settings.base_url,
+                runtime.pid,
+                client.model,
+                client.base_url,
+                runtime.telegram_state(),
+            )
+            yield
+            log.info("Vigil shutting down")
+
+    app = FastAPI(title="Vigil", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(api.router)
+    return app
+
+
+def _default_starters(telegram: Any) -> list[Starter]:
+    """Telegram and monitoring plug in here (their issues)."""
+    return []

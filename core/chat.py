@@ -1,0 +1,229 @@
+"""ChatService: one chat turn, from incoming message to stored reply.
+
+The pipeline speaks only to a ``Channel``. One turn at a time per chat (a
+second message waits its turn, never lost), a global limit on concurrent LLM
+calls, commands on every channel. The user message is committed before the
+reply starts; a model failure becomes one short clear reply, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from core.admission import AdjustableLimiter, Admission
+from core.channel import Channel, IncomingMessage, TurnResult
+from core.context import ContextWindowManager
+from core.errors import Busy, LLMError
+from core.llm import LLMClient
+from core.memory import ChatMemory
+from core.streaming import StreamingOptimizer
+
+log = logging.getLogger(__name__)
+
+CommandHandler = Callable[[IncomingMessage, Channel, str], Awaitable[str]]
+HELP_TEXT = (
+    "I'm Vigil, an AI assistant. Just write to me.\n"
+    "/help — this text\n"
+    "/reset — forget this chat's context (history is kept)\n"
+    "/status — server health in one line\n"
+    "/summary — what I remember of earlier parts of this chat"
+)
+
+
+@dataclass
+class _ChatSlot:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
+@dataclass
+class TurnStats:
+    turns: int = 0
+    failed: int = 0
+    commands: int = 0
+    rejected: int = 0
+    last_latency_s: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+
+    def record(self, seconds: float) -> None:
+        self.last_latency_s = seconds
+        self.latencies.append(seconds)
+        if len(self.latencies) > 512:
+            del self.latencies[:256]
+
+
+class ChatService:
+    """Handles every incoming message of every channel."""
+
+    def __init__(
+        self,
+        memory: ChatMemory,
+        context: ContextWindowManager,
+        llm: LLMClient,
+        *,
+        admission: Admission,
+        limiter: AdjustableLimiter,
+        queue_limit: int = 20,
+        status_line: Callable[[], Awaitable[str]] | None = None,
+    ) -> None:
+        self.memory = memory
+        self.context = context
+        self.llm = llm
+        self.admission = admission
+        self.limiter = limiter
+        self.queue_limit = queue_limit
+        self.status_line = status_line
+        self.stats = TurnStats()
+        self._slots: dict[str, _ChatSlot] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.commands: dict[str, CommandHandler] = {
+            "start": self._cmd_help,
+            "help": self._cmd_help,
+            "reset": self._cmd_reset,
+            "status": self._cmd_status,
+            "summary": self._cmd_summary,
+        }
+        self.help_text = HELP_TEXT
+
+    # --- entry point ------------------------------------------------------------
+    async def handle(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
+        command, args = parse_command(msg.text)
+        if command is not None:
+            return await self._run_command(command, args, msg, channel)
+        self.admission.check()
+        slot = self._slots.setdefault(msg.chat_id, _ChatSlot())
+        if slot.users >= self.queue_limit:
+            self.stats.rejected += 1
+            raise Busy(
+                f"too many messages waiting in this chat (limit {self.queue_limit})",
+                retry_after=5,
+            )
+        slot.users += 1
+        try:
+            async with slot.lock:
+                with self.admission.turn():
+                    return await self._turn(msg, channel)
+        finally:
+            slot.users -= 1
+            if slot.users == 0:
+                self._slots.pop(msg.chat_id, None)
+
+    def pending(self, chat_id: str) -> int:
+        slot = self._slots.get(chat_id)
+        return slot.users if slot else 0
+
+    # --- one turn ---------------------------------------------------------------
+    async def _turn(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
+        started = time.monotonic()
+        author = msg.display_name if msg.is_group else None
+        user_turn = await self.memory.append(
+            msg.chat_id, "user", msg.text, author=author, external_id=msg.external_id
+        )
+        streamer = StreamingOptimizer(channel, msg.chat_id)
+        await streamer.start()
+        prompt = await self.context.build(msg.chat_id)
+        try:
+            async with self.limiter.slot():
+                async for delta in self.llm.stream(prompt.messages):
+                    await streamer.push(delta)
+        except LLMError as exc:
+            self.stats.failed += 1
+            log.warning("chat %s: model failed: %s", msg.chat_id, exc.code)
+            ids = await streamer.finish(f"⚠️ {exc.message}")
+            return TurnResult(
+                msg.chat_id,
+                streamer.text,
+                user_turn.id,
+                None,
+                error_code=exc.code,
+                sent_ids=tuple(ids),
+            )
+        ids = await streamer.finish()
+        reply = await self.memory.append(msg.chat_id, "assistant", streamer.text)
+        self.stats.turns += 1
+        self.stats.record(time.monotonic() - started)
+        if prompt.folded:
+            self._spawn(self._refine(msg.chat_id))
+        log.info(
+            "chat %s: turn done in %.2f s (%d prompt tokens, %d chars)",
+            msg.chat_id,
+            time.monotonic() - started,
+            prompt.tokens,
+            len(streamer.text),
+        )
+        return TurnResult(msg.chat_id, streamer.text, user_turn.id, reply.id, sent_ids=tuple(ids))
+
+    async def _refine(self, chat_id: str) -> None:
+        if self.llm.status.state != "ok":
+            return  # the extractive summary stays until a model answers
+        try:
+            async with self.limiter.slot():
+                await self.context.refine(chat_id, self.llm.summarize)
+        except Exception:  # a loop boundary: a failed refinement keeps the fallback
+            log.warning("chat %s: summary refinement failed", chat_id, exc_info=True)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain_background(self, timeout: float = 5.0) -> None:
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout)
+
+    # --- commands ----------------------------------------------------------------
+    async def _run_command(
+        self, command: str, args: str, msg: IncomingMessage, channel: Channel
+    ) -> TurnResult:
+        handler = self.commands.get(command)
+        self.stats.commands += 1
+        if handler is None:
+            text = f"Unknown command /{command}. Send /help for the list."
+        else:
+            text = await handler(msg, channel, args)
+        ids: tuple[str, ...] = ()
+        if text:
+            ids = (await channel.send(msg.chat_id, text),)
+        return TurnResult(msg.chat_id, text, command=command, sent_ids=ids)
+
+    async def _cmd_help(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        return self.help_text
+
+    async def _cmd_reset(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        slot = self._slots.get(msg.chat_id)
+        if slot is not None and slot.lock.locked():
+            async with slot.lock:
+                await self.memory.reset(msg.chat_id)
+        else:
+            await self.memory.reset(msg.chat_id)
+        return "Context cleared. I've forgotten this conversation (its history is still stored)."
+
+    async def _cmd_status(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        if self.status_line is None:
+            return "Vigil is running."
+        return await self.status_line()
+
+    async def _cmd_summary(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        window = await self.memory.window(msg.chat_id)
+        if not window.summary:
+            return (
+                f"Nothing folded into a summary yet; {len(window.turns)} recent messages are "
+                "in my context."
+            )
+        return "What I remember of earlier in this chat:\n" + window.summary
+
+
+def parse_command(text: str) -> tuple[str | None, str]:
+    """``"/reset@MyBot now"`` -> ``("reset", "now")``; plain text -> ``(None, text)``."""
+    stripped = text.strip()
+    if not stripped.startswith("/") or len(stripped) < 2:
+        return None, text
+    head, _, rest = stripped.partition(" ")
+    name = head[1:].split("@", 1)[0].lower()
+    if not name.replace("_", "").isalnum():
+        return None, text
+    return name, rest.strip()

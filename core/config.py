@@ -1,0 +1,340 @@
+"""Vigil's one Settings object.
+
+Every setting is an environment variable with the ``VIGIL_`` prefix, may be
+given in an optional ``.env`` file or in a JSON/TOML config file named by
+``VIGIL_CONFIG_FILE``; precedence is env > .env > config file > defaults.
+Only entry points build ``Settings`` (see :func:`load_settings`); everything
+else receives it. Every field is documented in ``docs/configuration.md`` (a
+test enforces that).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "VIGIL_"
+_SCHEDULE_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_SERVER_RE = re.compile(r"^(\d{1,3})@([^:@\s]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
+
+
+class ConfigError(Exception):
+    """A setting has a bad value; ``str()`` is one line naming the variable."""
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Reads the JSON or TOML file named by ``VIGIL_CONFIG_FILE``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | None) -> None:
+        super().__init__(settings_cls)
+        self._data = _read_config_file(path) if path else {}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        known = set(self.settings_cls.model_fields)
+        unknown = sorted(set(self._data) - known)
+        if unknown:
+            raise ConfigError(
+                f"VIGIL_CONFIG_FILE: unknown setting(s) {', '.join(unknown)} "
+                "(see docs/configuration.md)"
+            )
+        return dict(self._data)
+
+
+def _read_config_file(path: str) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"VIGIL_CONFIG_FILE: cannot read {path}: {exc.strerror}") from exc
+    try:
+        if file.suffix.lower() == ".toml":
+            data: Any = tomllib.loads(raw.decode("utf-8"))
+        else:
+            data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"VIGIL_CONFIG_FILE: {path} is not valid JSON/TOML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"VIGIL_CONFIG_FILE: {path} must hold a table/object of settings")
+    # Accept both "port" and "VIGIL_PORT" spellings in the file.
+    return {
+        (k[len(ENV_PREFIX) :] if k.upper().startswith(ENV_PREFIX) else k).lower(): v
+        for k, v in data.items()
+    }
+
+
+class Settings(BaseSettings):
+    """All of Vigil's configuration. Field ``x`` is env var ``VIGIL_X``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- server -------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=9000, ge=1, le=65535)
+    data_dir: Path = Path("data")
+    logs_dir: Path = Path("logs")
+    admin_token: SecretStr | None = None
+    config_file: Path | None = None
+    log_level: str = "INFO"
+    log_json: bool = False
+    max_message_chars: int = Field(default=16000, ge=1, le=1_000_000)
+    chat_queue_limit: int = Field(default=20, ge=1)
+    debug_hooks: bool = False
+
+    # --- LLM ----------------------------------------------------------------
+    llm_base_url: str = "http://127.0.0.1:11434/v1"
+    llm_model: str = "llama3.2"
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = Field(default=60.0, gt=0)
+    llm_connect_timeout_s: float = Field(default=5.0, gt=0)
+    llm_max_tokens: int = Field(default=1024, ge=1)
+    llm_temperature: float = Field(default=0.7, ge=0, le=2)
+    llm_max_retries: int = Field(default=2, ge=0, le=10)
+    llm_concurrency: int = Field(default=4, ge=1, le=256)
+    llm_probe_interval_s: float = Field(default=30.0, gt=0)
+    system_prompt: str = "You are Vigil, a helpful assistant. Answer concisely."
+
+    # --- context ------------------------------------------------------------
+    context_max_messages: int = Field(default=100, ge=2)
+    context_max_tokens: int = Field(default=6000, ge=64)
+    context_summary_max_tokens: int = Field(default=800, ge=16)
+    context_cache_chats: int = Field(default=1000, ge=1)
+
+    # --- Telegram -----------------------------------------------------------
+    telegram_api_id: int | None = None
+    telegram_api_hash: SecretStr | None = None
+    telegram_bot_token: SecretStr | None = None
+    telegram_admin_id: int | None = None
+    telegram_allowed_users: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    telegram_edit_interval_private_s: float = Field(default=1.5, gt=0)
+    telegram_edit_interval_group_s: float = Field(default=3.0, gt=0)
+    telegram_global_edits_per_s: float = Field(default=20.0, gt=0)
+    telegram_paste_debounce_s: float = Field(default=0.8, ge=0)
+    telegram_probe_interval_s: float = Field(default=60.0, gt=0)
+    telegram_server: str | None = None
+    telegram_server_key: Path | None = None
+    telegram_test_mode: bool = False
+
+    # --- governor (monitoring/) ----------------------------------------------
+    governor_enabled: bool = True
+    governor_sample_interval_s: float = Field(default=5.0, gt=0)
+    governor_health_check_interval_s: float = Field(default=30.0, gt=0)
+    governor_optimize_interval_s: float = Field(default=60.0, gt=0)
+    governor_cleanup_interval_s: float = Field(default=300.0, gt=0)
+    governor_sustain_s: float = Field(default=60.0, ge=0)
+    governor_clear_hold_s: float = Field(default=120.0, ge=0)
+    governor_history_s: float = Field(default=3600.0, gt=0)
+    governor_memory_limit_mb: float | None = Field(default=None, gt=0)
+    governor_cleanup_mb: float = Field(default=600.0, gt=0)
+    governor_high_mb: float = Field(default=800.0, gt=0)
+    governor_restart_mb: float = Field(default=900.0, gt=0)
+    governor_hard_restart_mb: float = Field(default=1000.0, gt=0)
+    governor_throttle_cpu_percent: float = Field(default=85.0, gt=0, le=100)
+    governor_cpu_ceiling_percent: float = Field(default=80.0, gt=0, le=100)
+    governor_max_sessions: int = Field(default=100, ge=1)
+    governor_session_idle_s: float = Field(default=86400.0, gt=0)
+    governor_cleanup_cooldown_s: float = Field(default=120.0, ge=0)
+    alert_webhook_url: str | None = None
+
+    # --- supervisor / restarts ---------------------------------------------
+    restart_grace_s: float = Field(default=300.0, ge=0)
+    restart_schedule: str | None = None
+    restart_schedule_max_postpone_s: float = Field(default=3600.0, ge=0)
+    supervisor_backoff_initial_s: float = Field(default=1.0, gt=0)
+    supervisor_backoff_max_s: float = Field(default=60.0, gt=0)
+    supervisor_backoff_reset_s: float = Field(default=600.0, gt=0)
+    supervisor_flap_max: int = Field(default=5, ge=1)
+    supervisor_flap_window_s: float = Field(default=300.0, gt=0)
+    supervisor_watchdog_timeout_s: float = Field(default=30.0, gt=0)
+    supervisor_stop_timeout_s: float = Field(default=10.0, gt=0)
+
+    # --- tasks / backups ----------------------------------------------------
+    huey_redis_url: str | None = None
+    backup_keep_hourly: int = Field(default=24, ge=0)
+    backup_keep_daily: int = Field(default=7, ge=0)
+    backup_keep_weekly: int = Field(default=4, ge=0)
+    backup_keep_monthly: int = Field(default=12, ge=0)
+    message_retention_days: int | None = Field(default=None, ge=1)
+    task_retention_days: int = Field(default=7, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = os.environ.get(ENV_PREFIX + "CONFIG_FILE")
+        init = init_settings()
+        if init.get("config_file"):
+            path = str(init["config_file"])
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            _ConfigFileSource(settings_cls, path),
+        )
+
+    # --- validation -------------------------------------------------------------
+    @field_validator("telegram_allowed_users", mode="before")
+    @classmethod
+    def _split_users(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434/v1")
+        return value.rstrip("/")
+
+    @field_validator("alert_webhook_url")
+    @classmethod
+    def _check_webhook(cls, value: str | None) -> str | None:
+        if value and not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL")
+        return value or None
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("restart_schedule")
+    @classmethod
+    def _check_schedule(cls, value: str | None) -> str | None:
+        if value and not _SCHEDULE_RE.match(value):
+            raise ValueError("must be a daily time HH:MM such as 04:00")
+        return value or None
+
+    @field_validator("telegram_server")
+    @classmethod
+    def _check_server(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        match = _SERVER_RE.match(value.strip())
+        if not match or not 0 < int(match.group(3)) < 65536:
+            raise ValueError("must be DC_ID@HOST:PORT such as 2@149.154.167.40:443")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _check_thresholds(self) -> Settings:
+        ladder = [
+            ("governor_cleanup_mb", self.governor_cleanup_mb),
+            ("governor_high_mb", self.governor_high_mb),
+            ("governor_restart_mb", self.governor_restart_mb),
+            ("governor_hard_restart_mb", self.governor_hard_restart_mb),
+        ]
+        for (low_name, low), (high_name, high) in itertools.pairwise(ladder):
+            if low > high:
+                raise ValueError(
+                    f"VIGIL_{low_name.upper()} ({low:g}) must not exceed "
+                    f"VIGIL_{high_name.upper()} ({high:g})"
+                )
+        if self.supervisor_backoff_initial_s > self.supervisor_backoff_max_s:
+            raise ValueError(
+                "VIGIL_SUPERVISOR_BACKOFF_INITIAL_S must not exceed VIGIL_SUPERVISOR_BACKOFF_MAX_S"
+            )
+        return self
+
+    # --- derived paths --------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "system.db"
+
+    @property
+    def tasks_db_path(self) -> Path:
+        return self.data_dir / "tasks.db"
+
+    @property
+    def session_path(self) -> Path:
+        return self.data_dir / "telegram.session"
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.data_dir / "backups"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "vigil.pid"
+
+    @property
+    def admin_token_file(self) -> Path:
+        return self.data_dir / "admin_token"
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def telegram_configured(self) -> bool:
+        return bool(self.telegram_api_id and self.telegram_api_hash)
+
+    def secrets(self) -> list[str]:
+        """Secret values that must never reach a log line."""
+        values = [
+            self.admin_token,
+            self.llm_api_key,
+            self.telegram_api_hash,
+            self.telegram_bot_token,
+        ]
+        return [v.get_secret_value() for v in values if v and v.get_secret_value()]
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if part != "__root__"]
+    message = str(error.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if not loc:
+        return message
+    name = ENV_PREFIX + loc[0].upper()
+    value = error.get("input")
+    shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
+    if any(word in loc[0] for word in ("token", "key", "hash")):
+        shown = ""
+    return f"{name}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build Settings for an entry point; raises ConfigError with one line."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(_describe(dict(first)) + suffix) from None
+    except ConfigError:
+        raise
+    except ValueError as exc:  # e.g. a malformed .env or complex env value
+        raise ConfigError(f"configuration error: {exc}") from None

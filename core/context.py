@@ -1,0 +1,177 @@
+"""ContextWindowManager: what the model sees of a chat.
+
+prompt = system prompt + running summary + newest turns, within both the
+message limit and the token budget. Turns that fall out are folded into the
+chat's stored running summary at once with an extractive fallback (no model
+call on the reply path); when a model answers, ``refine`` later rewrites that
+summary with the model. The newest user turn is always included.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from core.channel import Turn
+from core.memory import ChatMemory, ChatWindow
+
+log = logging.getLogger(__name__)
+
+MESSAGE_OVERHEAD_TOKENS = 4
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s")
+
+Summarizer = Callable[[str], Awaitable[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    messages: list[dict[str, str]]
+    turns: tuple[Turn, ...]
+    summary: str
+    tokens: int
+    folded: int
+
+
+def plan_window(
+    turns: Sequence[Turn], *, max_messages: int, max_tokens: int
+) -> tuple[list[Turn], list[Turn]]:
+    """Split turns (oldest first) into (fold, keep) — a pure decision.
+
+    Keeps the newest turns while both limits hold; the newest turn is always
+    kept. Kept turns never start with an assistant turn whose user turn was
+    folded (the model would see an answer without its question).
+    """
+    keep: list[Turn] = []
+    used = 0
+    for turn in reversed(turns):
+        cost = turn.tokens + MESSAGE_OVERHEAD_TOKENS
+        if keep and (len(keep) >= max_messages or used + cost > max_tokens):
+            break
+        keep.append(turn)
+        used += cost
+    keep.reverse()
+    while len(keep) > 1 and keep[0].role == "assistant":
+        keep.pop(0)
+    cut = len(turns) - len(keep)
+    return list(turns[:cut]), keep
+
+
+def _first_sentence(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    head = _SENTENCE_END.split(flat, maxsplit=1)[0]
+    return head if len(head) <= limit else head[: limit - 1].rstrip() + "…"
+
+
+def extractive_summary(
+    previous: str, folded: Sequence[Turn], *, max_tokens: int, estimate: Callable[[str], int]
+) -> str:
+    """Append one line per folded turn; keep the newest lines within budget."""
+    lines = [line for line in previous.splitlines() if line.strip()]
+    for turn in folded:
+        who = turn.author or turn.role
+        lines.append(f"- {who}: {_first_sentence(turn.content)}")
+    while len(lines) > 1 and estimate("\n".join(lines)) > max_tokens:
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+class ContextWindowManager:
+    """Builds prompts for ChatService and keeps windows within their limits."""
+
+    def __init__(
+        self,
+        memory: ChatMemory,
+        *,
+        system_prompt: str,
+        max_messages: int = 100,
+        max_tokens: int = 6000,
+        summary_max_tokens: int = 800,
+    ) -> None:
+        self.memory = memory
+        self.system_prompt = system_prompt
+        self.max_messages = max_messages
+        self.max_tokens = max_tokens
+        self.summary_max_tokens = summary_max_tokens
+        self.folds = 0
+        self.refines = 0
+
+    def _budget(self, window: ChatWindow) -> int:
+        fixed = self.memory.estimate(self.system_prompt) + self.memory.estimate(window.summary)
+        return max(
+            MESSAGE_OVERHEAD_TOKENS * 2, self.max_tokens - fixed - 2 * MESSAGE_OVERHEAD_TOKENS
+        )
+
+    async def build(self, chat_id: str) -> Prompt:
+        """The prompt for the chat's next reply; folds what no longer fits."""
+        window = await self.memory.window(chat_id)
+        fold, keep = plan_window(
+            window.turns, max_messages=self.max_messages, max_tokens=self._budget(window)
+        )
+        if fold:
+            await self._fold(window, fold)
+            # The summary grew: re-plan once against the smaller budget.
+            more, keep = plan_window(
+                keep, max_messages=self.max_messages, max_tokens=self._budget(window)
+            )
+            if more:
+                await self._fold(window, more)
+        return self._render(window, keep, folded=len(fold))
+
+    async def _fold(self, window: ChatWindow, turns: Sequence[Turn]) -> None:
+        summary = extractive_summary(
+            window.summary,
+            turns,
+            max_tokens=self.summary_max_tokens,
+            estimate=self.memory.estimate,
+        )
+        await self.memory.fold(window.chat_id, upto_id=turns[-1].id, summary=summary)
+        self.folds += 1
+        log.info("chat %s: folded %d turns into the summary", window.chat_id, len(turns))
+
+    def _render(self, window: ChatWindow, keep: Sequence[Turn], *, folded: int) -> Prompt:
+        system = self.system_prompt
+        if window.summary:
+            system += "\n\nSummary of the earlier conversation:\n" + window.summary
+        messages = [{"role": "system", "content": system}]
+        for turn in keep:
+            content = turn.content
+            if turn.author and turn.role == "user":
+                content = f"{turn.author}: {content}"
+            messages.append({"role": turn.role, "content": content})
+        tokens = sum(self.memory.estimate(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages)
+        return Prompt(messages, tuple(keep), window.summary, tokens, folded)
+
+    async def prune(self, chat_id: str) -> int:
+        """Fold whatever exceeds the limits now (the governor's optimisation)."""
+        window = await self.memory.window(chat_id)
+        fold, _ = plan_window(
+            window.turns, max_messages=self.max_messages, max_tokens=self._budget(window)
+        )
+        if fold:
+            await self._fold(window, fold)
+        return len(fold)
+
+    async def refine(self, chat_id: str, summarize: Summarizer) -> bool:
+        """Rewrite the chat's extractive summary with the model, if still current."""
+        window = await self.memory.window(chat_id)
+        if not window.summary:
+            return False
+        upto = window.summary_upto_id
+        request = (
+            "Condense these notes of an earlier conversation into a short summary that keeps "
+            "names, facts, decisions and open questions. Reply with the summary only.\n\n"
+            + window.summary
+        )
+        better = (await summarize(request)).strip()
+        if not better:
+            return False
+        if self.memory.estimate(better) > self.summary_max_tokens:
+            return False
+        changed = await self.memory.replace_summary(chat_id, upto_id=upto, summary=better)
+        self.refines += int(changed)
+        return changed
+
+    def summary_text(self, window: ChatWindow) -> str:
+        return window.summary

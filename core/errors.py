@@ -1,0 +1,124 @@
+"""Vigil's own error hierarchy.
+
+Each error has a stable ``code`` (part of the API), an HTTP ``status`` and
+optional fields; one exception handler in ``core/http.py`` turns any of them
+into a JSON body ``{"error": {"code", "message", ...fields}}``. Foreign errors
+(httpx, telethon, sqlite3) are translated into these at the edge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class VigilError(Exception):
+    """Base of every error Vigil raises on purpose."""
+
+    code = "vigil_error"
+    status = 500
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.fields}
+
+
+class BadRequest(VigilError):
+    code = "bad_request"
+    status = 400
+
+
+class InvalidChatId(BadRequest):
+    code = "invalid_chat_id"
+
+
+class EmptyText(BadRequest):
+    code = "text_empty"
+
+
+class TextTooLong(BadRequest):
+    code = "text_too_long"
+    status = 413
+
+
+class NotFound(VigilError):
+    code = "not_found"
+    status = 404
+
+
+class Unauthorized(VigilError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(VigilError):
+    code = "forbidden"
+    status = 403
+
+
+class Busy(VigilError):
+    """Too much work right now; carries ``retry_after`` seconds."""
+
+    code = "busy"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float, **fields: Any) -> None:
+        super().__init__(message, retry_after=round(retry_after, 1), **fields)
+        self.retry_after = retry_after
+
+
+class Draining(Busy):
+    """The server is restarting or stopping; new turns are refused."""
+
+    code = "restarting"
+    status = 503
+
+
+class StorageError(VigilError):
+    code = "storage_error"
+    status = 503
+
+
+class StorageFull(StorageError):
+    code = "disk_full"
+
+
+class LLMError(VigilError):
+    """The language model could not answer; ``message`` is fit for a chatter."""
+
+    code = "llm_error"
+    status = 502
+
+
+class LLMUnavailable(LLMError):
+    code = "llm_unavailable"
+
+
+class LLMTimeout(LLMError):
+    code = "llm_timeout"
+    status = 504
+
+
+class LLMBadResponse(LLMError):
+    code = "llm_bad_response"
+
+
+class RateLimited(VigilError):
+    """A remote (Telegram) asked us to wait ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: float, **fields: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **fields)
+        self.retry_after = retry_after
+
+
+class ChannelError(VigilError):
+    """A channel (Telegram, local) failed to deliver; message is for logs."""
+
+    code = "channel_error"
+    status = 502

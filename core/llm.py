@@ -1,0 +1,307 @@
+"""LLM client for any OpenAI-compatible ``/chat/completions`` endpoint.
+
+The only module that speaks HTTP to the model. It streams with SSE, retries
+connection errors, 429 and 5xx *before the first token* with backoff (honouring
+Retry-After), and turns every httpx/JSON failure into ``LLMUnavailable``,
+``LLMTimeout`` or ``LLMBadResponse`` whose message is fit to show a chatter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from core.errors import LLMBadResponse, LLMError, LLMTimeout, LLMUnavailable
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+FIX_HINT = (
+    "Set VIGIL_LLM_BASE_URL to an OpenAI-compatible endpoint (for example a local Ollama at "
+    "http://127.0.0.1:11434/v1) and VIGIL_LLM_MODEL to a model it serves."
+)
+
+
+@dataclass(slots=True)
+class LLMStatus:
+    state: str = "unknown"  # unknown | ok | unreachable | error
+    detail: str = ""
+    checked_at: float = 0.0
+    latency_ms: float | None = None
+
+
+class LLMClient:
+    """Streams chat completions; one instance per process, closed by the lifespan."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: SecretStr | None = None,
+        timeout_s: float = 60.0,
+        connect_timeout_s: float = 5.0,
+        max_tokens: int = 1024,
+        temperature: float = 0.7,
+        max_retries: int = 2,
+        backoff_s: float = 0.5,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.max_retries = max_retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        headers = {"Accept": "text/event-stream"}
+        if api_key is not None and api_key.get_secret_value():
+            headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+            headers=headers,
+            transport=transport,
+        )
+        self.status = LLMStatus()
+        self.requests = 0
+        self.failures = 0
+        self.retries = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    # --- streaming ---------------------------------------------------------
+    async def stream(
+        self, messages: list[dict[str, str]], *, max_tokens: int | None = None
+    ) -> AsyncIterator[str]:
+        """Yield text deltas of the model's answer; raises LLMError subclasses."""
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "stream": True,
+            "max_tokens": max_tokens or self.max_tokens,
+            "temperature": self.temperature,
+        }
+        url = f"{self.base_url}/chat/completions"
+        self.requests += 1
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            try:
+                async with self._client.stream("POST", url, json=payload) as response:
+                    if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                        await response.aread()
+                        attempt += 1
+                        await self._backoff(attempt, response)
+                        continue
+                    if response.status_code >= 400:
+                        body = (await response.aread()).decode("utf-8", "replace")
+                        raise self._http_error(response.status_code, body)
+                    async for delta in self._deltas(response):
+                        yield delta
+                self._mark("ok", "", started)
+                return
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                if attempt < self.max_retries:
+                    attempt += 1
+                    await self._backoff(attempt, None)
+                    continue
+                self._fail("unreachable", str(exc) or type(exc).__name__)
+                raise LLMUnavailable(
+                    f"The language model is not reachable at {self.base_url} "
+                    f"({_reason(exc)}). {FIX_HINT}",
+                    url=self.base_url,
+                ) from exc
+            except httpx.TimeoutException as exc:
+                self._fail("error", "timeout")
+                raise LLMTimeout(
+                    f"The language model at {self.base_url} stopped answering for "
+                    f"{self.timeout_s:g} s. Try again, or raise VIGIL_LLM_TIMEOUT_S.",
+                    url=self.base_url,
+                ) from exc
+            except httpx.HTTPError as exc:
+                self._fail("error", str(exc))
+                raise LLMUnavailable(
+                    f"The connection to the language model at {self.base_url} failed "
+                    f"({_reason(exc)}). Try again in a moment.",
+                    url=self.base_url,
+                ) from exc
+            except LLMError as exc:
+                self._fail(
+                    "unreachable" if isinstance(exc, LLMUnavailable) else "error", exc.message
+                )
+                raise
+
+    async def _deltas(self, response: httpx.Response) -> AsyncIterator[str]:
+        ctype = response.headers.get("content-type", "")
+        if "application/json" in ctype:  # a server that ignored stream=true
+            body = await response.aread()
+            yield _content_of(_loads(body.decode("utf-8", "replace")), streaming=False)
+            return
+        got_any = False
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            chunk = _loads(data)
+            if isinstance(chunk, dict) and "error" in chunk:
+                raise LLMBadResponse(
+                    f"The language model at {self.base_url} reported an error: "
+                    f"{_error_text(chunk['error'])}",
+                    url=self.base_url,
+                )
+            delta = _content_of(chunk, streaming=True)
+            if delta:
+                got_any = True
+                yield delta
+        if not got_any:
+            raise LLMBadResponse(
+                f"The language model at {self.base_url} sent an empty answer. "
+                f"Check that VIGIL_LLM_MODEL ({self.model}) is a chat model.",
+                url=self.base_url,
+            )
+
+    async def complete(
+        self, messages: list[dict[str, str]], *, max_tokens: int | None = None
+    ) -> str:
+        """The whole answer as one string (summaries, probes)."""
+        parts = [delta async for delta in self.stream(messages, max_tokens=max_tokens)]
+        return "".join(parts)
+
+    async def summarize(self, request: str) -> str:
+        return await self.complete([{"role": "user", "content": request}], max_tokens=400)
+
+    # --- health -------------------------------------------------------------------
+    async def probe(self, *, timeout_s: float = 3.0) -> LLMStatus:
+        """Cheap reachability check: ``GET {base_url}/models``."""
+        started = time.monotonic()
+        try:
+            response = await self._client.get(f"{self.base_url}/models", timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            self._fail("unreachable", _reason(exc))
+            return self.status
+        if response.status_code in (401, 403):
+            self._fail("error", "the API key was rejected; set VIGIL_LLM_API_KEY")
+        elif response.status_code >= 500:
+            self._fail("error", f"HTTP {response.status_code}")
+        else:  # 2xx, or a 404 from servers without /models: reachable either way
+            self._mark("ok", "", started)
+        return self.status
+
+    def _mark(self, state: str, detail: str, started: float) -> None:
+        self.status = LLMStatus(
+            state, detail, time.time(), round((time.monotonic() - started) * 1000, 1)
+        )
+
+    def _fail(self, state: str, detail: str) -> None:
+        self.failures += 1
+        self.status = LLMStatus(state, detail, time.time(), None)
+
+    async def _backoff(self, attempt: int, response: httpx.Response | None) -> None:
+        self.retries += 1
+        delay = self.backoff_s * (2 ** (attempt - 1))
+        if response is not None:
+            retry_after = response.headers.get("retry-after", "")
+            if retry_after.replace(".", "", 1).isdigit():
+                delay = min(float(retry_after), 30.0)
+        log.warning("LLM request failed (attempt %d), retrying in %.1f s", attempt, delay)
+        await asyncio.sleep(delay)
+
+    def _http_error(self, status: int, body: str) -> LLMError:
+        detail = _error_text(_safe_json(body)) or body[:200]
+        if status in (401, 403):
+            return LLMUnavailable(
+                f"The language model at {self.base_url} rejected the API key (HTTP {status}). "
+                "Set VIGIL_LLM_API_KEY.",
+                url=self.base_url,
+                http_status=status,
+            )
+        if status == 404:
+            return LLMUnavailable(
+                f"The language model at {self.base_url} does not know model '{self.model}' or "
+                f"the URL is wrong (HTTP 404: {detail}). Check VIGIL_LLM_MODEL and that "
+                "VIGIL_LLM_BASE_URL ends in /v1.",
+                url=self.base_url,
+                http_status=status,
+            )
+        if status in RETRY_STATUSES:
+            return LLMUnavailable(
+                f"The language model at {self.base_url} is failing (HTTP {status}: {detail}). "
+                "Try again in a moment.",
+                url=self.base_url,
+                http_status=status,
+            )
+        return LLMBadResponse(
+            f"The language model at {self.base_url} refused the request (HTTP {status}: {detail}).",
+            url=self.base_url,
+            http_status=status,
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    chain: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 5:
+        chain.append(str(cause).lower())
+        cause = cause.__cause__ or cause.__context__
+    if any("refused" in t or "errno 111" in t for t in chain):
+        return "connection refused"
+    if any("name or service not known" in t or "nodename nor servname" in t for t in chain):
+        return "unknown host"
+    text = str(exc)
+    if isinstance(exc, httpx.ConnectTimeout):
+        return "connect timeout"
+    return text[:120] or type(exc).__name__
+
+
+def _loads(data: str) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise LLMBadResponse(
+            "The language model sent a response Vigil could not read (malformed JSON in the "
+            "stream). Check that VIGIL_LLM_BASE_URL points at an OpenAI-compatible API."
+        ) from exc
+
+
+def _safe_json(body: str) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _error_text(error: Any) -> str:
+    if isinstance(error, dict):
+        inner = error.get("error", error)
+        if isinstance(inner, dict):
+            return str(inner.get("message", ""))[:200]
+        return str(inner)[:200]
+    return "" if error is None else str(error)[:200]
+
+
+def _content_of(chunk: Any, *, streaming: bool) -> str:
+    try:
+        choice = chunk["choices"][0]
+        part = choice["delta"] if streaming else choice["message"]
+        content = part.get("content") or ""
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        if streaming and isinstance(chunk, dict) and chunk.get("choices") == []:
+            return ""  # usage-only chunks
+        raise LLMBadResponse(
+            "The language model sent a response without the OpenAI 'choices' field. Check that "
+            "VIGIL_LLM_BASE_URL points at an OpenAI-compatible API."
+        ) from exc
+    if not isinstance(content, str):
+        raise LLMBadResponse("The language model sent non-text content.")
+    return content

@@ -1,0 +1,110 @@
+"""Logging, configured once by an entry point.
+
+``logs/system.log`` gets everything; ``logs/telegram.log`` and
+``logs/tasks.log`` get their own subsystems too. Files rotate at 10 MB x 3.
+Seed 003's format, or JSON lines with ``VIGIL_LOG_JSON``. A filter replaces
+every configured secret with ``***`` before any handler sees the record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
+MAX_BYTES = 10 * 1024 * 1024
+BACKUPS = 3
+SUBSYSTEM_FILES = {
+    "telegram.log": ("core.telegram", "telethon"),
+    "tasks.log": ("tasks", "huey"),
+}
+
+
+class RedactSecrets(logging.Filter):
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if len(s) >= 4]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        message = record.getMessage()
+        if any(s in message for s in self.secrets):
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, ()
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if any(s in text for s in self.secrets):
+                for secret in self.secrets:
+                    text = text.replace(secret, "***")
+                record.exc_info, record.exc_text = None, text
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        body = {
+            "timestamp": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        if record.exc_info:
+            body["exc_info"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            body["exc_info"] = record.exc_text
+        return json.dumps(body, ensure_ascii=False)
+
+
+def _file_handler(path: Path, formatter: logging.Formatter) -> logging.Handler:
+    handler = logging.handlers.RotatingFileHandler(
+        path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
+    )
+    handler.setFormatter(formatter)
+    return handler
+
+
+def setup_logging(
+    logs_dir: Path,
+    *,
+    level: str = "INFO",
+    secrets: list[str] | None = None,
+    json_lines: bool = False,
+    console: bool = True,
+) -> None:
+    """Configure the root logger; safe to call again (handlers are replaced)."""
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(logs_dir, 0o700)
+    formatter: logging.Formatter = JsonFormatter() if json_lines else logging.Formatter(FORMAT)
+    redact = RedactSecrets(secrets or [])
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)
+    handlers = [_file_handler(logs_dir / "system.log", formatter)]
+    if console:
+        stream = logging.StreamHandler(sys.stderr)
+        stream.setFormatter(formatter)
+        handlers.append(stream)
+    for handler in handlers:
+        handler.addFilter(redact)
+        root.addHandler(handler)
+    for filename, names in SUBSYSTEM_FILES.items():
+        handler = _file_handler(logs_dir / filename, formatter)
+        handler.addFilter(redact)
+        for name in names:
+            sub = logging.getLogger(name)
+            for old in [h for h in sub.handlers if getattr(h, "_vigil", False)]:
+                sub.removeHandler(old)
+                old.close()
+            handler._vigil = True  # type: ignore[attr-defined]
+            sub.addHandler(handler)
+    for noisy in ("httpx", "httpcore", "aiosqlite", "telethon.network"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

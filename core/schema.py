@@ -1,0 +1,112 @@
+"""Schema of ``data/system.db``, as an ordered list of migrations.
+
+``PRAGMA user_version`` holds the number of migrations applied. Each migration
+runs in its own transaction together with the version bump, so a crash mid-way
+leaves the previous version intact. Never edit a released migration; append.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: chats, messages, full-text index
+    """
+    CREATE TABLE chats (
+        id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        title TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        context_start_id INTEGER NOT NULL DEFAULT 0,
+        summary TEXT NOT NULL DEFAULT '',
+        summary_upto_id INTEGER NOT NULL DEFAULT 0,
+        message_count INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        chat_id TEXT NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content TEXT NOT NULL,
+        tokens INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        external_id TEXT,
+        author TEXT
+    );
+    CREATE INDEX messages_chat_id ON messages (chat_id, id);
+    CREATE INDEX messages_created_at ON messages (created_at);
+    CREATE TRIGGER messages_chat_upsert BEFORE INSERT ON messages BEGIN
+        INSERT OR IGNORE INTO chats (id, channel, created_at, updated_at)
+        VALUES (
+            new.chat_id,
+            CASE WHEN instr(new.chat_id, ':') > 0
+                 THEN substr(new.chat_id, 1, instr(new.chat_id, ':') - 1)
+                 ELSE 'local' END,
+            new.created_at,
+            new.created_at
+        );
+    END;
+    CREATE TRIGGER messages_chat_count AFTER INSERT ON messages BEGIN
+        UPDATE chats SET message_count = message_count + 1, updated_at = new.created_at
+        WHERE id = new.chat_id;
+    END;
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        content, content='messages', content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+        VALUES ('delete', old.id, old.content);
+        UPDATE chats SET message_count = message_count - 1 WHERE id = old.chat_id;
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+        VALUES ('delete', old.id, old.content);
+        INSERT INTO messages_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    """,
+    # 2: operations tables: background task runs, restarts, alerts
+    """
+    CREATE TABLE server_tasks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id TEXT,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('queued', 'running', 'completed', 'failed')),
+        created_at TEXT NOT NULL DEFAULT (datetime('now')),
+        processed_at TEXT,
+        duration_s REAL,
+        error TEXT,
+        result TEXT
+    );
+    CREATE INDEX server_tasks_status ON server_tasks (status, processed_at);
+    CREATE TABLE restarts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        child TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        exit_code INTEGER,
+        signal INTEGER,
+        uptime_s REAL,
+        last_rss_mb REAL,
+        attempt INTEGER,
+        backoff_s REAL,
+        detail TEXT
+    );
+    CREATE INDEX restarts_at ON restarts (at);
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        alert_type TEXT NOT NULL,
+        severity TEXT NOT NULL CHECK (severity IN ('low', 'medium', 'high', 'critical')),
+        message TEXT NOT NULL,
+        recommended_action TEXT,
+        raised_at REAL NOT NULL,
+        resolved_at REAL,
+        snapshot TEXT
+    );
+    CREATE INDEX alerts_raised_at ON alerts (raised_at);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,137 @@
+"""Vigil's entry point: ``python main.py <command>``.
+
+``serve`` runs the chat server (uvicorn, one worker). Other commands
+(``supervise``, ``worker``, the operator CLI) are added by their modules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from core.config import ConfigError, Settings, load_settings
+
+cli = typer.Typer(
+    name="vigil",
+    help="Vigil: a self-hosted, self-supervising AI chat server for Telegram.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@cli.callback()
+def _root() -> None:
+    """Vigil: a self-hosted, self-supervising AI chat server for Telegram."""
+
+
+def settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        typer.echo(f"vigil: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def serve(
+    host: str = typer.Option(None, help="Bind address (default VIGIL_HOST, 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default VIGIL_PORT, 9000)."),
+) -> None:
+    """Run the chat server in the foreground."""
+    import uvicorn
+
+    from core.app import create_app
+    from core.logs import setup_logging
+
+    settings = settings_or_exit()
+    if host:
+        settings.host = host
+    if port:
+        settings.port = port
+    os.umask(0o077)
+    setup_logging(
+        settings.logs_dir,
+        level=settings.log_level,
+        secrets=settings.secrets(),
+        json_lines=settings.log_json,
+        console=sys.stderr.isatty(),
+    )
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        workers=1,
+        timeout_graceful_shutdown=int(settings.restart_grace_s) or None,
+    )
+
+
+@cli.command("shell-env", hidden=True)
+def shell_env() -> None:
+    """Print validated paths for the shell scripts (KEY=value lines)."""
+    import shlex
+
+    settings = settings_or_exit()
+    values = {
+        "VIGIL_DATA_DIR": settings.data_dir.resolve(),
+        "VIGIL_LOGS_DIR": settings.logs_dir.resolve(),
+        "VIGIL_PID_FILE": settings.pid_file.resolve(),
+        "VIGIL_URL": settings.base_url,
+        "VIGIL_DB": settings.db_path.resolve(),
+        "VIGIL_TOKEN_FILE": settings.admin_token_file.resolve(),
+        "VIGIL_LLM_URL": settings.llm_base_url,
+        "VIGIL_TELEGRAM_CONFIGURED": "1" if settings.telegram_configured else "0",
+    }
+    for key, value in values.items():
+        print(f"{key}={shlex.quote(str(value))}")
+
+
+@cli.command("wait-healthy", hidden=True)
+def wait_healthy(
+    timeout: float = typer.Option(30.0, help="Seconds to wait."),
+    pid: int = typer.Option(0, help="Give up early if this process exits."),
+) -> None:
+    """Wait until /health answers; print its JSON; exit 1 on timeout."""
+    import json
+    import time
+
+    import httpx
+
+    settings = settings_or_exit()
+    deadline = time.monotonic() + timeout
+    url = settings.base_url + "/health"
+    while time.monotonic() < deadline:
+        if pid and not _alive(pid):
+            typer.echo("vigil: the server process exited during start-up", err=True)
+            raise typer.Exit(1)
+        try:
+            response = httpx.get(url, timeout=2.0)
+            if response.status_code in (200, 503) and response.headers.get(
+                "content-type", ""
+            ).startswith("application/json"):
+                print(json.dumps(response.json()))
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    typer.echo(f"vigil: {url} did not answer within {timeout:g} s", err=True)
+    raise typer.Exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+if __name__ == "__main__":
+    cli()

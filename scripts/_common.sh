@@ -1,0 +1,55 @@
+# Shared helpers for Vigil's shell scripts (sourced, not run).
+set -euo pipefail
+VIGIL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$VIGIL_ROOT"
+VENV="$VIGIL_ROOT/.venv"
+PY="$VENV/bin/python"
+
+say() { printf '%s\n' "vigil: $*"; }
+die() { printf '%s\n' "vigil: error: $*" >&2; exit 1; }
+
+find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+        [ -n "$candidate" ] || continue
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            command -v "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# ensure_venv REQUIREMENTS_FILE: create .venv and install only when the file changed.
+ensure_venv() {
+    local reqs="$1" stamp="$VENV/.vigil-$(basename "$1").sha256" want have python
+    if [ ! -x "$PY" ]; then
+        python="$(find_python)" || die "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)"
+        say "creating .venv with $python"
+        "$python" -m venv "$VENV" || die "could not create .venv (is the python3-venv package installed?)"
+    fi
+    want="$(cat "$reqs" requirements.txt | sha256sum | cut -d' ' -f1)"
+    have="$(cat "$stamp" 2>/dev/null || true)"
+    if [ "$want" != "$have" ]; then
+        say "installing $(basename "$reqs") into .venv (first run takes a minute)"
+        "$PY" -m pip install --disable-pip-version-check -q --upgrade pip >/dev/null 2>&1 || true
+        "$PY" -m pip install --disable-pip-version-check -q -r "$reqs" \
+            || die "pip install -r $reqs failed (see the output above)"
+        printf '%s\n' "$want" > "$stamp"
+    fi
+}
+
+# load_env: validated settings as shell variables (fails with one line on a bad setting).
+load_env() {
+    local out
+    out="$("$PY" main.py shell-env)" || exit 2
+    eval "$out"
+}
+
+# pid_alive PID: is PID a running Vigil process of this installation?
+pid_alive() {
+    local pid="$1"
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "main.py" || return 1
+}
