@@ -1,0 +1,91 @@
+"""The local chat channel end to end: real uvicorn, real SQLite, fake model over HTTP."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from tests.conftest import LiveServer
+from tests.fake_llm import FakeLLM
+
+
+def sse_events(body: str) -> list[tuple[str, dict]]:
+    events = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        events.append((lines["event"], json.loads(lines["data"])))
+    return events
+
+
+def test_chat_returns_the_model_reply_and_stores_both_turns(live_server: LiveServer) -> None:
+    response = live_server.chat("demo", "hello there")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["reply"] == "echo: hello there"
+    assert body["error"] is None
+    history = live_server.client.get("/api/chats/demo/messages").json()
+    assert [(m["role"], m["content"]) for m in history["messages"]] == [
+        ("assistant", "echo: hello there"),
+        ("user", "hello there"),
+    ]
+
+
+def test_context_carries_earlier_turns_to_the_model(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    live_server.chat("ctx", "my name is Ada")
+    live_server.chat("ctx", "what is my name?")
+    sent = fake_llm.requests[-1]["messages"]
+    assert sent[0]["role"] == "system"
+    assert [m["content"] for m in sent[1:]] == [
+        "my name is Ada",
+        "echo: my name is Ada",
+        "what is my name?",
+    ]
+
+
+def test_streaming_reply_as_server_sent_events(live_server: LiveServer, fake_llm: FakeLLM) -> None:
+    fake_llm.reply = "one two three four"
+    response = live_server.chat("sse", "go", headers={"Accept": "text/event-stream"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = sse_events(response.text)
+    deltas = "".join(data["text"] for name, data in events if name == "delta")
+    assert deltas == "one two three four"
+    assert events[-1][0] == "done"
+    assert events[-1][1]["reply"] == "one two three four"
+
+
+def test_reset_clears_context_but_keeps_history(live_server: LiveServer, fake_llm: FakeLLM) -> None:
+    live_server.chat("r", "remember the number 7")
+    reset = live_server.client.delete("/api/chats/r/context")
+    assert reset.status_code == 200
+    assert reset.json()["history_kept"] == 2
+    live_server.chat("r", "which number?")
+    sent = fake_llm.requests[-1]["messages"]
+    assert [m["content"] for m in sent[1:]] == ["which number?"]
+    history = live_server.client.get("/api/chats/r/messages").json()
+    assert len(history["messages"]) == 4
+
+
+def test_history_pages_with_before_cursor_and_role_filter(live_server: LiveServer) -> None:
+    for i in range(3):
+        live_server.chat("pages", f"message {i}")
+    first = live_server.client.get("/api/chats/pages/messages", params={"limit": 4}).json()
+    assert len(first["messages"]) == 4
+    rest = live_server.client.get(
+        "/api/chats/pages/messages", params={"limit": 4, "before": first["next_before"]}
+    ).json()
+    assert len(rest["messages"]) == 2
+    assert rest["next_before"] is None
+    users = live_server.client.get("/api/chats/pages/messages", params={"role": "user"}).json()
+    assert [m["content"] for m in users["messages"]] == ["message 2", "message 1", "message 0"]
+
+
+def test_health_reports_database_llm_and_telegram(live_server: LiveServer) -> None:
+    body = httpx.get(live_server.url + "/health").json()
+    assert body["telegram"] == "not_configured"
+    assert body["database"] == "ok"
+    assert body["status"] in ("healthy", "degraded")
+    assert httpx.get(live_server.url + "/health/live").json()["status"] == "alive"

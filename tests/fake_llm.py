@@ -1,0 +1,170 @@
+"""A small OpenAI-compatible server for tests: real HTTP, real SSE.
+
+Runs in a background thread on a free loopback port. Attributes script its
+behaviour, and can be changed while it runs:
+
+- ``reply``: the answer text, or a callable ``(messages) -> str``
+  (default: ``"echo: <last user message>"``)
+- ``token_delay_s``: pause before each streamed chunk (a slow model)
+- ``fail_status`` / ``fail_times``: answer the next ``fail_times`` requests
+  with that HTTP status (``fail_times=-1``: always)
+- ``stall_after_chunks`` / ``stall_s``: stop sending after N chunks for S s
+- ``garbage``: send a malformed SSE line instead of JSON
+- ``no_choices``: send JSON chunks without ``choices``
+- ``plain_json``: ignore ``stream`` and answer with one JSON body
+- ``refuse``: not a behaviour of this server; stop it, or point clients at
+  ``dead_url()`` for a port where nothing listens.
+
+Every request body is appended to ``requests``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def dead_url() -> str:
+    """A loopback URL where nothing listens (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+def default_reply(messages: list[dict[str, str]]) -> str:
+    users = [m["content"] for m in messages if m.get("role") == "user"]
+    return "echo: " + (users[-1] if users else "")
+
+
+class FakeLLM:
+    """An OpenAI-compatible ``/v1/chat/completions`` + ``/v1/models`` server."""
+
+    def __init__(self) -> None:
+        self.reply: str | Callable[[list[dict[str, str]]], str] = default_reply
+        self.token_delay_s = 0.0
+        self.chunk_chars = 0  # 0: one chunk per word
+        self.fail_status = 500
+        self.fail_times = 0
+        self.stall_after_chunks: int | None = None
+        self.stall_s = 0.0
+        self.garbage = False
+        self.no_choices = False
+        self.plain_json = False
+        self.models_status = 200
+        self.requests: list[dict[str, Any]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> FakeLLM:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if self.path.rstrip("/") == "/v1/models":
+                    fake._send_json(self, fake.models_status, {"data": [{"id": "fake"}]})
+                else:
+                    fake._send_json(self, 404, {"error": {"message": "not found"}})
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                fake.requests.append(body)
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    fake._send_json(self, 404, {"error": {"message": "unknown path"}})
+                    return
+                fake._complete(self, body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeLLM:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- behaviour -----------------------------------------------------------
+    def answer_for(self, messages: list[dict[str, str]]) -> str:
+        return self.reply(messages) if callable(self.reply) else self.reply
+
+    def chunks(self, text: str) -> list[str]:
+        if self.chunk_chars > 0:
+            return [text[i : i + self.chunk_chars] for i in range(0, len(text), self.chunk_chars)]
+        words = text.split(" ")
+        return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
+
+    def _send_json(self, handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _complete(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        if self.fail_times != 0:
+            if self.fail_times > 0:
+                self.fail_times -= 1
+            self._send_json(handler, self.fail_status, {"error": {"message": "scripted failure"}})
+            return
+        text = self.answer_for(body.get("messages", []))
+        if self.plain_json or not body.get("stream"):
+            self._send_json(
+                handler, 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}
+            )
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.end_headers()
+        try:
+            self._stream(handler, text)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _stream(self, handler: BaseHTTPRequestHandler, text: str) -> None:
+        write = handler.wfile.write
+        if self.garbage:
+            write(b"data: {this is not json\n\n")
+            handler.wfile.flush()
+            return
+        for index, piece in enumerate(self.chunks(text)):
+            if self.stall_after_chunks is not None and index == self.stall_after_chunks:
+                handler.wfile.flush()
+                time.sleep(self.stall_s)
+                return
+            if self.token_delay_s:
+                time.sleep(self.token_delay_s)
+            chunk: dict[str, Any] = {"choices": [{"index": 0, "delta": {"content": piece}}]}
+            if self.no_choices:
+                chunk = {"id": "x", "object": "chat.completion.chunk"}
+            write(f"data: {json.dumps(chunk)}\n\n".encode())
+            handler.wfile.flush()
+        write(b"data: [DONE]\n\n")
+        handler.wfile.flush()
