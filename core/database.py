@@ -10,6 +10,7 @@ reads never wait for a write. The database file is created 0600 inside a
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -93,22 +94,74 @@ def translate(exc: sqlite3.Error, what: str) -> StorageError:
     return StorageError(f"{what}: {text}")
 
 
+class _Cursor:
+    """Async-looking view of a finished sqlite3 cursor (aiosqlite-compatible)."""
+
+    def __init__(self, cursor: sqlite3.Cursor) -> None:
+        self._cursor = cursor
+        self.rowcount = cursor.rowcount
+        self.lastrowid = cursor.lastrowid
+
+    async def fetchone(self) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._cursor.fetchone()
+        return row
+
+    async def fetchall(self) -> list[sqlite3.Row]:
+        return list(self._cursor.fetchall())
+
+
+class Transaction:
+    """The writer connection inside ``Database.transaction()``."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        return _Cursor(self._conn.execute(sql, params))
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Cursor:
+        return _Cursor(self._conn.executemany(sql, rows))
+
+    async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return list(self._conn.execute(sql, params).fetchall())
+
+
 class Database:
-    """The async handle on ``system.db`` used by the server, tasks and CLI."""
+    """The async handle on ``system.db`` used by the server, tasks and CLI.
+
+    Writes are small and run *inline* on the event loop: a thread hop costs
+    about as much as the insert itself (see docs/performance.md). The writer
+    waits at most ``INLINE_BUSY_MS`` for a lock held by another process (the
+    Huey worker, the CLI) and then retries on a thread with the full busy
+    timeout, so the loop never stalls for long. Heavy reads run on aiosqlite
+    reader threads.
+    """
+
+    INLINE_BUSY_MS = 20
 
     def __init__(self, path: Path, *, readers: int = 2) -> None:
         self.path = path
         self._reader_count = max(1, readers)
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: sqlite3.Connection | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._next_reader = itertools.cycle([0])
         self._write_lock = asyncio.Lock()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.writes = 0
+        self.slow_writes = 0
 
     async def open(self) -> None:
         prepare_file(self.path)
         await asyncio.to_thread(self._migrate)
-        self._writer = await self._connect()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vigil-db")
+        writer = sqlite3.connect(
+            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+        )
+        writer.row_factory = sqlite3.Row
+        for pragma in PRAGMAS:
+            writer.execute(pragma)
+        writer.execute(f"PRAGMA busy_timeout={self.INLINE_BUSY_MS}")
+        self._writer = writer
         self._readers = [await self._connect() for _ in range(self._reader_count)]
         self._next_reader = itertools.cycle(range(len(self._readers)))
 
@@ -127,55 +180,97 @@ class Database:
         return conn
 
     async def close(self) -> None:
-        for conn in [*self._readers, self._writer]:
-            if conn is not None:
-                with contextlib.suppress(Exception):
-                    await conn.close()
-        self._readers, self._writer = [], None
+        for conn in self._readers:
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._readers = []
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            self._writer.close()
+            self._writer = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     @property
     def is_open(self) -> bool:
         return self._writer is not None
 
-    def _require_writer(self) -> aiosqlite.Connection:
+    def _require_writer(self) -> sqlite3.Connection:
         if self._writer is None:
             raise StorageError("the database is not open")
         return self._writer
+
+    async def _on_thread(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` with the full busy timeout on the db thread."""
+        writer = self._require_writer()
+        self.slow_writes += 1
+
+        def patient() -> Any:
+            writer.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            try:
+                return fn(*args)
+            finally:
+                writer.execute(f"PRAGMA busy_timeout={self.INLINE_BUSY_MS}")
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, patient)
 
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement as its own committed transaction; returns lastrowid."""
         writer = self._require_writer()
         async with self._write_lock:
             try:
-                rowid = await writer.execute_insert(sql, params)
+                try:
+                    rowid = writer.execute(sql, params).lastrowid
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    rowid = await self._on_thread(lambda: writer.execute(sql, params).lastrowid)
             except sqlite3.Error as exc:
                 raise translate(exc, "write failed") from exc
-        self.writes += 1
-        return int(rowid[0]) if rowid else 0
+        self._wrote()
+        return int(rowid or 0)
 
     async def write_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         async with self.transaction() as conn:
             await conn.executemany(sql, rows)
 
     @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer, rolled back on error."""
         writer = self._require_writer()
         async with self._write_lock:
             try:
-                await writer.execute("BEGIN IMMEDIATE")
+                try:
+                    writer.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    await self._on_thread(writer.execute, "BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise translate(exc, "could not start a transaction") from exc
             try:
-                yield writer
-                await writer.execute("COMMIT")
+                yield Transaction(writer)
+                writer.execute("COMMIT")
             except BaseException as exc:
-                with contextlib.suppress(sqlite3.Error):
-                    await writer.execute("ROLLBACK")
+                if writer.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        writer.execute("ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
                     raise translate(exc, "transaction failed") from exc
                 raise
+        self._wrote()
+
+    def _wrote(self) -> None:
         self.writes += 1
+
+    def read_now(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """A small indexed read inline on the loop (hot path: window rebuild)."""
+        try:
+            return list(self._require_writer().execute(sql, params).fetchall())
+        except sqlite3.Error as exc:
+            raise translate(exc, "read failed") from exc
 
     def _reader(self) -> aiosqlite.Connection:
         if not self._readers:
@@ -202,9 +297,17 @@ class Database:
         await self.scalar("SELECT count(*) FROM sqlite_master")
 
     async def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
+        """``PRAGMA wal_checkpoint(mode)`` on a thread; (busy, log, checkpointed)."""
         if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
             raise ValueError(mode)
+        writer = self._require_writer()
         async with self._write_lock:
-            rows = await self._require_writer().execute_fetchall(f"PRAGMA wal_checkpoint({mode})")
-        first = next(iter(rows))
-        return int(first[0]), int(first[1]), int(first[2])
+            row = await self._on_thread(
+                lambda: writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            )
+        return int(row[0]), int(row[1]), int(row[2])
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return "locked" in text or "busy" in text

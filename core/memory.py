@@ -185,14 +185,15 @@ class ChatMemory:
         return window
 
     async def _load_window(self, chat_id: str) -> ChatWindow:
-        chat = await self.db.fetchone(
+        found = self.db.read_now(
             "SELECT summary, summary_upto_id, context_start_id, updated_at FROM chats WHERE id = ?",
             (chat_id,),
         )
-        if chat is None:
+        if not found:
             return ChatWindow(chat_id, last_active=self.clock())
+        chat = found[0]
         floor = max(chat["summary_upto_id"] + 1, chat["context_start_id"])
-        rows = await self.db.fetchall(
+        rows = self.db.read_now(
             f"SELECT {_TURN_COLUMNS} FROM messages WHERE chat_id = ? AND id >= ?"
             " ORDER BY id DESC LIMIT ?",
             (chat_id, floor, self.window_load_limit),
