@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -41,9 +42,8 @@ def serve(
     port: int = typer.Option(None, help="Port (default VIGIL_PORT, 9000)."),
 ) -> None:
     """Run the chat server in the foreground."""
-    import uvicorn
-
     from core.app import create_app
+    from core.lifecycle import run_server
     from core.logs import setup_logging
 
     settings = settings_or_exit()
@@ -60,15 +60,64 @@ def serve(
         console=sys.stderr.isatty(),
     )
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        workers=1,
-        timeout_graceful_shutdown=int(settings.restart_grace_s) or None,
+    # Exit 75 asks the supervisor for a restart; 0 is a requested stop.
+    raise typer.Exit(run_server(app, settings))
+
+
+@cli.command()
+def supervise(
+    worker: bool = typer.Option(True, help="Also run the Huey worker (python main.py worker)."),
+    child: list[str] = typer.Option(
+        [], "--child", help="Extra child NAME=COMMAND (repeatable).", hidden=True
+    ),
+) -> None:
+    """Run the server and the worker as children and keep them running (start.sh uses this)."""
+    import shlex
+
+    from core.logs import setup_logging
+    from core.restarts import STATE_FILE, RestartLog
+    from monitoring.supervision import ChildSpec, Policy
+    from monitoring.supervisor import Supervisor
+
+    settings = settings_or_exit()
+    os.umask(0o077)
+    setup_logging(
+        settings.logs_dir,
+        level=settings.log_level,
+        secrets=settings.secrets(),
+        json_lines=settings.log_json,
+        console=sys.stderr.isatty(),
     )
+    here = os.path.abspath(__file__)
+    children = [
+        ChildSpec(
+            "server",
+            [sys.executable, here, "serve"],
+            live_url=settings.base_url + "/health/live",
+            records_own_exits=True,
+        )
+    ]
+    if worker and "worker" in typer.main.get_command(cli).commands:  # type: ignore[attr-defined]
+        children.append(ChildSpec("worker", [sys.executable, here, "worker"]))
+    elif worker:
+        logging.getLogger("vigil.supervise").warning(
+            "no 'python main.py worker' command in this version; running without the Huey worker"
+        )
+    for item in child:
+        name, _, command = item.partition("=")
+        if not name or not command:
+            typer.echo(f"vigil: --child must be NAME=COMMAND, got {item!r}", err=True)
+            raise typer.Exit(2)
+        children.append(ChildSpec(name, shlex.split(command)))
+    store = RestartLog(settings.db_path)
+    supervisor = Supervisor(
+        children,
+        Policy.from_settings(settings),
+        state_file=settings.data_dir / STATE_FILE,
+        record=store.record,
+        alert=store.alert,
+    )
+    raise typer.Exit(supervisor.run())
 
 
 @cli.command("shell-env", hidden=True)

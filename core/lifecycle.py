@@ -1,0 +1,217 @@
+"""The graceful restart and stop path of the server, and the uvicorn that obeys it.
+
+Every way out goes through :meth:`Lifecycle.request_restart`: a governor
+request, ``POST /restart/force``, a scheduled restart, SIGTERM/SIGINT. It
+turns readiness unhealthy at once (new turns get 503 + Retry-After), lets
+replies in flight finish for up to ``restart_grace_s``, flushes the WAL,
+writes the restart record and makes the process exit with 75 (restart me) or
+0 (stop). Other subsystems reach it through ``runtime.extras["request_restart"]``
+(a ``(reason, detail) -> bool`` callable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from core.config import Settings
+from core.restarts import record_async
+from core.sdnotify import SdNotifier
+
+log = logging.getLogger(__name__)
+
+RESTART_REQUESTED = 75
+RESTART_REASONS = ("governor_memory", "governor_cpu", "forced", "scheduled")
+STOP_REASONS = ("signal",)
+RETRY_AFTER_S = 15.0
+
+
+class ServerEvent:
+    """The record the server writes about its own graceful exit."""
+
+    def __init__(self, **values: Any) -> None:
+        self.child = "server"
+        self.__dict__.update(values)
+
+
+def _rss_mb() -> float | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            pages = int(handle.read().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 1048576, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Lifecycle:
+    """Owns the server's way out: drain, flush, record, exit."""
+
+    def __init__(
+        self,
+        runtime: Any,
+        *,
+        exit_hook: Callable[[int], None] | None = None,
+        notifier: SdNotifier | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.exit_hook = exit_hook
+        self.notifier = notifier or SdNotifier(None)
+        self.grace_s: float = runtime.settings.restart_grace_s
+        self.state = "running"  # running -> draining -> exiting
+        self.reason = ""
+        self.detail = ""
+        self.requested_at: float | None = None
+        self.exit_code: int | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def is_draining(self) -> bool:
+        return self.state != "running"
+
+    def request_restart(self, reason: str, detail: str = "") -> bool:
+        """Start the graceful path; False when one is already under way."""
+        if reason not in RESTART_REASONS + STOP_REASONS:
+            raise ValueError(f"unknown restart reason {reason!r}")
+        if self.is_draining:
+            log.info("restart request %s ignored: already %s (%s)", reason, self.state, self.reason)
+            return False
+        self.state, self.reason, self.detail = "draining", reason, detail
+        self.requested_at = time.time()
+        self.exit_code = 0 if reason in STOP_REASONS else RESTART_REQUESTED
+        self.runtime.admission.start_draining(reason=reason, retry_after=RETRY_AFTER_S)
+        self.notifier.notify(f"STOPPING=1\nSTATUS=draining ({reason})")
+        log.warning(
+            "%s requested (%s%s): draining, %d turn(s) in flight, grace %g s",
+            "stop" if self.exit_code == 0 else "restart",
+            reason,
+            f": {detail}" if detail else "",
+            self.runtime.admission.in_flight,
+            self.grace_s,
+        )
+        self._task = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    async def _drain(self) -> None:
+        started = time.monotonic()
+        admission = self.runtime.admission
+        is_idle = await admission.wait_idle(self.grace_s)
+        waited = time.monotonic() - started
+        if is_idle:
+            log.info("drained in %.1f s; no turn in flight", waited)
+        else:
+            log.warning("grace period over: %d turn(s) still in flight", admission.in_flight)
+        self.state = "exiting"
+        with contextlib.suppress(Exception):
+            await self.runtime.db.checkpoint("PASSIVE")
+        detail = f"drained in {waited:.1f} s" + ("" if is_idle else " (grace period exceeded)")
+        event = ServerEvent(
+            at=time.time(),
+            reason=self.reason,
+            exit_code=self.exit_code,
+            signal=None,
+            uptime_s=round(time.monotonic() - self.runtime.started_monotonic, 1),
+            last_rss_mb=_rss_mb(),
+            attempt=None,
+            backoff_s=None,
+            detail="; ".join(p for p in (self.detail, detail) if p),
+        )
+        try:
+            await record_async(self.runtime.db, event)
+        except Exception:  # the exit must happen even when the disk is full
+            log.exception("could not record the restart")
+        if self.exit_hook is None:
+            log.warning("no server process to exit (embedded server); staying drained")
+            return
+        assert self.exit_code is not None
+        self.exit_hook(self.exit_code)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason or None,
+            "detail": self.detail or None,
+            "requested_at": self.requested_at,
+            "exit_code": self.exit_code,
+            "in_flight_turns": self.runtime.admission.in_flight,
+            "grace_s": self.grace_s,
+        }
+
+
+async def start_lifecycle(app: FastAPI, runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+    """Starter: the Lifecycle, the restart hook, and the systemd watchdog pings."""
+    notifier = SdNotifier.from_environ(os.environ)
+    lifecycle = Lifecycle(
+        runtime, exit_hook=getattr(app.state, "exit_hook", None), notifier=notifier
+    )
+    runtime.extras["lifecycle"] = lifecycle
+    runtime.extras["request_restart"] = lifecycle.request_restart
+    stack.callback(notifier.close)
+    if notifier.watchdog_s:
+        pinger = asyncio.ensure_future(notifier.watchdog_loop())
+        stack.callback(pinger.cancel)
+
+
+class VigilServer(uvicorn.Server):
+    """uvicorn whose first SIGTERM/SIGINT drains instead of closing the socket."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+        self.exit_code = 0
+        app.state.exit_hook = self.request_exit
+
+    def request_exit(self, code: int) -> None:
+        self.exit_code = code
+        self.should_exit = True
+
+    def _lifecycle(self) -> Lifecycle | None:
+        runtime = getattr(self.app.state, "vigil", None)
+        return None if runtime is None else runtime.extras.get("lifecycle")
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Deliberately not uvicorn's: it would re-raise the signal after serve()
+        # and kill us with it, losing the exit code.
+        lifecycle = self._lifecycle()
+        if lifecycle is None or not self.started:
+            self.should_exit = True
+        elif not lifecycle.is_draining:
+            loop = asyncio.get_event_loop()
+            detail = signal.Signals(sig).name
+            loop.call_soon_threadsafe(lifecycle.request_restart, "signal", detail)
+        elif sig == signal.SIGINT:
+            log.warning("second interrupt: exiting without waiting for the drain")
+            self.should_exit = self.force_exit = True
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets=sockets)
+        lifecycle = self._lifecycle()
+        if self.started and lifecycle is not None:
+            lifecycle.notifier.notify(f"READY=1\nSTATUS=serving, pid {os.getpid()}")
+
+
+def run_server(app: FastAPI, settings: Settings) -> int:
+    """Serve until the lifecycle says stop; returns the process exit code."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        workers=1,
+        timeout_graceful_shutdown=int(settings.supervisor_stop_timeout_s) or 1,
+    )
+    server = VigilServer(config, app)
+    server.run()
+    if not server.started:
+        return 1
+    return server.exit_code

@@ -1,0 +1,110 @@
+"""Durable restart history: the ``restarts`` table and the supervisor's state file.
+
+The supervisor (a plain process, no event loop) writes through
+:class:`RestartLog` with short sqlite3 connections; the server writes its own
+graceful exits and reads the history through the async :class:`Database`.
+One table, one set of columns, both paths here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.database import Database, connect_sync
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "at",
+    "child",
+    "reason",
+    "exit_code",
+    "signal",
+    "uptime_s",
+    "last_rss_mb",
+    "attempt",
+    "backoff_s",
+    "detail",
+)
+INSERT = f"INSERT INTO restarts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+STATE_FILE = "supervisor.json"
+
+
+def row_values(event: Any) -> tuple[Any, ...]:
+    """Column values from anything with the RestartEvent attributes."""
+    return tuple(getattr(event, name, None) for name in COLUMNS)
+
+
+@dataclass
+class RestartLog:
+    """Synchronous writer used by the supervisor process (injected into it)."""
+
+    db_path: Path
+
+    def record(self, event: Any) -> None:
+        conn = connect_sync(self.db_path)
+        try:
+            conn.execute(INSERT, row_values(event))
+        finally:
+            conn.close()
+        log.info(
+            "restart recorded: %s reason=%s exit=%s signal=%s attempt=%s backoff=%s",
+            event.child,
+            event.reason,
+            event.exit_code,
+            event.signal,
+            event.attempt,
+            event.backoff_s,
+        )
+
+    def alert(self, alert_type: str, message: str) -> None:
+        """A critical alert row, for the dashboard and /resources/status history."""
+        conn = connect_sync(self.db_path)
+        try:
+            conn.execute(
+                "INSERT INTO alerts (alert_type, severity, message, recommended_action, raised_at)"
+                " VALUES (?, 'critical', ?, ?, ?)",
+                (
+                    alert_type,
+                    message,
+                    "read logs/system.log, fix the cause, then scripts/stop.sh && scripts/start.sh",
+                    time.time(),
+                ),
+            )
+        finally:
+            conn.close()
+
+
+async def record_async(db: Database, event: Any) -> int:
+    return await db.write(INSERT, row_values(event))
+
+
+async def history(db: Database, *, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+    """Newest first; returns (total, entries)."""
+    total = int(await db.scalar("SELECT count(*) FROM restarts") or 0)
+    rows = await db.fetchall(
+        f"SELECT id, {', '.join(COLUMNS)} FROM restarts ORDER BY at DESC, id DESC LIMIT ? OFFSET ?",
+        (limit, offset),
+    )
+    return total, [dict(row) for row in rows]
+
+
+def read_supervisor_state(data_dir: Path, *, parent_pid: int | None = None) -> dict[str, Any]:
+    """The supervisor's state file, with ``supervised`` telling whether it is ours."""
+    path = data_dir / STATE_FILE
+    try:
+        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {"supervised": False, "children": {}}
+    except (OSError, ValueError) as exc:
+        return {"supervised": False, "children": {}, "error": f"unreadable {path.name}: {exc}"}
+    pid = state.get("pid")
+    parent = os.getppid() if parent_pid is None else parent_pid
+    state["supervised"] = bool(pid) and pid == parent and not state.get("stopped")
+    return state

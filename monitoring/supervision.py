@@ -1,0 +1,150 @@
+"""Pure pieces of the supervisor: policy, backoff, flap limit, restart events.
+
+Decisions are functions of (policy, restart times, now) so they are tested
+without processes or sleeping; ``monitoring/supervisor.py`` carries them out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.config import Settings
+
+# Exit code of a child that asks to be restarted (the governor, /restart/force,
+# a scheduled restart): sysexits' EX_TEMPFAIL, "try again later".
+RESTART_REQUESTED = 75
+
+REASONS = (
+    "crash",
+    "signal",
+    "governor_memory",
+    "governor_cpu",
+    "forced",
+    "scheduled",
+    "watchdog",
+    "flap_limit",
+)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How hard the supervisor tries; built from the ``supervisor_*`` settings."""
+
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+    backoff_reset_s: float = 600.0
+    flap_max: int = 5
+    flap_window_s: float = 300.0
+    watchdog_timeout_s: float = 30.0
+    stop_timeout_s: float = 10.0
+    grace_s: float = 300.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls(
+            backoff_initial_s=settings.supervisor_backoff_initial_s,
+            backoff_max_s=settings.supervisor_backoff_max_s,
+            backoff_reset_s=settings.supervisor_backoff_reset_s,
+            flap_max=settings.supervisor_flap_max,
+            flap_window_s=settings.supervisor_flap_window_s,
+            watchdog_timeout_s=settings.supervisor_watchdog_timeout_s,
+            stop_timeout_s=settings.supervisor_stop_timeout_s,
+            grace_s=settings.restart_grace_s,
+        )
+
+    @property
+    def watchdog_poll_s(self) -> float:
+        """How often /health/live is asked: several times per timeout."""
+        return max(0.1, min(2.0, self.watchdog_timeout_s / 5))
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before restart number ``attempt`` (1-based) of a crashing child."""
+        if attempt <= 0:
+            return 0.0
+        return float(min(self.backoff_max_s, self.backoff_initial_s * 2 ** (attempt - 1)))
+
+    def is_flapping(self, restarts: deque[float], now: float) -> bool:
+        """True when another restart would exceed ``flap_max`` within the window."""
+        while restarts and now - restarts[0] > self.flap_window_s:
+            restarts.popleft()
+        return len(restarts) >= self.flap_max
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One supervised process. ``live_url`` turns the hang watchdog on."""
+
+    name: str
+    argv: list[str]
+    live_url: str | None = None
+    env: dict[str, str] | None = None
+    # The server writes its own record on a graceful exit (it knows the reason).
+    records_own_exits: bool = False
+
+
+@dataclass
+class RestartEvent:
+    """One row of the ``restarts`` table."""
+
+    child: str
+    reason: str
+    at: float
+    exit_code: int | None = None
+    signal: int | None = None
+    uptime_s: float | None = None
+    last_rss_mb: float | None = None
+    attempt: int | None = None
+    backoff_s: float | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ChildState:
+    """What the supervisor knows about one child (also written to the state file)."""
+
+    spec: ChildSpec
+    state: str = "starting"  # starting, running, backoff, failed, stopped
+    pid: int | None = None
+    started_mono: float = 0.0
+    started_at: float = 0.0
+    attempt: int = 0
+    restarts: deque[float] = field(default_factory=deque)
+    next_start_mono: float = 0.0
+    next_start_at: float | None = None
+    backoff_s: float = 0.0
+    last_live_ok: float = 0.0
+    last_rss_mb: float | None = None
+    watchdog_fired: bool = False
+    live_seen: bool = False
+    last_exit: dict[str, Any] | None = None
+
+    def public(self, now_mono: float, policy: Policy) -> dict[str, Any]:
+        window = [t for t in self.restarts if now_mono - t <= policy.flap_window_s]
+        return {
+            "state": self.state,
+            "pid": self.pid,
+            "started_at": self.started_at or None,
+            "attempt": self.attempt,
+            "restarts_in_window": len(window),
+            "flap_max": policy.flap_max,
+            "is_failed": self.state == "failed",
+            "backoff_s": self.backoff_s,
+            "next_start_at": self.next_start_at,
+            "last_exit": self.last_exit,
+        }
+
+
+def read_rss_mb(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """Resident memory of ``pid`` from ``/proc/<pid>/statm``; None when unknown."""
+    try:
+        fields = (proc / str(pid) / "statm").read_text().split()
+        return round(int(fields[1]) * os.sysconf("SC_PAGE_SIZE") / 1048576, 1)
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,0 +1,347 @@
+"""The supervisor: keeps the chat server and the Huey worker running.
+
+``python main.py supervise`` runs this in the foreground (``start.sh`` puts it
+in the background, systemd runs it as the service's main process). It has no
+event loop of its own to hang: one plain loop spawns the children, reaps
+them, restarts them with exponential backoff, stops restarting a child that
+flaps (marked failed, critical alert, the others keep running), and SIGKILLs a
+server whose ``/health/live`` stopped answering. Every decision is logged and
+every restart is handed to ``record`` (the ``restarts`` table). Exit code 75
+from a child means "restart requested": no backoff penalty.
+
+It imports only ``core.config``; storage is injected (``record``, ``alert``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+import urllib.parse
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from monitoring.supervision import (
+    RESTART_REQUESTED,
+    ChildSpec,
+    ChildState,
+    Policy,
+    RestartEvent,
+    read_rss_mb,
+)
+
+log = logging.getLogger(__name__)
+
+Recorder = Callable[[RestartEvent], None]
+Alerter = Callable[[str, str], None]
+STARTUP_ALLOWANCE_S = 30.0
+
+
+class Supervisor:
+    """Spawns, watches and restarts the children; ``run()`` returns the exit code."""
+
+    def __init__(
+        self,
+        children: list[ChildSpec],
+        policy: Policy,
+        *,
+        state_file: Path | None = None,
+        record: Recorder | None = None,
+        alert: Alerter | None = None,
+        tick_s: float = 0.1,
+    ) -> None:
+        self.policy = policy
+        self.children = [ChildState(spec) for spec in children]
+        self.state_file = state_file
+        self.record = record or (lambda event: None)
+        self.alert = alert or (lambda kind, message: None)
+        self.tick_s = tick_s
+        self.started_at = time.time()
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._stop_signal: int | None = None
+        self._signals = 0
+        self._next_live_check = 0.0
+
+    # --- main loop --------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        log.info(
+            "supervisor started (pid %d): children %s; backoff %g-%g s, flap limit %d in %g s, "
+            "watchdog %g s",
+            os.getpid(),
+            ", ".join(c.spec.name for c in self.children),
+            self.policy.backoff_initial_s,
+            self.policy.backoff_max_s,
+            self.policy.flap_max,
+            self.policy.flap_window_s,
+            self.policy.watchdog_timeout_s,
+        )
+        for child in self.children:
+            self._spawn(child)
+        while self._stop_signal is None:
+            self.tick(time.monotonic())
+            time.sleep(self.tick_s)
+        self._shutdown()
+        return 0
+
+    def tick(self, now: float) -> None:
+        """One pass: reap exits, start children whose backoff ended, run the watchdog."""
+        check_live = now >= self._next_live_check
+        if check_live:
+            self._next_live_check = now + self.policy.watchdog_poll_s
+        for child in self.children:
+            proc = self._procs.get(child.spec.name)
+            if proc is not None:
+                code = proc.poll()
+                if code is not None:
+                    self._on_exit(child, code, now)
+                elif check_live:
+                    child.last_rss_mb = read_rss_mb(proc.pid) or child.last_rss_mb
+                    self._watchdog(child, proc, now)
+            elif child.state == "backoff" and now >= child.next_start_mono:
+                self._spawn(child)
+
+    # --- children ---------------------------------------------------------------
+    def _spawn(self, child: ChildState) -> None:
+        env = dict(os.environ)
+        # systemd's WATCHDOG_PID names the supervisor; the server pings itself.
+        env.pop("WATCHDOG_PID", None)
+        if child.spec.live_url is None:
+            env.pop("NOTIFY_SOCKET", None)
+            env.pop("WATCHDOG_USEC", None)
+        env.update(child.spec.env or {})
+        try:
+            proc = subprocess.Popen(child.spec.argv, env=env, stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            log.error("cannot start %s (%s): %s", child.spec.name, child.spec.argv[0], exc)
+            self._on_exit(child, 127, time.monotonic())
+            return
+        now = time.monotonic()
+        self._procs[child.spec.name] = proc
+        child.pid, child.state = proc.pid, "running"
+        child.started_mono, child.started_at = now, time.time()
+        child.last_live_ok, child.watchdog_fired, child.live_seen = now, False, False
+        child.next_start_at = None
+        log.info("started %s (pid %d): %s", child.spec.name, proc.pid, " ".join(child.spec.argv))
+        self._write_state()
+
+    def _on_exit(self, child: ChildState, code: int, now: float) -> None:
+        self._procs.pop(child.spec.name, None)
+        uptime = round(now - child.started_mono, 2) if child.started_mono else 0.0
+        sig = -code if code < 0 else None
+        child.pid = None
+        child.last_exit = {
+            "code": code if code >= 0 else None,
+            "signal": sig,
+            "at": time.time(),
+            "uptime_s": uptime,
+        }
+        if self._stop_signal is not None:
+            child.state = "stopped"
+            log.info("%s exited (%s) during shutdown", child.spec.name, _describe(code))
+            self._write_state()
+            return
+        if uptime >= self.policy.backoff_reset_s:
+            child.attempt = 0
+        planned = code in (0, RESTART_REQUESTED) and not child.watchdog_fired
+        reason = "watchdog" if child.watchdog_fired else ("crash" if not planned else "")
+        if not planned:
+            child.attempt += 1
+        if self.policy.is_flapping(child.restarts, now):
+            self._fail(child, code, uptime)
+            return
+        child.restarts.append(now)
+        delay = 0.0 if planned else self.policy.backoff(child.attempt)
+        child.state, child.backoff_s = "backoff", delay
+        child.next_start_mono = now + delay
+        child.next_start_at = time.time() + delay
+        if planned:
+            log.info("%s exited (%s): restarting now", child.spec.name, _describe(code))
+            if not child.spec.records_own_exits:
+                reason = "forced" if code == RESTART_REQUESTED else "signal"
+        else:
+            log.warning(
+                "%s exited (%s) after %.1f s: restart attempt %d in %.2f s",
+                child.spec.name,
+                _describe(code),
+                uptime,
+                child.attempt,
+                delay,
+            )
+        child.last_exit["reason"] = reason or "requested"
+        if reason:
+            self._record(child, reason, code, uptime, backoff=delay)
+        self._write_state()
+
+    def _fail(self, child: ChildState, code: int, uptime: float) -> None:
+        child.state, child.next_start_at = "failed", None
+        message = (
+            f"{child.spec.name} restarted {self.policy.flap_max} times within "
+            f"{self.policy.flap_window_s:g} s and exited again ({_describe(code)}); "
+            "it will not be restarted until the supervisor is restarted"
+        )
+        log.critical("flap limit: %s", message)
+        if child.last_exit is not None:
+            child.last_exit["reason"] = "flap_limit"
+        self._record(child, "flap_limit", code, uptime, backoff=None, detail=message)
+        with _logged("raising the flap-limit alert"):
+            self.alert("restart_flap_limit", message)
+        self._write_state()
+
+    def _watchdog(self, child: ChildState, proc: subprocess.Popen[bytes], now: float) -> None:
+        url = child.spec.live_url
+        if url is None or child.watchdog_fired:
+            return
+        if _is_live(url, timeout=min(2.0, self.policy.watchdog_timeout_s / 2)):
+            child.last_live_ok, child.live_seen = now, True
+            return
+        silent = now - child.last_live_ok
+        # Until the first answer the child is still starting (imports, database,
+        # Telegram): allow it at least STARTUP_ALLOWANCE_S before calling it hung.
+        limit = self.policy.watchdog_timeout_s
+        if not child.live_seen:
+            limit = max(limit, STARTUP_ALLOWANCE_S)
+        if silent < limit:
+            return
+        log.error(
+            "watchdog: %s (pid %d) has not answered %s for %.1f s; sending SIGKILL",
+            child.spec.name,
+            proc.pid,
+            url,
+            silent,
+        )
+        child.watchdog_fired = True
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+
+    def _record(
+        self,
+        child: ChildState,
+        reason: str,
+        code: int,
+        uptime: float,
+        *,
+        backoff: float | None,
+        detail: str = "",
+    ) -> None:
+        if reason == "watchdog" and not detail:
+            detail = (
+                f"no answer from {child.spec.live_url} for {self.policy.watchdog_timeout_s:g} s"
+            )
+        event = RestartEvent(
+            child=child.spec.name,
+            reason=reason,
+            at=time.time(),
+            exit_code=code if code >= 0 else None,
+            signal=-code if code < 0 else None,
+            uptime_s=uptime,
+            last_rss_mb=child.last_rss_mb,
+            attempt=child.attempt,
+            backoff_s=backoff,
+            detail=detail,
+        )
+        with _logged("recording a restart"):
+            self.record(event)
+
+    # --- stopping ----------------------------------------------------------------
+    def _install_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._stop_signal is None:
+            self._stop_signal = sig
+        elif sig == signal.SIGINT or self._signals > 2:
+            # A second Ctrl-C: the operator does not want to wait for the drain.
+            for proc in self._procs.values():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+
+    def _shutdown(self) -> None:
+        name = signal.Signals(self._stop_signal or signal.SIGTERM).name
+        log.info("supervisor stopping (%s): asking children to finish", name)
+        for child in self.children:
+            if child.state == "backoff":
+                child.state = "stopped"
+        for proc in self._procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.policy.grace_s + self.policy.stop_timeout_s
+        while self._procs and time.monotonic() < deadline:
+            self.tick(time.monotonic())
+            time.sleep(self.tick_s)
+        for name, proc in list(self._procs.items()):
+            log.warning("%s (pid %d) still running after the grace period: SIGKILL", name, proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+            self._procs.pop(name, None)
+        self._write_state(stopped=True)
+        log.info("supervisor stopped")
+
+    # --- state file ----------------------------------------------------------------
+    def snapshot(self, *, stopped: bool = False) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "updated_at": time.time(),
+            "stopped": stopped,
+            "policy": {
+                "backoff_initial_s": self.policy.backoff_initial_s,
+                "backoff_max_s": self.policy.backoff_max_s,
+                "backoff_reset_s": self.policy.backoff_reset_s,
+                "flap_max": self.policy.flap_max,
+                "flap_window_s": self.policy.flap_window_s,
+                "watchdog_timeout_s": self.policy.watchdog_timeout_s,
+            },
+            "children": {c.spec.name: c.public(now, self.policy) for c in self.children},
+        }
+
+    def _write_state(self, *, stopped: bool = False) -> None:
+        if self.state_file is None:
+            return
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        with _logged("writing the supervisor state file"):
+            tmp.write_text(json.dumps(self.snapshot(stopped=stopped), indent=1))
+            os.replace(tmp, self.state_file)
+
+
+def _is_live(url: str, *, timeout: float) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", parts.path or "/")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == RESTART_REQUESTED:
+        return "exit 75, restart requested"
+    return f"exit code {code}"
+
+
+@contextlib.contextmanager
+def _logged(what: str) -> Any:
+    """Storage trouble must never take the supervisor down: log and carry on."""
+    try:
+        yield
+    except Exception:  # loop boundary
+        log.exception("supervisor: failed %s", what)
