@@ -1,0 +1,247 @@
+"""ResourceMonitor: cheap psutil snapshots of Vigil's whole process tree.
+
+One primed ``psutil.Process`` per pid is kept between samples (psutil's CPU
+percentage is a delta since the previous call on the same object, so the
+first reading of a process is a priming call and counts as zero). Tree
+membership is refreshed every ``tree_refresh_s`` from the kernel's
+``/proc/<pid>/task/<tid>/children`` lists (psutil's ``children()`` scans all
+of ``/proc`` and costs a millisecond on a busy host).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from monitoring.limits import (
+    CGROUP_ROOT,
+    MB,
+    PROC_ROOT,
+    CpuCapacity,
+    MemoryBudget,
+    PressureFiles,
+    read_pressure,
+    resolve_cpu_capacity,
+    resolve_memory_budget,
+    resolve_pressure_files,
+)
+from monitoring.snapshot import History, ResourceSnapshot
+
+log = logging.getLogger(__name__)
+
+
+def vigil_root_pid(own_pid: int, pid_file: Path | None) -> int:
+    """The supervisor's pid when it is our parent (the PID file says so), else ours."""
+    if pid_file is None:
+        return own_pid
+    try:
+        supervisor = int(pid_file.read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return own_pid
+    return supervisor if supervisor == os.getppid() and supervisor != own_pid else own_pid
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSample:
+    rss_bytes: int
+    cpu_percent: float  # sum over processes, one core = 100
+    processes: int
+    server_rss_bytes: int
+    server_cpu_percent: float
+    primed: bool
+
+
+class ProcessTree:
+    """Primed psutil.Process objects for the root pid and its descendants."""
+
+    def __init__(
+        self,
+        root_pid: int,
+        *,
+        server_pid: int | None = None,
+        proc_root: Path = PROC_ROOT,
+        refresh_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.root_pid = root_pid
+        self.server_pid = server_pid or root_pid
+        self.proc_root = proc_root
+        self.refresh_s = refresh_s
+        self.clock = clock
+        self._procs: dict[int, psutil.Process] = {}
+        self._refreshed_at: float | None = None
+        self._server_primed = False
+
+    def _children(self, pid: int) -> list[int]:
+        found: list[int] = []
+        task_dir = self.proc_root / str(pid) / "task"
+        try:
+            tids = os.listdir(task_dir)
+        except OSError:
+            return found
+        for tid in tids:
+            try:
+                found += [int(x) for x in (task_dir / tid / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+        return found
+
+    def refresh(self) -> None:
+        """Re-read tree membership; new pids are primed, gone pids dropped."""
+        pids: list[int] = []
+        queue = [self.root_pid]
+        while queue and len(pids) < 256:  # a runaway fork loop must not stall us
+            pid = queue.pop()
+            pids.append(pid)
+            queue.extend(self._children(pid))
+        if self.server_pid not in pids:
+            pids.append(self.server_pid)
+        fresh: dict[int, psutil.Process] = {}
+        for pid in pids:
+            proc = self._procs.get(pid)
+            if proc is None:
+                try:
+                    proc = psutil.Process(pid)
+                    proc.cpu_percent(None)  # priming call: the reading starts now
+                except psutil.Error:
+                    continue
+            fresh[pid] = proc
+        self._procs = fresh
+        self._refreshed_at = self.clock()
+
+    def sample(self) -> TreeSample:
+        now = self.clock()
+        if self._refreshed_at is None or now - self._refreshed_at >= self.refresh_s:
+            self.refresh()
+        rss = server_rss = 0
+        cpu = server_cpu = 0.0
+        gone: list[int] = []
+        for pid, proc in self._procs.items():
+            try:
+                with proc.oneshot():
+                    mem = proc.memory_info().rss
+                    share = proc.cpu_percent(None)
+            except psutil.Error:
+                gone.append(pid)
+                continue
+            rss += mem
+            cpu += share
+            if pid == self.server_pid:
+                server_rss, server_cpu = mem, share
+        for pid in gone:
+            self._procs.pop(pid, None)
+        if gone:
+            self._refreshed_at = None  # someone left: look for replacements next time
+        primed = self._server_primed
+        self._server_primed = self.server_pid in self._procs
+        return TreeSample(rss, cpu, len(self._procs), server_rss, server_cpu, primed)
+
+
+def _zero() -> int:
+    return 0
+
+
+class ResourceMonitor:
+    """Takes ResourceSnapshots and keeps them in a bounded History.
+
+    ``sessions``/``cached``/``in_flight``/``loop_lag_ms`` are callables the
+    composition root wires to ChatMemory, Admission and the loop-lag probe.
+    """
+
+    def __init__(
+        self,
+        *,
+        memory_limit_mb: float | None = None,
+        data_dir: Path = Path("."),
+        history_len: int = 720,
+        root_pid: int | None = None,
+        proc_root: Path = PROC_ROOT,
+        cgroup_root: Path = CGROUP_ROOT,
+        clock: Callable[[], float] = time.time,
+        sessions: Callable[[], int] = _zero,
+        cached: Callable[[], int] = _zero,
+        in_flight: Callable[[], int] = _zero,
+        loop_lag_ms: Callable[[], float] = lambda: 0.0,
+    ) -> None:
+        self.clock = clock
+        self.data_dir = data_dir
+        self.budget: MemoryBudget = resolve_memory_budget(
+            memory_limit_mb, proc_root=proc_root, cgroup_root=cgroup_root
+        )
+        self.cpu: CpuCapacity = resolve_cpu_capacity(proc_root=proc_root, cgroup_root=cgroup_root)
+        self.pressure: PressureFiles = resolve_pressure_files(
+            proc_root=proc_root, cgroup_root=cgroup_root
+        )
+        own = os.getpid()
+        self.tree = ProcessTree(root_pid or own, server_pid=own, proc_root=proc_root)
+        self.history = History(history_len)
+        self.sessions, self.cached, self.in_flight = sessions, cached, in_flight
+        self.loop_lag_ms = loop_lag_ms
+
+    def _disk_percent(self) -> float:
+        try:
+            return float(psutil.disk_usage(str(self.data_dir)).percent)
+        except OSError:
+            return 0.0
+
+    def _net_io(self) -> tuple[int, int]:
+        try:
+            counters = psutil.net_io_counters()
+        except (OSError, RuntimeError):
+            return (0, 0)
+        return (0, 0) if counters is None else (counters.bytes_sent, counters.bytes_recv)
+
+    def take(self) -> ResourceSnapshot:
+        """One snapshot, without storing it (the benchmark measures this)."""
+        tree = self.tree.sample()
+        return ResourceSnapshot(
+            timestamp=self.clock(),
+            memory_mb=tree.rss_bytes / MB,
+            cpu_percent=min(100.0, tree.cpu_percent / max(self.cpu.cores, 0.01)),
+            active_sessions=self.sessions(),
+            total_processes=tree.processes,
+            disk_usage_percent=self._disk_percent(),
+            network_io_bytes=self._net_io(),
+            server_memory_mb=tree.server_rss_bytes / MB,
+            server_cpu_percent=tree.server_cpu_percent,
+            loop_lag_ms=self.loop_lag_ms(),
+            in_flight_turns=self.in_flight(),
+            cached_sessions=self.cached(),
+            cpu_pressure=read_pressure(self.pressure.cpu),
+            memory_pressure=read_pressure(self.pressure.memory),
+            pressure_scope=self.pressure.scope,
+            primed=tree.primed,
+        )
+
+    def snapshot(self) -> ResourceSnapshot:
+        """Take a snapshot and append it to the history ring."""
+        snap = self.take()
+        self.history.append(snap)
+        return snap
+
+
+class LoopLagProbe:
+    """Measures how late the event loop wakes up; ``take()`` = max since last take."""
+
+    def __init__(self, interval_s: float = 0.25) -> None:
+        self.interval_s = interval_s
+        self._max_lag_s = 0.0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(self.interval_s)
+            lag = loop.time() - started - self.interval_s
+            self._max_lag_s = max(self._max_lag_s, lag)
+
+    def take_ms(self) -> float:
+        lag, self._max_lag_s = self._max_lag_s, 0.0
+        return max(0.0, lag * 1000)

@@ -1,0 +1,89 @@
+"""ResourceSnapshot (seed 003's fields plus Vigil's) and the bounded history ring."""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSnapshot:
+    """One sample of Vigil's process tree and its surroundings.
+
+    ``memory_mb``/``cpu_percent`` cover the whole tree (supervisor, server,
+    worker and their children); ``cpu_percent`` is a share of the CPUs
+    available to us (0-100), ``server_cpu_percent`` a share of one core (an
+    event loop is single-threaded). ``primed`` is False for the first sample,
+    whose CPU reading means nothing and which drives no decision.
+    """
+
+    timestamp: float
+    memory_mb: float
+    cpu_percent: float
+    active_sessions: int
+    total_processes: int
+    disk_usage_percent: float
+    network_io_bytes: tuple[int, int]
+    server_memory_mb: float = 0.0
+    server_cpu_percent: float = 0.0
+    loop_lag_ms: float = 0.0
+    in_flight_turns: int = 0
+    cached_sessions: int = 0
+    cpu_pressure: float | None = None
+    memory_pressure: float | None = None
+    pressure_scope: str = "none"
+    primed: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["network_io_bytes"] = list(self.network_io_bytes)
+        data["time"] = datetime.fromtimestamp(self.timestamp, UTC).isoformat(timespec="seconds")
+        for key in ("memory_mb", "cpu_percent", "server_memory_mb", "server_cpu_percent"):
+            data[key] = round(data[key], 2)
+        data["loop_lag_ms"] = round(self.loop_lag_ms, 2)
+        return data
+
+
+class History:
+    """A bounded ring of snapshots, oldest first (default one hour of them)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self._items: deque[ResourceSnapshot] = deque(maxlen=max(2, maxlen))
+
+    def append(self, snapshot: ResourceSnapshot) -> None:
+        self._items.append(snapshot)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[ResourceSnapshot]:
+        return iter(self._items)
+
+    @property
+    def maxlen(self) -> int:
+        return self._items.maxlen or 0
+
+    @property
+    def latest(self) -> ResourceSnapshot | None:
+        return self._items[-1] if self._items else None
+
+    def since(self, timestamp: float) -> list[ResourceSnapshot]:
+        items = list(self._items)
+        keys = [s.timestamp for s in items]
+        return items[bisect.bisect_left(keys, timestamp) :]
+
+    def items(self) -> list[ResourceSnapshot]:
+        return list(self._items)
+
+
+def downsample(items: list[ResourceSnapshot], points: int) -> list[ResourceSnapshot]:
+    """At most ``points`` snapshots, evenly spread, always keeping the newest."""
+    if points <= 0 or len(items) <= points:
+        return items
+    step = len(items) / points
+    picked = [items[int(i * step)] for i in range(points - 1)]
+    return [*picked, items[-1]]

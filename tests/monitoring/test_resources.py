@@ -1,0 +1,75 @@
+"""ResourceMonitor against the real process tree (a real child process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from monitoring.resources import ProcessTree, ResourceMonitor, vigil_root_pid
+from monitoring.snapshot import History, downsample
+from tests.monitoring.helpers import snap
+
+
+def test_snapshots_cover_children_and_the_first_one_is_not_primed(tmp_path: Path) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        clock = iter(range(1000, 2000, 5))
+        monitor = ResourceMonitor(
+            memory_limit_mb=2048,
+            data_dir=tmp_path,
+            history_len=3,
+            clock=lambda: float(next(clock)),
+            sessions=lambda: 7,
+            in_flight=lambda: 2,
+            loop_lag_ms=lambda: 12.5,
+        )
+        first = monitor.snapshot()
+        second = monitor.snapshot()
+        assert not first.primed and second.primed
+        assert second.total_processes >= 2  # this process and the sleeping child
+        own_rss_mb = second.server_memory_mb
+        assert second.memory_mb > own_rss_mb > 1
+        assert (second.active_sessions, second.in_flight_turns, second.loop_lag_ms) == (7, 2, 12.5)
+        assert 0 <= second.disk_usage_percent <= 100
+        assert monitor.budget.source == "setting" and monitor.budget.mb == 2048
+        for _ in range(3):
+            monitor.snapshot()
+        assert len(monitor.history) == 3  # bounded ring
+        assert monitor.history.latest is not None
+        assert monitor.history.latest.timestamp == 1020.0
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_child_that_exits_leaves_the_tree() -> None:
+    tree = ProcessTree(os.getpid(), refresh_s=0.0)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert tree.sample().processes >= 2
+    finally:
+        child.kill()
+        child.wait()
+    assert tree.sample().processes == 1
+
+
+def test_root_pid_is_the_supervisor_only_when_it_is_our_parent(tmp_path: Path) -> None:
+    pid_file = tmp_path / "vigil.pid"
+    assert vigil_root_pid(os.getpid(), pid_file) == os.getpid()  # no file
+    pid_file.write_text(f"{os.getppid()}\n")
+    assert vigil_root_pid(os.getpid(), pid_file) == os.getppid()
+    pid_file.write_text("1\n")
+    assert vigil_root_pid(os.getpid(), pid_file) == (1 if os.getppid() == 1 else os.getpid())
+    pid_file.write_text("garbage")
+    assert vigil_root_pid(os.getpid(), pid_file) == os.getpid()
+
+
+def test_history_since_and_downsample() -> None:
+    history = History(100)
+    for t in range(50):
+        history.append(snap(float(t)))
+    assert [s.timestamp for s in history.since(45.0)] == [45.0, 46.0, 47.0, 48.0, 49.0]
+    picked = downsample(history.items(), 10)
+    assert len(picked) == 10 and picked[-1].timestamp == 49.0 and picked[0].timestamp == 0.0
