@@ -182,5 +182,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _register_operator_commands() -> None:
+    # issue 6: `worker` (Huey consumer) and the operator CLI (status, backup, restore, ...).
+    from core.cli import register as register_operator
+    from tasks.queue import queue_depth
+    from tasks.worker import register as register_worker
+
+    register_worker(cli)
+    register_operator(cli, queue_depth=queue_depth)
+
+
+_register_operator_commands()
+
 if __name__ == "__main__":
     cli()

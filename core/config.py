@@ -178,6 +178,8 @@ class Settings(BaseSettings):
     backup_keep_monthly: int = Field(default=12, ge=0)
     message_retention_days: int | None = Field(default=None, ge=1)
     task_retention_days: int = Field(default=7, ge=1)
+    # Per-task cron overrides (UTC), e.g. {"backup": "0 */6 * * *", "vacuum": "off"}.
+    task_schedule: dict[str, str] = Field(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(

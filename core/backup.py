@@ -1,0 +1,362 @@
+"""Backups of ``system.db``: online copy, compression, checksums, verified restore.
+
+A snapshot is two files in ``data/backups/``: ``NAME.db.gz`` (the database,
+gzip-compressed) and ``NAME.json`` (its manifest: sha256 of the compressed
+file, sizes, counts, schema version). The manifest is written last, so a
+snapshot without one is an interrupted backup and is ignored.
+
+The copy uses SQLite's online backup API from inside one read transaction, so
+in WAL mode it is a consistent picture of the moment the backup began while
+the server keeps writing. Every copy passes ``PRAGMA integrity_check`` before
+it is compressed, and the compressed file is read back (checksum and gzip CRC)
+before the backup counts as done. Used by the CLI and the Huey tasks alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from core.database import BUSY_TIMEOUT_S, connect_sync
+from core.errors import BadRequest, NotFound, StorageError, StorageFull, VigilError
+
+log = logging.getLogger(__name__)
+
+DATA_SUFFIX = ".db.gz"
+MANIFEST_SUFFIX = ".json"
+KINDS = ("manual", "auto", "pre-restore")
+STEP_PAGES = 4096
+CHUNK = 1 << 20
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
+
+# progress(phase, done, total): phases are copy, check, compress, verify, restore.
+Progress = Callable[[str, int, int], None]
+
+
+class BackupFailed(StorageError):
+    code = "backup_failed"
+
+
+class SnapshotNotFound(NotFound):
+    code = "snapshot_not_found"
+
+
+class SnapshotDamaged(StorageError):
+    code = "snapshot_damaged"
+
+
+class InvalidName(BadRequest):
+    code = "invalid_name"
+
+
+class ServerRunning(VigilError):
+    code = "server_running"
+    status = 409
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One backup as described by its manifest."""
+
+    name: str
+    created_at: float
+    kind: str
+    size_bytes: int
+    db_bytes: int
+    sha256: str
+    schema_version: int
+    messages: int
+    chats: int
+    duration_s: float
+    directory: Path
+
+    @property
+    def path(self) -> Path:
+        return self.directory / (self.name + DATA_SUFFIX)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / (self.name + MANIFEST_SUFFIX)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("directory")
+        data["path"] = str(self.path)
+        return data
+
+
+def no_progress(phase: str, done: int, total: int) -> None:
+    return None
+
+
+def check_name(name: str) -> str:
+    """A snapshot name is a plain file stem: letters, digits, ``._-``."""
+    name = name.removesuffix(DATA_SUFFIX).removesuffix(MANIFEST_SUFFIX)
+    if not _NAME_RE.match(name):
+        raise InvalidName(
+            f"invalid snapshot name {name!r}: use up to 80 letters, digits, '.', '_' or '-'"
+        )
+    return name
+
+
+def default_name(kind: str, now: float) -> str:
+    prefix = "auto" if kind == "auto" else "snapshot"
+    return prefix + time.strftime("_%Y%m%d_%H%M%S", time.gmtime(now))
+
+
+class _HashingWriter:
+    """A write-only file wrapper that hashes what passes through."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _online_copy(source: Path, target: Path, progress: Progress) -> dict[str, int]:
+    """Copy ``source`` to ``target`` with the backup API, as of one instant."""
+    src = connect_sync(source, readonly=True)
+    dst = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S)
+    try:
+        # The read transaction pins one WAL snapshot for every backup step, so
+        # concurrent commits neither restart the copy nor leak into it.
+        src.execute("BEGIN")
+        counts = {
+            "messages": int(src.execute("SELECT count(*) FROM messages").fetchone()[0]),
+            "chats": int(src.execute("SELECT count(*) FROM chats").fetchone()[0]),
+            "schema_version": int(src.execute("PRAGMA user_version").fetchone()[0]),
+        }
+        page = int(src.execute("PRAGMA page_size").fetchone()[0])
+        src.backup(
+            dst,
+            pages=STEP_PAGES,
+            progress=lambda _s, left, total: progress("copy", (total - left) * page, total * page),
+        )
+        src.execute("COMMIT")
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
+        src.close()
+    return counts
+
+
+def integrity_problems(path: Path, *, quick: bool = False) -> list[str]:
+    """``PRAGMA integrity_check`` of a plain database file; [] means healthy."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        try:
+            pragma = "quick_check" if quick else "integrity_check"
+            rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)")]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        return [str(exc)]
+    return [] if rows == ["ok"] else rows
+
+
+def _compress(source: Path, target: Path, level: int, progress: Progress) -> tuple[str, int]:
+    total = source.stat().st_size
+    done = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as raw, source.open("rb") as src:
+        hashing = _HashingWriter(raw)
+        with gzip.GzipFile(fileobj=hashing, mode="wb", compresslevel=level, mtime=0) as gz:
+            while chunk := src.read(CHUNK):
+                gz.write(chunk)
+                done += len(chunk)
+                progress("compress", done, total)
+        raw.flush()
+        os.fsync(raw.fileno())
+    return hashing.digest.hexdigest(), hashing.size
+
+
+def _write_manifest(snapshot: Snapshot) -> None:
+    tmp = snapshot.manifest_path.with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(snapshot.to_dict(), handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, snapshot.manifest_path)
+
+
+def _check_space(db_path: Path, directory: Path) -> None:
+    need = sum(p.stat().st_size for p in _db_files(db_path) if p.exists())
+    free = shutil.disk_usage(directory).free
+    # The uncompressed copy plus the compressed file must fit at once.
+    if free < need * 1.5 + CHUNK:
+        raise StorageFull(
+            f"not enough free disk for a backup: {free / 1e6:.0f} MB free in {directory}, "
+            f"about {need * 1.5 / 1e6:.0f} MB needed"
+        )
+
+
+def _db_files(db_path: Path) -> list[Path]:
+    return [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
+
+
+def ensure_dir(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        os.chmod(directory, 0o700)
+
+
+def create_backup(
+    db_path: Path,
+    backups_dir: Path,
+    *,
+    name: str | None = None,
+    kind: str = "manual",
+    now: float | None = None,
+    level: int = 6,
+    progress: Progress = no_progress,
+) -> Snapshot:
+    """Take, compress, checksum and verify one snapshot of ``db_path``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    if not db_path.exists():
+        raise StorageError(f"no database at {db_path}: nothing to back up")
+    started, created = time.monotonic(), time.time() if now is None else now
+    name = check_name(name) if name else default_name(kind, created)
+    ensure_dir(backups_dir)
+    final = backups_dir / (name + DATA_SUFFIX)
+    if final.exists() or (backups_dir / (name + MANIFEST_SUFFIX)).exists():
+        raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")
+    _check_space(db_path, backups_dir)
+    copy = backups_dir / f".{name}.db.tmp"
+    packed = backups_dir / f".{name}.gz.tmp"
+    try:
+        counts = _online_copy(db_path, copy, progress)
+        progress("check", 0, 1)
+        problems = integrity_problems(copy)
+        if problems:
+            raise BackupFailed(
+                f"the copy failed its integrity check ({problems[0]}); the database itself "
+                "may be damaged: run `python main.py validate`"
+            )
+        progress("check", 1, 1)
+        digest, size = _compress(copy, packed, level, progress)
+        os.replace(packed, final)
+        snapshot = Snapshot(
+            name=name,
+            created_at=created,
+            kind=kind,
+            size_bytes=size,
+            db_bytes=copy.stat().st_size,
+            sha256=digest,
+            schema_version=counts["schema_version"],
+            messages=counts["messages"],
+            chats=counts["chats"],
+            duration_s=round(time.monotonic() - started, 3),
+            directory=backups_dir,
+        )
+        _write_manifest(snapshot)
+        verify_snapshot(snapshot, progress=progress)
+    except sqlite3.Error as exc:
+        final.unlink(missing_ok=True)
+        raise BackupFailed(f"backup failed: {exc}") from exc
+    except OSError as exc:
+        final.unlink(missing_ok=True)
+        if exc.errno == 28:
+            raise StorageFull(f"backup failed: the disk is full in {backups_dir}") from exc
+        raise BackupFailed(f"backup failed: {exc.strerror or exc}") from exc
+    finally:
+        copy.unlink(missing_ok=True)
+        packed.unlink(missing_ok=True)
+    log.info(
+        "backup %s: %d messages, %.1f MB -> %.1f MB in %.2f s",
+        name,
+        snapshot.messages,
+        snapshot.db_bytes / 1e6,
+        snapshot.size_bytes / 1e6,
+        snapshot.duration_s,
+    )
+    return snapshot
+
+
+def _read_manifest(path: Path) -> Snapshot | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Snapshot(
+            name=str(data["name"]),
+            created_at=float(data["created_at"]),
+            kind=str(data.get("kind", "manual")),
+            size_bytes=int(data["size_bytes"]),
+            db_bytes=int(data["db_bytes"]),
+            sha256=str(data["sha256"]),
+            schema_version=int(data.get("schema_version", 0)),
+            messages=int(data.get("messages", 0)),
+            chats=int(data.get("chats", 0)),
+            duration_s=float(data.get("duration_s", 0.0)),
+            directory=path.parent,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable backup manifest %s: %s", path, exc)
+        return None
+
+
+def list_snapshots(backups_dir: Path) -> list[Snapshot]:
+    """Every complete snapshot, newest first."""
+    if not backups_dir.is_dir():
+        return []
+    found = [_read_manifest(p) for p in backups_dir.glob("*" + MANIFEST_SUFFIX)]
+    return sorted((s for s in found if s), key=lambda s: (s.created_at, s.name), reverse=True)
+
+
+def find_snapshot(backups_dir: Path, name: str) -> Snapshot:
+    name = check_name(name)
+    path = backups_dir / (name + MANIFEST_SUFFIX)
+    snapshot = _read_manifest(path) if path.exists() else None
+    if snapshot is None:
+        raise SnapshotNotFound(
+            f"no snapshot named {name!r} in {backups_dir} (list them with `snapshots`)",
+            name=name,
+        )
+    return snapshot
+
+
+def verify_snapshot(snapshot: Snapshot, *, progress: Progress = no_progress) -> None:
+    """Re-read the compressed file: sha256 and gzip CRC must both match."""
+    if not snapshot.path.exists():
+        raise SnapshotDamaged(f"snapshot {snapshot.name!r}: {snapshot.path.name} is missing")
+    digest, done = hashlib.sha256(), 0
+    try:
+        with snapshot.path.open("rb") as raw:
+            while chunk := raw.read(CHUNK):
+                digest.update(chunk)
+                done += len(chunk)
+                progress("verify", done, snapshot.size_bytes)
+        if digest.hexdigest() != snapshot.sha256:
+            raise SnapshotDamaged(f"snapshot {snapshot.name!r} is damaged: checksum mismatch")
+        with gzip.open(snapshot.path, "rb") as gz:
+            while gz.read(CHUNK):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SnapshotDamaged(f"snapshot {snapshot.name!r} is damaged: {exc}") from exc
+
+
+def delete_snapshot(snapshot: Snapshot) -> None:
+    # Manifest first: a half-deleted snapshot then looks interrupted, not valid.
+    snapshot.manifest_path.unlink(missing_ok=True)
+    snapshot.path.unlink(missing_ok=True)

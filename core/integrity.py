@@ -1,0 +1,182 @@
+"""``validate``: is the database whole, its search index in sync, its files private?
+
+Each check returns a :class:`Check` (ok / warn / fail). Everything here reads
+only, except FTS5's own ``integrity-check`` command, which needs the write
+lock: it runs only when ``full_fts`` is asked for (the CLI asks when the
+server is stopped). With the server running, the index is compared with the
+messages table row by row through the index's ``docsize`` table instead.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from core.backup import integrity_problems
+from core.database import BUSY_TIMEOUT_S
+from core.schema import SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: str  # ok | warn | fail
+    detail: str
+
+    @property
+    def is_ok(self) -> bool:
+        return self.status != "fail"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _open_ro(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+
+
+def check_integrity(path: Path) -> Check:
+    problems = integrity_problems(path)
+    if not problems:
+        return Check("integrity", "ok", "PRAGMA integrity_check: ok")
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return Check("integrity", "fail", f"{problems[0]}{more}")
+
+
+def check_schema(conn: sqlite3.Connection) -> Check:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version == SCHEMA_VERSION:
+        return Check("schema", "ok", f"schema version {version}")
+    status = "warn" if version < SCHEMA_VERSION else "fail"
+    return Check("schema", status, f"schema version {version}, this Vigil expects {SCHEMA_VERSION}")
+
+
+def check_fts_rows(conn: sqlite3.Connection) -> Check:
+    """Read-only: every message indexed once, nothing indexed that is gone."""
+    missing = conn.execute(
+        "SELECT count(*) FROM (SELECT id FROM messages EXCEPT SELECT id FROM messages_fts_docsize)"
+    ).fetchone()[0]
+    stale = conn.execute(
+        "SELECT count(*) FROM (SELECT id FROM messages_fts_docsize EXCEPT SELECT id FROM messages)"
+    ).fetchone()[0]
+    if missing or stale:
+        return Check(
+            "fts",
+            "fail",
+            f"search index out of sync: {missing} message(s) not indexed, {stale} stale "
+            "entr(ies); repair with `validate --repair-fts`",
+        )
+    return Check("fts", "ok", "search index covers every message")
+
+
+def check_fts_full(path: Path) -> Check:
+    """FTS5's own check of the index against the messages (takes the write lock)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES('integrity-check', 1)")
+    except sqlite3.DatabaseError as exc:
+        return Check(
+            "fts_content",
+            "fail",
+            f"search index does not match the messages ({exc}); "
+            "repair with `validate --repair-fts`",
+        )
+    finally:
+        conn.close()
+    return Check("fts_content", "ok", "FTS5 integrity-check: ok")
+
+
+def check_orphans(conn: sqlite3.Connection) -> Check:
+    orphans = conn.execute(
+        "SELECT count(*) FROM messages m"
+        " WHERE NOT EXISTS (SELECT 1 FROM chats c WHERE c.id = m.chat_id)"
+    ).fetchone()[0]
+    drift = conn.execute(
+        "SELECT count(*) FROM chats c WHERE c.message_count !="
+        " (SELECT count(*) FROM messages m WHERE m.chat_id = c.id)"
+    ).fetchone()[0]
+    if orphans:
+        return Check("orphans", "fail", f"{orphans} message(s) belong to no chat")
+    if drift:
+        return Check("orphans", "warn", f"{drift} chat(s) have a stale message_count")
+    return Check("orphans", "ok", "no orphan rows")
+
+
+def _mode_problem(path: Path, allowed: int) -> str | None:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    if mode & ~allowed:
+        return f"{path} is {mode:04o} (expected {allowed:04o} or stricter)"
+    return None
+
+
+def check_permissions(paths: list[tuple[Path, int]]) -> Check:
+    """Files must not be readable by group/others (chat content, secrets)."""
+    problems = [p for p in (_mode_problem(path, mode) for path, mode in paths) if p]
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Check("permissions", "fail", problems[0] + more + "; fix with chmod")
+    return Check("permissions", "ok", "data files are private")
+
+
+def private_paths(data_dir: Path, db_path: Path, logs_dir: Path) -> list[tuple[Path, int]]:
+    """The files validate inspects (stat only: the Telegram session is never opened)."""
+    paths: list[tuple[Path, int]] = [(data_dir, 0o700), (logs_dir, 0o700)]
+    for name in (db_path.name, f"{db_path.name}-wal", f"{db_path.name}-shm", "telegram.session"):
+        paths.append((db_path.parent / name, 0o600))
+    paths.append((data_dir / "admin_token", 0o600))
+    backups = data_dir / "backups"
+    if backups.is_dir():
+        paths.append((backups, 0o700))
+        paths.extend((p, 0o600) for p in sorted(backups.iterdir()) if p.is_file())
+    return paths
+
+
+def validate_database(
+    path: Path,
+    *,
+    full_fts: bool = True,
+    permissions: list[tuple[Path, int]] | None = None,
+    on_check: Callable[[Check], None] | None = None,
+) -> list[Check]:
+    """Run every check on ``path``; a check that cannot run is itself a failure."""
+    checks: list[Check] = []
+
+    def add(check: Check) -> None:
+        checks.append(check)
+        if on_check is not None:
+            on_check(check)
+
+    if not path.is_file():
+        add(Check("database", "fail", f"no database file at {path}"))
+        return checks
+    add(check_integrity(path))
+    try:
+        conn = _open_ro(path)
+        try:
+            for step in (check_schema, check_fts_rows, check_orphans):
+                add(step(conn))
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        add(Check("tables", "fail", f"cannot read the tables: {exc}"))
+    if full_fts and all(c.is_ok for c in checks):
+        add(check_fts_full(path))
+    if permissions is not None:
+        add(check_permissions(permissions))
+    return checks
+
+
+def repair_fts(path: Path) -> None:
+    """Rebuild the full-text index from the messages table."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    try:
+        conn.execute("INSERT INTO messages_fts(messages_fts) VALUES('rebuild')")
+    finally:
+        conn.close()

@@ -1,0 +1,174 @@
+"""The bodies of Vigil's background tasks: plain functions of (settings, ...).
+
+Each one calls ``core/`` (the same functions the CLI uses) and returns a small
+JSON-able dict that ends up in ``server_tasks.result``. They know nothing of
+Huey; ``tasks/queue.py`` wraps them into tasks and records every run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+
+from core import backup, maintenance
+from core.config import Settings
+from core.database import Database, connect_sync
+from core.restore import server_pid
+from core.retention import RetentionPolicy, prune_snapshots
+
+log = logging.getLogger(__name__)
+
+Job = Callable[..., dict[str, Any]]
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[Any]:
+    conn = connect_sync(settings.db_path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
+    with database(settings) as conn:
+        deleted = maintenance.cleanup_old_tasks(conn, days=settings.task_retention_days)
+    return {"deleted": deleted, "days": settings.task_retention_days}
+
+
+def cleanup_idle_sessions(settings: Settings) -> dict[str, Any]:
+    """Ask the running server to drop idle chat windows (they live in its memory)."""
+    if server_pid(settings.pid_file) is None and not _answers(settings):
+        return {"skipped": "server not running"}
+    token = _admin_token(settings)
+    try:
+        response = httpx.post(
+            settings.base_url + "/resources/cleanup",
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            json={"reason": "idle_sessions"},
+            timeout=10.0,
+        )
+    except httpx.HTTPError as exc:
+        return {"skipped": f"server unreachable: {exc.__class__.__name__}"}
+    if response.status_code >= 400:
+        return {"skipped": f"server answered HTTP {response.status_code}"}
+    return {"server": _json_or_text(response)}
+
+
+def backup_and_prune(
+    settings: Settings, *, name: str | None = None, kind: str = "auto"
+) -> dict[str, Any]:
+    snapshot = backup.create_backup(settings.db_path, settings.backups_dir, name=name, kind=kind)
+    removed = prune_snapshots(settings.backups_dir, RetentionPolicy.from_settings(settings))
+    return {
+        "snapshot": snapshot.name,
+        "messages": snapshot.messages,
+        "size_bytes": snapshot.size_bytes,
+        "pruned": [s.name for s in removed],
+    }
+
+
+def daily_maintenance(settings: Settings) -> dict[str, Any]:
+    with database(settings) as conn:
+        return maintenance.daily_maintenance(conn)
+
+
+def vacuum(settings: Settings) -> dict[str, Any]:
+    with database(settings) as conn:
+        return maintenance.vacuum_if_worthwhile(conn, settings.db_path)
+
+
+def message_retention(settings: Settings) -> dict[str, Any]:
+    days = settings.message_retention_days
+    if days is None:
+        return {"skipped": "message retention is off (VIGIL_MESSAGE_RETENTION_DAYS unset)"}
+    with database(settings) as conn:
+        return {"deleted": maintenance.delete_old_messages(conn, days=days), "days": days}
+
+
+def refine_summaries(settings: Settings, *, within_s: float = 2 * 3600) -> dict[str, Any]:
+    """Let the model rewrite extractive summaries of chats that overflowed lately."""
+    with database(settings) as conn:
+        chats = maintenance.overflowed_chats(conn, since=time.time() - within_s)
+    if not chats:
+        return {"refined": 0, "candidates": 0}
+    return asyncio.run(_refine(settings, chats))
+
+
+async def _refine(settings: Settings, chats: list[str]) -> dict[str, Any]:
+    from core.context import ContextWindowManager
+    from core.errors import LLMError
+    from core.llm import LLMClient
+    from core.memory import ChatMemory
+
+    llm = LLMClient(
+        base_url=settings.llm_base_url,
+        model=settings.llm_model,
+        api_key=settings.llm_api_key,
+        timeout_s=settings.llm_timeout_s,
+        connect_timeout_s=settings.llm_connect_timeout_s,
+        max_retries=settings.llm_max_retries,
+    )
+    db = Database(settings.db_path, readers=1)
+    try:
+        status = await llm.probe()
+        if status.state != "ok":
+            return {"skipped": f"model {status.state}: {status.detail}", "candidates": len(chats)}
+        await db.open()
+        context = ContextWindowManager(
+            ChatMemory(db),
+            system_prompt=settings.system_prompt,
+            max_messages=settings.context_max_messages,
+            max_tokens=settings.context_max_tokens,
+            summary_max_tokens=settings.context_summary_max_tokens,
+        )
+        refined, failed = 0, 0
+        for chat_id in chats:
+            try:
+                refined += int(await context.refine(chat_id, llm.summarize))
+            except LLMError as exc:
+                failed += 1
+                log.warning("summary of chat %s not refined: %s", chat_id, exc)
+        return {"refined": refined, "failed": failed, "candidates": len(chats)}
+    finally:
+        await db.close()
+        await llm.aclose()
+
+
+def _answers(settings: Settings) -> bool:
+    try:
+        return httpx.get(settings.base_url + "/health/live", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _admin_token(settings: Settings) -> str | None:
+    if settings.admin_token is not None:
+        return settings.admin_token.get_secret_value()
+    with contextlib.suppress(OSError):
+        return settings.admin_token_file.read_text(encoding="utf-8").strip() or None
+    return None
+
+
+def _json_or_text(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:200]
+
+
+JOBS: dict[str, Job] = {
+    "cleanup_old_tasks": cleanup_old_tasks,
+    "cleanup_idle_sessions": cleanup_idle_sessions,
+    "backup": backup_and_prune,
+    "maintenance": daily_maintenance,
+    "vacuum": vacuum,
+    "message_retention": message_retention,
+    "refine_summaries": refine_summaries,
+}
