@@ -110,6 +110,11 @@ def supervise(
             raise typer.Exit(2)
         children.append(ChildSpec(name, shlex.split(command)))
     store = RestartLog(settings.db_path)
+    try:
+        store.prepare()  # schema ready before any child may crash and be recorded
+    except Exception as exc:
+        typer.echo(f"vigil: cannot prepare {settings.db_path}: {exc}", err=True)
+        raise typer.Exit(1) from None
     supervisor = Supervisor(
         children,
         Policy.from_settings(settings),
@@ -180,6 +185,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _register_modules() -> None:
+    from core import preflight
+
+    preflight.register(cli, settings_or_exit)
+
+
+_register_modules()
 
 
 def _register_operator_commands() -> None:

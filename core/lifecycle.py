@@ -73,15 +73,22 @@ class Lifecycle:
         self.requested_at: float | None = None
         self.exit_code: int | None = None
         self._task: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()
 
     @property
     def is_draining(self) -> bool:
         return self.state != "running"
 
-    def request_restart(self, reason: str, detail: str = "") -> bool:
-        """Start the graceful path; False when one is already under way."""
+    def request_restart(self, reason: str, detail: str = "", *, immediate: bool = False) -> bool:
+        """Start the graceful path; False when one is already under way.
+
+        ``immediate`` (the governor's hard memory limit) skips the grace period:
+        turns in flight are cut, the record is still written.
+        """
         if reason not in RESTART_REASONS + STOP_REASONS:
             raise ValueError(f"unknown restart reason {reason!r}")
+        if immediate:
+            self._hurry.set()
         if self.is_draining:
             log.info("restart request %s ignored: already %s (%s)", reason, self.state, self.reason)
             return False
@@ -104,7 +111,12 @@ class Lifecycle:
     async def _drain(self) -> None:
         started = time.monotonic()
         admission = self.runtime.admission
-        is_idle = await admission.wait_idle(self.grace_s)
+        idle = asyncio.ensure_future(admission.wait_idle(self.grace_s))
+        hurry = asyncio.ensure_future(self._hurry.wait())
+        await asyncio.wait({idle, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        hurry.cancel()
+        is_idle = idle.result() if idle.done() else admission.in_flight == 0
+        idle.cancel()
         waited = time.monotonic() - started
         if is_idle:
             log.info("drained in %.1f s; no turn in flight", waited)

@@ -12,11 +12,11 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.database import Database, connect_sync
+from core.database import Database, connect_sync, migrate_sync
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ COLUMNS = (
 )
 INSERT = f"INSERT INTO restarts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 STATE_FILE = "supervisor.json"
+MAX_PENDING = 100
 
 
 def row_values(event: Any) -> tuple[Any, ...]:
@@ -46,11 +47,25 @@ class RestartLog:
     """Synchronous writer used by the supervisor process (injected into it)."""
 
     db_path: Path
+    pending: list[tuple[Any, ...]] = field(default_factory=list)
 
-    def record(self, event: Any) -> None:
+    def prepare(self) -> None:
+        """Create the data dir and migrate the schema (the supervisor starts first)."""
         conn = connect_sync(self.db_path)
         try:
-            conn.execute(INSERT, row_values(event))
+            migrate_sync(conn)
+        finally:
+            conn.close()
+
+    def record(self, event: Any) -> None:
+        # A record that could not be written (disk full, locked) is kept and
+        # written with the next one, so the history has no silent gaps.
+        self.pending.append(row_values(event))
+        del self.pending[:-MAX_PENDING]
+        conn = connect_sync(self.db_path)
+        try:
+            conn.executemany(INSERT, self.pending)
+            self.pending.clear()
         finally:
             conn.close()
         log.info(

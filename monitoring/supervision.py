@@ -130,6 +130,7 @@ class ChildState:
         return {
             "state": self.state,
             "pid": self.pid,
+            "is_live": self.live_seen if self.spec.live_url else None,
             "started_at": self.started_at or None,
             "attempt": self.attempt,
             "restarts_in_window": len(window),

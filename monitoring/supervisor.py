@@ -200,7 +200,11 @@ class Supervisor:
         if url is None or child.watchdog_fired:
             return
         if _is_live(url, timeout=min(2.0, self.policy.watchdog_timeout_s / 2)):
-            child.last_live_ok, child.live_seen = now, True
+            if not child.live_seen:
+                child.live_seen = True
+                log.info("%s answers %s", child.spec.name, url)
+                self._write_state()
+            child.last_live_ok = now
             return
         silent = now - child.last_live_ok
         # Until the first answer the child is still starting (imports, database,

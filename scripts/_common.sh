@@ -1,8 +1,10 @@
 # Shared helpers for Vigil's shell scripts (sourced, not run).
 set -euo pipefail
-VIGIL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VIGIL_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd "$VIGIL_ROOT"
-VENV="$VIGIL_ROOT/.venv"
+# VIGIL_VENV: use an existing virtualenv as it is (no install step), e.g. a
+# shared or system-managed one; tests point it at the checkout's .venv.
+VENV="${VIGIL_VENV:-$VIGIL_ROOT/.venv}"
 PY="$VENV/bin/python"
 
 say() { printf '%s\n' "vigil: $*"; }
@@ -24,6 +26,10 @@ find_python() {
 # ensure_venv REQUIREMENTS_FILE: create .venv and install only when the file changed.
 ensure_venv() {
     local reqs="$1" stamp="$VENV/.vigil-$(basename "$1").sha256" want have python
+    if [ -n "${VIGIL_VENV:-}" ]; then
+        [ -x "$PY" ] || die "VIGIL_VENV=$VIGIL_VENV has no bin/python"
+        return 0
+    fi
     if [ ! -x "$PY" ]; then
         python="$(find_python)" || die "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)"
         say "creating .venv with $python"
@@ -48,8 +54,26 @@ load_env() {
 }
 
 # pid_alive PID: is PID a running Vigil process of this installation?
+# (its command line runs main.py and its working directory is this checkout,
+# so a recycled PID or another installation's Vigil never matches)
 pid_alive() {
     local pid="$1"
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    is_running "$pid" || return 1
     tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "main.py" || return 1
+    [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$VIGIL_ROOT" ] || return 1
+}
+
+# is_running PID: exists and is not a zombie (an unreaped exit still answers kill -0).
+is_running() {
+    local pid="$1" state
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    state="$(ps -o stat= -p "$pid" 2>/dev/null)" || return 1
+    [ -n "$state" ] && [ "${state:0:1}" != "Z" ]
+}
+
+# group_pids PGID: processes still in that process group (the supervisor's).
+group_pids() {
+    local pgid="$1"
+    [[ "$pgid" =~ ^[0-9]+$ ]] || return 0
+    ps -e -o pid=,pgid=,stat= | awk -v g="$pgid" '$2 == g && $3 !~ /^Z/ { print $1 }'
 }

@@ -1,5 +1,14 @@
 #!/usr/bin/env bash
-# Start Vigil in the background: venv, data/ and logs/, server, wait for /health.
+# Start Vigil in the background, following seed 003's start-up procedure:
+#  1. refuse if already running (PID file + process check; a stale PID file is removed)
+#  2. report the Telegram auth state
+#  3. recover database locks (stale -wal/-shm folded back by opening + checkpointing)
+#  4. quick integrity check (a corrupt database is refused, never replaced)
+#  5. create or migrate the schema
+#  6. start the supervisor (server + Huey worker) detached from the terminal
+#  7. wait for /health, print the outcome, URLs and log locations
+# Environment: VIGIL_* settings (docs/configuration.md), VIGIL_START_TIMEOUT (s, default 30),
+# VIGIL_VENV (use an existing virtualenv as is).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 ensure_venv requirements.txt
@@ -7,26 +16,42 @@ load_env
 mkdir -p "$VIGIL_DATA_DIR" "$VIGIL_LOGS_DIR"
 chmod 700 "$VIGIL_DATA_DIR" "$VIGIL_LOGS_DIR"
 
+# One start/stop at a time for this data directory (fd 9 is not passed on).
+exec 9> "$VIGIL_DATA_DIR/.scripts.lock"
+flock -n 9 || die "another start.sh or stop.sh is running for $VIGIL_DATA_DIR"
+
+# 1. already running?
 if [ -f "$VIGIL_PID_FILE" ]; then
     old="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"
     if pid_alive "$old"; then
         die "Vigil is already running (pid $old, $VIGIL_URL); run scripts/stop.sh first"
     fi
-    say "removing stale PID file (pid $old is not running)"
+    say "removing stale PID file (pid ${old:-?} is not a running Vigil)"
     rm -f "$VIGIL_PID_FILE"
 fi
 
-MODE="${VIGIL_START_MODE:-serve}"
-say "starting Vigil ($MODE) on $VIGIL_URL"
-setsid nohup "$PY" main.py "$MODE" >> "$VIGIL_LOGS_DIR/stdout.log" 2>&1 < /dev/null &
+# 2-5. pre-flight: telegram state, stale locks, integrity, schema
+if ! "$PY" main.py preflight; then
+    die "pre-flight checks failed (see above); Vigil was not started"
+fi
+
+# 6. the supervisor, in its own session (no terminal, its own process group)
+say "starting Vigil (supervisor: server + worker) on $VIGIL_URL"
+setsid nohup "$PY" main.py supervise >> "$VIGIL_LOGS_DIR/stdout.log" 2>&1 < /dev/null 9>&- &
 pid=$!
 printf '%s\n' "$pid" > "$VIGIL_PID_FILE"
 chmod 600 "$VIGIL_PID_FILE"
 
+# 7. wait for /health
 if ! health="$("$PY" main.py wait-healthy --timeout "${VIGIL_START_TIMEOUT:-30}" --pid "$pid")"; then
-    say "start-up failed; last lines of $VIGIL_LOGS_DIR/stdout.log:"
-    tail -n 15 "$VIGIL_LOGS_DIR/stdout.log" >&2 || true
-    if kill -0 "$pid" 2>/dev/null; then kill -TERM -- "-$pid" 2>/dev/null || true; fi
+    say "start-up failed; last lines of $VIGIL_LOGS_DIR/system.log:"
+    tail -n 15 "$VIGIL_LOGS_DIR/system.log" >&2 2>/dev/null || true
+    tail -n 5 "$VIGIL_LOGS_DIR/stdout.log" >&2 2>/dev/null || true
+    if is_running "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        sleep 2
+        for p in $(group_pids "$pid"); do kill -KILL "$p" 2>/dev/null || true; done
+    fi
     rm -f "$VIGIL_PID_FILE"
     exit 1
 fi
@@ -42,8 +67,8 @@ else:
     print(f"vigil: no model reachable at {llm['url']} ({llm['detail'] or h['llm']}); "
           "set VIGIL_LLM_BASE_URL / VIGIL_LLM_MODEL")
 PYEOF
-say "running, pid $pid"
-say "  health:      $VIGIL_URL/health"
+say "running, supervisor pid $pid (PID file $VIGIL_PID_FILE)"
+say "  health:      $VIGIL_URL/health   restarts: $VIGIL_URL/restart/status"
 say "  chat API:    $VIGIL_URL/api/chats/<chat>/messages (token in $VIGIL_TOKEN_FILE)"
-say "  logs:        $VIGIL_LOGS_DIR/system.log"
+say "  logs:        $VIGIL_LOGS_DIR/system.log (also tasks.log, telegram.log, stdout.log)"
 say "  stop with:   scripts/stop.sh"

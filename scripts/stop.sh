@@ -1,31 +1,51 @@
 #!/usr/bin/env bash
-# Stop Vigil: SIGTERM to its process group, bounded wait, SIGKILL after the timeout.
+# Stop Vigil, following seed 003's shutdown procedure:
+#  1. SIGTERM to the supervisor: it drains the server (replies in flight finish, up to
+#     VIGIL_RESTART_GRACE_S), stops the worker, records the stop
+#  2. bounded wait (grace + VIGIL_SUPERVISOR_STOP_TIMEOUT_S + 5 s, or VIGIL_STOP_TIMEOUT)
+#  3. SIGKILL after the timeout
+#  4. clean up orphans of this installation only: its PID file's process group
+#     (never by process name)
+#  5. release database locks (checkpoint a WAL left behind), remove the PID file
+# Idempotent: safe when nothing runs.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 [ -x "$PY" ] || { say "not installed (.venv missing); nothing to stop"; exit 0; }
 load_env
-if [ ! -f "$VIGIL_PID_FILE" ]; then
-    say "not running (no PID file)"
-    exit 0
-fi
-pid="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"
-if ! pid_alive "$pid"; then
-    say "not running (stale PID file for pid ${pid:-?} removed)"
-    rm -f "$VIGIL_PID_FILE"
-    exit 0
-fi
+[ -d "$VIGIL_DATA_DIR" ] || { say "not running (no data directory)"; exit 0; }
+exec 9> "$VIGIL_DATA_DIR/.scripts.lock"
+flock -w 5 9 || die "another start.sh or stop.sh is running for $VIGIL_DATA_DIR"
 
-timeout="${VIGIL_STOP_TIMEOUT:-20}"
-say "stopping Vigil (pid $pid), waiting up to ${timeout}s"
-kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-deadline=$((SECONDS + timeout))
-while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
-if kill -0 "$pid" 2>/dev/null; then
-    say "still running after ${timeout}s; sending SIGKILL"
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+pid="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"
+if [ -z "$pid" ]; then
+    say "not running (no PID file)"
+elif ! pid_alive "$pid"; then
+    say "not running (stale PID file for pid $pid)"
+    leftovers="$(group_pids "$pid")"
+    if [ -n "$leftovers" ]; then
+        # The supervisor died hard; its children kept its process group.
+        say "killing orphaned processes of this installation: $(echo $leftovers)"
+        for p in $leftovers; do pid_alive "$p" && kill -KILL "$p" 2>/dev/null || true; done
+    fi
+else
+    timeout="${VIGIL_STOP_TIMEOUT:-$("$PY" main.py stop-wait)}"
+    say "stopping Vigil (supervisor pid $pid); replies in flight may finish, waiting up to ${timeout}s"
+    kill -TERM "$pid" 2>/dev/null || true
+    deadline=$(( SECONDS + ${timeout%.*} + 1 ))
+    while is_running "$pid" && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+    if is_running "$pid"; then
+        say "still running after ${timeout}s; sending SIGKILL"
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+    # Orphans: whatever is left in the supervisor's process group.
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        leftovers="$(group_pids "$pid")"
+        [ -z "$leftovers" ] && break
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        sleep 0.1
+    done
+    [ -z "$(group_pids "$pid")" ] || die "processes of group $pid survived SIGKILL: $(group_pids "$pid")"
+    say "stopped"
 fi
-# Orphans of this installation only: whatever is left in the process group.
-sleep 0.2
-kill -KILL -- "-$pid" 2>/dev/null || true
 rm -f "$VIGIL_PID_FILE"
-say "stopped"
+if [ -f "$VIGIL_DB" ]; then "$PY" main.py release-locks || true; fi

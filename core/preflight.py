@@ -1,0 +1,191 @@
+"""Start-up checks run by ``scripts/start.sh`` before the supervisor is launched.
+
+Seed 003's pre-flight, in order: report the Telegram auth state, recover
+database locks (a ``-wal``/``-shm`` left by a killed process is folded back by
+opening and checkpointing), a quick integrity check, then initialise or
+migrate the schema. A corrupt database is refused with a message naming
+``python main.py validate`` and ``python main.py restore``; it is never
+replaced or "repaired" here. ``release_locks`` is ``stop.sh``'s last step.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import typer
+
+from core.config import Settings
+from core.database import NewerSchema, connect_sync, migrate_sync
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+EXIT_OK = 0
+EXIT_CORRUPT = 3
+EXIT_FAILED = 4
+
+
+class PreflightError(Exception):
+    """A check failed; ``str()`` is the operator's message, ``exit_code`` the status."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class Report:
+    lines: list[str] = field(default_factory=list)
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def _corrupt(path: Path, problem: str) -> PreflightError:
+    return PreflightError(
+        f"the database {path} looks corrupt ({problem}). It was left untouched. "
+        "Check it with 'python main.py validate', then restore a snapshot from "
+        "data/backups/ with 'python main.py restore' (see docs/operations.md, Recovery)",
+        EXIT_CORRUPT,
+    )
+
+
+def telegram_state(settings: Settings) -> str:
+    """One line about Telegram for the start-up report (no network, no Telethon)."""
+    if not settings.telegram_configured:
+        return "telegram: not configured (local chat only; see docs/telegram.md to add it)"
+    session = settings.session_path
+    if not session.exists():
+        return (
+            "telegram: configured but not logged in (no data/telegram.session); "
+            "run scripts/telegram_login.sh"
+        )
+    mode = session.stat().st_mode & 0o777
+    warning = f" (WARNING: mode {mode:o}, should be 600)" if mode & 0o077 else ""
+    kind = "bot" if settings.telegram_bot_token else "user account"
+    return f"telegram: configured ({kind}), session file present{warning}"
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(len(SQLITE_HEADER))
+    except OSError as exc:
+        raise PreflightError(f"cannot read {path}: {exc.strerror}") from exc
+    if head and head != SQLITE_HEADER:
+        raise _corrupt(path, "not an SQLite file")
+
+
+def recover_and_check(path: Path, report: Report) -> None:
+    """Fold a stale WAL back and run ``PRAGMA quick_check`` without changing data."""
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    stale = [p.name for p in (wal, shm) if p.exists()]
+    try:
+        conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise PreflightError(f"cannot open {path}: {exc}") from exc
+    try:
+        if stale:
+            busy, _frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                raise PreflightError(
+                    f"{path} is locked by another process; is another Vigil using this data dir?"
+                )
+            report.say(f"database: recovered stale {', '.join(stale)} ({done} WAL frame(s) kept)")
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise PreflightError(f"{path} is locked by another process: {exc}") from exc
+        raise _corrupt(path, str(exc)) from exc
+    finally:
+        conn.close()
+    if problems != ["ok"]:
+        raise _corrupt(path, "; ".join(problems)[:300])
+    report.say("database: integrity quick check ok")
+
+
+def check_database(path: Path, report: Report) -> None:
+    """Header, stale-lock recovery, quick check, then create or migrate the schema."""
+    if path.exists() and path.stat().st_size > 0:
+        _check_header(path)
+        recover_and_check(path, report)
+    try:
+        conn = connect_sync(path)
+    except sqlite3.Error as exc:
+        raise PreflightError(f"cannot open {path}: {exc}") from exc
+    try:
+        before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        after = migrate_sync(conn)
+    except NewerSchema as exc:
+        raise PreflightError(exc.message) from exc
+    except sqlite3.DatabaseError as exc:
+        raise _corrupt(path, str(exc)) from exc
+    finally:
+        conn.close()
+    if before == 0:
+        report.say(f"database: created {path} (schema version {after})")
+    elif after != before:
+        report.say(f"database: migrated schema {before} -> {after}")
+    else:
+        report.say(f"database: schema version {after}")
+
+
+def run_preflight(settings: Settings) -> Report:
+    """All start-up checks; raises PreflightError on the first failure."""
+    report = Report()
+    report.say(telegram_state(settings))
+    check_database(settings.db_path, report)
+    tasks_db = settings.tasks_db_path
+    if tasks_db.exists() and tasks_db.stat().st_size > 0:
+        _check_header(tasks_db)
+        recover_and_check(tasks_db, Report())
+        report.say("task queue: data/tasks.db ok")
+    return report
+
+
+def release_locks(settings: Settings) -> list[str]:
+    """After every process is gone: checkpoint so no stale ``-wal`` stays behind."""
+    done = []
+    for path in (settings.db_path, settings.tasks_db_path):
+        if not Path(f"{path}-wal").exists():
+            continue
+        try:
+            conn = sqlite3.connect(path, timeout=2.0, isolation_level=None)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+            done.append(path.name)
+        except sqlite3.Error:
+            continue  # a damaged file is start.sh's business, not stop.sh's
+    return done
+
+
+def register(cli: typer.Typer, settings_or_exit: Callable[[], Settings]) -> None:
+    """Hidden commands used by start.sh and stop.sh."""
+
+    @cli.command("preflight", hidden=True)
+    def preflight() -> None:
+        """Start-up checks (telegram state, stale locks, integrity, schema)."""
+        settings = settings_or_exit()
+        try:
+            report = run_preflight(settings)
+        except PreflightError as exc:
+            typer.echo(f"vigil: error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        for line in report.lines:
+            typer.echo(f"vigil: {line}")
+
+    @cli.command("release-locks", hidden=True)
+    def release() -> None:
+        """Checkpoint stale WAL files after every Vigil process has gone."""
+        for name in release_locks(settings_or_exit()):
+            typer.echo(f"vigil: released {name} (WAL checkpointed)")
+
+    @cli.command("stop-wait", hidden=True)
+    def stop_wait() -> None:
+        """Seconds stop.sh waits before SIGKILL: drain grace + child stop timeout + slack."""
+        settings = settings_or_exit()
+        typer.echo(f"{settings.restart_grace_s + settings.supervisor_stop_timeout_s + 5:g}")
