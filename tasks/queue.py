@@ -24,6 +24,7 @@ from typing import Any
 
 from huey import Huey, RedisHuey, SqliteHuey
 from huey.api import Result, Task, TaskWrapper
+from huey.exceptions import TaskLockedException
 from huey.signals import SIGNAL_ENQUEUED
 
 from core.config import Settings, load_settings
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 HEAVY_LOCK = "vigil-heavy"  # backup and vacuum never overlap
 HEAVY = {"backup", "vacuum"}
+HEAVY_WAIT_S = 1800.0
 PERIODIC_PREFIX = "periodic_"
 
 
@@ -111,8 +113,21 @@ def _make_runner(queue: VigilQueue, name: str, job: Job) -> Any:
     settings, huey = queue.settings, queue.huey
 
     def locked(settings: Settings, **kwargs: Any) -> Any:
-        with huey.lock_task(HEAVY_LOCK):
+        # No TTL (SqliteHuey and Redis < 7.4 lack it): the worker flushes a stale lock at start.
+        lock = huey.lock_task(HEAVY_LOCK)
+        deadline = time.monotonic() + HEAVY_WAIT_S
+        while True:  # wait our turn rather than fail: both were asked for
+            try:
+                lock.acquire()
+                break
+            except TaskLockedException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        try:
             return job(settings, **kwargs)
+        finally:
+            lock.release()
 
     body = locked if name in HEAVY else job
 
