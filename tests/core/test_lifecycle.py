@@ -1,0 +1,193 @@
+"""The server's graceful path: SIGTERM, sd_notify, /restart/status and /restart/force."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from core.config import Settings
+from tests.conftest import LiveServer, make_settings
+from tests.fake_llm import FakeLLM
+from tests.monitoring.test_supervisor import StreamedTurn
+from tests.processes import AUTH, query, vigil, vigil_env, wait_for
+
+
+class NotifyListener:
+    """A unix datagram socket standing in for systemd's NOTIFY_SOCKET."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.append((time.monotonic(), data.decode()))
+
+    def pings(self) -> list[float]:
+        return [at for at, text in self.messages if text == "WATCHDOG=1"]
+
+    def has(self, prefix: str) -> bool:
+        return any(text.startswith(prefix) for _, text in self.messages)
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
+
+
+@pytest.fixture
+def notify(tmp_path: Path) -> Iterator[NotifyListener]:
+    listener = NotifyListener(tmp_path / "notify.sock")
+    yield listener
+    listener.close()
+
+
+@pytest.mark.slow
+def test_sd_notify_ready_and_watchdog_pings_stop_while_the_loop_is_blocked(
+    tmp_path: Path, fake_llm: FakeLLM, notify: NotifyListener
+) -> None:
+    env = vigil_env(tmp_path, fake_llm.url)
+    env.update({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"})
+    with vigil(tmp_path, env, "serve") as server:
+        server.wait_live()
+        wait_for(lambda: notify.has("READY=1"), 10, "READY=1")
+        wait_for(lambda: len(notify.pings()) >= 3, 10, "watchdog pings")
+
+        started = time.monotonic()
+        blocked = server.client.post("/debug/block", params={"seconds": 1.5}, headers=AUTH)
+        answered = time.monotonic()
+        wait_for(lambda: any(at > answered for at in notify.pings()), 5, "pings to resume")
+
+        assert blocked.status_code == 200
+        # Pings every 0.1 s normally; none while the loop slept (margins for delivery).
+        during = [at for at in notify.pings() if started + 0.3 < at < answered - 0.3]
+        assert during == []
+
+
+@pytest.mark.slow
+def test_sigterm_drains_a_streamed_reply_then_exits_0_with_a_record(
+    tmp_path: Path, fake_llm: FakeLLM, notify: NotifyListener
+) -> None:
+    fake_llm.reply = "alpha beta gamma delta epsilon zeta eta theta"
+    fake_llm.token_delay_s = 0.15
+    env = vigil_env(tmp_path, fake_llm.url)
+    env["NOTIFY_SOCKET"] = str(notify.path)
+    with vigil(tmp_path, env, "serve") as server:
+        server.wait_live()
+        stream = StreamedTurn(server.url, "term", "go").start()
+        assert stream.first_delta.wait(10)
+
+        server.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: notify.has("STOPPING=1"), 5, "STOPPING=1")
+        refused = server.client.post("/api/chats/late/messages", json={"text": "hi"}, headers=AUTH)
+        live = server.client.get("/health/live")
+        code = server.proc.wait(30)
+        stream.join()
+
+    assert refused.status_code == 503 and "Retry-After" in refused.headers
+    assert live.status_code == 200  # liveness never depends on readiness
+    assert code == 0
+    assert stream.done is not None and stream.done["reply"] == fake_llm.reply
+    rows = query(tmp_path / "data" / "system.db", "SELECT * FROM restarts")
+    assert [(r["reason"], r["exit_code"], r["child"]) for r in rows] == [("signal", 0, "server")]
+    assert "SIGTERM" in rows[0]["detail"]
+    stored = query(
+        tmp_path / "data" / "system.db",
+        "SELECT content FROM messages WHERE chat_id = 'local:term' AND role = 'assistant'",
+    )
+    assert stored == [{"content": fake_llm.reply}]
+
+
+# --- in-process: the routes -------------------------------------------------------------
+@pytest.fixture
+def debug_off(tmp_path: Path, fake_llm: FakeLLM) -> Settings:
+    return make_settings(tmp_path, llm_base_url=fake_llm.url, debug_hooks=False)
+
+
+def test_restart_status_shows_configuration_history_and_paging(live_server: LiveServer) -> None:
+    async def seed(runtime: Any) -> None:
+        for i, reason in enumerate(["crash", "watchdog", "forced"]):
+            await runtime.db.write(
+                "INSERT INTO restarts (at, child, reason, exit_code) VALUES (?, 'server', ?, ?)",
+                (1000.0 + i, reason, i),
+            )
+
+    live_server.call(seed)
+    first = httpx.get(f"{live_server.url}/restart/status", params={"limit": 2}).json()
+    second = httpx.get(f"{live_server.url}/restart/status", params={"limit": 2, "offset": 2})
+
+    assert [h["reason"] for h in first["history"]] == ["forced", "watchdog"]
+    assert first["total"] == 3 and first["next_offset"] == 2
+    assert [h["reason"] for h in second.json()["history"]] == ["crash"]
+    assert second.json()["next_offset"] is None
+    config = first["auto_restart"]
+    assert config["supervised"] is False  # a test server has no supervisor
+    assert config["flap_max"] == live_server.settings.supervisor_flap_max
+    assert config["grace_s"] == live_server.settings.restart_grace_s
+    assert first["server"]["state"] == "running"
+    assert first["next_scheduled_restart"] is None
+    bad = httpx.get(f"{live_server.url}/restart/status", params={"limit": 0})
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "limit"
+
+
+def test_force_needs_the_admin_token(live_server: LiveServer) -> None:
+    url = f"{live_server.url}/restart/force"
+    assert httpx.post(url).status_code == 401
+    assert httpx.post(url, headers={"Authorization": "Bearer nope"}).status_code == 403
+    assert live_server.runtime.admission.draining is False
+
+
+def test_force_drains_and_a_second_force_is_refused(live_server: LiveServer) -> None:
+    first = live_server.client.post("/restart/force", json={"detail": "operator test"})
+    second = live_server.client.post("/restart/force")
+    chat = live_server.chat("x", "hello")
+    health = live_server.client.get("/health")
+
+    assert first.status_code == 202
+    assert first.json()["supervised"] is False and "warning" in first.json()
+    assert second.status_code == 409 and second.json()["error"]["code"] == "already_restarting"
+    assert chat.status_code == 503 and chat.json()["error"]["code"] == "restarting"
+    assert health.status_code == 503 and "draining (forced)" in health.json()["reasons"]
+    rows = wait_for(
+        lambda: live_server.call(
+            lambda rt: rt.db.fetchall("SELECT reason, exit_code, detail FROM restarts")
+        ),
+        5,
+        "the restart record",
+    )
+    assert rows[0]["reason"] == "forced" and rows[0]["exit_code"] == 75
+    assert "operator test" in rows[0]["detail"]
+
+
+def test_force_rejects_unknown_fields(live_server: LiveServer) -> None:
+    response = live_server.client.post("/restart/force", json={"reason": "crash"})
+    assert response.status_code == 422
+    assert live_server.runtime.admission.draining is False
+
+
+def test_debug_block_does_not_exist_without_debug_hooks(
+    debug_off: Settings, live_server_factory: Any
+) -> None:
+    server = live_server_factory(debug_off)
+    response = server.client.post("/debug/block", params={"seconds": 5})
+    assert response.status_code == 404

@@ -1,0 +1,129 @@
+"""Pure restart decisions: backoff, flap limit, the daily schedule (fake clock, no sleeping)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import deque
+
+import pytest
+
+from core.config import Settings
+from monitoring.restart import AutoRestartManager, decide, next_run
+from monitoring.supervision import Policy
+
+UTC = dt.UTC
+
+
+def test_backoff_doubles_up_to_the_maximum() -> None:
+    policy = Policy(backoff_initial_s=1.0, backoff_max_s=60.0)
+    assert [policy.backoff(n) for n in range(0, 9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
+
+
+def test_flap_limit_counts_only_restarts_inside_the_window() -> None:
+    policy = Policy(flap_max=3, flap_window_s=300.0)
+    restarts: deque[float] = deque([0.0, 100.0, 200.0])
+    assert policy.is_flapping(restarts, now=250.0) is True
+    assert policy.is_flapping(restarts, now=301.0) is False  # the first one aged out
+    assert list(restarts) == [100.0, 200.0]
+
+
+def test_policy_comes_from_settings(tmp_path: object) -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        supervisor_backoff_initial_s=0.5,
+        supervisor_flap_max=7,
+        restart_grace_s=12,
+    )
+    policy = Policy.from_settings(settings)
+    assert (policy.backoff_initial_s, policy.flap_max, policy.grace_s) == (0.5, 7, 12)
+
+
+def test_next_run_is_today_or_tomorrow() -> None:
+    morning = dt.datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
+    assert next_run(morning, "04:00") == dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    later = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    assert next_run(later, "04:00") == dt.datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("minutes_after", "in_flight", "expected"),
+    [(-1, 0, "wait"), (0, 0, "restart"), (5, 2, "postpone"), (60, 2, "skip"), (60, 0, "restart")],
+)
+def test_decide(minutes_after: int, in_flight: int, expected: str) -> None:
+    due = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    now = due + dt.timedelta(minutes=minutes_after)
+    assert decide(now, due, in_flight, max_postpone_s=3600) == expected
+
+
+class Clock:
+    def __init__(self, start: dt.datetime) -> None:
+        self.now = start
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += dt.timedelta(seconds=seconds)
+
+
+async def test_scheduled_restart_waits_for_turns_in_flight_then_restarts() -> None:
+    clock = Clock(dt.datetime(2026, 3, 1, 3, 59, tzinfo=UTC))
+    busy = {"turns": 1}
+    requests: list[tuple[str, str]] = []
+
+    def request(reason: str, detail: str) -> bool:
+        requests.append((reason, detail))
+        return True
+
+    def in_flight() -> int:
+        # the turn in flight finishes 20 s after the window opened
+        if clock.now >= dt.datetime(2026, 3, 1, 4, 0, 20, tzinfo=UTC):
+            busy["turns"] = 0
+        return busy["turns"]
+
+    manager = AutoRestartManager(
+        "04:00",
+        max_postpone_s=600,
+        in_flight=in_flight,
+        request_restart=request,
+        now=clock,
+        sleep=clock.sleep,
+    )
+    await manager.run()
+
+    assert len(requests) == 1
+    reason, detail = requests[0]
+    assert reason == "scheduled" and "postponed" in detail
+    assert clock.now >= dt.datetime(2026, 3, 1, 4, 0, 20, tzinfo=UTC)
+    assert clock.now < dt.datetime(2026, 3, 1, 4, 1, tzinfo=UTC)
+
+
+async def test_scheduled_restart_is_skipped_for_the_day_after_the_postpone_limit() -> None:
+    clock = Clock(dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC))
+    requests: list[str] = []
+    manager = AutoRestartManager(
+        "04:00",
+        max_postpone_s=60,
+        in_flight=lambda: 3,
+        request_restart=lambda reason, detail: bool(requests.append(reason)),
+        now=clock,
+        sleep=clock.sleep,
+    )
+    manager.next_at = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    actions = [await manager.step()]
+    while actions[-1] != "skip":
+        await clock.sleep(5)
+        actions.append(await manager.step())
+
+    assert requests == []
+    assert actions[0] == "postpone" and actions[-1] == "skip"
+    assert manager.last_skipped == dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    assert manager.next_at == dt.datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
+    assert manager.status()["next_at_iso"].startswith("2026-03-02T04:00")
+
+
+def test_no_schedule_means_no_next_restart() -> None:
+    manager = AutoRestartManager(
+        None, max_postpone_s=60, in_flight=lambda: 0, request_restart=lambda r, d: True
+    )
+    assert manager.next_at is None and manager.status()["next_at_iso"] is None
