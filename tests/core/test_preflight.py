@@ -71,14 +71,10 @@ def test_a_stale_wal_left_by_a_killed_process_is_folded_back(tmp_path: Path) -> 
 def test_a_corrupt_database_is_refused_and_left_untouched(tmp_path: Path, damage: str) -> None:
     settings = _settings(tmp_path)
     _db_with_message(settings.db_path)
-    for i in range(300):  # a few pages worth of rows, so page damage hits a b-tree
-        conn = sqlite3.connect(settings.db_path)
-        conn.execute(
-            INSERT_MESSAGE,
-            ("local:b", "z" * 200 + str(i), 3),
-        )
-        conn.commit()
-        conn.close()
+    conn = sqlite3.connect(settings.db_path)
+    with conn:  # a few pages worth of rows, so page damage hits a b-tree
+        conn.executemany(INSERT_MESSAGE, [("local:b", "z" * 200 + str(i), 3) for i in range(300)])
+    conn.close()
     sqlite3.connect(settings.db_path).execute("PRAGMA wal_checkpoint(TRUNCATE)").close()
     data = bytearray(settings.db_path.read_bytes())
     if damage == "garbage":
