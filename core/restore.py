@@ -78,6 +78,8 @@ def _check_target(target: Path, *, overwrite: bool) -> None:
     parent = target.parent
     if target.is_dir():
         raise TargetUnwritable(f"cannot restore to {target}: it is a directory")
+    if parent.exists() and not parent.is_dir():
+        raise TargetUnwritable(f"cannot restore to {target}: {parent} is not a directory")
     if not parent.is_dir():
         raise TargetUnwritable(f"cannot restore to {target}: directory {parent} does not exist")
     if target.exists() and not overwrite:
