@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,13 @@ def _settings() -> Settings:
     return settings
 
 
+def _user_path(path: Path | None) -> Path | None:
+    """Relative paths are the caller's: scripts/vigilctl runs us from the install dir."""
+    if path is None or path.is_absolute():
+        return path
+    return Path(os.environ.get("VIGILCTL_CWD", ".")) / path
+
+
 def _require_db(settings: Settings) -> None:
     if not settings.db_path.is_file():
         fail(f"no database at {settings.db_path} (start the server once, or restore a backup)")
@@ -88,7 +96,9 @@ def status(as_json: bool = JSON_OPT) -> None:
 
 @guarded
 def backup(
-    name: str = typer.Option(None, "--name", help="Snapshot name (default snapshot_<UTC time>)."),
+    name: str | None = typer.Option(
+        None, "--name", help="Snapshot name (default snapshot_<UTC time>)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Take a compressed, checksummed, verified snapshot now."""
@@ -111,13 +121,14 @@ def backup(
 def restore_cmd(
     name: str = typer.Argument(..., help="Snapshot name (see `snapshots`)."),
     confirm: bool = typer.Option(False, "--confirm", help="Really replace the database."),
-    target_path: Path = typer.Option(
+    target_path: Path | None = typer.Option(
         None, "--target-path", help="Write a plain SQLite database here instead."
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Restore a snapshot (live database: server stopped and --confirm)."""
     settings = _settings()
+    target_path = _user_path(target_path)
     snap = backups.find_snapshot(settings.backups_dir, name)
     with progress_bar(not as_json) as progress:
         if target_path is not None:
@@ -175,9 +186,9 @@ def snapshots(
 
 @guarded
 def history(
-    chat: str = typer.Option(None, "--chat", help="Chat id; without it, list chats."),
+    chat: str | None = typer.Option(None, "--chat", help="Chat id; without it, list chats."),
     limit: int = typer.Option(20, "--limit", help="How many rows."),
-    role: str = typer.Option(None, "--role", help="user, assistant or system."),
+    role: str | None = typer.Option(None, "--role", help="user, assistant or system."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """A chat's recent messages (or the list of chats)."""
@@ -207,7 +218,7 @@ def _turn_dict(turn: Any) -> dict[str, Any]:
 def search(
     query: str = typer.Argument(..., help="Words to find (any text is safe)."),
     limit: int = typer.Option(20, "--limit", help="How many hits."),
-    chat: str = typer.Option(None, "--chat", help="Only this chat."),
+    chat: str | None = typer.Option(None, "--chat", help="Only this chat."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Full-text search over every message."""
@@ -227,7 +238,7 @@ def search(
 
 @guarded
 def summarize(
-    chat: str = typer.Option(None, "--chat", help="Chat id (default: the latest active)."),
+    chat: str | None = typer.Option(None, "--chat", help="Chat id (default: the latest active)."),
     count: int = typer.Option(50, "--count", help="How many recent messages."),
     extractive: bool = typer.Option(False, "--extractive", help="Do not ask the model."),
     as_json: bool = JSON_OPT,
@@ -248,7 +259,9 @@ def summarize(
 
 @guarded
 def cleanup(
-    keep: int = typer.Option(None, "--keep", help="Keep only the N newest snapshots (any kind)."),
+    keep: int | None = typer.Option(
+        None, "--keep", help="Keep only the N newest snapshots (any kind)."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -288,7 +301,7 @@ def cleanup(
 
 @guarded
 def validate(
-    db: Path = typer.Option(None, "--db", help="Check this database file instead."),
+    db: Path | None = typer.Option(None, "--db", help="Check this database file instead."),
     repair_fts_index: bool = typer.Option(
         False, "--repair-fts", help="Rebuild the search index (server stopped)."
     ),
@@ -296,6 +309,7 @@ def validate(
 ) -> None:
     """Integrity, search index, orphan rows, file permissions; exit 1 if anything is wrong."""
     settings = _settings()
+    db = _user_path(db)
     path = db if db is not None else settings.db_path
     running = db is None and restore.server_pid(settings.pid_file) is not None
     if repair_fts_index:
@@ -332,13 +346,16 @@ def validate(
 
 @guarded
 def export(
-    chat: str = typer.Option(None, "--chat", help="Only this chat."),
-    output: Path = typer.Option(None, "--output", "-o", help="Write to FILE (default stdout)."),
+    chat: str | None = typer.Option(None, "--chat", help="Only this chat."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write to FILE (default stdout)."
+    ),
     force: bool = typer.Option(False, "--force", help="Overwrite FILE."),
 ) -> None:
     """Messages as JSON lines, oldest first."""
     settings = _settings()
     _require_db(settings)
+    output = _user_path(output)
     if output is not None and output.exists() and not force:
         raise BadRequest(f"{output} already exists; add --force to overwrite it")
     conn = connect_sync(settings.db_path, readonly=True)
