@@ -96,7 +96,10 @@ class Lifecycle:
         self.requested_at = time.time()
         self.exit_code = 0 if reason in STOP_REASONS else RESTART_REQUESTED
         self.runtime.admission.start_draining(reason=reason, retry_after=RETRY_AFTER_S)
-        self.notifier.notify(f"STOPPING=1\nSTATUS=draining ({reason})")
+        # No STOPPING=1: the service is the supervisor, which outlives this
+        # server on a restart; systemd knows about a stop because it asked.
+        what = "stop" if self.exit_code == 0 else "restart"
+        self.notifier.notify(f"STATUS=draining for a {reason} {what}")
         log.warning(
             "%s requested (%s%s): draining, %d turn(s) in flight, grace %g s",
             "stop" if self.exit_code == 0 else "restart",

@@ -98,7 +98,7 @@ def test_sigterm_drains_a_streamed_reply_then_exits_0_with_a_record(
         assert stream.first_delta.wait(10)
 
         server.proc.send_signal(signal.SIGTERM)
-        wait_for(lambda: notify.has("STOPPING=1"), 5, "STOPPING=1")
+        wait_for(lambda: notify.has("STATUS=draining"), 5, "STATUS=draining")
         refused = server.client.post("/api/chats/late/messages", json={"text": "hi"}, headers=AUTH)
         live = server.client.get("/health/live")
         code = server.proc.wait(30)
