@@ -46,8 +46,9 @@ class Report:
 def _corrupt(path: Path, problem: str) -> PreflightError:
     return PreflightError(
         f"the database {path} looks corrupt ({problem}). It was left untouched. "
-        "Check it with 'python main.py validate', then restore a snapshot from "
-        "data/backups/ with 'python main.py restore' (see docs/operations.md, Recovery)",
+        "Check it with 'python main.py validate', list snapshots with "
+        "'python main.py snapshots', then 'python main.py restore <name> --confirm' "
+        "(docs/operations.md, section 8.2)",
         EXIT_CORRUPT,
     )
 
