@@ -1,22 +1,37 @@
 """StreamingOptimizer: turns a token stream into channel messages.
 
 First visible text as soon as the first tokens arrive, then edits no more
-often than the channel's interval and only when the text grew meaningfully,
-never an edit that changes nothing; text longer than the channel's message
-limit continues in new messages split at paragraph or sentence boundaries.
-The final full text always lands.
+often than an adaptive per-chat interval and only when the text grew
+meaningfully; never an edit that changes nothing; text longer than the
+channel's message limit continues in new messages split at paragraph or
+sentence boundaries. One :class:`EditScheduler` per channel is shared by all
+replies: it holds the global edit budget (a token bucket), each chat's flood
+penalty and the count of streams in progress. A rate limit (Telegram's
+FloodWait, raised to us as ``RateLimited``) blocks that chat for the time
+asked, widens its interval, and the final full text still lands.
+
+Scheduling decisions are pure functions of (state, now); the optimizer only
+carries them out. Time comes from an injected clock and sleep, so tests and
+benchmarks run a 60-second stream in milliseconds on a virtual clock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from core.channel import Channel
+from core.errors import ChannelError, RateLimited
 
 log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 _BOUNDARIES = (
     re.compile(r"\n\s*\n"),
@@ -24,10 +39,28 @@ _BOUNDARIES = (
     re.compile(r"(?<=[.!?…])\s"),
     re.compile(r"\s"),
 )
+FINAL_ATTEMPTS = 12  # rate-limit retries of one final operation before giving up
 
 
-def split_text(text: str, limit: int) -> list[str]:
-    """Split ``text`` into parts of at most ``limit`` characters.
+def utf16_len(text: str) -> int:
+    """Length in UTF-16 code units, the unit of Telegram's limits and entity offsets."""
+    return len(text.encode("utf-16-le")) // 2
+
+
+def _fit(text: str, limit: int, measure: Callable[[str], int]) -> int:
+    """The largest n such that ``measure(text[:n]) <= limit``."""
+    low, high = 1, min(len(text), limit)  # every character measures at least 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if measure(text[:mid]) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def split_text(text: str, limit: int, measure: Callable[[str], int] = len) -> list[str]:
+    """Split ``text`` into parts with ``measure(part) <= limit``.
 
     Prefers paragraph, then line, then sentence, then word boundaries; the
     boundary whitespace stays with the earlier part, so ``"".join(parts) ==
@@ -38,24 +71,145 @@ def split_text(text: str, limit: int) -> list[str]:
         raise ValueError("limit must be positive")
     parts: list[str] = []
     rest = text
-    while len(rest) > limit:
-        window = rest[: limit + 1]
+    while measure(rest) > limit:
+        size = _fit(rest, limit, measure)
+        window = rest[: size + 1]
         cut = 0
         for pattern in _BOUNDARIES:
-            ends = [m.end() for m in pattern.finditer(window) if m.end() <= limit]
-            if ends and ends[-1] >= limit // 2:
+            ends = [m.end() for m in pattern.finditer(window) if m.end() <= size]
+            if ends and ends[-1] >= size // 2:
                 cut = ends[-1]
                 break
         if cut == 0:
-            cut = limit
+            cut = size
         parts.append(rest[:cut])
         rest = rest[cut:]
     parts.append(rest)
     return parts
 
 
+@dataclass
+class _ChatPace:
+    penalty: float = 1.0
+    blocked_until: float = -math.inf
+    flooded_at: float = -math.inf
+
+
+class EditScheduler:
+    """Edit pacing shared by every reply of one channel.
+
+    ``edits_per_s`` is the global budget of sends+edits across all chats
+    (a token bucket holding at most ``burst`` calls). The adaptive interval
+    of a chat is ``max(base x flood penalty, active streams / edits_per_s)``:
+    with many replies streaming at once each gets a fair share of the budget
+    instead of all of them racing for it.
+    """
+
+    def __init__(
+        self,
+        *,
+        edits_per_s: float = math.inf,
+        burst: float | None = None,
+        max_penalty: float = 8.0,
+        penalty_decay_s: float = 60.0,
+    ) -> None:
+        self.rate = edits_per_s
+        self.burst = burst if burst is not None else max(1.0, min(edits_per_s, 1e9))
+        self.max_penalty = max_penalty
+        self.penalty_decay_s = penalty_decay_s
+        self._tokens = self.burst
+        self._refilled_at: float | None = None
+        self._chats: dict[str, _ChatPace] = {}
+        self.active: dict[str, int] = {}
+        self.calls = 0
+        self.deferred = 0
+        self.flood_waits = 0
+        self.flood_wait_s = 0.0
+        self.last_flood_at: float | None = None
+
+    # --- pure decisions -------------------------------------------------------
+    @property
+    def active_streams(self) -> int:
+        return sum(self.active.values())
+
+    def interval(self, chat_id: str, base: float, now: float) -> float:
+        pace = self._chats.get(chat_id)
+        penalty = self._penalty(pace, now) if pace else 1.0
+        share = self.active_streams / self.rate if math.isfinite(self.rate) else 0.0
+        return max(base * penalty, share)
+
+    def wait_time(self, chat_id: str, now: float) -> float:
+        """Seconds until this chat may make one more call (0: now)."""
+        self._refill(now)
+        pace = self._chats.get(chat_id)
+        blocked = max(0.0, pace.blocked_until - now) if pace else 0.0
+        budget = 0.0 if self._tokens >= 1 - 1e-9 else (1 - self._tokens) / self.rate
+        return max(blocked, budget)
+
+    def _penalty(self, pace: _ChatPace, now: float) -> float:
+        # The penalty halves for every quiet decay period since the last flood wait.
+        if not math.isfinite(pace.flooded_at):
+            return pace.penalty
+        periods = min(64, math.floor(max(0.0, now - pace.flooded_at) / self.penalty_decay_s))
+        return max(1.0, pace.penalty / 2**periods)
+
+    def _refill(self, now: float) -> None:
+        if self._refilled_at is not None and math.isfinite(self.rate):
+            self._tokens = min(self.burst, self._tokens + (now - self._refilled_at) * self.rate)
+        elif not math.isfinite(self.rate):
+            self._tokens = self.burst
+        self._refilled_at = now
+
+    # --- state changes --------------------------------------------------------
+    def try_acquire(self, chat_id: str, now: float) -> bool:
+        """Take one call from the budget if this chat may call now."""
+        if self.wait_time(chat_id, now) > 0:
+            self.deferred += 1
+            return False
+        self._tokens -= 1
+        self.calls += 1
+        return True
+
+    def on_flood(self, chat_id: str, retry_after: float, now: float) -> None:
+        pace = self._chats.setdefault(chat_id, _ChatPace())
+        pace.penalty = min(self.max_penalty, self._penalty(pace, now) * 2)
+        pace.blocked_until = max(pace.blocked_until, now + retry_after)
+        pace.flooded_at = now
+        self.flood_waits += 1
+        self.flood_wait_s += retry_after
+        self.last_flood_at = now
+
+    def begin(self, chat_id: str) -> None:
+        self.active[chat_id] = self.active.get(chat_id, 0) + 1
+
+    def end(self, chat_id: str) -> None:
+        left = self.active.get(chat_id, 0) - 1
+        if left > 0:
+            self.active[chat_id] = left
+        else:
+            self.active.pop(chat_id, None)
+            pace = self._chats.get(chat_id)
+            if pace is not None and pace.penalty <= 1.0:
+                del self._chats[chat_id]
+
+    def penalty(self, chat_id: str, now: float) -> float:
+        pace = self._chats.get(chat_id)
+        return self._penalty(pace, now) if pace else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    index: int  # which part of the reply
+    text: str
+    is_send: bool
+
+
 class StreamingOptimizer:
-    """Streams one reply into one chat through a ``Channel``."""
+    """Streams one reply into one chat through a ``Channel``.
+
+    ``scheduler`` defaults to the channel's own ``scheduler`` attribute when
+    it has one (the Telegram channel does), else to an unlimited one.
+    """
 
     def __init__(
         self,
@@ -63,65 +217,141 @@ class StreamingOptimizer:
         chat_id: str,
         *,
         min_growth_chars: int = 24,
-        clock: Callable[[], float] = time.monotonic,
+        scheduler: EditScheduler | None = None,
+        clock: Clock | None = None,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.channel = channel
         self.chat_id = chat_id
         self.min_growth_chars = min_growth_chars
-        self.clock = clock
+        self.scheduler = scheduler or getattr(channel, "scheduler", None) or EditScheduler()
+        self.measure: Callable[[str], int] = getattr(channel, "measure", len)
+        self.clock = clock or _default_clock()
+        self.sleep = sleep
         self.text = ""
         self.shown: list[str] = []
         self.message_ids: list[str] = []
         self.edits = 0
         self.sends = 0
+        self.failures = 0
+        self.cancelled = False
         self.first_visible_at: float | None = None
-        self.started_at = clock()
-        self._last_flush = float("-inf")
+        self.started_at = self.clock()
+        self._last_flush = -math.inf
+        self._begun = False
 
     async def start(self) -> None:
+        """Show the typing action at once; counts this reply as streaming."""
+        if not self._begun:
+            self._begun = True
+            self.scheduler.begin(self.chat_id)
         try:
             await self.channel.typing(self.chat_id)
         except Exception:  # typing is cosmetic; never fail a turn on it
             log.debug("typing action failed in %s", self.chat_id, exc_info=True)
 
-    async def push(self, delta: str) -> None:
-        self.text += delta
-        if self._is_due():
-            await self._flush()
+    def cancel(self) -> None:
+        """Stop showing new text; :meth:`finish` still lands what is given to it."""
+        self.cancelled = True
 
-    def _is_due(self) -> bool:
+    async def push(self, delta: str) -> None:
+        if self.cancelled:
+            return
+        self.text += delta
+        if self._is_due(self.clock()):
+            await self._flush_some()
+
+    def _is_due(self, now: float) -> bool:
         if not self.text.strip():
             return False
         if not self.shown:
             return True
-        if self.clock() - self._last_flush < self.channel.edit_interval(self.chat_id):
+        base = self.channel.edit_interval(self.chat_id)
+        if now - self._last_flush < self.scheduler.interval(self.chat_id, base, now):
             return False
         return len(self.text) - sum(len(s) for s in self.shown) >= self.min_growth_chars
 
+    def _plan(self) -> list[_Op]:
+        # Whitespace-only parts cannot be sent (and only occur at the growing
+        # end or inside absurd whitespace runs), so messages map to the others.
+        split = split_text(self.text, self.channel.max_message_chars, self.measure)
+        parts = [part for part in split if part.strip()]
+        ops: list[_Op] = []
+        for index, part in enumerate(parts):
+            if index >= len(self.shown):
+                ops.append(_Op(index, part, is_send=True))
+            elif self.shown[index] != part:
+                ops.append(_Op(index, part, is_send=False))
+        return ops
+
+    async def _flush_some(self) -> None:
+        """Intermediate flush: as many operations as the budget allows now."""
+        for op in self._plan():
+            if not self.scheduler.try_acquire(self.chat_id, self.clock()):
+                return
+            try:
+                await self._apply(op)
+            except RateLimited as exc:
+                self.scheduler.on_flood(self.chat_id, exc.retry_after, self.clock())
+                log.info(
+                    "chat %s: rate limited for %.0f s mid-stream", self.chat_id, exc.retry_after
+                )
+                return
+            except ChannelError as exc:
+                self.failures += 1
+                log.warning("chat %s: intermediate update failed: %s", self.chat_id, exc.message)
+                return
+        self._last_flush = self.clock()
+
     async def finish(self, text: str | None = None) -> list[str]:
-        """Make the full text visible; returns the ids of all messages sent."""
+        """Make the full text visible, waiting out rate limits; returns all message ids."""
         if text is not None:
             self.text = text
         if not self.text.strip():
             self.text = "…"
-        await self._flush()
+        try:
+            for op in self._plan():
+                await self._apply_final(op)
+        finally:
+            if self._begun:
+                self._begun = False
+                self.scheduler.end(self.chat_id)
+        self._last_flush = self.clock()
         return list(self.message_ids)
 
-    async def _flush(self) -> None:
-        parts = split_text(self.text, self.channel.max_message_chars)
-        for index, part in enumerate(parts):
-            if not part.strip():
-                continue
-            if index < len(self.shown):
-                if self.shown[index] != part:
-                    await self.channel.edit(self.chat_id, self.message_ids[index], part)
-                    self.shown[index] = part
-                    self.edits += 1
-            else:
-                message_id = await self.channel.send(self.chat_id, part)
-                self.message_ids.append(message_id)
-                self.shown.append(part)
-                self.sends += 1
-                if self.first_visible_at is None:
-                    self.first_visible_at = self.clock()
-        self._last_flush = self.clock()
+    async def _apply_final(self, op: _Op) -> None:
+        for _attempt in range(FINAL_ATTEMPTS):
+            while (wait := self.scheduler.wait_time(self.chat_id, self.clock())) > 0:
+                await self.sleep(max(wait, 0.01))  # a tiny wait would spin on float dust
+            self.scheduler.try_acquire(self.chat_id, self.clock())
+            try:
+                await self._apply(op)
+                return
+            except RateLimited as exc:
+                self.scheduler.on_flood(self.chat_id, exc.retry_after, self.clock())
+                log.info(
+                    "chat %s: rate limited for %.0f s; final text waits",
+                    self.chat_id,
+                    exc.retry_after,
+                )
+        raise ChannelError(f"gave up after {FINAL_ATTEMPTS} rate limits", chat_id=self.chat_id)
+
+    async def _apply(self, op: _Op) -> None:
+        if op.is_send:
+            message_id = await self.channel.send(self.chat_id, op.text)
+            self.message_ids.append(message_id)
+            self.shown.append(op.text)
+            self.sends += 1
+            if self.first_visible_at is None:
+                self.first_visible_at = self.clock()
+        else:
+            await self.channel.edit(self.chat_id, self.message_ids[op.index], op.text)
+            self.shown[op.index] = op.text
+            self.edits += 1
+
+
+def _default_clock() -> Clock:
+    try:
+        return asyncio.get_running_loop().time  # virtual under a virtual-time loop
+    except RuntimeError:
+        return time.monotonic
