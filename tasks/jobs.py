@@ -51,7 +51,6 @@ def cleanup_idle_sessions(settings: Settings) -> dict[str, Any]:
         response = httpx.post(
             settings.base_url + "/resources/cleanup",
             headers={"Authorization": f"Bearer {token}"} if token else {},
-            json={"reason": "idle_sessions"},
             timeout=10.0,
         )
     except httpx.HTTPError as exc:
