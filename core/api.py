@@ -48,7 +48,8 @@ class LocalReply:
         self.events = events
 
     def edit_interval(self, chat_id: str) -> float:
-        return 0.0
+        # Streaming clients see every token; a plain JSON reply needs no edits.
+        return 0.0 if self.events is not None else float("inf")
 
     async def send(self, chat_id: str, text: str) -> str:
         self.messages.append(text)
