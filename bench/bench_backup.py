@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.corpus import DEFAULT_DB, ensure  # noqa: E402
-from core.backup import create_backup  # noqa: E402
+from bench.corpus import DEFAULT_DB, ensure
+from core.backup import create_backup
 
 
 def timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]

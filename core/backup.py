@@ -229,7 +229,7 @@ def create_backup(
     name: str | None = None,
     kind: str = "manual",
     now: float | None = None,
-    level: int = 6,
+    level: int = 1,
     progress: Progress = no_progress,
 ) -> Snapshot:
     """Take, compress, checksum and verify one snapshot of ``db_path``."""

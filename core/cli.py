@@ -29,6 +29,7 @@ from core.cli_views import (
     render_snapshots,
     render_status,
     render_validate,
+    server_answers,
 )
 from core.config import Settings, load_settings
 from core.database import Database, connect_sync
@@ -141,6 +142,7 @@ def restore_cmd(
                 settings.db_path,
                 pid_file=settings.pid_file,
                 confirm=confirm,
+                answering=lambda: server_answers(settings),
                 progress=progress,
             )
     data = {
@@ -311,7 +313,9 @@ def validate(
     settings = _settings()
     db = _user_path(db)
     path = db if db is not None else settings.db_path
-    running = db is None and restore.server_pid(settings.pid_file) is not None
+    running = db is None and (
+        restore.server_pid(settings.pid_file) is not None or server_answers(settings)
+    )
     if repair_fts_index:
         if running:
             fail("stop the server before --repair-fts (the rebuild holds the write lock)")

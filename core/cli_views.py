@@ -31,6 +31,14 @@ def _get_json(url: str, timeout: float = 2.0) -> Any:
         return None
 
 
+def server_answers(settings: Settings) -> bool:
+    """Does a Vigil server answer on the configured port (PID file or not)?"""
+    try:
+        return httpx.get(settings.base_url + "/health/live", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def gather_status(
     settings: Settings, queue_depth: Callable[[Settings], dict[str, Any]] | None
 ) -> dict[str, Any]:
@@ -68,6 +76,13 @@ def gather_status(
 def _resources_line(resources: Any) -> str:
     if not isinstance(resources, dict):
         return "unavailable"
+    try:
+        return _resources_summary(resources)
+    except (TypeError, ValueError, AttributeError):  # another version's shape: say little
+        return "answered"
+
+
+def _resources_summary(resources: dict[str, Any]) -> str:
     health = resources.get("health", resources)
     current = health.get("current_resources", {}) if isinstance(health, dict) else {}
     parts = []

@@ -17,6 +17,7 @@ import os
 import sqlite3
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,14 +167,22 @@ def restore_live(
     *,
     pid_file: Path,
     confirm: bool,
+    answering: Callable[[], bool] | None = None,
     now: float | None = None,
     progress: Progress = no_progress,
 ) -> RestoreResult:
-    """Replace ``db_path`` with the snapshot; the server must be stopped."""
+    """Replace ``db_path`` with the snapshot; the server must be stopped.
+
+    Running means: ``pid_file`` names a live Vigil process, or ``answering()``
+    (e.g. a GET of ``/health/live``) says a server without a PID file is up.
+    """
     pid = server_pid(pid_file)
+    if pid is None and answering is not None and answering():
+        pid = 0  # no PID file (e.g. `python main.py serve` by hand) but it answers
     if pid is not None:
+        which = f"pid {pid}" if pid else "it answers on its port"
         raise ServerRunning(
-            f"the server is running (pid {pid}); stop it with scripts/stop.sh before "
+            f"the server is running ({which}); stop it with scripts/stop.sh before "
             "restoring onto the live database, or use --target-path FILE"
         )
     if not confirm:

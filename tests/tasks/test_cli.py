@@ -205,3 +205,17 @@ def test_status_with_nothing_running(tsettings: Settings) -> None:
     assert report["server"]["state"] == "not running"
     assert report["database"]["error"] == "no database file"
     assert report["backups"]["count"] == 0
+
+
+def test_a_server_without_pid_file_still_blocks_live_restore(
+    settings: Settings, live_server: Any
+) -> None:
+    fill(settings.db_path, 10)
+    assert invoke(settings, "backup", "--name", "x").exit_code == 0
+    result = invoke(settings, "restore", "x", "--confirm")
+    assert result.exit_code == 1
+    one_line_error(result.stderr, "it answers on its port")
+    # validate reads only while it runs: FTS5's own check (write lock) is left out
+    checks = json.loads(invoke(settings, "validate", "--json").stdout)["checks"]
+    assert "fts_content" not in {c["name"] for c in checks}
+    assert invoke(settings, "validate", "--repair-fts").exit_code == 1
