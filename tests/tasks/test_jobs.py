@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from core.config import Settings
 from core.database import connect_sync
@@ -38,15 +37,6 @@ def test_refine_summaries_skips_when_the_model_is_down(tsettings: Settings) -> N
     _overflow(tsettings, "local:c2")
     result = jobs.refine_summaries(tsettings)
     assert result["candidates"] == 1 and result["skipped"].startswith("model unreachable")
-
-
-def test_idle_session_cleanup_asks_the_running_server(settings: Settings, live_server: Any) -> None:
-    result = jobs.cleanup_idle_sessions(settings)
-    assert "server" in result, result
-
-
-def test_idle_session_cleanup_without_a_server(tsettings: Settings) -> None:
-    assert jobs.cleanup_idle_sessions(tsettings) == {"skipped": "server not running"}
 
 
 def test_message_retention_is_off_by_default(filled: Settings) -> None:

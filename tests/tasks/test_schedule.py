@@ -22,12 +22,10 @@ def test_defaults_follow_seed_003() -> None:
     assert vacuum(dt.datetime(2026, 11, 22, 4, 0))  # a Sunday
     assert not vacuum(dt.datetime(2026, 11, 21, 4, 0))  # a Saturday
     assert cleanup(dt.datetime(2026, 11, 21, 3, 0)) and not cleanup(dt.datetime(2026, 11, 21, 4, 0))
-    idle = schedule["cleanup_idle_sessions"]
-    assert (
-        idle
-        and idle(dt.datetime(2026, 11, 21, 7, 35))
-        and not idle(dt.datetime(2026, 11, 21, 7, 36))
-    )
+    refine = schedule["refine_summaries"]
+    assert refine and refine(dt.datetime(2026, 11, 21, 7, 30))
+    assert not refine(dt.datetime(2026, 11, 21, 7, 35))
+    assert "cleanup_idle_sessions" not in schedule  # the governor's job, in the server
 
 
 def test_overrides_and_off() -> None:

@@ -1,0 +1,111 @@
+"""Every bad input to the local chat API gets a 4xx JSON body naming the problem."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import LiveServer
+
+
+def error_of(response: httpx.Response) -> dict:
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    body = response.json()
+    assert "error" in body, body
+    assert "Traceback" not in response.text
+    return body["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code", "mentions"),
+    [
+        ({"text": ""}, 400, "text_empty", "empty"),
+        ({"text": "   \n\t "}, 400, "text_empty", "empty"),
+        ({}, 422, "invalid_request", "text"),
+        ({"text": 42}, 422, "invalid_request", "text"),
+        ({"text": "hi", "colour": "red"}, 422, "invalid_request", "colour"),
+        (["text", "hi"], 422, "invalid_request", "JSON object"),
+    ],
+)
+def test_bad_bodies(
+    live_server: LiveServer, body: object, status: int, code: str, mentions: str
+) -> None:
+    response = live_server.client.post("/api/chats/demo/messages", json=body)
+    assert response.status_code == status
+    error = error_of(response)
+    assert error["code"] == code
+    assert mentions in error["message"]
+
+
+def test_malformed_json(live_server: LiveServer) -> None:
+    response = live_server.client.post(
+        "/api/chats/demo/messages",
+        content=b'{"text": "unterminated',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_json"
+
+
+def test_oversized_text_names_the_limit(live_server: LiveServer) -> None:
+    limit = live_server.settings.max_message_chars
+    response = live_server.chat("demo", "x" * (limit + 1))
+    assert response.status_code == 413
+    error = error_of(response)
+    assert error["code"] == "text_too_long"
+    assert error["limit"] == limit
+    assert "VIGIL_MAX_MESSAGE_CHARS" in error["message"]
+
+
+@pytest.mark.parametrize("chat_id", ["has space", "a" * 65, "semi;colon", "ü"])
+def test_bad_chat_ids(live_server: LiveServer, chat_id: str) -> None:
+    response = live_server.chat(chat_id, "hi")
+    assert response.status_code == 400
+    assert error_of(response)["code"] == "invalid_chat_id"
+
+
+def test_unknown_chat_history_is_404(live_server: LiveServer) -> None:
+    response = live_server.client.get("/api/chats/nobody/messages")
+    assert response.status_code == 404
+    assert "nobody" in error_of(response)["message"]
+    reset = live_server.client.delete("/api/chats/nobody/context")
+    assert reset.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "params", [{"limit": 0}, {"limit": 10_000}, {"before": -1}, {"role": "robot"}, {"limit": "x"}]
+)
+def test_bad_history_queries(live_server: LiveServer, params: dict) -> None:
+    live_server.chat("q", "hello")
+    response = live_server.client.get("/api/chats/q/messages", params=params)
+    assert response.status_code == 422
+    error = error_of(response)
+    assert error["field"] in params
+
+
+def test_admin_token_is_required(live_server: LiveServer) -> None:
+    anonymous = httpx.post(live_server.url + "/api/chats/demo/messages", json={"text": "hi"})
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    assert error_of(anonymous)["code"] == "unauthorized"
+    wrong = httpx.get(
+        live_server.url + "/api/chats/demo/messages",
+        headers={"Authorization": "Bearer not-the-token"},
+    )
+    assert wrong.status_code == 403
+    assert error_of(wrong)["code"] == "forbidden"
+
+
+def test_unknown_endpoint_and_method_are_json(live_server: LiveServer) -> None:
+    missing = live_server.client.get("/no/such/thing")
+    assert missing.status_code == 404
+    assert error_of(missing)["code"] == "not_found"
+    wrong_method = live_server.client.put("/api/chats/demo/messages", json={"text": "x"})
+    assert wrong_method.status_code == 405
+    assert error_of(wrong_method)["code"] == "method_not_allowed"
+
+
+def test_nothing_is_stored_for_rejected_input(live_server: LiveServer) -> None:
+    live_server.chat("clean", "")
+    live_server.chat("clean", "x" * (live_server.settings.max_message_chars + 1))
+    assert live_server.client.get("/api/chats/clean/messages").status_code == 404
