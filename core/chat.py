@@ -9,9 +9,10 @@ reply starts; a model failure becomes one short clear reply, never a crash.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from core.admission import AdjustableLimiter, Admission
@@ -30,8 +31,11 @@ HELP_TEXT = (
     "/help — this text\n"
     "/reset — forget this chat's context (history is kept)\n"
     "/status — server health in one line\n"
-    "/summary — what I remember of earlier parts of this chat"
+    "/summary — what I remember of earlier parts of this chat\n"
+    "/cancel — stop the answer being written\n"
+    "/retry — write the last answer again"
 )
+STOPPED = "⏹ Stopped."
 
 
 @dataclass
@@ -80,6 +84,8 @@ class ChatService:
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # chat id -> (streamer, task pumping the model) of the reply being written
+        self._pumps: dict[str, tuple[StreamingOptimizer, asyncio.Future[None]]] = {}
         self.commands: dict[str, CommandHandler] = {
             "start": self._cmd_help,
             "help": self._cmd_help,
@@ -94,8 +100,14 @@ class ChatService:
         command, args = parse_command(msg.text)
         if command is not None:
             return await self._run_command(command, args, msg, channel)
+        async with self._exclusive(msg.chat_id):
+            return await self._turn(msg, channel)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, chat_id: str) -> AsyncIterator[None]:
+        """Admission, then this chat's turn lock (one turn at a time per chat)."""
         self.admission.check()
-        slot = self._slots.setdefault(msg.chat_id, _ChatSlot())
+        slot = self._slots.setdefault(chat_id, _ChatSlot())
         if slot.users >= self.queue_limit:
             self.stats.rejected += 1
             raise Busy(
@@ -106,11 +118,32 @@ class ChatService:
         try:
             async with slot.lock:
                 with self.admission.turn():
-                    return await self._turn(msg, channel)
+                    yield
         finally:
             slot.users -= 1
             if slot.users == 0:
-                self._slots.pop(msg.chat_id, None)
+                self._slots.pop(chat_id, None)
+
+    async def retry(self, msg: IncomingMessage, channel: Channel) -> TurnResult | None:
+        """Write the last answer again (``/retry``); None when there is nothing to retry."""
+        async with self._exclusive(msg.chat_id):
+            question = await self.memory.last_turn(msg.chat_id, "user")
+            window = await self.memory.window(msg.chat_id)
+            if question is None or all(t.id != question.id for t in window.turns):
+                return None  # nothing asked since the last /reset
+            answer = await self.memory.last_turn(msg.chat_id, "assistant")
+            if answer is not None and answer.id > question.id:
+                await self.memory.delete_message(answer.id)
+            return await self._answer(msg, channel, question.id)
+
+    def cancel(self, chat_id: str) -> bool:
+        """Stop the reply being written in this chat (``/cancel``)."""
+        entry = self._pumps.get(chat_id)
+        if entry is None or entry[1].done():
+            return False
+        entry[0].cancel()
+        entry[1].cancel()
+        return True
 
     def pending(self, chat_id: str) -> int:
         slot = self._slots.get(chat_id)
@@ -118,18 +151,35 @@ class ChatService:
 
     # --- one turn ---------------------------------------------------------------
     async def _turn(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
-        started = time.monotonic()
         author = msg.display_name if msg.is_group else None
         user_turn = await self.memory.append(
             msg.chat_id, "user", msg.text, author=author, external_id=msg.external_id
         )
+        return await self._answer(msg, channel, user_turn.id)
+
+    async def _pump(self, messages: list[dict[str, str]], streamer: StreamingOptimizer) -> None:
+        try:
+            async with self.limiter.slot():
+                async for delta in self.llm.stream(messages):
+                    await streamer.push(delta)
+        finally:
+            self._pumps.pop(streamer.chat_id, None)
+            streamer.release()  # the stream is over, even when cancelled
+
+    async def _answer(self, msg: IncomingMessage, channel: Channel, user_id: int) -> TurnResult:
+        started = time.monotonic()
         streamer = StreamingOptimizer(channel, msg.chat_id)
         await streamer.start()
         prompt = await self.context.build(msg.chat_id)
+        pump = asyncio.ensure_future(self._pump(prompt.messages, streamer))
+        self._pumps[msg.chat_id] = (streamer, pump)
         try:
-            async with self.limiter.slot():
-                async for delta in self.llm.stream(prompt.messages):
-                    await streamer.push(delta)
+            await pump
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not streamer.cancelled or (task is not None and task.cancelling()):
+                raise
+            return await self._stopped(msg, streamer, user_id)
         except LLMError as exc:
             self.stats.failed += 1
             log.warning("chat %s: model failed: %s", msg.chat_id, exc.code)
@@ -137,7 +187,7 @@ class ChatService:
             return TurnResult(
                 msg.chat_id,
                 streamer.text,
-                user_turn.id,
+                user_id,
                 None,
                 error_code=exc.code,
                 sent_ids=tuple(ids),
@@ -155,7 +205,20 @@ class ChatService:
             prompt.tokens,
             len(streamer.text),
         )
-        return TurnResult(msg.chat_id, streamer.text, user_turn.id, reply.id, sent_ids=tuple(ids))
+        return TurnResult(msg.chat_id, streamer.text, user_id, reply.id, sent_ids=tuple(ids))
+
+    async def _stopped(
+        self, msg: IncomingMessage, streamer: StreamingOptimizer, user_id: int
+    ) -> TurnResult:
+        partial = streamer.text.rstrip()
+        ids = await streamer.finish(f"{partial}\n\n{STOPPED}" if partial else STOPPED)
+        reply_id = None
+        if partial:  # the context keeps what the chatter saw
+            reply_id = (await self.memory.append(msg.chat_id, "assistant", partial)).id
+        log.info("chat %s: reply stopped by /cancel after %d chars", msg.chat_id, len(partial))
+        return TurnResult(
+            msg.chat_id, streamer.text, user_id, reply_id, cancelled=True, sent_ids=tuple(ids)
+        )
 
     async def _refine(self, chat_id: str) -> None:
         if self.llm.status.state != "ok":
