@@ -216,6 +216,17 @@ def _db_files(db_path: Path) -> list[Path]:
     return [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
 
 
+def sweep_leftovers(directory: Path, *, older_than_s: float = 3600.0) -> int:
+    """Remove temp files of backups that a killed process never finished."""
+    cutoff, removed = time.time() - older_than_s, 0
+    for path in directory.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+    return removed
+
+
 def ensure_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -240,6 +251,7 @@ def create_backup(
     started, created = time.monotonic(), time.time() if now is None else now
     name = check_name(name) if name else default_name(kind, created)
     ensure_dir(backups_dir)
+    sweep_leftovers(backups_dir)
     final = backups_dir / (name + DATA_SUFFIX)
     if final.exists() or (backups_dir / (name + MANIFEST_SUFFIX)).exists():
         raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")

@@ -14,12 +14,9 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
-
 from core import backup, maintenance
 from core.config import Settings
 from core.database import Database, connect_sync
-from core.restore import server_pid
 from core.retention import RetentionPolicy, prune_snapshots
 
 log = logging.getLogger(__name__)
@@ -40,24 +37,6 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
     with database(settings) as conn:
         deleted = maintenance.cleanup_old_tasks(conn, days=settings.task_retention_days)
     return {"deleted": deleted, "days": settings.task_retention_days}
-
-
-def cleanup_idle_sessions(settings: Settings) -> dict[str, Any]:
-    """Ask the running server to drop idle chat windows (they live in its memory)."""
-    if server_pid(settings.pid_file) is None and not _answers(settings):
-        return {"skipped": "server not running"}
-    token = _admin_token(settings)
-    try:
-        response = httpx.post(
-            settings.base_url + "/resources/cleanup",
-            headers={"Authorization": f"Bearer {token}"} if token else {},
-            timeout=10.0,
-        )
-    except httpx.HTTPError as exc:
-        return {"skipped": f"server unreachable: {exc.__class__.__name__}"}
-    if response.status_code >= 400:
-        return {"skipped": f"server answered HTTP {response.status_code}"}
-    return {"server": _json_or_text(response)}
 
 
 def backup_and_prune(
@@ -140,31 +119,8 @@ async def _refine(settings: Settings, chats: list[str]) -> dict[str, Any]:
         await llm.aclose()
 
 
-def _answers(settings: Settings) -> bool:
-    try:
-        return httpx.get(settings.base_url + "/health/live", timeout=2.0).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _admin_token(settings: Settings) -> str | None:
-    if settings.admin_token is not None:
-        return settings.admin_token.get_secret_value()
-    with contextlib.suppress(OSError):
-        return settings.admin_token_file.read_text(encoding="utf-8").strip() or None
-    return None
-
-
-def _json_or_text(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return response.text[:200]
-
-
 JOBS: dict[str, Job] = {
     "cleanup_old_tasks": cleanup_old_tasks,
-    "cleanup_idle_sessions": cleanup_idle_sessions,
     "backup": backup_and_prune,
     "maintenance": daily_maintenance,
     "vacuum": vacuum,

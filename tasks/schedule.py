@@ -4,6 +4,12 @@ Schedules are five-field cron expressions in UTC (minute hour day month
 weekday, 0 = Sunday), checked by Huey's scheduler once a minute and at
 start-up. ``VIGIL_TASK_SCHEDULE`` overrides them per task, e.g.
 ``{"backup": "0 */6 * * *", "vacuum": "off"}``.
+
+Seed 003's idle-session cleanup (every 5 minutes) is not here on purpose: the
+chat windows live in the server's memory, so the server's governor evicts
+them in-process (``VIGIL_GOVERNOR_CLEANUP_INTERVAL_S``); a worker cannot free
+another process's memory, and the server's ``POST /resources/cleanup`` is an
+*emergency* cleanup that must not run on a timer.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ Validator = Callable[[dt.datetime], bool]
 
 DEFAULT_SCHEDULE: dict[str, str] = {
     "cleanup_old_tasks": "0 3 * * *",  # daily: task records older than 7 days
-    "cleanup_idle_sessions": "*/5 * * * *",  # every 5 minutes
     "backup": "0 * * * *",  # hourly, then retention
     "maintenance": "30 3 * * *",  # daily: checkpoint, ANALYZE, optimize
     "vacuum": "0 4 * * 0",  # weekly, Sunday, only if worthwhile and disk allows

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
+from core.backup import create_backup, list_snapshots
 from core.config import Settings
 from core.database import connect_sync
 from tasks import jobs
-from tests.fake_llm import FakeLLM
+from tests.conftest import make_settings
+from tests.fake_llm import FakeLLM, dead_url
 from tests.tasks.conftest import fill, rows
 
 
@@ -42,3 +46,34 @@ def test_refine_summaries_skips_when_the_model_is_down(tsettings: Settings) -> N
 def test_message_retention_is_off_by_default(filled: Settings) -> None:
     assert "skipped" in jobs.message_retention(filled)
     assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == 300
+
+
+def test_the_backup_task_applies_retention_and_sweeps_leftovers(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        llm_base_url=dead_url(),
+        backup_keep_hourly=2,
+        backup_keep_daily=0,
+        backup_keep_weekly=0,
+        backup_keep_monthly=0,
+    )
+    fill(settings.db_path, 30)
+    for hour in (1, 2, 3):
+        create_backup(
+            settings.db_path,
+            settings.backups_dir,
+            kind="auto",
+            name=f"old-{hour}",
+            now=1_700_000_000 + hour * 3600,
+        )
+    create_backup(settings.db_path, settings.backups_dir, name="mine", now=1_600_000_000)
+    leftover = settings.backups_dir / ".killed.db.tmp"
+    leftover.write_bytes(b"half a copy")
+    os.utime(leftover, (time.time() - 7200, time.time() - 7200))
+
+    result = jobs.backup_and_prune(settings)
+    assert result["messages"] == 30
+    assert sorted(result["pruned"]) == ["old-1", "old-2"]
+    names = {s.name for s in list_snapshots(settings.backups_dir)}
+    assert names == {result["snapshot"], "old-3", "mine"}
+    assert not leftover.exists()
