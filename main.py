@@ -98,7 +98,7 @@ def supervise(
         )
     ]
     if worker and "worker" in typer.main.get_command(cli).commands:  # type: ignore[attr-defined]
-        children.append(ChildSpec("worker", [sys.executable, here, "worker"]))
+        children.append(ChildSpec("worker", [sys.executable, here, "worker"], start_after="server"))
     elif worker:
         logging.getLogger("vigil.supervise").warning(
             "no 'python main.py worker' command in this version; running without the Huey worker"

@@ -84,6 +84,8 @@ class ChildSpec:
     env: dict[str, str] | None = None
     # The server writes its own record on a graceful exit (it knows the reason).
     records_own_exits: bool = False
+    # Start once that child answers its live_url (or after START_AFTER_MAX_S).
+    start_after: str | None = None
 
 
 @dataclass
@@ -110,7 +112,7 @@ class ChildState:
     """What the supervisor knows about one child (also written to the state file)."""
 
     spec: ChildSpec
-    state: str = "starting"  # starting, running, backoff, failed, stopped
+    state: str = "starting"  # starting, waiting, running, backoff, failed, stopped
     pid: int | None = None
     started_mono: float = 0.0
     started_at: float = 0.0

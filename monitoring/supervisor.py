@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 Recorder = Callable[[RestartEvent], None]
 Alerter = Callable[[str, str], None]
 STARTUP_ALLOWANCE_S = 30.0
+START_AFTER_MAX_S = 15.0
 
 
 class Supervisor:
@@ -83,8 +84,13 @@ class Supervisor:
             self.policy.flap_window_s,
             self.policy.watchdog_timeout_s,
         )
+        started = time.monotonic()
         for child in self.children:
-            self._spawn(child)
+            if child.spec.start_after is None:
+                self._spawn(child)
+            else:
+                # Start-up is CPU-bound (imports): let the server get there first.
+                child.state, child.next_start_mono = "waiting", started + START_AFTER_MAX_S
         while self._stop_signal is None:
             self.tick(time.monotonic())
             time.sleep(self.tick_s)
@@ -105,7 +111,7 @@ class Supervisor:
                 elif check_live:
                     child.last_rss_mb = read_rss_mb(proc.pid) or child.last_rss_mb
                     self._watchdog(child, proc, now)
-            elif child.state == "backoff" and now >= child.next_start_mono:
+            elif self._is_due(child, now):
                 self._spawn(child)
 
     # --- children ---------------------------------------------------------------
@@ -131,6 +137,15 @@ class Supervisor:
         child.next_start_at = None
         log.info("started %s (pid %d): %s", child.spec.name, proc.pid, " ".join(child.spec.argv))
         self._write_state()
+
+    def _is_due(self, child: ChildState, now: float) -> bool:
+        if child.state == "backoff":
+            return now >= child.next_start_mono
+        if child.state == "waiting":
+            after = child.spec.start_after
+            is_ready = any(c.spec.name == after and c.live_seen for c in self.children)
+            return is_ready or now >= child.next_start_mono
+        return False
 
     def _on_exit(self, child: ChildState, code: int, now: float) -> None:
         self._procs.pop(child.spec.name, None)
@@ -273,7 +288,7 @@ class Supervisor:
         name = signal.Signals(self._stop_signal or signal.SIGTERM).name
         log.info("supervisor stopping (%s): asking children to finish", name)
         for child in self.children:
-            if child.state == "backoff":
+            if child.state in ("backoff", "waiting"):
                 child.state = "stopped"
         for proc in self._procs.values():
             with contextlib.suppress(ProcessLookupError):
