@@ -1,0 +1,140 @@
+"""Database: migrations, pragmas, file modes, the single write path."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from core.database import Database, NewerSchema, connect_sync, migrate_sync
+from core.errors import StorageError
+from core.schema import MIGRATIONS, SCHEMA_VERSION
+
+
+def tables(conn: sqlite3.Connection) -> set[str]:
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')")
+    return {r[0] for r in rows}
+
+
+def test_migrates_from_empty(tmp_path: Path) -> None:
+    conn = connect_sync(tmp_path / "system.db")
+    assert migrate_sync(conn) == SCHEMA_VERSION
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert {"chats", "messages", "messages_fts", "server_tasks", "restarts", "alerts"} <= tables(
+        conn
+    )
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_migrates_from_previous_version_keeping_data(tmp_path: Path) -> None:
+    conn = connect_sync(tmp_path / "system.db")
+    migrate_sync(conn, target=SCHEMA_VERSION - 1)
+    conn.execute(
+        "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+        " VALUES ('local:old', 'user', 'from the old schema', 4, 1.0)"
+    )
+    assert migrate_sync(conn) == SCHEMA_VERSION
+    row = conn.execute("SELECT content FROM messages WHERE chat_id = 'local:old'").fetchone()
+    assert row[0] == "from the old schema"
+    hits = conn.execute("SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'schema'")
+    assert len(hits.fetchall()) == 1
+
+
+def test_migrations_are_idempotent(tmp_path: Path) -> None:
+    conn = connect_sync(tmp_path / "system.db")
+    migrate_sync(conn)
+    before = tables(conn)
+    assert migrate_sync(conn) == SCHEMA_VERSION
+    assert tables(conn) == before
+    assert len(MIGRATIONS) == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    conn = connect_sync(tmp_path / "system.db")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(NewerSchema, match="newer than this Vigil"):
+        migrate_sync(conn)
+
+
+async def test_files_are_private(tmp_path: Path) -> None:
+    db = Database(tmp_path / "data" / "system.db")
+    await db.open()
+    await db.write(
+        "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+        " VALUES ('local:a', 'user', 'x', 1, 1.0)"
+    )
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "data").st_mode) == 0o700
+        for name in os.listdir(tmp_path / "data"):
+            assert stat.S_IMODE(os.stat(tmp_path / "data" / name).st_mode) == 0o600, name
+    finally:
+        await db.close()
+
+
+async def test_write_is_committed_and_visible_to_other_connections(tmp_path: Path) -> None:
+    db = Database(tmp_path / "system.db")
+    await db.open()
+    try:
+        rowid = await db.write(
+            "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+            " VALUES ('local:a', 'user', 'durable', 1, 1.0)"
+        )
+        other = sqlite3.connect(tmp_path / "system.db")
+        assert other.execute("SELECT content FROM messages WHERE id = ?", (rowid,)).fetchone() == (
+            "durable",
+        )
+        other.close()
+    finally:
+        await db.close()
+
+
+async def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
+    db = Database(tmp_path / "system.db")
+    await db.open()
+    try:
+        with pytest.raises(StorageError):
+            async with db.transaction() as conn:
+                await conn.execute(
+                    "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+                    " VALUES ('local:a', 'user', 'lost', 1, 1.0)"
+                )
+                await conn.execute("INSERT INTO messages (role) VALUES ('nobody')")
+        assert await db.scalar("SELECT count(*) FROM messages") == 0
+        await db.write(
+            "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+            " VALUES ('local:a', 'user', 'kept', 1, 1.0)"
+        )
+        assert await db.scalar("SELECT count(*) FROM messages") == 1
+    finally:
+        await db.close()
+
+
+async def test_write_waits_for_another_process_lock_without_failing(tmp_path: Path) -> None:
+    db = Database(tmp_path / "system.db")
+    await db.open()
+    holder = sqlite3.connect(tmp_path / "system.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process (worker, CLI) holds the write lock
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, holder.execute, "COMMIT")
+    try:
+        await db.write(
+            "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+            " VALUES ('local:a', 'user', 'after the lock', 1, 1.0)"
+        )
+        assert db.slow_writes == 1
+        assert await db.scalar("SELECT count(*) FROM messages") == 1
+    finally:
+        holder.close()
+        await db.close()
+
+
+async def test_closed_database_raises_storage_error(tmp_path: Path) -> None:
+    db = Database(tmp_path / "system.db")
+    with pytest.raises(StorageError, match="not open"):
+        await db.write("SELECT 1")
