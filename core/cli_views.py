@@ -6,6 +6,7 @@ Nothing here opens the Telegram session; the server is asked over HTTP.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from core.database import Database, connect_sync
 from core.errors import LLMError, NotFound
 from core.integrity import Check
 from core.maintenance import database_summary
+from core.restarts import read_supervisor_state
 from core.restore import server_pid
 
 
@@ -48,6 +50,7 @@ def gather_status(
     state = "running" if health else ("not answering" if pid else "not running")
     report: dict[str, Any] = {
         "server": {"state": state, "pid": pid, "url": settings.base_url, "health": health},
+        "supervisor": _supervisor(settings),
         "resources": _get_json(settings.base_url + "/resources/status") if health else None,
         "queue": queue_depth(settings) if queue_depth else None,
     }
@@ -71,6 +74,39 @@ def gather_status(
         "total_bytes": sum(s.size_bytes for s in snaps),
     }
     return report
+
+
+def _supervisor(settings: Settings) -> dict[str, Any]:
+    """The supervisor's state file, trusted only while its process lives."""
+    state = read_supervisor_state(settings.data_dir, parent_pid=-1)
+    pid = state.get("pid")
+    running = isinstance(pid, int) and not state.get("stopped") and server_pid_alive(pid)
+    children = {
+        name: {k: child.get(k) for k in ("state", "pid", "restarts_in_window", "last_exit")}
+        for name, child in (state.get("children") or {}).items()
+        if isinstance(child, dict)
+    }
+    return {"running": running, "pid": pid if running else None, "children": children}
+
+
+def server_pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _children_line(supervisor: dict[str, Any]) -> str:
+    if not supervisor["running"]:
+        return "supervisor not running"
+    parts = [
+        f"{name} {child['state']}" + (f" (pid {child['pid']})" if child.get("pid") else "")
+        for name, child in supervisor["children"].items()
+    ]
+    return f"supervisor pid {supervisor['pid']}: " + (", ".join(parts) or "no children")
 
 
 def _resources_line(resources: Any) -> str:
@@ -101,6 +137,7 @@ def render_status(report: dict[str, Any]) -> None:
     health = server["health"] or {}
     rows: list[tuple[str, str]] = [
         ("server", f"{server['state']}" + (f" (pid {server['pid']})" if server["pid"] else "")),
+        ("processes", _children_line(report["supervisor"])),
         ("health", str(health.get("status", "-")) + _health_detail(health)),
         ("resources", _resources_line(report["resources"]) if server["health"] else "-"),
     ]
