@@ -6,8 +6,15 @@ without processes or sleeping; ``monitoring/supervisor.py`` carries them out.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import http.client
+import logging
 import os
+import signal
+import urllib.parse
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,8 @@ from core.config import Settings
 # Exit code of a child that asks to be restarted (the governor, /restart/force,
 # a scheduled restart): sysexits' EX_TEMPFAIL, "try again later".
 RESTART_REQUESTED = 75
+PR_SET_PDEATHSIG = 1
+log = logging.getLogger("monitoring.supervisor")
 
 REASONS = (
     "crash",
@@ -151,3 +160,52 @@ def read_rss_mb(pid: int, proc: Path = Path("/proc")) -> float | None:
         return round(int(fields[1]) * os.sysconf("SC_PAGE_SIZE") / 1048576, 1)
     except (OSError, ValueError, IndexError):
         return None
+
+
+def is_live(url: str, *, timeout: float) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        conn.request("GET", parts.path or "/")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == RESTART_REQUESTED:
+        return "exit 75, restart requested"
+    return f"exit code {code}"
+
+
+@contextlib.contextmanager
+def logged(what: str) -> Iterator[None]:
+    """Storage trouble must never take the supervisor down: log and carry on."""
+    try:
+        yield
+    except Exception:  # loop boundary
+        log.exception("supervisor: failed %s", what)
+
+
+def die_with_parent(parent: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets SIGTERM if the supervisor dies (Linux).
+
+    Without it, a supervisor killed with SIGKILL (OOM killer, kill -9) would
+    leave a server holding the port and the next start would fail.
+    """
+
+    def arm() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return arm

@@ -15,14 +15,12 @@ It imports only ``core.config``; storage is injected (``record``, ``alert``).
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import logging
 import os
 import signal
 import subprocess
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -34,6 +32,10 @@ from monitoring.supervision import (
     ChildState,
     Policy,
     RestartEvent,
+    describe_exit,
+    die_with_parent,
+    is_live,
+    logged,
     read_rss_mb,
 )
 
@@ -124,7 +126,12 @@ class Supervisor:
             env.pop("WATCHDOG_USEC", None)
         env.update(child.spec.env or {})
         try:
-            proc = subprocess.Popen(child.spec.argv, env=env, stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                child.spec.argv,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(os.getpid()),  # no threads here: safe
+            )
         except OSError as exc:
             log.error("cannot start %s (%s): %s", child.spec.name, child.spec.argv[0], exc)
             self._on_exit(child, 127, time.monotonic())
@@ -160,7 +167,7 @@ class Supervisor:
         }
         if self._stop_signal is not None:
             child.state = "stopped"
-            log.info("%s exited (%s) during shutdown", child.spec.name, _describe(code))
+            log.info("%s exited (%s) during shutdown", child.spec.name, describe_exit(code))
             self._write_state()
             return
         if uptime >= self.policy.backoff_reset_s:
@@ -178,14 +185,14 @@ class Supervisor:
         child.next_start_mono = now + delay
         child.next_start_at = time.time() + delay
         if planned:
-            log.info("%s exited (%s): restarting now", child.spec.name, _describe(code))
+            log.info("%s exited (%s): restarting now", child.spec.name, describe_exit(code))
             if not child.spec.records_own_exits:
                 reason = "forced" if code == RESTART_REQUESTED else "signal"
         else:
             log.warning(
                 "%s exited (%s) after %.1f s: restart attempt %d in %.2f s",
                 child.spec.name,
-                _describe(code),
+                describe_exit(code),
                 uptime,
                 child.attempt,
                 delay,
@@ -199,14 +206,14 @@ class Supervisor:
         child.state, child.next_start_at = "failed", None
         message = (
             f"{child.spec.name} restarted {self.policy.flap_max} times within "
-            f"{self.policy.flap_window_s:g} s and exited again ({_describe(code)}); "
+            f"{self.policy.flap_window_s:g} s and exited again ({describe_exit(code)}); "
             "it will not be restarted until the supervisor is restarted"
         )
         log.critical("flap limit: %s", message)
         if child.last_exit is not None:
             child.last_exit["reason"] = "flap_limit"
         self._record(child, "flap_limit", code, uptime, backoff=None, detail=message)
-        with _logged("raising the flap-limit alert"):
+        with logged("raising the flap-limit alert"):
             self.alert("restart_flap_limit", message)
         self._write_state()
 
@@ -214,7 +221,7 @@ class Supervisor:
         url = child.spec.live_url
         if url is None or child.watchdog_fired:
             return
-        if _is_live(url, timeout=min(2.0, self.policy.watchdog_timeout_s / 2)):
+        if is_live(url, timeout=min(2.0, self.policy.watchdog_timeout_s / 2)):
             if not child.live_seen:
                 child.live_seen = True
                 log.info("%s answers %s", child.spec.name, url)
@@ -266,7 +273,7 @@ class Supervisor:
             backoff_s=backoff,
             detail=detail,
         )
-        with _logged("recording a restart"):
+        with logged("recording a restart"):
             self.record(event)
 
     # --- stopping ----------------------------------------------------------------
@@ -329,38 +336,6 @@ class Supervisor:
         if self.state_file is None:
             return
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        with _logged("writing the supervisor state file"):
+        with logged("writing the supervisor state file"):
             tmp.write_text(json.dumps(self.snapshot(stopped=stopped), indent=1))
             os.replace(tmp, self.state_file)
-
-
-def _is_live(url: str, *, timeout: float) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
-    try:
-        conn.request("GET", parts.path or "/")
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
-        return False
-    finally:
-        conn.close()
-
-
-def _describe(code: int) -> str:
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    if code == RESTART_REQUESTED:
-        return "exit 75, restart requested"
-    return f"exit code {code}"
-
-
-@contextlib.contextmanager
-def _logged(what: str) -> Any:
-    """Storage trouble must never take the supervisor down: log and carry on."""
-    try:
-        yield
-    except Exception:  # loop boundary
-        log.exception("supervisor: failed %s", what)

@@ -26,6 +26,11 @@ if [ -f "$VIGIL_PID_FILE" ]; then
     if pid_alive "$old"; then
         die "Vigil is already running (pid $old, $VIGIL_URL); run scripts/stop.sh first"
     fi
+    leftovers=""
+    for p in $(group_pids "$old"); do pid_alive "$p" && leftovers="$leftovers $p"; done
+    if [ -n "$leftovers" ]; then
+        die "processes of a previous Vigil still run (pid$leftovers, supervisor $old gone); run scripts/stop.sh first"
+    fi
     say "removing stale PID file (pid ${old:-?} is not a running Vigil)"
     rm -f "$VIGIL_PID_FILE"
 fi

@@ -183,3 +183,24 @@ class StreamedTurn:
                     if event == "done":
                         self.done = json.loads(line[6:])
         self.first_delta.set()
+
+
+def test_children_do_not_outlive_a_killed_supervisor(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    with vigil(tmp_path, vigil_env(tmp_path, fake_llm.url), "supervise", "--no-worker") as sup:
+        server = sup.wait_live()["pid"]
+
+        sup.proc.kill()
+        sup.proc.wait()
+
+        # The server got SIGTERM (parent-death signal): it drains and exits by itself.
+        wait_for(lambda: not _is_running(server), 20, "the orphaned server to exit")
+        rows = [r for r in sup.restarts() if r["reason"] == "signal"]
+        assert len(rows) == 1 and rows[0]["exit_code"] == 0
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
