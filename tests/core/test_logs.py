@@ -1,0 +1,74 @@
+"""Logging: seed 003's format and files, rotation settings, secrets never written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.handlers
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from core.logs import setup_logging
+
+
+@pytest.fixture
+def restore_root() -> Iterator[None]:
+    root = logging.getLogger()
+    saved, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+        handler.close()
+    for handler in saved:
+        root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("core.telegram", "telethon", "tasks", "huey"):
+        for handler in list(logging.getLogger(name).handlers):
+            logging.getLogger(name).removeHandler(handler)
+            handler.close()
+
+
+def test_files_format_and_rotation(tmp_path: Path, restore_root: None) -> None:
+    setup_logging(tmp_path, console=False)
+    logging.getLogger("core.app").info("started %s", "ok")
+    logging.getLogger("core.telegram").warning("flood wait %d s", 3)
+    logging.getLogger("tasks.queue").info("backup done")
+    system = (tmp_path / "system.log").read_text()
+    assert " - core.app - INFO - started ok" in system
+    assert "flood wait 3 s" in system  # everything also reaches system.log
+    assert "flood wait 3 s" in (tmp_path / "telegram.log").read_text()
+    assert "backup done" in (tmp_path / "tasks.log").read_text()
+    rotating = [
+        h
+        for h in logging.getLogger().handlers
+        if isinstance(h, logging.handlers.RotatingFileHandler)
+    ]
+    assert rotating and rotating[0].maxBytes == 10 * 1024 * 1024 and rotating[0].backupCount == 3
+
+
+def test_secrets_are_redacted_everywhere(tmp_path: Path, restore_root: None) -> None:
+    setup_logging(tmp_path, secrets=["sk-live-123456", "admintoken"], console=False)
+    log = logging.getLogger("core.llm")
+    log.warning("calling with key %s", "sk-live-123456")
+    try:
+        raise RuntimeError("auth failed for Bearer admintoken")
+    except RuntimeError:
+        log.exception("request failed")
+    logging.getLogger("core.telegram").info("token admintoken in telegram")
+    for name in ("system.log", "telegram.log"):
+        text = (tmp_path / name).read_text()
+        assert "sk-live-123456" not in text
+        assert "admintoken" not in text
+    assert "calling with key ***" in (tmp_path / "system.log").read_text()
+
+
+def test_json_lines(tmp_path: Path, restore_root: None) -> None:
+    setup_logging(tmp_path, json_lines=True, console=False)
+    logging.getLogger("core.memory").info("stored %d messages", 2)
+    line = (tmp_path / "system.log").read_text().strip().splitlines()[-1]
+    record = json.loads(line)
+    assert record["message"] == "stored 2 messages"
+    assert record["level"] == "INFO"
+    assert record["logger"] == "core.memory"
