@@ -124,11 +124,17 @@ class Lifecycle:
         if is_idle:
             log.info("drained in %.1f s; no turn in flight", waited)
         else:
-            log.warning("grace period over: %d turn(s) still in flight", admission.in_flight)
+            why = "immediate restart" if self._hurry.is_set() else "grace period over"
+            log.warning("%s: %d turn(s) still in flight", why, admission.in_flight)
         self.state = "exiting"
         with contextlib.suppress(Exception):
             await self.runtime.db.checkpoint("PASSIVE")
-        detail = f"drained in {waited:.1f} s" + ("" if is_idle else " (grace period exceeded)")
+        detail = f"drained in {waited:.1f} s"
+        if not is_idle:
+            cut = f"{admission.in_flight} turn(s) in flight cut"
+            detail = f"{cut} after {waited:.1f} s" + (
+                " (immediate)" if self._hurry.is_set() else " (grace period over)"
+            )
         event = ServerEvent(
             at=time.time(),
             reason=self.reason,

@@ -191,3 +191,31 @@ def test_debug_block_does_not_exist_without_debug_hooks(
     server = live_server_factory(debug_off)
     response = server.client.post("/debug/block", params={"seconds": 5})
     assert response.status_code == 404
+
+
+def test_the_governor_hook_restarts_immediately_without_waiting_for_turns(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    fake_llm.reply = "a b c d e f g h i j"
+    fake_llm.token_delay_s = 0.3
+    stream = StreamedTurn(live_server.url, "long", "go").start()
+    assert stream.first_delta.wait(10)
+
+    async def request(runtime: Any) -> bool:
+        hook = runtime.extras["request_restart"]
+        with pytest.raises(ValueError):
+            hook("because", "not a known reason")
+        return bool(hook("governor_memory", "rss 1012 MB", immediate=True))
+
+    assert live_server.call(request) is True
+    rows = wait_for(
+        lambda: live_server.call(lambda rt: rt.db.fetchall("SELECT * FROM restarts")),
+        5,
+        "the restart record",
+    )
+    in_flight = live_server.runtime.admission.in_flight
+    stream.join()
+
+    assert rows[0]["reason"] == "governor_memory" and rows[0]["exit_code"] == 75
+    assert "rss 1012 MB" in rows[0]["detail"] and "1 turn(s) in flight cut" in rows[0]["detail"]
+    assert in_flight == 1  # recorded while the reply was still streaming
