@@ -14,20 +14,23 @@ import datetime as dt
 import functools
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
 import typer
 
-from core.config import ConfigError
+from core.config import ConfigError, Settings, load_settings
 from core.errors import BadRequest, VigilError
 
 log = logging.getLogger("vigil.cli")
 F = TypeVar("F", bound=Callable[..., Any])
+JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -147,3 +150,39 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
 
     with bars:
         yield update
+
+
+def cli_settings() -> Settings:
+    """Settings for a command, with logging to files (never the console)."""
+    settings = load_settings()
+    try:
+        from core.logs import setup_logging
+
+        setup_logging(
+            settings.logs_dir,
+            level=settings.log_level,
+            secrets=settings.secrets(),
+            json_lines=settings.log_json,
+            console=False,
+        )
+    except OSError:
+        pass  # logging to files is a convenience for the CLI, not a precondition
+    return settings
+
+
+def user_path(path: Path | None) -> Path | None:
+    """Relative paths are the caller's: scripts/vigilctl runs us from the install dir."""
+    if path is None or path.is_absolute():
+        return path
+    return Path(os.environ.get("VIGILCTL_CWD", ".")) / path
+
+
+def require_db(settings: Settings) -> None:
+    if not settings.db_path.is_file():
+        fail(f"no database at {settings.db_path} (start the server once, or restore a backup)")
+
+
+def check_limit(value: int, name: str = "--limit", top: int = 100_000) -> int:
+    if not 1 <= value <= top:
+        raise BadRequest(f"{name} must be between 1 and {top}, got {value}")
+    return value

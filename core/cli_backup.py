@@ -1,0 +1,211 @@
+"""Operator commands about snapshots and integrity: backup, restore, snapshots, cleanup, validate.
+
+Registered into main.py's app by ``core.cli.register``; the logic lives in
+core/backup.py, core/restore.py, core/retention.py and core/integrity.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from core import backup as backups
+from core import maintenance, restore
+from core.cli_output import (
+    JSON_OPT,
+    cli_settings,
+    fail,
+    fmt_bytes,
+    guarded,
+    print_json,
+    progress_bar,
+    require_db,
+    user_path,
+)
+from core.cli_views import render_snapshots, render_validate, server_answers
+from core.database import connect_sync
+from core.errors import BadRequest
+from core.integrity import private_paths, repair_fts, validate_database
+from core.retention import RetentionPolicy, prune_snapshots
+
+
+@guarded
+def backup(
+    name: str | None = typer.Option(
+        None, "--name", help="Snapshot name (default snapshot_<UTC time>)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Take a compressed, checksummed, verified snapshot now."""
+    settings = cli_settings()
+    require_db(settings)
+    with progress_bar(not as_json) as progress:
+        snap = backups.create_backup(
+            settings.db_path, settings.backups_dir, name=name, progress=progress
+        )
+    if as_json:
+        print_json(snap.to_dict())
+        return
+    typer.echo(
+        f"backup {snap.name}: {snap.messages} messages, {fmt_bytes(snap.db_bytes)} -> "
+        f"{fmt_bytes(snap.size_bytes)}, verified, in {snap.duration_s:.2f} s ({snap.path})"
+    )
+
+
+@guarded
+def restore_cmd(
+    name: str = typer.Argument(..., help="Snapshot name (see `snapshots`)."),
+    confirm: bool = typer.Option(False, "--confirm", help="Really replace the database."),
+    target_path: Path | None = typer.Option(
+        None, "--target-path", help="Write a plain SQLite database here instead."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Restore a snapshot (live database: server stopped and --confirm)."""
+    settings = cli_settings()
+    target_path = user_path(target_path)
+    snap = backups.find_snapshot(settings.backups_dir, name)
+    with progress_bar(not as_json) as progress:
+        if target_path is not None:
+            result = restore.restore_to_file(
+                snap, target_path, overwrite=confirm, progress=progress
+            )
+        else:
+            result = restore.restore_live(
+                snap,
+                settings.db_path,
+                pid_file=settings.pid_file,
+                confirm=confirm,
+                answering=lambda: server_answers(settings),
+                progress=progress,
+            )
+    data = {
+        "snapshot": result.snapshot,
+        "target": str(result.target),
+        "messages": result.messages,
+        "kept_aside": [str(p) for p in result.kept_aside],
+    }
+    if as_json:
+        print_json(data)
+        return
+    typer.echo(f"restored {result.snapshot} to {result.target} ({result.messages} messages)")
+    for path in result.kept_aside:
+        typer.echo(f"previous file kept as {path}")
+
+
+@guarded
+def snapshots(
+    verify: bool = typer.Option(False, "--verify", help="Re-check every checksum."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """List snapshots, newest first."""
+    settings = cli_settings()
+    found = backups.list_snapshots(settings.backups_dir)
+    states: dict[str, str] = {}
+    if verify:
+        with progress_bar(not as_json) as progress:
+            for snap in found:
+                try:
+                    backups.verify_snapshot(snap, progress=progress)
+                    states[snap.name] = "ok"
+                except backups.SnapshotDamaged as exc:
+                    states[snap.name] = exc.message
+    if as_json:
+        print_json(
+            [{**s.to_dict(), **({"verify": states[s.name]} if verify else {})} for s in found]
+        )
+    else:
+        render_snapshots(found, states)
+    if any(v != "ok" for v in states.values()):
+        raise typer.Exit(1)
+
+
+@guarded
+def cleanup(
+    keep: int | None = typer.Option(
+        None, "--keep", help="Keep only the N newest snapshots (any kind)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Prune snapshots (retention policy, or --keep N) and old task records."""
+    settings = cli_settings()
+    if keep is not None and keep < 0:
+        raise BadRequest(f"--keep must be 0 or more, got {keep}")
+    gone = prune_snapshots(
+        settings.backups_dir,
+        RetentionPolicy.from_settings(settings),
+        keep_newest=keep,
+        dry_run=dry_run,
+    )
+    report: dict[str, Any] = {"dry_run": dry_run, "snapshots_removed": [s.name for s in gone]}
+    if settings.db_path.is_file() and not dry_run:
+        conn = connect_sync(settings.db_path)
+        try:
+            report["task_records_removed"] = maintenance.cleanup_old_tasks(
+                conn, days=settings.task_retention_days
+            )
+            if settings.message_retention_days:
+                report["messages_removed"] = maintenance.delete_old_messages(
+                    conn, days=settings.message_retention_days
+                )
+        finally:
+            conn.close()
+    if as_json:
+        print_json(report)
+        return
+    verb = "would remove" if dry_run else "removed"
+    typer.echo(f"{verb} {len(gone)} snapshot(s): {', '.join(report['snapshots_removed']) or '-'}")
+    if "task_records_removed" in report:
+        typer.echo(f"removed {report['task_records_removed']} old task record(s)")
+    if "messages_removed" in report:
+        typer.echo(f"removed {report['messages_removed']} message(s) past retention")
+
+
+@guarded
+def validate(
+    db: Path | None = typer.Option(None, "--db", help="Check this database file instead."),
+    repair_fts_index: bool = typer.Option(
+        False, "--repair-fts", help="Rebuild the search index (server stopped)."
+    ),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Integrity, search index, orphan rows, file permissions; exit 1 if anything is wrong."""
+    settings = cli_settings()
+    db = user_path(db)
+    path = db if db is not None else settings.db_path
+    running = db is None and (
+        restore.server_pid(settings.pid_file) is not None or server_answers(settings)
+    )
+    if repair_fts_index:
+        if running:
+            fail("stop the server before --repair-fts (the rebuild holds the write lock)")
+        repair_fts(path)
+    perms = (
+        None
+        if db is not None
+        else private_paths(settings.data_dir, settings.db_path, settings.logs_dir)
+    )
+    steps = 7
+    with progress_bar(not as_json) as progress:
+        done = [0]
+
+        def tick(_check: Any) -> None:
+            done[0] += 1
+            progress("validate", done[0], steps)
+
+        checks = validate_database(path, full_fts=not running, permissions=perms, on_check=tick)
+    if as_json:
+        print_json(
+            {
+                "database": str(path),
+                "ok": all(c.is_ok for c in checks),
+                "checks": [c.to_dict() for c in checks],
+            }
+        )
+    else:
+        render_validate(path, checks, repaired=repair_fts_index)
+    if not all(c.is_ok for c in checks):
+        raise typer.Exit(1)
