@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from core import __version__, api, health, lifecycle, restart_routes
+from core import __version__, api, health, lifecycle, restart_routes, telegram_routes
 from core.admission import AdjustableLimiter, Admission
 from core.chat import ChatService
 from core.config import Settings, load_settings
@@ -187,11 +187,13 @@ def create_app(
     app.include_router(health.router)
     app.include_router(api.router)
     app.include_router(restart_routes.router)
+    app.include_router(telegram_routes.router)
     return app
 
 
 def _default_starters(telegram: Any) -> list[Starter]:
     """Telegram and monitoring plug in here (their issues)."""
+    from core.telegram_app import telegram_starter
     from monitoring.restart import start_auto_restart
 
-    return [lifecycle.start_lifecycle, start_auto_restart]
+    return [lifecycle.start_lifecycle, start_auto_restart, telegram_starter(telegram)]

@@ -313,11 +313,15 @@ class StreamingOptimizer:
             for op in self._plan():
                 await self._apply_final(op)
         finally:
-            if self._begun:
-                self._begun = False
-                self.scheduler.end(self.chat_id)
+            self.release()
         self._last_flush = self.clock()
         return list(self.message_ids)
+
+    def release(self) -> None:
+        """No longer count this reply as streaming (idempotent)."""
+        if self._begun:
+            self._begun = False
+            self.scheduler.end(self.chat_id)
 
     async def _apply_final(self, op: _Op) -> None:
         for _attempt in range(FINAL_ATTEMPTS):

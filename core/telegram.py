@@ -1,0 +1,385 @@
+"""The Telegram gateway: with ``core/telegram_auth.py`` the only code that imports Telethon.
+
+:class:`TelegramGateway` owns one Telethon client: it pins the server and
+registers its key before the first connect, connects in the background (the
+server never waits for Telegram), signs a bot in with its token, turns
+Telethon events into our own :class:`~core.telegram_bot.TgMessage`, and makes
+every raw call through :meth:`TelegramGateway.call`, which translates
+Telethon's errors into ours (``FloodWaitError`` -> ``RateLimited``) and keeps
+the figures ``/telegram/status`` reports. Telethon's automatic flood sleeping
+is off (``flood_sleep_threshold=0``): the StreamingOptimizer decides how to
+wait. A probe (``get_me``) every ``VIGIL_TELEGRAM_PROBE_INTERVAL_S`` checks
+that calls still succeed; a dead connection is re-opened with backoff and
+never restarts the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from telethon import TelegramClient, errors, events, functions, types
+from telethon.crypto import rsa as telethon_rsa
+
+from core.config import Settings
+from core.errors import ChannelError, RateLimited, VigilError
+from core.telegram_bot import TgMessage
+from core.telegram_channel import EntitiesRejected, MessageTooLong
+from core.telegram_format import Entity
+from core.telegram_session import (
+    ServerProfile,
+    TelegramUnauthorized,
+    marker_path,
+    prepare_session_file,
+    write_marker,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+ClientFactory = Callable[[Settings, ServerProfile], Any]
+STATES = ("connected", "connecting", "disconnected", "not_configured", "unauthorized")
+_ENTITY_TYPES: dict[str, Any] = {
+    "bold": types.MessageEntityBold,
+    "italic": types.MessageEntityItalic,
+    "code": types.MessageEntityCode,
+    "strike": types.MessageEntityStrike,
+}
+
+
+def make_client(settings: Settings, profile: ServerProfile) -> TelegramClient:
+    """The real Telethon client on ``data/telegram.session`` (mode 0600)."""
+    prepare_session_file(settings.session_path)
+    api_hash = settings.telegram_api_hash.get_secret_value() if settings.telegram_api_hash else ""
+    client = TelegramClient(
+        str(settings.session_path),
+        settings.telegram_api_id or 0,
+        api_hash,
+        flood_sleep_threshold=0,  # every flood wait comes to us as RateLimited
+        request_retries=3,
+        connection_retries=3,
+        retry_delay=2,
+        auto_reconnect=True,
+        base_logger="telethon",
+    )
+    client.parse_mode = None  # we always pass formatting entities ourselves
+    return client
+
+
+def apply_server(client: Any, profile: ServerProfile) -> None:
+    """Before the first connect: register the server's key, pin the data centre.
+
+    A session that already holds an auth key keeps its own DC (Telegram may
+    have migrated it within that environment); the marker next to the
+    session guarantees it was made for this server.
+    """
+    if profile.key_pem is not None:
+        telethon_rsa.add_key(profile.key_pem, old=False)
+    if profile.is_custom and client.session.auth_key is None:
+        client.session.set_dc(profile.dc_id, profile.host, profile.port)
+
+
+def to_tl_entities(entities: list[Entity]) -> list[Any]:
+    out: list[Any] = []
+    for e in entities:
+        if e.kind == "pre":
+            out.append(types.MessageEntityPre(e.offset, e.length, e.extra))
+        elif e.kind == "text_url":
+            out.append(types.MessageEntityTextUrl(e.offset, e.length, e.extra))
+        elif e.kind in _ENTITY_TYPES:
+            out.append(_ENTITY_TYPES[e.kind](e.offset, e.length))
+    return out
+
+
+def translate(exc: BaseException) -> VigilError:
+    """A Telethon (or network) error as one of ours; the original is the cause."""
+    if isinstance(exc, errors.FloodError):
+        seconds = float(getattr(exc, "seconds", 0) or 5)
+        return RateLimited(f"Telegram asked to wait {seconds:.0f} s", retry_after=seconds)
+    if isinstance(exc, errors.UnauthorizedError):
+        return TelegramUnauthorized(
+            f"Telegram refused the session ({type(exc).__name__}); "
+            "log in again with scripts/telegram_login.sh"
+        )
+    if isinstance(exc, errors.MessageTooLongError):
+        return MessageTooLong("message too long for Telegram")
+    if isinstance(exc, errors.BadRequestError) and type(exc).__name__.startswith("Entit"):
+        return EntitiesRejected(f"Telegram rejected the formatting: {type(exc).__name__}")
+    if isinstance(exc, errors.RPCError):
+        return ChannelError(f"Telegram error {type(exc).__name__}", rpc=type(exc).__name__)
+    return ChannelError(f"Telegram unreachable: {type(exc).__name__}: {exc}"[:300])
+
+
+class TelegramGateway:
+    """One Telethon client, its connection state and every call it makes."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Any,
+        *,
+        profile: ServerProfile,
+        on_message: Callable[[TgMessage], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.profile = profile
+        self.on_message = on_message
+        self.clock = clock
+        self.state = "connecting"
+        self.account: dict[str, Any] | None = None
+        self.initialized = False
+        self.connected_since: float | None = None
+        self.last_event_at: float | None = None
+        self.last_call_ok_at: float | None = None
+        self.last_error: str | None = None
+        self.reconnects = 0
+        self.flood_waits = 0
+        self.flood_wait_s = 0.0
+        self.last_flood_at: float | None = None
+        self.not_modified = 0
+        self._sent: deque[tuple[int, int]] = deque(maxlen=4096)
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle ---------------------------------------------------------------
+    async def start(self) -> None:
+        apply_server(self.client, self.profile)
+        self.client.add_event_handler(self._on_new, events.NewMessage(incoming=True))
+        self.client.add_event_handler(self._on_edit, events.MessageEdited(incoming=True))
+        self._task = asyncio.ensure_future(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            await self.client.disconnect()
+        except Exception:  # shutting down: a failed disconnect changes nothing
+            log.debug("disconnect failed", exc_info=True)
+        self._set_state("disconnected")
+
+    async def _run(self) -> None:
+        backoff = 1.0
+        interval = self.settings.telegram_probe_interval_s
+        while True:
+            if self.state == "unauthorized":
+                await asyncio.sleep(interval)
+                continue
+            if not self.client.is_connected() or self.state != "connected":
+                if await self._connect():
+                    backoff = 1.0
+                else:
+                    if self.state != "unauthorized":
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 60.0)
+                    continue
+            await asyncio.sleep(interval)
+            await self._probe()
+
+    async def _connect(self) -> bool:
+        self._set_state("connecting")
+        try:
+            await self.client.connect()
+            authorized = await self.client.is_user_authorized()
+        except (TimeoutError, OSError, ConnectionError, errors.RPCError) as exc:
+            self._fail("disconnected", f"connect failed: {type(exc).__name__}: {exc}")
+            return False
+        if not authorized and not await self._sign_in_bot():
+            return False
+        try:
+            me = await self.call(self.client.get_me())
+        except ChannelError as exc:
+            if self.state != "unauthorized":
+                self._fail("disconnected", exc.message)
+            return False
+        self.account = {
+            "id": me.id,
+            "username": getattr(me, "username", None),
+            "is_bot": bool(getattr(me, "bot", False)),
+        }
+        if not marker_path(self.settings.session_path).exists():
+            write_marker(self.settings.session_path, self.profile)
+        if self.initialized:
+            self.reconnects += 1
+        self.initialized = True
+        self.connected_since = self.clock()
+        self._set_state("connected")
+        log.info("Telegram connected as %s (%s)", self.account["username"], self.profile.label)
+        return True
+
+    async def _sign_in_bot(self) -> bool:
+        token = self.settings.telegram_bot_token
+        if token is None or not token.get_secret_value():
+            self._fail(
+                "unauthorized",
+                "not logged in: run scripts/telegram_login.sh (or set VIGIL_TELEGRAM_BOT_TOKEN)",
+            )
+            return False
+        try:
+            await self.call(self.client.sign_in(bot_token=token.get_secret_value()))
+        except ChannelError as exc:
+            self._fail("unauthorized", f"bot sign-in failed: {exc.message}")
+            return False
+        return True
+
+    async def _probe(self) -> None:
+        try:
+            await self.call(self.client.get_me())
+        except RateLimited:
+            pass  # a flood wait proves the connection works
+        except ChannelError as exc:
+            if self.state == "connected":
+                self._fail("disconnected", f"probe failed: {exc.message}")
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.info("Telegram %s -> %s", self.state, state)
+            self.state = state
+            if state != "connected":
+                self.connected_since = None
+
+    def _fail(self, state: str, detail: str) -> None:
+        self.last_error = detail
+        log.warning("Telegram: %s", detail)
+        self._set_state(state)
+
+    # --- every raw call --------------------------------------------------------
+    async def call(self, request: Awaitable[T]) -> T:
+        """Await one Telethon call; errors come out as ours, figures are kept."""
+        try:
+            result = await request
+        except errors.MessageNotModifiedError:
+            self.not_modified += 1  # the channel prevents these; harmless if one slips
+            return None  # type: ignore[return-value]
+        except (TimeoutError, errors.RPCError, OSError, ConnectionError) as exc:
+            error = translate(exc)
+            if isinstance(error, RateLimited):
+                self.flood_waits += 1
+                self.flood_wait_s += error.retry_after
+                self.last_flood_at = self.clock()
+                log.info("Telegram flood wait of %.0f s", error.retry_after)
+            elif isinstance(error, TelegramUnauthorized):
+                self._fail("unauthorized", error.message)
+            elif not isinstance(exc, errors.RPCError):
+                self.last_error = error.message
+            raise error from exc
+        self.last_call_ok_at = self.clock()
+        return result
+
+    async def send_text(self, peer: int, text: str, entities: list[Entity]) -> int:
+        message = await self.call(
+            self.client.send_message(
+                peer, text, formatting_entities=to_tl_entities(entities), link_preview=False
+            )
+        )
+        self._sent.append((peer, message.id))
+        return int(message.id)
+
+    async def edit_text(
+        self, peer: int, message_id: int, text: str, entities: list[Entity]
+    ) -> None:
+        await self.call(
+            self.client.edit_message(
+                peer,
+                message_id,
+                text,
+                formatting_entities=to_tl_entities(entities),
+                link_preview=False,
+            )
+        )
+
+    async def typing(self, peer: int) -> None:
+        async def _typing() -> None:
+            entity = await self.client.get_input_entity(peer)
+            await self.client(
+                functions.messages.SetTypingRequest(entity, types.SendMessageTypingAction())
+            )
+
+        await self.call(_typing())
+
+    # --- events ------------------------------------------------------------------
+    async def _on_new(self, event: Any) -> None:
+        await self._deliver(event, is_edit=False)
+
+    async def _on_edit(self, event: Any) -> None:
+        await self._deliver(event, is_edit=True)
+
+    async def _deliver(self, event: Any, *, is_edit: bool) -> None:
+        # Telethon swallows handler errors, so this is a loop boundary: log them.
+        self.last_event_at = self.clock()
+        try:
+            msg = await self._extract(event, is_edit=is_edit)
+            if msg is not None and self.on_message is not None:
+                await self.on_message(msg)
+        except Exception:
+            log.exception("Telegram update in chat %s failed", getattr(event, "chat_id", "?"))
+
+    async def _extract(self, event: Any, *, is_edit: bool) -> TgMessage | None:
+        message = event.message
+        if event.is_channel and not event.is_group:
+            return None  # broadcast channels are not conversations
+        sender = await event.get_sender()
+        if getattr(sender, "bot", False):
+            return None  # never talk to other bots (reply loops)
+        text = message.message or ""
+        me = (self.account or {}).get("username") or ""
+        mentions = bool(getattr(message, "mentioned", False)) or (
+            bool(me) and f"@{me.lower()}" in text.lower()
+        )
+        return TgMessage(
+            chat_id=int(event.chat_id),
+            message_id=int(message.id),
+            text=text,
+            sender_id=event.sender_id,
+            username=getattr(sender, "username", None),
+            display_name=_display_name(sender),
+            is_private=bool(event.is_private),
+            is_group=bool(event.is_group),
+            mentions_me=mentions,
+            replies_to_me=await self._replies_to_me(event) if event.is_group else False,
+            has_media=message.media is not None
+            and not isinstance(message.media, types.MessageMediaWebPage),
+            is_edit=is_edit,
+            date=message.date.timestamp() if message.date else self.clock(),
+        )
+
+    async def _replies_to_me(self, event: Any) -> bool:
+        reply_to = event.message.reply_to_msg_id
+        if reply_to is None:
+            return False
+        if (int(event.chat_id), reply_to) in self._sent:
+            return True
+        me_id = (self.account or {}).get("id")
+        reply = await self.call(event.message.get_reply_message())
+        return reply is not None and me_id is not None and reply.sender_id == me_id
+
+    # --- status ------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "account": self.account,
+            "initialized": self.initialized,
+            "connected_since": self.connected_since,
+            "last_event_at": self.last_event_at,
+            "last_call_ok_at": self.last_call_ok_at,
+            "last_error": self.last_error,
+            "reconnects": self.reconnects,
+            "flood_waits": {
+                "count": self.flood_waits,
+                "seconds": round(self.flood_wait_s, 1),
+                "last_at": self.last_flood_at,
+            },
+            "server": self.profile.as_dict(),
+        }
+
+
+def _display_name(sender: Any) -> str | None:
+    if sender is None:
+        return None
+    parts = [getattr(sender, "first_name", None), getattr(sender, "last_name", None)]
+    name = " ".join(p for p in parts if p) or getattr(sender, "title", None)
+    return name or getattr(sender, "username", None)

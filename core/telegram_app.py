@@ -1,0 +1,96 @@
+"""Telegram's place in the app lifespan: one starter, plus ``/cancel`` and ``/retry``.
+
+:func:`telegram_starter` returns the starter for ``core/app.py``. It always
+registers ``/cancel`` and ``/retry`` (they work on every channel); it starts
+the gateway when Telegram is configured or when a client (or a client
+factory) was injected with ``create_app(telegram=...)`` — that is how tests
+run the full app against ``tests/fake_telegram.FakeTelegram``. Without
+either, ``runtime.telegram`` stays ``None`` and ``/health`` says
+``not_configured``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+
+from core.channel import Channel, IncomingMessage
+from core.chat import ChatService
+from core.config import Settings
+from core.streaming import EditScheduler
+from core.telegram_session import SessionLock, check_session_server, server_profile
+
+log = logging.getLogger("core.telegram.app")
+
+
+def install_commands(chat: ChatService) -> None:
+    async def cancel(msg: IncomingMessage, channel: Channel, args: str) -> str:
+        if chat.cancel(msg.chat_id):
+            return ""  # the stopped reply itself says so
+        return "Nothing is being written right now."
+
+    async def retry(msg: IncomingMessage, channel: Channel, args: str) -> str:
+        result = await chat.retry(msg, channel)
+        return "" if result is not None else "There is no earlier question to answer again."
+
+    chat.commands.setdefault("cancel", cancel)
+    chat.commands.setdefault("retry", retry)
+
+
+def _client_for(settings: Settings, injected: Any, profile: Any) -> Any:
+    if injected is None:
+        from core.telegram import make_client
+
+        return make_client(settings, profile)
+    if hasattr(injected, "send_message"):
+        return injected  # a ready client (FakeTelegram)
+    return injected(settings, profile)  # a factory
+
+
+def telegram_starter(injected: Any = None) -> Any:
+    """The starter for ``_default_starters``; ``injected`` is a client or factory."""
+
+    async def start(app: FastAPI, runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+        install_commands(runtime.chat)
+        settings: Settings = runtime.settings
+        if injected is None and not settings.telegram_configured:
+            log.info("Telegram not configured; the local chat channel still works")
+            return
+        from core.telegram import TelegramGateway
+        from core.telegram_bot import TelegramBot
+        from core.telegram_channel import TelegramChannel
+
+        profile = server_profile(settings)  # ConfigError: one line naming the variable
+        check_session_server(settings.session_path, profile)
+        lock = SessionLock(settings.session_path)
+        lock.acquire("the Vigil server")
+        stack.callback(lock.release)
+        gateway = TelegramGateway(
+            settings, _client_for(settings, injected, profile), profile=profile
+        )
+        scheduler = EditScheduler(edits_per_s=settings.telegram_global_edits_per_s)
+        channel = TelegramChannel(
+            gateway,
+            scheduler=scheduler,
+            private_interval_s=settings.telegram_edit_interval_private_s,
+            group_interval_s=settings.telegram_edit_interval_group_s,
+        )
+        bot = TelegramBot(
+            runtime.chat,
+            channel,
+            allowed_users=settings.telegram_allowed_users,
+            admin_id=settings.telegram_admin_id,
+            debounce_s=settings.telegram_paste_debounce_s,
+            account=gateway,
+        )
+        gateway.on_message = bot.on_message
+        runtime.telegram = gateway
+        runtime.extras.update(telegram_bot=bot, telegram_channel=channel)
+        await gateway.start()
+        stack.push_async_callback(gateway.stop)
+        stack.push_async_callback(bot.stop)  # runs first: turns finish, then disconnect
+
+    return start

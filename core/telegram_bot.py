@@ -1,0 +1,239 @@
+"""What Vigil does with a Telegram message: gating, allow-list, pastes, replies.
+
+Telethon-free: the gateway hands over :class:`TgMessage` values. Private
+chats are always addressed; in groups only a mention, a reply to one of our
+messages or a command (``/x`` or ``/x@us``) is. Strangers get one polite
+refusal per chat and never reach the model. A long paste that Telegram split
+into several messages is joined: a long message waits ``debounce`` seconds
+for its continuation, a short one goes at once. Busy and draining turns get
+a polite reply with the wait. Decisions are pure functions; the bot only
+carries them out and runs each turn as its own task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from dataclasses import dataclass, replace
+from typing import Any
+
+from core.channel import Channel, IncomingMessage
+from core.chat import ChatService, parse_command
+from core.errors import Busy, Draining, VigilError
+from core.telegram_channel import chat_key
+
+# Named below core.telegram so the records also reach logs/telegram.log.
+log = logging.getLogger("core.telegram.bot")
+
+LONG_PART = 3000  # a message this long may be a piece of a split paste
+REFUSAL = (
+    "Sorry, I only answer people on my allow-list. If you should be on it, ask the "
+    "owner to add your user id {user_id}."
+)
+MEDIA_REPLY = "I can only read text for now — please send your question as a message."
+BUSY_REPLY = "⏳ I'm busy right now; please try again in {seconds} s."
+DRAINING_REPLY = "🔄 I'm restarting; back in a moment — please send that again shortly."
+FAILED_REPLY = "⚠️ Something went wrong on my side; the operator can find it in the logs."
+
+
+@dataclass(frozen=True, slots=True)
+class TgMessage:
+    """One incoming Telegram message, already stripped of Telethon types."""
+
+    chat_id: int
+    message_id: int
+    text: str
+    sender_id: int | None
+    username: str | None = None
+    display_name: str | None = None
+    is_private: bool = True
+    is_group: bool = False
+    mentions_me: bool = False
+    replies_to_me: bool = False
+    has_media: bool = False
+    is_edit: bool = False
+    date: float = 0.0
+
+
+# --- pure decisions ----------------------------------------------------------------
+def normalize_allowed(entries: list[str]) -> frozenset[str]:
+    return frozenset(e.strip().lstrip("@").lower() for e in entries if e.strip().lstrip("@"))
+
+
+def is_allowed(msg: TgMessage, allowed: frozenset[str], admin_id: int | None) -> bool:
+    """Admin always; else the allow-list by id or username (empty: admin only)."""
+    if admin_id is not None and msg.sender_id == admin_id:
+        return True
+    if msg.sender_id is not None and str(msg.sender_id) in allowed:
+        return True
+    return bool(msg.username) and str(msg.username).lower() in allowed
+
+
+def is_addressed(msg: TgMessage, my_username: str | None) -> bool:
+    """Private chats always; groups on a mention, a reply to us, or our command."""
+    if not msg.is_group:
+        return True
+    if msg.mentions_me or msg.replies_to_me:
+        return True
+    head = msg.text.strip().split(maxsplit=1)[0] if msg.text.strip() else ""
+    if not head.startswith("/") or len(head) < 2:
+        return False
+    _, _, target = head.partition("@")
+    return not target or (my_username or "").lower() == target.lower()
+
+
+def strip_mention(text: str, my_username: str | None) -> str:
+    if not my_username:
+        return text.strip()
+    return re.sub(rf"@{re.escape(my_username)}\b", "", text, flags=re.IGNORECASE).strip()
+
+
+@dataclass
+class _Pending:
+    msg: TgMessage
+    deadline: float
+
+
+class PasteBuffer:
+    """Joins the pieces of a long paste; pure (the caller passes ``now``)."""
+
+    def __init__(self, *, debounce_s: float, long_chars: int = LONG_PART) -> None:
+        self.debounce_s = debounce_s
+        self.long_chars = long_chars
+        self._pending: dict[tuple[int, int | None], _Pending] = {}
+        self.joined = 0
+
+    def add(self, msg: TgMessage, now: float) -> list[TgMessage]:
+        """Messages ready to answer now (the new one may be held back)."""
+        key = (msg.chat_id, msg.sender_id)
+        held = self._pending.pop(key, None)
+        if held is not None:
+            self.joined += 1
+            msg = replace(held.msg, text=held.msg.text + "\n" + msg.text)
+        if len(msg.text) >= self.long_chars and self.debounce_s > 0:
+            self._pending[key] = _Pending(msg, now + self.debounce_s)
+            return []
+        return [msg]
+
+    def due(self, now: float) -> list[TgMessage]:
+        ready = [k for k, p in self._pending.items() if p.deadline <= now]
+        return [self._pending.pop(k).msg for k in ready]
+
+    def replace_edited(self, msg: TgMessage) -> bool:
+        """An edit of a message still held back replaces its text (True if it was held)."""
+        held = self._pending.get((msg.chat_id, msg.sender_id))
+        if held is None or held.msg.message_id != msg.message_id:
+            return False
+        held.msg = replace(held.msg, text=msg.text)
+        return True
+
+
+# --- the bot ------------------------------------------------------------------------
+class TelegramBot:
+    """Routes TgMessages to ChatService through the Telegram channel."""
+
+    def __init__(
+        self,
+        chat: ChatService,
+        channel: Channel,
+        *,
+        allowed_users: list[str],
+        admin_id: int | None,
+        debounce_s: float,
+        account: Any = None,
+    ) -> None:
+        self.chat = chat
+        self.channel = channel
+        self.allowed = normalize_allowed(allowed_users)
+        self.admin_id = admin_id
+        self.paste = PasteBuffer(debounce_s=debounce_s)
+        self.account = account  # anything with .account -> {"username": ...}
+        self.refused: set[tuple[int, int | None]] = set()
+        self.ignored = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def my_username(self) -> str | None:
+        info = getattr(self.account, "account", None) or {}
+        return info.get("username")
+
+    async def on_message(self, msg: TgMessage) -> None:
+        if msg.is_edit:
+            if not self.paste.replace_edited(msg):
+                log.debug("chat %s: edit of message %s ignored", msg.chat_id, msg.message_id)
+            return
+        if not is_addressed(msg, self.my_username):
+            self.ignored += 1
+            return
+        if not is_allowed(msg, self.allowed, self.admin_id):
+            await self._refuse(msg)
+            return
+        if msg.has_media:
+            await self._say(msg.chat_id, MEDIA_REPLY)
+            return
+        if not strip_mention(msg.text, self.my_username):
+            return
+        if parse_command(msg.text)[0] is not None:
+            self._spawn(msg)  # commands skip the paste buffer: /cancel must be instant
+            return
+        loop = asyncio.get_running_loop()
+        for ready in self.paste.add(msg, loop.time()):
+            self._spawn(ready)
+        if self.paste._pending:
+            loop.call_later(self.paste.debounce_s, self._flush_pastes)
+
+    def _flush_pastes(self) -> None:
+        for ready in self.paste.due(asyncio.get_running_loop().time()):
+            self._spawn(ready)
+
+    async def _refuse(self, msg: TgMessage) -> None:
+        key = (msg.chat_id, msg.sender_id)
+        log.info("chat %s: refused user %s (not on the allow-list)", msg.chat_id, msg.sender_id)
+        if key in self.refused:
+            return
+        self.refused.add(key)
+        await self._say(msg.chat_id, REFUSAL.format(user_id=msg.sender_id))
+
+    def _spawn(self, msg: TgMessage) -> None:
+        task = asyncio.ensure_future(self._turn(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _turn(self, msg: TgMessage) -> None:
+        incoming = IncomingMessage(
+            chat_id=chat_key(msg.chat_id),
+            text=strip_mention(msg.text, self.my_username),
+            user_id=None if msg.sender_id is None else str(msg.sender_id),
+            username=msg.username,
+            display_name=msg.display_name or msg.username,
+            is_group=msg.is_group,
+            external_id=str(msg.message_id),
+            received_at=msg.date,
+        )
+        try:
+            await self.chat.handle(incoming, self.channel)
+        except Draining:
+            await self._say(msg.chat_id, DRAINING_REPLY)
+        except Busy as exc:
+            await self._say(msg.chat_id, BUSY_REPLY.format(seconds=max(1, round(exc.retry_after))))
+        except VigilError as exc:
+            log.warning("chat %s: turn failed: %s %s", msg.chat_id, exc.code, exc.message)
+            await self._say(msg.chat_id, FAILED_REPLY)
+        except Exception:  # a loop boundary: one broken turn must not stop the bot
+            log.exception("chat %s: turn failed", msg.chat_id)
+            await self._say(msg.chat_id, FAILED_REPLY)
+
+    async def _say(self, peer: int, text: str) -> None:
+        try:
+            await self.channel.send(chat_key(peer), text)
+        except Exception as exc:  # nothing more we can tell this chatter
+            log.warning("chat %s: could not reply: %s", peer, exc)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Let turns in flight finish (bounded), then cancel the rest."""
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
