@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from core import __version__, api, health, lifecycle, restart_routes, telegram_routes
+from core import __version__, api, health, lifecycle, restart_routes, telegram_routes, web
 from core.admission import AdjustableLimiter, Admission
 from core.chat import ChatService
 from core.config import Settings, load_settings
@@ -186,6 +186,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(api.router)
+    app.include_router(web.router)
     app.include_router(restart_routes.router)
     app.include_router(telegram_routes.router)
     return app
