@@ -15,6 +15,7 @@ before the backup counts as done. Used by the CLI and the Huey tasks alike.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -248,16 +249,43 @@ def create_backup(
         raise ValueError(f"kind must be one of {KINDS}")
     if not db_path.exists():
         raise StorageError(f"no database at {db_path}: nothing to back up")
-    started, created = time.monotonic(), time.time() if now is None else now
+    created = time.time() if now is None else now
     name = check_name(name) if name else default_name(kind, created)
     ensure_dir(backups_dir)
     sweep_leftovers(backups_dir)
-    final = backups_dir / (name + DATA_SUFFIX)
-    if final.exists() or (backups_dir / (name + MANIFEST_SUFFIX)).exists():
+    if (backups_dir / (name + DATA_SUFFIX)).exists() or (
+        backups_dir / (name + MANIFEST_SUFFIX)
+    ).exists():
         raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")
     _check_space(db_path, backups_dir)
-    copy = backups_dir / f".{name}.db.tmp"
-    packed = backups_dir / f".{name}.gz.tmp"
+    draft = Snapshot(name, created, kind, 0, 0, "", 0, 0, 0, 0.0, backups_dir)
+    try:
+        snapshot = _produce(db_path, draft, level, progress)
+    except BaseException as exc:
+        delete_snapshot(draft)  # never leave a half-made snapshot that looks complete
+        if isinstance(exc, sqlite3.Error):
+            raise BackupFailed(f"backup failed: {exc}") from exc
+        if isinstance(exc, OSError):
+            if exc.errno == 28:
+                raise StorageFull(f"backup failed: the disk is full in {backups_dir}") from exc
+            raise BackupFailed(f"backup failed: {exc.strerror or exc}") from exc
+        raise
+    log.info(
+        "backup %s: %d messages, %.1f MB -> %.1f MB in %.2f s",
+        name,
+        snapshot.messages,
+        snapshot.db_bytes / 1e6,
+        snapshot.size_bytes / 1e6,
+        snapshot.duration_s,
+    )
+    return snapshot
+
+
+def _produce(db_path: Path, draft: Snapshot, level: int, progress: Progress) -> Snapshot:
+    """Copy, check, compress, describe and read back; temp files always removed."""
+    started = time.monotonic()
+    copy = draft.directory / f".{draft.name}.db.tmp"
+    packed = draft.directory / f".{draft.name}.gz.tmp"
     try:
         counts = _online_copy(db_path, copy, progress)
         progress("check", 0, 1)
@@ -269,11 +297,9 @@ def create_backup(
             )
         progress("check", 1, 1)
         digest, size = _compress(copy, packed, level, progress)
-        os.replace(packed, final)
-        snapshot = Snapshot(
-            name=name,
-            created_at=created,
-            kind=kind,
+        os.replace(packed, draft.path)
+        snapshot = dataclasses.replace(
+            draft,
             size_bytes=size,
             db_bytes=copy.stat().st_size,
             sha256=digest,
@@ -281,30 +307,13 @@ def create_backup(
             messages=counts["messages"],
             chats=counts["chats"],
             duration_s=round(time.monotonic() - started, 3),
-            directory=backups_dir,
         )
         _write_manifest(snapshot)
         verify_snapshot(snapshot, progress=progress)
-    except sqlite3.Error as exc:
-        final.unlink(missing_ok=True)
-        raise BackupFailed(f"backup failed: {exc}") from exc
-    except OSError as exc:
-        final.unlink(missing_ok=True)
-        if exc.errno == 28:
-            raise StorageFull(f"backup failed: the disk is full in {backups_dir}") from exc
-        raise BackupFailed(f"backup failed: {exc.strerror or exc}") from exc
+        return snapshot
     finally:
         copy.unlink(missing_ok=True)
         packed.unlink(missing_ok=True)
-    log.info(
-        "backup %s: %d messages, %.1f MB -> %.1f MB in %.2f s",
-        name,
-        snapshot.messages,
-        snapshot.db_bytes / 1e6,
-        snapshot.size_bytes / 1e6,
-        snapshot.duration_s,
-    )
-    return snapshot
 
 
 def _read_manifest(path: Path) -> Snapshot | None:

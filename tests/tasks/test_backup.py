@@ -129,3 +129,15 @@ def test_restore_live_needs_a_stopped_server_and_confirmation(
 def test_backup_of_a_missing_database_fails_clearly(tsettings: Settings) -> None:
     with pytest.raises(Exception, match="no database"):
         create_backup(tsettings.db_path, tsettings.backups_dir)
+
+
+@pytest.mark.parametrize("phase", ["copy", "check", "compress", "verify"])
+def test_an_interrupted_backup_leaves_nothing_behind(filled: Settings, phase: str) -> None:
+    def interrupt(current: str, done: int, total: int) -> None:
+        if current == phase:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        create_backup(filled.db_path, filled.backups_dir, name="cut", progress=interrupt)
+    assert list(filled.backups_dir.iterdir()) == []
+    assert list_snapshots(filled.backups_dir) == []
