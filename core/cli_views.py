@@ -7,6 +7,7 @@ Nothing here opens the Telegram session; the server is asked over HTTP.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,11 +57,14 @@ def gather_status(
     }
     db_path = settings.db_path
     if db_path.is_file():
-        conn = connect_sync(db_path, readonly=True)
         try:
-            report["database"] = database_summary(conn)
-        finally:
-            conn.close()
+            conn = connect_sync(db_path, readonly=True)
+            try:
+                report["database"] = database_summary(conn)
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:  # status must still show everything else
+            report["database"] = {"error": f"unreadable: {exc} (run validate)"}
         report["database"]["path"] = str(db_path)
         report["database"]["size_bytes"] = db_path.stat().st_size
         wal = Path(f"{db_path}-wal")

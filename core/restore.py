@@ -75,6 +75,15 @@ def server_pid(pid_file: Path) -> int | None:
     return pid
 
 
+def _free_name(path: Path) -> Path:
+    """``path``, or ``path.N`` if taken: a kept-aside file is never overwritten."""
+    candidate, n = path, 1
+    while candidate.exists():
+        candidate = path.with_name(f"{path.name}.{n}")
+        n += 1
+    return candidate
+
+
 def _check_target(target: Path, *, overwrite: bool) -> None:
     parent = target.parent
     if target.is_dir():
@@ -200,7 +209,7 @@ def restore_live(
         for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
             if path.exists():
                 # Kept byte for byte (WAL included): the operator may still need it.
-                moved = path.with_name(f"{path.name}.before-restore-{stamp}")
+                moved = _free_name(path.with_name(f"{path.name}.before-restore-{stamp}"))
                 os.replace(path, moved)
                 aside.append(moved)
         os.replace(temp, db_path)

@@ -141,3 +141,11 @@ def test_an_interrupted_backup_leaves_nothing_behind(filled: Settings, phase: st
         create_backup(filled.db_path, filled.backups_dir, name="cut", progress=interrupt)
     assert list(filled.backups_dir.iterdir()) == []
     assert list_snapshots(filled.backups_dir) == []
+
+
+def test_two_restores_in_one_second_keep_both_previous_files(filled: Settings) -> None:
+    snap = create_backup(filled.db_path, filled.backups_dir, name="base")
+    first = restore_live(snap, filled.db_path, pid_file=filled.pid_file, confirm=True, now=1e9)
+    second = restore_live(snap, filled.db_path, pid_file=filled.pid_file, confirm=True, now=1e9)
+    assert first.kept_aside[0] != second.kept_aside[0]
+    assert first.kept_aside[0].exists() and second.kept_aside[0].exists()

@@ -219,3 +219,16 @@ def test_a_server_without_pid_file_still_blocks_live_restore(
     checks = json.loads(invoke(settings, "validate", "--json").stdout)["checks"]
     assert "fts_content" not in {c["name"] for c in checks}
     assert invoke(settings, "validate", "--repair-fts").exit_code == 1
+
+
+def test_status_survives_an_unreadable_database(tsettings: Settings) -> None:
+    tsettings.data_dir.mkdir(parents=True)
+    tsettings.db_path.write_bytes(b"not a database" * 1000)
+    result = invoke(tsettings, "status", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["database"]["error"].startswith("unreadable:")
+    assert report["queue"]["pending"] == 0
+    history = invoke(tsettings, "history")
+    assert history.exit_code == 1
+    one_line_error(history.stderr, "database error")
