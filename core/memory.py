@@ -53,6 +53,22 @@ class SearchHit:
     rank: float
 
 
+SEARCH_CANDIDATES = 1000
+
+
+def snippet(content: str, words: list[str], *, width: int = 80) -> str:
+    """``content`` around the first query word, that word in [brackets]."""
+    flat = " ".join(content.split())
+    pattern = "|".join(re.escape(w) for w in words if w)
+    found = re.search(rf"\b({pattern})", flat, re.IGNORECASE) if pattern else None
+    if found is None:
+        return flat[:width] + ("…" if len(flat) > width else "")
+    start = max(0, found.start() - width // 2)
+    end = min(len(flat), found.end() + width // 2)
+    text = flat[start : found.start()] + f"[{found.group(0)}]" + flat[found.end() : end]
+    return ("…" if start else "") + text + ("…" if end < len(flat) else "")
+
+
 def fts_query(text: str) -> str | None:
     """Turn any user text into a safe FTS5 query: every word quoted, ANDed."""
     words = _TOKEN_RE.findall(text)
@@ -86,12 +102,14 @@ class ChatMemory:
         *,
         cache_chats: int = 1000,
         window_load_limit: int = 200,
+        search_candidates: int = SEARCH_CANDIDATES,
         estimator: Callable[[str], int] = estimate_tokens,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.cache_chats = cache_chats
         self.window_load_limit = window_load_limit
+        self.search_candidates = search_candidates
         self.estimate = estimator
         self.clock = clock
         self._windows: OrderedDict[str, ChatWindow] = OrderedDict()
@@ -279,24 +297,29 @@ class ChatMemory:
     async def search(
         self, query: str, *, limit: int = 20, chat_id: str | None = None
     ) -> list[SearchHit]:
-        """Full-text search; any text is safe (quoted words, no FTS syntax)."""
+        """Full-text search; any text is safe (quoted words, no FTS syntax).
+
+        bm25 ranks the newest ``search_candidates`` matches only: ranking every
+        match of a common word costs seconds at a million messages, and chat
+        history is searched for recent things. Rarer words have fewer matches
+        and are ranked in full. The highlight is cut in Python (FTS5's
+        ``snippet()`` re-runs the match per row).
+        """
         match = fts_query(query)
         if match is None:
             return []
-        sql = (
-            f"SELECT {', '.join('m.' + c.strip() for c in _TURN_COLUMNS.split(','))},"
-            " snippet(messages_fts, 0, '[', ']', '…', 12) AS snippet, messages_fts.rank AS rank"
-            " FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid"
-            " WHERE messages_fts MATCH ?"
+        columns = ", ".join("m." + c.strip() for c in _TURN_COLUMNS.split(","))
+        scope = "JOIN messages c ON c.id = f.rowid AND c.chat_id = ?" if chat_id else ""
+        params: list[Any] = ([chat_id] if chat_id else []) + [match, self.search_candidates, limit]
+        rows = await self.db.fetchall(
+            f"WITH newest AS (SELECT f.rowid AS id, f.rank AS rank FROM messages_fts f {scope}"
+            " WHERE messages_fts MATCH ? ORDER BY f.rowid DESC LIMIT ?)"
+            f" SELECT {columns}, newest.rank AS rank FROM newest"
+            " JOIN messages m ON m.id = newest.id ORDER BY newest.rank LIMIT ?",
+            params,
         )
-        params: list[Any] = [match]
-        if chat_id is not None:
-            sql += " AND m.chat_id = ?"
-            params.append(chat_id)
-        sql += " ORDER BY messages_fts.rank LIMIT ?"
-        params.append(limit)
-        rows = await self.db.fetchall(sql, params)
-        return [SearchHit(_turn(r), r["snippet"], float(r["rank"])) for r in rows]
+        words = _TOKEN_RE.findall(query)
+        return [SearchHit(_turn(r), snippet(r["content"], words), float(r["rank"])) for r in rows]
 
     async def last_turn(self, chat_id: str, role: str) -> Turn | None:
         rows = await self.history(chat_id, limit=1, role=role)

@@ -144,3 +144,18 @@ async def test_idle_windows_leave_memory_but_not_the_database(db: Database) -> N
     assert memory.evict_idle(idle_s=86_400) == 1
     assert [w.chat_id for w in memory.cached_chats()] == ["local:busy"]
     assert [t.content for t in (await memory.window("local:idle")).turns] == ["old"]
+
+
+async def test_search_ranks_the_newest_candidates_and_scopes_before_cutting(db: Database) -> None:
+    memory = ChatMemory(db, search_candidates=5)
+    await memory.append("local:old", "user", "the zebra crossing story")
+    for i in range(20):
+        await memory.append("local:busy", "user", f"story number {i}")
+    common = await memory.search("story", limit=50)
+    assert len(common) == 5  # only the newest 5 matches are ranked
+    assert {h.turn.chat_id for h in common} == {"local:busy"}
+    rare = await memory.search("zebra story")
+    assert [h.turn.chat_id for h in rare] == ["local:old"]
+    scoped = await memory.search("story", chat_id="local:old")
+    assert [h.turn.content for h in scoped] == ["the zebra crossing story"]
+    assert scoped[0].snippet == "the zebra crossing [story]"
