@@ -47,6 +47,9 @@ def serve(
     from core.logs import setup_logging
 
     settings = settings_or_exit()
+    from core.telegram_cli import check_server_settings
+
+    check_server_settings(settings)  # a bad VIGIL_TELEGRAM_SERVER[_KEY]: one line, exit 2
     if host:
         settings.host = host
     if port:
@@ -188,9 +191,10 @@ def _alive(pid: int) -> bool:
 
 
 def _register_modules() -> None:
-    from core import preflight
+    from core import preflight, telegram_cli
 
     preflight.register(cli, settings_or_exit)
+    telegram_cli.register(cli, settings_or_exit)  # issue 3: telegram-login / telegram-logout
 
 
 _register_modules()
