@@ -155,6 +155,7 @@ def progress_bar(enabled: bool = True) -> Iterator[Callable[[str, int, int], Non
 def cli_settings() -> Settings:
     """Settings for a command, with logging to files (never the console)."""
     settings = load_settings()
+    os.umask(0o077)  # anything a command creates (tasks.db, exports) is private
     try:
         from core.logs import setup_logging
 

@@ -67,7 +67,9 @@ class VigilQueue:
 def create_huey(settings: Settings) -> Huey:
     if settings.huey_redis_url:
         return RedisHuey("vigil", url=settings.huey_redis_url, results=False)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.data_dir.exists():
+        settings.data_dir.mkdir(parents=True)
+        settings.data_dir.chmod(0o700)
     return SqliteHuey("vigil", filename=str(settings.tasks_db_path), results=False, timeout=10)
 
 
@@ -167,6 +169,8 @@ def mark_interrupted(settings: Settings) -> int:
 
 def queue_depth(settings: Settings) -> dict[str, Any]:
     """Pending and scheduled task counts, for ``status`` (never raises)."""
+    if not settings.huey_redis_url and not settings.tasks_db_path.exists():
+        return {"pending": 0, "scheduled": 0, "backend": "sqlite"}  # never enqueued yet
     try:
         queue = VigilQueue(settings, create_huey(settings))
         depth: dict[str, Any] = queue.depth()

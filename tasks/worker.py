@@ -2,8 +2,8 @@
 
 Threads, not processes: the jobs spend their time in SQLite and gzip, which
 release the GIL. SIGTERM stops it gracefully (running tasks may finish within
-the supervisor's stop timeout); SIGINT too. The worker never opens the
-Telegram session.
+the supervisor's stop timeout); SIGINT (Ctrl-C) stops it at once. The worker
+never opens the Telegram session.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +25,13 @@ from tests.tasks.conftest import cli_env, fill, rows, run_cli
 
 @pytest.fixture(autouse=True)
 def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging like any entry point; undo it after each test."""
+    """The CLI configures logging and the umask like any entry point; undo both."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    umask = os.umask(0o022)
+    os.umask(umask)
     yield
+    os.umask(umask)
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
