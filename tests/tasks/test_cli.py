@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -236,3 +237,36 @@ def test_status_survives_an_unreadable_database(tsettings: Settings) -> None:
     history = invoke(tsettings, "history")
     assert history.exit_code == 1
     one_line_error(history.stderr, "database error")
+
+
+def test_summarize_with_a_model_that_answers(settings: Settings, fake_llm: Any) -> None:
+    fake_llm.reply = "They compared apples and pears."
+    fill(settings.db_path, 40)
+    result = invoke(settings, "summarize", "--count", "10", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["source"] == "model"
+    assert summary["summary"] == "They compared apples and pears."
+    assert summary["chat_id"] == "local:c0"  # the latest active chat (message 39)
+
+
+def test_export_to_a_file_refuses_to_overwrite_without_force(
+    filled: Settings, tmp_path: Path
+) -> None:
+    out = tmp_path / "all.jsonl"
+    assert invoke(filled, "export", "-o", str(out)).exit_code == 0
+    assert len(out.read_text().splitlines()) == 300
+    again = invoke(filled, "export", "-o", str(out))
+    assert again.exit_code == 2
+    one_line_error(again.stderr, "already exists; add --force")
+    assert invoke(filled, "export", "-o", str(out), "--force", "--chat", "local:c0").exit_code == 0
+    assert len(out.read_text().splitlines()) == 100
+
+
+def test_cleanup_applies_message_retention_when_configured(filled: Settings) -> None:
+    fill(filled.db_path, 20, chats=1, start=time.time())  # recent ones survive
+    env = cli_env(filled, message_retention_days="30")
+    result = CliRunner().invoke(cli, ["cleanup", "--json"], env=env, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["messages_removed"] == 300
+    assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == 20
