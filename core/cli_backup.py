@@ -188,7 +188,7 @@ def validate(
         if db is not None
         else private_paths(settings.data_dir, settings.db_path, settings.logs_dir)
     )
-    steps = 7
+    steps = 4 + int(not running) + int(perms is not None)  # integrity, schema, fts, orphans
     with progress_bar(not as_json) as progress:
         done = [0]
 
