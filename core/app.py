@@ -189,6 +189,9 @@ def create_app(
     app.include_router(web.router)
     app.include_router(restart_routes.router)
     app.include_router(telegram_routes.router)
+    from monitoring.routes import router as monitoring_router
+
+    app.include_router(monitoring_router)
     return app
 
 
@@ -196,5 +199,11 @@ def _default_starters(telegram: Any) -> list[Starter]:
     """Telegram and monitoring plug in here (their issues)."""
     from core.telegram_app import telegram_starter
     from monitoring.restart import start_auto_restart
+    from monitoring.starter import start_monitoring
 
-    return [lifecycle.start_lifecycle, start_auto_restart, telegram_starter(telegram)]
+    return [
+        lifecycle.start_lifecycle,
+        start_auto_restart,
+        telegram_starter(telegram),
+        start_monitoring,
+    ]

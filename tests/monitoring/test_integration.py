@@ -74,9 +74,11 @@ def test_memory_alert_cleanup_and_restart_request_end_to_end(
             and s
         )
     )
-    alerts = body["health"]["alerts"]
-    assert [a["alert_type"] for a in alerts] == ["memory_warning"]
-    assert alerts[0]["severity"] == "medium" and alerts[0]["recommended_action"]
+    # other alerts (e.g. cpu_spike on a busy test machine) may be active too
+    alerts = {a["alert_type"]: a for a in body["health"]["alerts"]}
+    memory = alerts["memory_warning"]
+    assert memory["severity"] == "medium" and memory["recommended_action"]
+    assert memory["id"] is not None and memory["resolved_at"] is None
     assert body["emergency"]["emergency_cleanups"] >= 1
     request = body["emergency"]["restart_requests"][-1]
     assert request["reason"] == "governor_memory" and request["accepted"] is True
@@ -93,12 +95,16 @@ def test_memory_alert_cleanup_and_restart_request_end_to_end(
     conn = connect_sync(settings.db_path, readonly=True)
     rows = conn.execute("SELECT alert_type, severity, raised_at, snapshot FROM alerts").fetchall()
     conn.close()
-    assert [(r["alert_type"], r["severity"]) for r in rows] == [("memory_warning", "medium")]
-    assert '"memory_mb"' in rows[0]["snapshot"]
+    stored = [r for r in rows if r["alert_type"] == "memory_warning"]
+    assert [r["severity"] for r in stored] == ["medium"]
+    assert '"memory_mb"' in stored[0]["snapshot"]
 
-    assert webhook.received.wait(10)
-    assert webhook.bodies[0]["event"] == "raised"
-    assert webhook.bodies[0]["alert"]["alert_type"] == "memory_warning"
+    wait_for(
+        lambda: any(
+            b["event"] == "raised" and b["alert"]["alert_type"] == "memory_warning"
+            for b in webhook.bodies
+        )
+    )
 
     history = open_client.get("/resources/history", params={"minutes": 5}).json()
     assert history["count"] >= 3 and history["points"][-1]["memory_mb"] > 1

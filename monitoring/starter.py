@@ -1,0 +1,115 @@
+"""The monitoring starter: builds the IntegratedMonitoringSystem from settings + runtime.
+
+Plugged into ``core/app.py``'s ``_default_starters``; it sets
+``runtime.monitoring``, starts the loops and pushes their cancellation on the
+lifespan's exit stack. With ``VIGIL_GOVERNOR_ENABLED=false`` the system is
+built (status and metrics still answer) but no loop runs and nothing acts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from typing import Any
+
+from monitoring.cleanup import RuntimeEffects
+from monitoring.metrics import build_registry
+from monitoring.notifiers import AlertDispatcher, TelegramNotifier, WebhookNotifier
+from monitoring.resources import LoopLagProbe, ResourceMonitor, vigil_root_pid
+from monitoring.rules import Thresholds
+from monitoring.store import AlertStore
+from monitoring.system import IntegratedMonitoringSystem
+
+log = logging.getLogger(__name__)
+TELEGRAM_ALERT_INTERVAL_S = 60.0
+
+
+class _TelegramAlerts:
+    """Finds a way to reach the Telegram admin chat once Telegram is up."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self.notifier: TelegramNotifier | None = None
+
+    def __call__(self) -> TelegramNotifier | None:
+        if self.notifier is not None:
+            return self.notifier
+        gateway = self.runtime.telegram
+        if gateway is None:
+            return None
+        send = getattr(gateway, "notify_admin", None)
+        admin = self.runtime.settings.telegram_admin_id
+        channel_send = getattr(gateway, "send", None)
+        if send is None and admin is not None and channel_send is not None:
+
+            async def send(text: str) -> Any:
+                return await channel_send(f"tg:{admin}", text)
+
+        if send is None:
+            return None
+        self.notifier = TelegramNotifier(send, min_interval_s=TELEGRAM_ALERT_INTERVAL_S)
+        return self.notifier
+
+
+def build_monitoring(
+    runtime: Any, *, probe: LoopLagProbe | None = None
+) -> IntegratedMonitoringSystem:
+    settings = runtime.settings
+    effects = RuntimeEffects(runtime)
+    probe = probe or LoopLagProbe()
+    monitor = ResourceMonitor(
+        memory_limit_mb=settings.governor_memory_limit_mb,
+        data_dir=settings.data_dir,
+        history_len=int(settings.governor_history_s / settings.governor_sample_interval_s) + 1,
+        root_pid=vigil_root_pid(os.getpid(), settings.pid_file),
+        sessions=effects.active_sessions,
+        cached=effects.cached_sessions,
+        in_flight=effects.in_flight,
+        loop_lag_ms=probe.take_ms,
+    )
+    webhook = WebhookNotifier(settings.alert_webhook_url) if settings.alert_webhook_url else None
+    return IntegratedMonitoringSystem(
+        settings=settings,
+        monitor=monitor,
+        thresholds=Thresholds.from_settings(settings, monitor.budget),
+        effects=effects,
+        store=AlertStore(runtime.db),
+        dispatcher=AlertDispatcher(webhook=webhook, telegram=_TelegramAlerts(runtime)),
+        restart_hook=lambda: runtime.extras.get("request_restart"),
+    )
+
+
+async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def start_monitoring(app: Any, runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+    """Starter: ``runtime.monitoring``, the metrics registry, and the governor loops."""
+    probe = LoopLagProbe()
+    system = build_monitoring(runtime, probe=probe)
+    runtime.monitoring = system
+    runtime.extras["metrics_registry"] = build_registry(runtime)
+    stale = await system.store.close_stale(time.time()) if system.store else 0
+    if stale:
+        log.info("closed %d alert(s) left open by the previous run", stale)
+    budget = system.monitor.budget
+    log.info(
+        "monitoring: memory budget %.0f MB (%s), thresholds %.0f/%.0f/%.0f/%.0f MB, %s",
+        budget.mb,
+        budget.source,
+        system.thresholds.cleanup_mb,
+        system.thresholds.high_mb,
+        system.thresholds.restart_mb,
+        system.thresholds.hard_restart_mb,
+        "governor on" if runtime.settings.governor_enabled else "governor disabled",
+    )
+    if not runtime.settings.governor_enabled:
+        return
+    tasks = system.start(extra=[probe.run])
+    stack.push_async_callback(system.dispatcher.drain)
+    stack.push_async_callback(_cancel, tasks)

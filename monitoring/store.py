@@ -1,0 +1,69 @@
+"""Alerts (and the restarts count) in ``system.db``, through the one Database."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Protocol
+
+from monitoring.alerts import PerformanceAlert
+
+
+class _Db(Protocol):
+    async def write(self, sql: str, params: Any = ()) -> int: ...
+    async def fetchall(self, sql: str, params: Any = ()) -> list[Any]: ...
+    async def scalar(self, sql: str, params: Any = ()) -> Any: ...
+
+
+class AlertStore:
+    """Rows of the ``alerts`` table: raised_at on raise, resolved_at on resolve."""
+
+    def __init__(self, db: _Db) -> None:
+        self.db = db
+
+    async def close_stale(self, now: float) -> int:
+        """Alerts left open by a previous process: its conditions are unknown now."""
+        count = int(await self.db.scalar("SELECT count(*) FROM alerts WHERE resolved_at IS NULL"))
+        if count:
+            await self.db.write(
+                "UPDATE alerts SET resolved_at = ? WHERE resolved_at IS NULL", (now,)
+            )
+        return count
+
+    async def insert(self, alert: PerformanceAlert) -> int:
+        return await self.db.write(
+            "INSERT INTO alerts (alert_type, severity, message, recommended_action, raised_at,"
+            " snapshot) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                alert.alert_type,
+                alert.severity,
+                alert.message,
+                alert.recommended_action,
+                alert.timestamp,
+                json.dumps(alert.resource_snapshot.to_dict()),
+            ),
+        )
+
+    async def resolve(self, alert_id: int, at: float) -> None:
+        await self.db.write("UPDATE alerts SET resolved_at = ? WHERE id = ?", (at, alert_id))
+
+    async def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = await self.db.fetchall(
+            "SELECT id, alert_type, severity, message, recommended_action, raised_at,"
+            " resolved_at FROM alerts ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [dict(row) for row in rows]
+
+    async def restarts_count(self) -> dict[str, int]:
+        """Restarts recorded by the supervisor and the server, by reason."""
+        rows = await self.db.fetchall("SELECT reason, count(*) AS n FROM restarts GROUP BY reason")
+        return {str(row["reason"]): int(row["n"]) for row in rows}
+
+    async def task_counts(self) -> dict[str, int]:
+        rows = await self.db.fetchall(
+            "SELECT status, count(*) AS n FROM server_tasks"
+            " WHERE status IN ('queued', 'running') GROUP BY status"
+        )
+        counts = {"queued": 0, "running": 0}
+        counts.update({str(row["status"]): int(row["n"]) for row in rows})
+        return counts

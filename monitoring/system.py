@@ -1,0 +1,262 @@
+"""IntegratedMonitoringSystem: the governor's loops and the effects of its decisions.
+
+Every sample (``VIGIL_GOVERNOR_SAMPLE_INTERVAL_S``) a snapshot goes into the
+history and :func:`monitoring.governor.decide` says what to do; this class
+only does it. Health checks (log line, database counters) run every
+``VIGIL_GOVERNOR_HEALTH_CHECK_INTERVAL_S``, optimisation (context pruning,
+cache trimming) every ``VIGIL_GOVERNOR_OPTIMIZE_INTERVAL_S``, routine cleanup
+(idle sessions out of memory) every ``VIGIL_GOVERNOR_CLEANUP_INTERVAL_S``.
+
+Restart requests go through one hook, ``request_restart(reason, detail)``
+(``immediate=True`` for the hard limit), looked up at call time in
+``runtime.extras["request_restart"]`` so the server's graceful restart path
+can install it in any order; every request is also recorded here and shown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from monitoring.alerts import PerformanceAlert
+from monitoring.cleanup import RuntimeEffects
+from monitoring.governor import (
+    Action,
+    Cleanup,
+    GovernorMemo,
+    RaiseAlert,
+    RequestRestart,
+    ResolveAlert,
+    SetEmergency,
+    Throttle,
+    Unthrottle,
+    decide,
+)
+from monitoring.notifiers import AlertDispatcher
+from monitoring.resources import ResourceMonitor
+from monitoring.rules import Thresholds
+from monitoring.snapshot import ResourceSnapshot
+from monitoring.store import AlertStore
+
+log = logging.getLogger(__name__)
+
+RestartHook = Callable[..., Any]
+
+
+class IntegratedMonitoringSystem:
+    """Unified monitoring and self-protection of one Vigil server process."""
+
+    def __init__(
+        self,
+        *,
+        settings: Any,
+        monitor: ResourceMonitor,
+        thresholds: Thresholds,
+        effects: RuntimeEffects,
+        store: AlertStore | None = None,
+        dispatcher: AlertDispatcher | None = None,
+        restart_hook: Callable[[], RestartHook | None] = lambda: None,
+        source: Callable[[], ResourceSnapshot] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.monitor = monitor
+        self.thresholds = thresholds
+        self.effects = effects
+        self.store = store
+        self.dispatcher = dispatcher or AlertDispatcher()
+        self.restart_hook = restart_hook
+        self.source = source or monitor.take
+        self.clock = clock
+        self.memo = GovernorMemo()
+        self.active: dict[str, PerformanceAlert] = {}
+        self.raised_total: Counter[str] = Counter()
+        self.emergency_cleanups = 0
+        self.last_cleanup: dict[str, Any] | None = None
+        self.last_optimise: dict[str, Any] | None = None
+        self.evicted_total = 0
+        self.restart_requests: deque[dict[str, Any]] = deque(maxlen=20)
+        self.restarts_by_reason: dict[str, int] = {}
+        self.tasks_by_status: dict[str, int] = {}
+        self.samples = 0
+        self.errors = 0
+        self.started_at = clock()
+        self.running = False
+
+    # --- the sampling step ---------------------------------------------------------
+    @property
+    def history(self) -> list[ResourceSnapshot]:
+        return self.monitor.history.items()
+
+    @property
+    def throttled(self) -> bool:
+        return self.memo.throttled
+
+    @property
+    def emergency_mode(self) -> bool:
+        return self.memo.emergency
+
+    def latest(self) -> ResourceSnapshot:
+        """The newest snapshot; one is taken now if none exists yet."""
+        return self.monitor.history.latest or self.source()
+
+    async def tick(self) -> list[Action]:
+        """Take one snapshot, decide, act. Returns the actions (for tests and logs)."""
+        snapshot = self.source()
+        self.monitor.history.append(snapshot)
+        self.samples += 1
+        self.memo, actions = decide(self.history, self.memo, self.thresholds, self.clock())
+        for action in actions:
+            try:
+                await self._apply(action)
+            except Exception:  # one failed effect must not stop the others
+                self.errors += 1
+                log.exception("governor action %r failed", action)
+        return actions
+
+    async def _apply(self, action: Action) -> None:
+        if isinstance(action, RaiseAlert):
+            await self._raise(action.alert)
+        elif isinstance(action, ResolveAlert):
+            await self._resolve(action.key)
+        elif isinstance(action, Cleanup):
+            await self.run_cleanup(aggressive=action.aggressive, reason=action.reason)
+        elif isinstance(action, Throttle):
+            log.warning(
+                "throttling new turns: %s (Retry-After %g s)", action.reason, action.retry_after_s
+            )
+            self.effects.throttle(action.retry_after_s, action.reason)
+            await self.effects.set_llm_reduced(True)
+        elif isinstance(action, Unthrottle):
+            log.warning("throttling ended: load stayed below the clear margin")
+            self.effects.unthrottle()
+            await self.effects.set_llm_reduced(self.memo.emergency)
+        elif isinstance(action, SetEmergency):
+            log.warning("emergency mode %s", "on" if action.on else "off")
+            await self.effects.set_llm_reduced(action.on or self.memo.throttled)
+        elif isinstance(action, RequestRestart):
+            self.request_restart(action.reason, action.detail, immediate=action.immediate)
+
+    async def _raise(self, alert: PerformanceAlert) -> None:
+        if self.store is not None:
+            alert.id = await self.store.insert(alert)
+        self.active[alert.key] = alert
+        self.raised_total[alert.alert_type] += 1
+        self.dispatcher.notify("raised", alert)
+
+    async def _resolve(self, key: str) -> None:
+        alert = self.active.pop(key, None)
+        if alert is None:
+            return
+        alert.resolved_at = self.clock()
+        if self.store is not None and alert.id is not None:
+            await self.store.resolve(alert.id, alert.resolved_at)
+        self.dispatcher.notify("resolved", alert)
+
+    # --- effects callable from routes too ----------------------------------------------
+    async def run_cleanup(self, *, aggressive: bool, reason: str) -> dict[str, Any]:
+        log.warning("emergency cleanup (%s%s)", reason, ", aggressive" if aggressive else "")
+        result = await self.effects.cleanup(aggressive=aggressive)
+        self.emergency_cleanups += 1
+        result.update(at=self.clock(), reason=reason)
+        self.last_cleanup = result
+        log.warning(
+            "emergency cleanup freed %.1f MB (%s sessions evicted, %s turns folded)",
+            result["freed_mb"],
+            result["evicted_sessions"],
+            result["pruned_turns"],
+        )
+        return result
+
+    def request_restart(self, reason: str, detail: str, *, immediate: bool = False) -> bool:
+        """Record a restart request and pass it to the restart hook, if one is set."""
+        hook = self.restart_hook()
+        accepted: bool | None = None
+        if hook is not None:
+            try:
+                result = hook(reason, detail, immediate=True) if immediate else hook(reason, detail)
+                accepted = bool(result) if result is not None else True
+            except Exception:  # the hook is someone else's code; never crash the loop
+                log.exception("restart hook failed for %s", reason)
+                accepted = False
+        entry = {
+            "at": self.clock(),
+            "reason": reason,
+            "detail": detail,
+            "immediate": immediate,
+            "hook": hook is not None,
+            "accepted": accepted,
+        }
+        self.restart_requests.appendleft(entry)
+        log.critical(
+            "restart requested (%s%s): %s", reason, ", immediate" if immediate else "", detail
+        )
+        return bool(accepted)
+
+    # --- periodic jobs -----------------------------------------------------------------
+    async def optimise(self) -> dict[str, Any]:
+        self.last_optimise = {**await self.effects.optimise(), "at": self.clock()}
+        return self.last_optimise
+
+    async def routine_cleanup(self) -> int:
+        evicted = self.effects.evict_idle()
+        self.evicted_total += evicted
+        if evicted:
+            log.info("%d idle session(s) left memory (history stays in the database)", evicted)
+        return evicted
+
+    async def refresh_counters(self) -> None:
+        if self.store is not None:
+            self.restarts_by_reason = await self.store.restarts_count()
+            self.tasks_by_status = await self.store.task_counts()
+
+    async def health_check(self) -> None:
+        from monitoring.report import health_score
+
+        s = self.latest()
+        await self.refresh_counters()
+        log.info(
+            "health %.1f: memory %.0f MB (%.1f%% of %.0f MB, %s), cpu %.0f%%, sessions %d, "
+            "loop lag %.0f ms, alerts %d%s",
+            health_score(self, s),
+            s.memory_mb,
+            100 * s.memory_mb / self.thresholds.budget_mb,
+            self.thresholds.budget_mb,
+            self.thresholds.budget_source,
+            s.cpu_percent,
+            s.active_sessions,
+            s.loop_lag_ms,
+            len(self.active),
+            ", throttled" if self.throttled else "",
+        )
+
+    # --- loops ------------------------------------------------------------------------
+    async def _every(self, interval: float, job: Callable[[], Awaitable[Any]], name: str) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except Exception:  # a loop boundary: log, count, carry on
+                self.errors += 1
+                log.exception("governor %s failed", name)
+
+    def start(
+        self, extra: list[Callable[[], Awaitable[Any]]] | None = None
+    ) -> list[asyncio.Task[Any]]:
+        """Start the loops; the caller cancels the returned tasks on shutdown."""
+        s = self.settings
+        self.monitor.history.append(self.source())  # primes CPU readings; decides nothing
+        jobs: list[tuple[float, Callable[[], Awaitable[Any]], str]] = [
+            (s.governor_sample_interval_s, self.tick, "sample"),
+            (s.governor_health_check_interval_s, self.health_check, "health check"),
+            (s.governor_optimize_interval_s, self.optimise, "optimisation"),
+            (s.governor_cleanup_interval_s, self.routine_cleanup, "cleanup"),
+        ]
+        tasks = [asyncio.ensure_future(self._every(i, job, name)) for i, job, name in jobs]
+        tasks += [asyncio.ensure_future(job()) for job in extra or []]
+        self.running = True
+        return tasks
