@@ -6,6 +6,7 @@ core/backup.py, core/restore.py, core/retention.py and core/integrity.py.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from core.cli_output import (
 from core.cli_views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
-from core.integrity import private_paths, repair_fts, validate_database
+from core.integrity import check_latest_backup, private_paths, repair_fts, validate_database
 from core.retention import RetentionPolicy, prune_snapshots
 
 
@@ -188,7 +189,7 @@ def validate(
         if db is not None
         else private_paths(settings.data_dir, settings.db_path, settings.logs_dir)
     )
-    steps = 4 + int(not running) + int(perms is not None)  # integrity, schema, fts, orphans
+    steps = 4 + int(not running) + 2 * int(db is None)  # + fts_content, permissions, backups
     with progress_bar(not as_json) as progress:
         done = [0]
 
@@ -197,6 +198,8 @@ def validate(
             progress("validate", done[0], steps)
 
         checks = validate_database(path, full_fts=not running, permissions=perms, on_check=tick)
+        if db is None:
+            checks.append(check_latest_backup(settings.backups_dir, now=time.time()))
     if as_json:
         print_json(
             {

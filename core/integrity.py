@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from core.backup import integrity_problems
+from core.backup import SnapshotDamaged, integrity_problems, list_snapshots, verify_snapshot
 from core.database import BUSY_TIMEOUT_S
 from core.schema import SCHEMA_VERSION
 
@@ -171,6 +171,22 @@ def validate_database(
     if permissions is not None:
         add(check_permissions(permissions))
     return checks
+
+
+def check_latest_backup(backups_dir: Path, *, now: float, max_age_s: float = 26 * 3600) -> Check:
+    """The newest snapshot must read back whole; an old or missing one is a warning."""
+    snapshots = list_snapshots(backups_dir)
+    if not snapshots:
+        return Check("backups", "warn", f"no snapshots in {backups_dir} yet")
+    latest = snapshots[0]
+    try:
+        verify_snapshot(latest)
+    except SnapshotDamaged as exc:
+        return Check("backups", "fail", exc.message)
+    age_h = (now - latest.created_at) / 3600
+    if now - latest.created_at > max_age_s:
+        return Check("backups", "warn", f"latest snapshot {latest.name} is {age_h:.0f} h old")
+    return Check("backups", "ok", f"latest snapshot {latest.name} ({age_h:.1f} h old) verified")
 
 
 def repair_fts(path: Path) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
+from core.backup import create_backup
 from core.config import Settings
-from core.integrity import private_paths, repair_fts, validate_database
+from core.integrity import check_latest_backup, private_paths, repair_fts, validate_database
 from tests.tasks.conftest import fill
 
 
@@ -95,3 +97,16 @@ def test_orphans_and_loose_permissions_fail(filled: Settings) -> None:
     statuses = _statuses(validate_database(filled.db_path, permissions=perms))
     assert statuses["orphans"] == "fail"
     assert statuses["permissions"] == "fail"
+
+
+def test_the_latest_backup_is_checked(filled: Settings) -> None:
+    now = time.time()
+    assert check_latest_backup(filled.backups_dir, now=now).status == "warn"  # none yet
+    create_backup(filled.db_path, filled.backups_dir, name="old", now=now - 3 * 86400)
+    old = check_latest_backup(filled.backups_dir, now=now)
+    assert old.status == "warn" and "72 h old" in old.detail
+    snap = create_backup(filled.db_path, filled.backups_dir, name="new", now=now - 60)
+    assert check_latest_backup(filled.backups_dir, now=now).status == "ok"
+    snap.path.write_bytes(snap.path.read_bytes()[:100])
+    damaged = check_latest_backup(filled.backups_dir, now=now)
+    assert damaged.status == "fail" and "new" in damaged.detail
