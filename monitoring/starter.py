@@ -42,7 +42,8 @@ class _TelegramAlerts:
             return None
         send = getattr(gateway, "notify_admin", None)
         admin = self.runtime.settings.telegram_admin_id
-        channel_send = getattr(gateway, "send", None)
+        channel = self.runtime.extras.get("telegram_channel")  # the Telegram Channel adapter
+        channel_send = getattr(channel, "send", None)
         if send is None and admin is not None and channel_send is not None:
 
             async def send(text: str) -> Any:

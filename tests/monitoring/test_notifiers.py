@@ -1,0 +1,77 @@
+"""Alert notifiers: webhook with retries (real HTTP), Telegram rate limit, routing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from monitoring.alerts import PerformanceAlert
+from monitoring.notifiers import AlertDispatcher, TelegramNotifier, WebhookNotifier
+from tests.fake_llm import dead_url
+from tests.monitoring.conftest import WebhookReceiver
+from tests.monitoring.helpers import snap
+
+
+def alert(severity: str = "medium", alert_type: str = "memory_warning") -> PerformanceAlert:
+    return PerformanceAlert(
+        alert_type=alert_type,
+        severity=severity,
+        message="Vigil uses 700 MB",
+        timestamp=1000.0,
+        resource_snapshot=snap(1000.0, 700.0),
+        recommended_action="emergency cleanup",
+        key="memory_cleanup",
+    )
+
+
+async def test_webhook_retries_server_errors_then_delivers(webhook: WebhookReceiver) -> None:
+    webhook.fail_times = 2
+    notifier = WebhookNotifier(webhook.url, retries=3, backoff_s=0.01)
+    assert await notifier.send("raised", alert())
+    assert webhook.attempts == 3 and notifier.sent == 1
+    body = webhook.bodies[0]
+    assert body["event"] == "raised" and body["alert"]["severity"] == "medium"
+    assert body["alert"]["resource_snapshot"]["memory_mb"] == 700.0
+
+
+async def test_webhook_gives_up_after_its_retries() -> None:
+    notifier = WebhookNotifier(dead_url(), retries=1, backoff_s=0.01, timeout_s=1.0)
+    assert not await notifier.send("raised", alert())
+    assert notifier.failed == 1
+
+
+async def test_telegram_alerts_are_rate_limited_and_count_what_they_skipped() -> None:
+    sent: list[str] = []
+    now = [0.0]
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    notifier = TelegramNotifier(send, min_interval_s=60.0, clock=lambda: now[0])
+    assert await notifier.send("raised", alert("high"))
+    now[0] = 10.0
+    assert not await notifier.send("raised", alert("critical"))
+    assert not await notifier.send("resolved", alert("high"))
+    now[0] = 61.0
+    assert await notifier.send("raised", alert("critical", "memory_critical"))
+    assert len(sent) == 2
+    assert "HIGH raised: memory_warning" in sent[0]
+    assert "+2 more" in sent[1] and "memory_critical" in sent[1]
+
+
+async def test_the_dispatcher_routes_by_severity(webhook: WebhookReceiver) -> None:
+    telegram_texts: list[str] = []
+
+    async def send(text: str) -> None:
+        telegram_texts.append(text)
+
+    telegram = TelegramNotifier(send, min_interval_s=0.0)
+    dispatcher = AlertDispatcher(
+        webhook=WebhookNotifier(webhook.url, backoff_s=0.01), telegram=lambda: telegram
+    )
+    dispatcher.notify("raised", alert("low", "cpu_pressure"))  # log only
+    dispatcher.notify("raised", alert("medium"))  # + webhook
+    dispatcher.notify("raised", alert("critical", "memory_critical"))  # + Telegram
+    await dispatcher.drain(timeout=5)
+    await asyncio.sleep(0)
+    assert sorted(b["alert"]["severity"] for b in webhook.bodies) == ["critical", "medium"]
+    assert len(telegram_texts) == 1 and "memory_critical" in telegram_texts[0]
