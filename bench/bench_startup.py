@@ -30,10 +30,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx
+import httpx  # noqa: E402
 
-from tests.fake_llm import FakeLLM
-from tests.processes import AUTH, vigil_env
+from tests.fake_llm import FakeLLM  # noqa: E402
+from tests.processes import AUTH, vigil_env  # noqa: E402
 
 DEFAULTS = {
     "supervisor_backoff_initial_s": None,
@@ -115,9 +115,13 @@ def start_script(llm: FakeLLM) -> float:
         env = env_for(Path(tmp), llm)
         env["VIGIL_VENV"] = str(ROOT / ".venv")
         started = time.perf_counter()
-        subprocess.run(["bash", "scripts/start.sh"], cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(
+            ["bash", "scripts/start.sh"], cwd=ROOT, env=env, check=True, capture_output=True
+        )
         elapsed = time.perf_counter() - started
-        subprocess.run(["bash", "scripts/stop.sh"], cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(
+            ["bash", "scripts/stop.sh"], cwd=ROOT, env=env, check=True, capture_output=True
+        )
     return elapsed
 
 
@@ -147,24 +151,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     runs = parser.parse_args().runs
+    measures: list[tuple[str, Callable[[FakeLLM], float], str]] = [
+        ("python -c pass (floor)", lambda llm: interpreter_floor(), "baseline"),
+        ("serve -> /health", lambda llm: to_healthy(llm, "serve"), "baseline"),
+        ("supervise -> /health", lambda llm: to_healthy(llm, "supervise", "--no-worker"), "< 3 s"),
+        ("supervise+worker -> /health", lambda llm: to_healthy(llm, "supervise"), "start.sh's"),
+        ("start.sh -> running", start_script, "whole script"),
+        ("kill -9 -> /health", lambda llm: recovery(llm, "kill"), "target < 3 s"),
+        ("/restart/force -> /health", lambda llm: recovery(llm, "force"), "exit 75"),
+    ]
+    values: dict[str, list[float]] = {name: [] for name, _, _ in measures}
     with FakeLLM() as llm:
-        figures = [
-            ("python -c pass (floor)", [interpreter_floor() for _ in range(runs)], "baseline"),
-            ("serve -> /health", [to_healthy(llm, "serve") for _ in range(runs)], "baseline"),
-            (
-                "supervise -> /health",
-                [to_healthy(llm, "supervise", "--no-worker") for _ in range(runs)],
-                "target < 3 s",
-            ),
-            (
-                "supervise+worker -> /health",
-                [to_healthy(llm, "supervise") for _ in range(runs)],
-                "what start.sh launches",
-            ),
-            ("start.sh -> running", [start_script(llm) for _ in range(runs)], "whole script"),
-            ("kill -9 -> /health", [recovery(llm, "kill") for _ in range(runs)], "target < 3 s"),
-            ("/restart/force -> /health", [recovery(llm, "force") for _ in range(runs)], "exit 75"),
-        ]
+        # Round-robin, so a burst of load elsewhere hits every figure alike.
+        for _ in range(runs):
+            for name, measure, _ in measures:
+                values[name].append(measure(llm))
+    figures = [(name, values[name], note) for name, _, note in measures]
     print(f"Start-up and recovery, seconds (median and max of {runs} runs, {os.cpu_count()} CPUs)")
     print("| figure                       | median |    max | note |")
     print("| ---------------------------- | -----: | -----: | ---- |")
