@@ -80,11 +80,23 @@ def _walk_up(base: Path, rel: str) -> list[Path]:
     return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
 
-def _read_text(path: Path) -> str | None:
+def read_small(path: str | Path) -> bytes | None:
+    """One small /proc or cgroup file in one read (no buffered-IO objects: it is hot)."""
     try:
-        return path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    try:
+        return os.read(fd, 65536)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_text(path: Path) -> str | None:
+    data = read_small(path)
+    return None if data is None else data.decode("utf-8", "replace").strip()
 
 
 def _smallest_limit(files: list[Path], *, unlimited: str | None = None) -> tuple[int, Path] | None:

@@ -1,11 +1,14 @@
 """ResourceMonitor: cheap psutil snapshots of Vigil's whole process tree.
 
-One primed ``psutil.Process`` per pid is kept between samples (psutil's CPU
-percentage is a delta since the previous call on the same object, so the
-first reading of a process is a priming call and counts as zero). Tree
-membership is refreshed every ``tree_refresh_s`` from the kernel's
-``/proc/<pid>/task/<tid>/children`` lists (psutil's ``children()`` scans all
-of ``/proc`` and costs a millisecond on a busy host).
+One primed reading per pid is kept between samples: CPU is a delta since the
+previous sample of the same pid, so the first reading of a process only
+primes it (the snapshot says ``primed=False`` until the server itself has a
+baseline, and such a snapshot drives no decision). On Linux one read of
+``/proc/<pid>/stat`` gives both RSS and CPU ticks (a quarter of what psutil's
+``oneshot()`` costs, see bench/bench_governor.py); elsewhere a held
+``psutil.Process`` per pid does the same job. Tree membership is refreshed
+every ``refresh_s`` from the kernel's ``/proc/<pid>/task/<tid>/children``
+lists (psutil's ``children()`` scans all of ``/proc``: a millisecond or more).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from monitoring.limits import (
     MemoryBudget,
     PressureFiles,
     read_pressure,
+    read_small,
     resolve_cpu_capacity,
     resolve_memory_budget,
     resolve_pressure_files,
@@ -58,8 +62,63 @@ class TreeSample:
     primed: bool
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_proc_stat(proc_root: Path, pid: int) -> tuple[int, float] | None:
+    """(RSS bytes, CPU seconds) of a pid from ``/proc/<pid>/stat``; None if gone."""
+    data = read_small(f"{proc_root}/{pid}/stat")
+    if not data:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        ticks = int(fields[11]) + int(fields[12])  # utime + stime
+        return int(fields[21]) * PAGE_SIZE, ticks / CLOCK_TICKS
+    except (IndexError, ValueError):
+        return None
+
+
+class _Reader:
+    """The primed per-pid reader: /proc when readable, else a held psutil.Process."""
+
+    __slots__ = ("last_cpu_s", "last_t", "pid", "proc")
+
+    def __init__(self, pid: int, proc_root: Path, now: float) -> None:
+        self.pid = pid
+        self.proc: psutil.Process | None = None
+        first = read_proc_stat(proc_root, pid)
+        if first is None:
+            self.proc = psutil.Process(pid)  # raises NoSuchProcess if it is gone
+            first = self._psutil()
+        self.last_cpu_s, self.last_t = first[1], now
+
+    def _psutil(self) -> tuple[int, float]:
+        assert self.proc is not None
+        with self.proc.oneshot():
+            times = self.proc.cpu_times()
+            return self.proc.memory_info().rss, times.user + times.system
+
+    def read(self, proc_root: Path, now: float) -> tuple[int, float] | None:
+        """(RSS bytes, CPU % of one core since the last read) or None when gone."""
+        if self.proc is None:
+            found = read_proc_stat(proc_root, self.pid)
+        else:
+            try:
+                found = self._psutil()
+            except psutil.Error:
+                found = None
+        if found is None:
+            return None
+        rss, cpu_s = found
+        elapsed = now - self.last_t
+        share = max(0.0, (cpu_s - self.last_cpu_s) / elapsed * 100) if elapsed > 0 else 0.0
+        self.last_cpu_s, self.last_t = cpu_s, now
+        return rss, share
+
+
 class ProcessTree:
-    """Primed psutil.Process objects for the root pid and its descendants."""
+    """Primed readers for the root pid and its descendants."""
 
     def __init__(
         self,
@@ -75,7 +134,7 @@ class ProcessTree:
         self.proc_root = proc_root
         self.refresh_s = refresh_s
         self.clock = clock
-        self._procs: dict[int, psutil.Process] = {}
+        self._readers: dict[int, _Reader] = {}
         self._refreshed_at: float | None = None
         self._server_primed = False
 
@@ -87,10 +146,9 @@ class ProcessTree:
         except OSError:
             return found
         for tid in tids:
-            try:
-                found += [int(x) for x in (task_dir / tid / "children").read_text().split()]
-            except (OSError, ValueError):
-                continue
+            data = read_small(task_dir / tid / "children")
+            if data:
+                found += [int(x) for x in data.split()]
         return found
 
     def refresh(self) -> None:
@@ -103,18 +161,18 @@ class ProcessTree:
             queue.extend(self._children(pid))
         if self.server_pid not in pids:
             pids.append(self.server_pid)
-        fresh: dict[int, psutil.Process] = {}
+        now = self.clock()
+        fresh: dict[int, _Reader] = {}
         for pid in pids:
-            proc = self._procs.get(pid)
-            if proc is None:
+            reader = self._readers.get(pid)
+            if reader is None:
                 try:
-                    proc = psutil.Process(pid)
-                    proc.cpu_percent(None)  # priming call: the reading starts now
+                    reader = _Reader(pid, self.proc_root, now)  # the priming reading
                 except psutil.Error:
                     continue
-            fresh[pid] = proc
-        self._procs = fresh
-        self._refreshed_at = self.clock()
+            fresh[pid] = reader
+        self._readers = fresh
+        self._refreshed_at = now
 
     def sample(self) -> TreeSample:
         now = self.clock()
@@ -123,25 +181,41 @@ class ProcessTree:
         rss = server_rss = 0
         cpu = server_cpu = 0.0
         gone: list[int] = []
-        for pid, proc in self._procs.items():
-            try:
-                with proc.oneshot():
-                    mem = proc.memory_info().rss
-                    share = proc.cpu_percent(None)
-            except psutil.Error:
+        for pid, reader in self._readers.items():
+            found = reader.read(self.proc_root, now)
+            if found is None:
                 gone.append(pid)
                 continue
-            rss += mem
-            cpu += share
+            rss += found[0]
+            cpu += found[1]
             if pid == self.server_pid:
-                server_rss, server_cpu = mem, share
+                server_rss, server_cpu = found
         for pid in gone:
-            self._procs.pop(pid, None)
+            del self._readers[pid]
         if gone:
             self._refreshed_at = None  # someone left: look for replacements next time
         primed = self._server_primed
-        self._server_primed = self.server_pid in self._procs
-        return TreeSample(rss, cpu, len(self._procs), server_rss, server_cpu, primed)
+        self._server_primed = self.server_pid in self._readers
+        return TreeSample(rss, cpu, len(self._readers), server_rss, server_cpu, primed)
+
+
+def read_net_io(proc_root: Path = PROC_ROOT) -> tuple[int, int]:
+    """Host-wide (bytes sent, bytes received) from ``/proc/net/dev`` (psutil's totals)."""
+    data = read_small(f"{proc_root}/net/dev")
+    if data is None:
+        try:
+            counters = psutil.net_io_counters()
+        except (OSError, RuntimeError):
+            return (0, 0)
+        return (0, 0) if counters is None else (counters.bytes_sent, counters.bytes_recv)
+    sent = received = 0
+    for line in data.splitlines()[2:]:
+        _, _, values = line.partition(b":")
+        fields = values.split()
+        if len(fields) >= 9:
+            received += int(fields[0])
+            sent += int(fields[8])
+    return sent, received
 
 
 def _zero() -> int:
@@ -180,6 +254,7 @@ class ResourceMonitor:
             proc_root=proc_root, cgroup_root=cgroup_root
         )
         own = os.getpid()
+        self.proc_root = proc_root
         self.tree = ProcessTree(root_pid or own, server_pid=own, proc_root=proc_root)
         self.history = History(history_len)
         self.sessions, self.cached, self.in_flight = sessions, cached, in_flight
@@ -192,11 +267,7 @@ class ResourceMonitor:
             return 0.0
 
     def _net_io(self) -> tuple[int, int]:
-        try:
-            counters = psutil.net_io_counters()
-        except (OSError, RuntimeError):
-            return (0, 0)
-        return (0, 0) if counters is None else (counters.bytes_sent, counters.bytes_recv)
+        return read_net_io(self.proc_root)
 
     def take(self) -> ResourceSnapshot:
         """One snapshot, without storing it (the benchmark measures this)."""

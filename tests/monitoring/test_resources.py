@@ -73,3 +73,44 @@ def test_history_since_and_downsample() -> None:
     assert [s.timestamp for s in history.since(45.0)] == [45.0, 46.0, 47.0, 48.0, 49.0]
     picked = downsample(history.items(), 10)
     assert len(picked) == 10 and picked[-1].timestamp == 49.0 and picked[0].timestamp == 0.0
+
+
+def write_stat(proc: Path, pid: int, *, ticks: int, rss_pages: int, children: str = "") -> None:
+    # fields after "(comm)": state ppid ... utime(14) stime(15) ... rss(24)
+    rest = ["S", "1"] + ["0"] * 9 + [str(ticks), "0"] + ["0"] * 8 + [str(rss_pages)]
+    (proc / str(pid) / "task" / str(pid)).mkdir(parents=True, exist_ok=True)
+    (proc / str(pid) / "stat").write_text(f"{pid} (python (x)) " + " ".join(rest) + "\n")
+    (proc / str(pid) / "task" / str(pid) / "children").write_text(children)
+
+
+def test_a_fake_proc_tree_gives_rss_and_cpu_and_primes_first(tmp_path: Path) -> None:
+    from monitoring.resources import CLOCK_TICKS, PAGE_SIZE
+
+    proc = tmp_path / "proc"
+    write_stat(proc, 100, ticks=0, rss_pages=1000, children="101 ")
+    write_stat(proc, 101, ticks=0, rss_pages=500)
+    now = [0.0]
+    tree = ProcessTree(100, proc_root=proc, clock=lambda: now[0], refresh_s=60)
+    first = tree.sample()
+    assert not first.primed and first.processes == 2
+    assert first.rss_bytes == 1500 * PAGE_SIZE and first.cpu_percent == 0.0
+    now[0] = 2.0  # one core fully busy in 100, half a core in 101
+    write_stat(proc, 100, ticks=2 * CLOCK_TICKS, rss_pages=1000, children="101 ")
+    write_stat(proc, 101, ticks=CLOCK_TICKS, rss_pages=600)
+    second = tree.sample()
+    assert second.primed
+    assert round(second.cpu_percent) == 150 and round(second.server_cpu_percent) == 100
+    assert second.rss_bytes == 1600 * PAGE_SIZE
+    (proc / "101" / "stat").unlink()  # the child exits
+    assert tree.sample().processes == 1
+
+
+def test_net_io_matches_psutil_totals() -> None:
+    import psutil
+
+    from monitoring.resources import read_net_io
+
+    sent, received = read_net_io()
+    counters = psutil.net_io_counters()
+    assert abs(counters.bytes_recv - received) < 10_000_000
+    assert abs(counters.bytes_sent - sent) < 10_000_000
