@@ -14,6 +14,7 @@ Rows, measured in the same run on the same file:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -65,6 +66,41 @@ def sqlite_backup(db: Path, target: Path) -> tuple[float, int]:
     return took, target.stat().st_size
 
 
+WRITER = """
+import json, sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], timeout=10, isolation_level=None)
+conn.execute("PRAGMA synchronous=NORMAL")
+stop_at = time.monotonic() + float(sys.argv[2])
+samples = []
+while time.monotonic() < stop_at:
+    started = time.perf_counter()
+    conn.execute(
+        "INSERT INTO messages (chat_id, role, content, created_at)"
+        " VALUES ('bench:w', 'user', ?, ?)",
+        ("a message written while a backup runs", time.time()),
+    )
+    samples.append((time.perf_counter() - started) * 1000)
+    time.sleep(0.005)  # ~150 commits/s: a busy chat server
+print(json.dumps(samples))
+"""
+
+
+def writer_latency(db: Path, seconds: float, during: object = None) -> list[float]:
+    """Insert+commit latencies (ms) of a separate writer process, optionally during ``during()``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(db), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    if callable(during):
+        time.sleep(0.2)
+        during()
+    out, _ = proc.communicate(timeout=seconds + 60)
+    return sorted(json.loads(out))
+
+
+def pct(samples: list[float], q: float) -> float:
+    return samples[min(len(samples) - 1, round(q * (len(samples) - 1)))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1_000_000)
@@ -102,6 +138,26 @@ def main() -> None:
     for name, took, out_size, note in results:
         ratio = size / out_size if out_size else 0
         print(f"{name:<40} {took:>8.2f} {out_size / 1e6:>9.1f} {ratio:>6.2f}  {note}")
+    default_backup_s = results[2][1]  # the gzip -1 row: the default level
+    print_writer_impact(db, window=max(3.0, default_backup_s + 1.0))
+
+
+def print_writer_impact(db: Path, *, window: float) -> None:
+    """A concurrent writer's commit latency, idle vs while a backup runs (WAL: no blocking)."""
+    with tempfile.TemporaryDirectory(dir=db.parent) as tmp:
+        idle = writer_latency(db, window)
+        during = writer_latency(
+            db, window, lambda: create_backup(db, Path(tmp), name="under-writes", level=1)
+        )
+    print(f"\nwriter commits (separate process, ~150/s, {window:.0f} s windows), ms")
+    print(f"{'':<28} {'commits':>8} {'p50':>7} {'p99':>7} {'max':>7}")
+    for name, samples in (("no backup running", idle), ("during a vigil backup", during)):
+        row = f"{len(samples):>8} {pct(samples, 0.5):>7.2f} {pct(samples, 0.99):>7.2f}"
+        print(f"{name:<28} {row} {samples[-1]:>7.2f}")
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("DELETE FROM messages WHERE chat_id = 'bench:w'")  # leave the corpus as it was
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
 
 
 if __name__ == "__main__":
