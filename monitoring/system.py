@@ -37,6 +37,7 @@ from monitoring.governor import (
     decide,
 )
 from monitoring.notifiers import AlertDispatcher
+from monitoring.report import health_score
 from monitoring.resources import ResourceMonitor
 from monitoring.rules import Thresholds
 from monitoring.snapshot import ResourceSnapshot
@@ -215,8 +216,6 @@ class IntegratedMonitoringSystem:
             self.tasks_by_status = await self.store.task_counts()
 
     async def health_check(self) -> None:
-        from monitoring.report import health_score
-
         s = self.latest()
         await self.refresh_counters()
         log.info(

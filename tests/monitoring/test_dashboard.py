@@ -1,0 +1,52 @@
+"""The dashboard page in a real Chromium against a real server."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.browser import chromium
+from tests.conftest import LiveServer, make_settings
+from tests.fake_llm import FakeLLM
+
+pytestmark = pytest.mark.browser
+
+
+def test_dashboard_draws_charts_and_shows_sessions_only_with_the_token(
+    tmp_path, fake_llm: FakeLLM, live_server_factory
+) -> None:
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, governor_sample_interval_s=0.1)
+    server: LiveServer = live_server_factory(settings)
+    assert server.chat("dash", "hello").status_code == 200
+    page_html = httpx.get(server.url + "/dashboard")
+    assert page_html.status_code == 200 and "<canvas" in page_html.text
+    assert "http://" not in page_html.text and "https://" not in page_html.text  # no CDN
+    with chromium() as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url + "/dashboard")
+        page.wait_for_selector("#cards .card")
+        assert "health score" in page.inner_text("#cards")
+        page.wait_for_function(
+            "document.getElementById('sessions-note').textContent.includes('admin token')"
+        )
+        assert page.locator("#sessions tr").count() == 0  # no chat ids without the token
+        drawn = page.evaluate(
+            """() => {
+              const c = document.getElementById('c-memory');
+              const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+              let lit = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) lit++;
+              return lit;
+            }"""
+        )
+        assert drawn > 100
+        page.fill("#token", server.token)
+        page.click("#save")
+        page.wait_for_selector("#sessions tr")
+        assert "local:dash" in page.inner_text("#sessions")
+        page.click("#cleanup")
+        page.wait_for_function(
+            "document.getElementById('note').textContent.includes('cleanup freed')"
+        )
+        assert errors == []
