@@ -1,0 +1,137 @@
+"""IntegratedMonitoringSystem.tick with an injected snapshot source and fake clock:
+the alerts table gets raise and resolve times, effects and the restart hook are
+called with what the decisions said."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from core.database import Database
+from monitoring.resources import ResourceMonitor
+from monitoring.snapshot import ResourceSnapshot
+from monitoring.store import AlertStore
+from monitoring.system import IntegratedMonitoringSystem
+from tests.monitoring.helpers import snap, thresholds
+
+
+class RecordingEffects:
+    """Stands in for RuntimeEffects: records what the governor asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    async def cleanup(self, *, aggressive: bool) -> dict[str, Any]:
+        self.calls.append(("cleanup", aggressive))
+        return {"freed_mb": 0.0, "evicted_sessions": 0, "pruned_turns": 0}
+
+    def throttle(self, retry_after_s: float, reason: str) -> None:
+        self.calls.append(("throttle", retry_after_s))
+
+    def unthrottle(self) -> None:
+        self.calls.append(("unthrottle", None))
+
+    async def set_llm_reduced(self, reduced: bool) -> int:
+        self.calls.append(("llm_reduced", reduced))
+        return 2 if reduced else 4
+
+
+class Feed:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.next: ResourceSnapshot = snap(0.0)
+
+    def source(self) -> ResourceSnapshot:
+        return self.next
+
+
+async def make_system(tmp_path: Path, feed: Feed, hook: Any) -> tuple[Any, Database]:
+    db = Database(tmp_path / "system.db")
+    await db.open()
+    th = thresholds()
+    monitor = ResourceMonitor(memory_limit_mb=4096, data_dir=tmp_path)
+    system = IntegratedMonitoringSystem(
+        settings=None,
+        monitor=monitor,
+        thresholds=th,
+        effects=RecordingEffects(),  # type: ignore[arg-type]
+        store=AlertStore(db),
+        restart_hook=lambda: hook,
+        source=feed.source,
+        clock=lambda: feed.now,
+    )
+    return system, db
+
+
+async def drive(system: Any, feed: Feed, memory: float, until: float, **fields: Any) -> None:
+    while feed.now < until:
+        feed.now += 5.0
+        feed.next = snap(feed.now, memory, **fields)
+        await system.tick()
+
+
+async def test_alerts_are_stored_with_raise_and_resolve_times(tmp_path: Path) -> None:
+    feed = Feed()
+    requests: list[tuple[str, str, bool]] = []
+
+    def hook(reason: str, detail: str = "", *, immediate: bool = False) -> bool:
+        requests.append((reason, detail, immediate))
+        return True
+
+    system, db = await make_system(tmp_path, feed, hook)
+    try:
+        await drive(system, feed, 100.0, 20.0)
+        await drive(system, feed, 1200.0, 120.0)  # over the hard limit
+        assert {a.alert_type for a in system.active.values()} >= {
+            "memory_warning",
+            "memory_hard_limit",
+        }
+        assert any(immediate for _, _, immediate in requests)
+        assert all(reason == "governor_memory" for reason, _, _ in requests)
+        assert system.emergency_mode
+        assert ("cleanup", True) in system.effects.calls  # aggressive in emergency mode
+        assert ("llm_reduced", True) in system.effects.calls
+
+        await drive(system, feed, 100.0, 400.0)  # well below: resolves after the hold
+        assert system.active == {}
+        assert not system.emergency_mode
+        rows = await db.fetchall(
+            "SELECT alert_type, raised_at, resolved_at FROM alerts ORDER BY id"
+        )
+        by_type = {r["alert_type"]: r for r in rows}
+        hard = by_type["memory_hard_limit"]
+        assert hard["raised_at"] == 35.0  # 1200 MB from 25 s, two samples later
+        assert hard["resolved_at"] is not None and hard["resolved_at"] > 120 + 120
+        assert len(system.restart_requests) == len(requests)
+    finally:
+        await db.close()
+
+
+async def test_stale_open_alerts_are_closed_at_start(tmp_path: Path) -> None:
+    db = Database(tmp_path / "system.db")
+    await db.open()
+    try:
+        await db.write(
+            "INSERT INTO alerts (alert_type, severity, message, raised_at) VALUES (?, ?, ?, ?)",
+            ("memory_warning", "medium", "from the last run", 1.0),
+        )
+        store = AlertStore(db)
+        assert await store.close_stale(50.0) == 1
+        assert await store.close_stale(60.0) == 0
+        assert (await store.recent())[0]["resolved_at"] == 50.0
+    finally:
+        await db.close()
+
+
+async def test_a_failing_restart_hook_is_recorded_not_raised(tmp_path: Path) -> None:
+    feed = Feed()
+
+    def broken(reason: str, detail: str = "") -> bool:
+        raise RuntimeError("boom")
+
+    system, db = await make_system(tmp_path, feed, broken)
+    try:
+        assert system.request_restart("governor_cpu", "test") is False
+        assert system.restart_requests[0]["accepted"] is False
+    finally:
+        await db.close()
