@@ -163,6 +163,17 @@ class TelegramGateway:
         self._set_state("disconnected")
 
     async def _run(self) -> None:
+        while True:
+            try:
+                await self._supervise()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a loop boundary: supervision must never die silently
+                log.exception("Telegram supervision failed; retrying in 5 s")
+                self._set_state("disconnected")
+                await asyncio.sleep(5.0)
+
+    async def _supervise(self) -> None:
         backoff = 1.0
         interval = self.settings.telegram_probe_interval_s
         while True:

@@ -107,11 +107,12 @@ class PasteBuffer:
     def add(self, msg: TgMessage, now: float) -> list[TgMessage]:
         """Messages ready to answer now (the new one may be held back)."""
         key = (msg.chat_id, msg.sender_id)
+        is_piece = len(msg.text) >= self.long_chars  # a short part ends the paste
         held = self._pending.pop(key, None)
         if held is not None:
             self.joined += 1
             msg = replace(held.msg, text=held.msg.text + "\n" + msg.text)
-        if len(msg.text) >= self.long_chars and self.debounce_s > 0:
+        if is_piece and self.debounce_s > 0:
             self._pending[key] = _Pending(msg, now + self.debounce_s)
             return []
         return [msg]

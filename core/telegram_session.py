@@ -127,6 +127,7 @@ def marker_path(session_path: Path) -> Path:
 
 def write_marker(session_path: Path, profile: ServerProfile) -> None:
     path = marker_path(session_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump({"server": profile.label, "test_mode": profile.test_mode}, handle)

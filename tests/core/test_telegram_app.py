@@ -147,9 +147,7 @@ def test_a_long_message_alone_is_answered_after_the_debounce(tg: Tg, fake_llm: F
 
 def test_media_get_a_text_only_reply(tg: Tg, fake_llm: FakeLLM) -> None:
     tg.say("", chat_id=42, media=types.MessageMediaPhoto())
-    assert tg.fake.texts(42) == [
-        "I can only read text for now — please send your question as a message."
-    ]
+    assert tg.fake.texts(42) == [MEDIA_REPLY]
     assert fake_llm.requests == []
     preview = types.MessageMediaWebPage(webpage=types.WebPageEmpty(id=1))
     tg.say("see https://example.org", chat_id=42, media=preview)  # a link preview is text

@@ -1,0 +1,120 @@
+"""One Channel contract, run against both adapters: the local channel (LocalReply)
+and the Telegram channel (TelegramChannel -> TelegramGateway -> FakeTelegram)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from telethon import errors
+
+from core.api import LocalReply
+from core.channel import Channel
+from core.streaming import EditScheduler, StreamingOptimizer
+from core.telegram import TelegramGateway
+from core.telegram_channel import TelegramChannel
+from core.telegram_session import ServerProfile
+from tests.conftest import make_settings
+from tests.fake_telegram import FakeTelegram
+
+
+@dataclass
+class Adapter:
+    channel: Channel
+    chat_id: str
+    visible: Callable[[str], str]  # message id -> the text a chatter sees
+    fake: FakeTelegram | None = None
+
+
+@pytest.fixture(params=["local", "telegram"])
+async def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapter]:
+    if request.param == "local":
+        reply = LocalReply()
+        yield Adapter(reply, "local:contract", lambda mid: reply.messages[int(mid)])
+        return
+    fake = FakeTelegram()
+    gateway = TelegramGateway(make_settings(tmp_path), fake, profile=ServerProfile())
+    await gateway.start()
+    while gateway.state != "connected":
+        await asyncio.sleep(0.01)
+    channel = TelegramChannel(gateway, scheduler=EditScheduler(edits_per_s=1000))
+    yield Adapter(channel, "tg:42", lambda mid: fake.messages[(42, int(mid))].message, fake)
+    await gateway.stop()
+
+
+def words(n: int) -> str:
+    rnd = random.Random(n)
+    return " ".join(
+        rnd.choice(["alpha", "beta", "gamma.", "delta\n\n", "epsilon"]) for _ in range(n)
+    )
+
+
+def squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+async def test_it_is_a_channel_with_sane_limits(adapter: Adapter) -> None:
+    assert isinstance(adapter.channel, Channel)
+    assert adapter.channel.max_message_chars >= 4096
+    assert adapter.channel.edit_interval(adapter.chat_id) >= 0
+    await adapter.channel.typing(adapter.chat_id)
+
+
+async def test_send_returns_distinct_ids_and_edit_replaces_the_text(adapter: Adapter) -> None:
+    first = await adapter.channel.send(adapter.chat_id, "one")
+    second = await adapter.channel.send(adapter.chat_id, "two")
+    assert first != second
+    await adapter.channel.edit(adapter.chat_id, first, "one, edited")
+    assert adapter.visible(first) == "one, edited"
+    assert adapter.visible(second) == "two"
+
+
+async def test_a_streamed_long_answer_arrives_whole_and_within_limits(adapter: Adapter) -> None:
+    answer = words(2500)
+    opt = StreamingOptimizer(adapter.channel, adapter.chat_id)
+    await opt.start()
+    for token in answer.split(" "):
+        await opt.push(token + " ")
+    ids = await opt.finish(answer)
+    seen = [adapter.visible(i) for i in ids]
+    assert squash("".join(s + " " for s in seen)) == squash(answer)
+    assert all(len(s) <= adapter.channel.max_message_chars for s in seen)
+    if adapter.fake is not None:
+        assert adapter.fake.not_modified_raised == 0
+        assert len(ids) >= 4
+
+
+async def test_whitespace_only_growth_never_makes_an_empty_edit(adapter: Adapter) -> None:
+    opt = StreamingOptimizer(adapter.channel, adapter.chat_id, min_growth_chars=1)
+    await opt.start()
+    for token in ["Hello", " ", "\n", "  ", "\n\n", " world", "   "]:
+        await opt.push(token)
+    ids = await opt.finish()
+    assert squash(adapter.visible(ids[0])) == "Hello world"
+    if adapter.fake is not None:
+        assert adapter.fake.not_modified_raised == 0
+
+
+async def test_telegram_rate_limits_surface_as_our_error(tmp_path: Path) -> None:
+    from core.errors import RateLimited
+
+    fake = FakeTelegram()
+    gateway = TelegramGateway(make_settings(tmp_path), fake, profile=ServerProfile())
+    await gateway.start()
+    while gateway.state != "connected":
+        await asyncio.sleep(0.01)
+    channel = TelegramChannel(gateway, scheduler=EditScheduler())
+    fake.fail("send_message", errors.FloodWaitError(request=None, capture=12))
+    with pytest.raises(RateLimited) as caught:
+        await channel.send("tg:42", "hi")
+    assert caught.value.retry_after == 12
+    assert isinstance(caught.value.__cause__, errors.FloodWaitError)
+    fake.fail("edit_message", errors.MessageTooLongError(request=None))
+    mid = await channel.send("tg:42", "**short**")
+    await channel.edit("tg:42", mid, "**longer**")  # falls back to plain text
+    assert fake.messages[(42, int(mid))].message == "**longer**"
+    await gateway.stop()
