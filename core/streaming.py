@@ -99,7 +99,10 @@ class EditScheduler:
     """Edit pacing shared by every reply of one channel.
 
     ``edits_per_s`` is the global budget of sends+edits across all chats
-    (a token bucket holding at most ``burst`` calls). The adaptive interval
+    (a token bucket holding at most ``burst`` calls, by default a quarter
+    second's worth, so no 1-second window sees more than 1.25 x the rate).
+    Intermediate edits leave one call in the bucket for first messages and
+    final texts, which therefore never queue behind them. The adaptive interval
     of a chat is ``max(base x flood penalty, active streams / edits_per_s)``:
     with many replies streaming at once each gets a fair share of the budget
     instead of all of them racing for it.
@@ -114,7 +117,7 @@ class EditScheduler:
         penalty_decay_s: float = 60.0,
     ) -> None:
         self.rate = edits_per_s
-        self.burst = burst if burst is not None else max(1.0, min(edits_per_s, 1e9))
+        self.burst = burst if burst is not None else max(1.0, min(edits_per_s / 4, 1e9))
         self.max_penalty = max_penalty
         self.penalty_decay_s = penalty_decay_s
         self._tokens = self.burst
@@ -138,12 +141,17 @@ class EditScheduler:
         share = self.active_streams / self.rate if math.isfinite(self.rate) else 0.0
         return max(base * penalty, share)
 
-    def wait_time(self, chat_id: str, now: float) -> float:
-        """Seconds until this chat may make one more call (0: now)."""
+    def wait_time(self, chat_id: str, now: float, *, reserve: float = 0.0) -> float:
+        """Seconds until this chat may make one more call (0: now).
+
+        ``reserve`` calls must stay in the bucket afterwards (intermediate
+        edits keep one back for first messages and final texts).
+        """
         self._refill(now)
         pace = self._chats.get(chat_id)
         blocked = max(0.0, pace.blocked_until - now) if pace else 0.0
-        budget = 0.0 if self._tokens >= 1 - 1e-9 else (1 - self._tokens) / self.rate
+        need = 1.0 + min(reserve, max(0.0, self.burst - 1))
+        budget = 0.0 if self._tokens >= need - 1e-9 else (need - self._tokens) / self.rate
         return max(blocked, budget)
 
     def _penalty(self, pace: _ChatPace, now: float) -> float:
@@ -161,9 +169,9 @@ class EditScheduler:
         self._refilled_at = now
 
     # --- state changes --------------------------------------------------------
-    def try_acquire(self, chat_id: str, now: float) -> bool:
+    def try_acquire(self, chat_id: str, now: float, *, urgent: bool = True) -> bool:
         """Take one call from the budget if this chat may call now."""
-        if self.wait_time(chat_id, now) > 0:
+        if self.wait_time(chat_id, now, reserve=0.0 if urgent else 1.0) > 0:
             self.deferred += 1
             return False
         self._tokens -= 1
@@ -287,7 +295,8 @@ class StreamingOptimizer:
     async def _flush_some(self) -> None:
         """Intermediate flush: as many operations as the budget allows now."""
         for op in self._plan():
-            if not self.scheduler.try_acquire(self.chat_id, self.clock()):
+            urgent = op.is_send and op.index == 0  # the first visible text
+            if not self.scheduler.try_acquire(self.chat_id, self.clock(), urgent=urgent):
                 return
             try:
                 await self._apply(op)
