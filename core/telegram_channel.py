@@ -19,7 +19,8 @@ from core.errors import ChannelError
 from core.streaming import EditScheduler, utf16_len
 from core.telegram_format import Entity, render
 
-log = logging.getLogger(__name__)
+# Named below core.telegram so the records also reach logs/telegram.log.
+log = logging.getLogger("core.telegram.channel")
 
 TELEGRAM_LIMIT = 4096  # UTF-16 code units per message
 CHAT_PREFIX = "tg:"
