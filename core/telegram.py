@@ -41,6 +41,17 @@ from core.telegram_session import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ClientFactory = Callable[[Settings, ServerProfile], Any]
+# What a dead or broken connection raises (besides RPC errors, which are Telegram's answers).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ConnectionError,
+    TimeoutError,
+    EOFError,  # asyncio.IncompleteReadError: the peer closed mid-packet
+    errors.InvalidBufferError,
+    errors.SecurityError,
+    errors.TypeNotFoundError,
+    errors.BadMessageError,
+)
 STATES = ("connected", "connecting", "disconnected", "not_configured", "unauthorized")
 _ENTITY_TYPES: dict[str, Any] = {
     "bold": types.MessageEntityBold,
@@ -196,8 +207,8 @@ class TelegramGateway:
         try:
             await self.client.connect()
             authorized = await self.client.is_user_authorized()
-        except (TimeoutError, OSError, ConnectionError, errors.RPCError) as exc:
-            self._fail("disconnected", f"connect failed: {type(exc).__name__}: {exc}")
+        except (*TRANSPORT_ERRORS, errors.RPCError) as exc:
+            self._fail("disconnected", f"connect failed: {type(exc).__name__}: {exc}"[:300])
             return False
         if not authorized and not await self._sign_in_bot():
             return False
@@ -266,7 +277,7 @@ class TelegramGateway:
         except errors.MessageNotModifiedError:
             self.not_modified += 1  # the channel prevents these; harmless if one slips
             return None  # type: ignore[return-value]
-        except (TimeoutError, errors.RPCError, OSError, ConnectionError) as exc:
+        except (*TRANSPORT_ERRORS, errors.RPCError) as exc:
             error = translate(exc)
             if isinstance(error, RateLimited):
                 self.flood_waits += 1

@@ -7,13 +7,12 @@ becomes a :class:`LoginError` with a message that says what to do.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
 from telethon import errors
 
-from core.telegram import apply_server
+from core.telegram import TRANSPORT_ERRORS, apply_server
 from core.telegram_session import ServerProfile, write_marker
 
 Ask = Callable[[str, bool], str]  # (prompt, is_secret) -> answer
@@ -58,7 +57,7 @@ def explain(exc: BaseException, server: str) -> str:
             return text
     if isinstance(exc, errors.RPCError):
         return f"Telegram refused: {type(exc).__name__}: {exc}"
-    if isinstance(exc, (OSError, ConnectionError, asyncio.TimeoutError)):
+    if isinstance(exc, TRANSPORT_ERRORS):
         return f"cannot reach Telegram at {server} ({type(exc).__name__}: {exc})"
     return f"{type(exc).__name__}: {exc}"
 
@@ -88,7 +87,7 @@ async def login(
         else:
             await _user_sign_in(client, ask)
         me = await client.get_me()
-    except (TimeoutError, errors.RPCError, OSError, ConnectionError) as exc:
+    except (*TRANSPORT_ERRORS, errors.RPCError) as exc:
         raise LoginError(explain(exc, profile.label)) from exc
     finally:
         await client.disconnect()
@@ -120,7 +119,7 @@ async def logout(client: Any, *, profile: ServerProfile) -> str:
             return "the session was not logged in"
         me = await client.get_me()
         await client.log_out()
-    except (TimeoutError, errors.RPCError, OSError, ConnectionError) as exc:
+    except (*TRANSPORT_ERRORS, errors.RPCError) as exc:
         raise LoginError(explain(exc, profile.label)) from exc
     finally:
         await client.disconnect()

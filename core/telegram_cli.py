@@ -9,6 +9,7 @@ exit 1 login/logout failed, 2 configuration, 3 session in use.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -152,6 +153,8 @@ def register(cli: typer.Typer, settings_or_exit: Callable[[], Settings]) -> None
 
 
 def _finish(action: Callable[[], str]) -> None:
+    # Telethon's own warnings would print beside our one line; its errors still show.
+    logging.getLogger("telethon").setLevel(logging.ERROR)
     try:
         line = action()
     except CliFailure as exc:

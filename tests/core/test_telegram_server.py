@@ -181,3 +181,17 @@ def test_the_app_and_the_login_refuse_a_session_of_another_server(tmp_path: Path
             settings, bot_token=None, ask=lambda p, s: "", factory=lambda s, p: FakeTelegram()
         )
     assert caught.value.code == 2
+
+
+def test_the_real_client_keeps_its_session_private(tmp_path: Path) -> None:
+    from core.telegram import make_client
+
+    settings = make_settings(tmp_path, telegram_api_id=1, telegram_api_hash="h")
+
+    async def build() -> None:
+        client = make_client(settings, server_profile(settings))
+        assert client.flood_sleep_threshold == 0  # flood waits are ours to handle
+        client.session.close()
+
+    asyncio.run(build())
+    assert settings.session_path.stat().st_mode & 0o777 == 0o600
