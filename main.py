@@ -212,5 +212,31 @@ def _register_operator_commands() -> None:
 
 _register_operator_commands()
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; usage mistakes print one line and exit 2, never a panel or traceback."""
+    from typer._click import exceptions as click_errors
+
+    try:
+        result = cli(args=argv, standalone_mode=False, prog_name="main.py")
+    except click_errors.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "usage: python main.py --help")
+        return 0
+    except click_errors.UsageError as exc:
+        words = exc.ctx.command_path.split()[1:] if exc.ctx else []
+        hint = " ".join(["python main.py", *words, "--help"])
+        typer.echo(f"vigil: {exc.format_message()} (see: {hint})", err=True)
+        return 2
+    except click_errors.ClickException as exc:
+        typer.echo(f"vigil: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("vigil: aborted", err=True)
+        return 130
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    return int(result) if isinstance(result, int) else 0
+
+
 if __name__ == "__main__":
-    cli()
+    sys.exit(main())

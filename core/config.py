@@ -15,6 +15,7 @@ import json
 import os
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -310,7 +311,12 @@ class Settings(BaseSettings):
             self.telegram_api_hash,
             self.telegram_bot_token,
         ]
-        return [v.get_secret_value() for v in values if v and v.get_secret_value()]
+        found = [v.get_secret_value() for v in values if v and v.get_secret_value()]
+        if self.huey_redis_url:
+            password = urllib.parse.urlsplit(self.huey_redis_url).password
+            if password:
+                found.append(password)
+        return found
 
 
 def _describe(error: dict[str, Any]) -> str:

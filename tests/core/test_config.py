@@ -114,3 +114,31 @@ def test_every_setting_is_documented() -> None:
         if "VIGIL_" + name.upper() not in documented
     ]
     assert missing == [], f"add these to docs/configuration.md: {missing}"
+
+
+def test_redis_password_counts_as_a_secret() -> None:
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, huey_redis_url="redis://:hunter2pass@127.0.0.1:6379/0"
+    )
+    assert "hunter2pass" in settings.secrets()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["nosuch"], "vigil: No such command 'nosuch'. (see: python main.py --help)"),
+        (["search"], "vigil: Missing argument 'query'. (see: python main.py search --help)"),
+        (["history", "--bogus"], "vigil: No such option: --bogus"),
+    ],
+)
+def test_cli_usage_mistakes_are_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(expected)
