@@ -120,6 +120,7 @@ class ContextWindowManager:
         return self._render(window, keep, folded=len(fold))
 
     async def _fold(self, window: ChatWindow, turns: Sequence[Turn]) -> None:
+        self.memory.sync_summary(window)  # the worker may have refined it meanwhile
         summary = extractive_summary(
             window.summary,
             turns,

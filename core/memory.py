@@ -158,6 +158,14 @@ class ChatMemory:
             window.summary_upto_id = upto_id
             window.turns = [t for t in window.turns if t.id > upto_id]
 
+    def sync_summary(self, window: ChatWindow) -> None:
+        """Adopt the stored summary if another process (the worker) refined it."""
+        rows = self.db.read_now(
+            "SELECT summary, summary_upto_id FROM chats WHERE id = ?", (window.chat_id,)
+        )
+        if rows and rows[0]["summary_upto_id"] == window.summary_upto_id:
+            window.summary = rows[0]["summary"]
+
     async def replace_summary(self, chat_id: str, *, upto_id: int, summary: str) -> bool:
         """Swap in a better summary only if nothing was folded meanwhile."""
         async with self.db.transaction() as conn:

@@ -109,3 +109,22 @@ async def test_refine_does_not_clobber_a_newer_fold(memory: ChatMemory) -> None:
 
     assert await manager.refine("local:h", slow_model) is False
     assert "fact 4" in (await memory.chat("local:h"))["summary"]
+
+
+async def test_a_summary_refined_elsewhere_is_kept_by_the_next_fold(memory: ChatMemory) -> None:
+    manager = ContextWindowManager(memory, system_prompt="SYS", max_messages=2)
+    for i in range(4):
+        await memory.append("local:w", "user" if i % 2 == 0 else "assistant", f"fact {i}")
+    await manager.build("local:w")  # folds facts 0-1, window now cached
+    upto = (await memory.chat("local:w"))["summary_upto_id"]
+    # The worker process refines the summary straight in the database.
+    await memory.db.write(
+        "UPDATE chats SET summary = 'Refined by the worker.' WHERE id = ? AND summary_upto_id = ?",
+        ("local:w", upto),
+    )
+    for i in range(4, 6):
+        await memory.append("local:w", "user" if i % 2 == 0 else "assistant", f"fact {i}")
+    await manager.build("local:w")
+    summary = (await memory.chat("local:w"))["summary"]
+    assert summary.startswith("Refined by the worker.")
+    assert "fact 2" in summary
