@@ -39,6 +39,7 @@ _BOUNDARIES = (
     re.compile(r"(?<=[.!?…])\s"),
     re.compile(r"\s"),
 )
+TYPING_EVERY_S = 4.5  # Telegram's typing action lasts about 5 s
 FINAL_ATTEMPTS = 12  # rate-limit retries of one final operation before giving up
 
 
@@ -247,16 +248,33 @@ class StreamingOptimizer:
         self.started_at = self.clock()
         self._last_flush = -math.inf
         self._begun = False
+        self._typing_task: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        """Show the typing action at once; counts this reply as streaming."""
+        """Show the typing action at once; counts this reply as streaming.
+
+        Telegram shows *typing…* for about 5 s, so it is repeated every
+        ``TYPING_EVERY_S`` until the first text is visible (a slow model).
+        """
         if not self._begun:
             self._begun = True
             self.scheduler.begin(self.chat_id)
+        await self._typing()
+        if self._typing_task is None:
+            self._typing_task = asyncio.ensure_future(self._keep_typing())
+
+    async def _typing(self) -> None:
         try:
             await self.channel.typing(self.chat_id)
         except Exception:  # typing is cosmetic; never fail a turn on it
             log.debug("typing action failed in %s", self.chat_id, exc_info=True)
+
+    async def _keep_typing(self) -> None:
+        for _ in range(40):  # bounded (3 min): a reply that never starts must not type forever
+            await self.sleep(TYPING_EVERY_S)
+            if self.first_visible_at is not None or not self._begun:
+                return
+            await self._typing()
 
     def cancel(self) -> None:
         """Stop showing new text; :meth:`finish` still lands what is given to it."""
@@ -328,6 +346,8 @@ class StreamingOptimizer:
 
     def release(self) -> None:
         """No longer count this reply as streaming (idempotent)."""
+        if self._typing_task is not None:
+            self._typing_task.cancel()
         if self._begun:
             self._begun = False
             self.scheduler.end(self.chat_id)

@@ -276,3 +276,19 @@ def test_adaptive_interval_grows_with_the_number_of_streams() -> None:
     assert scheduler.wait_time("a", 1.0) == pytest.approx(9.0)
     assert scheduler.penalty("a", 59.0) == 2.0
     assert scheduler.penalty("a", 61.0) == 1.0  # the penalty decays when quiet
+
+
+def test_typing_is_repeated_while_a_slow_model_thinks() -> None:
+    channel = RecordingChannel()
+
+    async def main() -> None:
+        opt = StreamingOptimizer(channel, "c")
+        await opt.start()
+        await asyncio.sleep(12.0)  # no token for 12 s
+        await opt.push("at last")
+        await asyncio.sleep(20.0)
+        await opt.finish()
+
+    run_virtual(main())
+    kinds = [(round(t, 1), kind) for t, _, kind in channel.calls]
+    assert kinds == [(0.0, "typing"), (4.5, "typing"), (9.0, "typing"), (12.0, "send")]
