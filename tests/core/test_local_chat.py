@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 
@@ -89,3 +90,53 @@ def test_health_reports_database_llm_and_telegram(live_server: LiveServer) -> No
     assert body["database"] == "ok"
     assert body["status"] in ("healthy", "degraded")
     assert httpx.get(live_server.url + "/health/live").json()["status"] == "alive"
+
+
+def test_client_hanging_up_mid_stream_loses_nothing(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    fake_llm.reply = "a slow answer that keeps going for a while"
+    fake_llm.token_delay_s = 0.05
+    client = httpx.Client(base_url=live_server.url, headers=live_server.client.headers)
+    with (
+        client,
+        client.stream(
+            "POST",
+            "/api/chats/hangup/messages",
+            json={"text": "talk slowly"},
+            headers={"Accept": "text/event-stream"},
+        ) as response,
+    ):
+        for line in response.iter_lines():
+            if line.startswith("event: delta"):
+                break  # hang up after the first piece
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        history = live_server.client.get("/api/chats/hangup/messages").json()["messages"]
+        if len(history) == 2:
+            break
+        time.sleep(0.05)
+    assert [m["content"] for m in history] == [fake_llm.reply, "talk slowly"]
+
+
+def test_throttled_and_draining_turns_get_retry_after(live_server: LiveServer) -> None:
+    async def throttle(runtime) -> None:
+        runtime.admission.throttle(retry_after=7, reason="cpu")
+
+    async def drain(runtime) -> None:
+        runtime.admission.unthrottle()
+        runtime.admission.start_draining(reason="forced", retry_after=12)
+
+    live_server.call(throttle)
+    busy = live_server.chat("t", "hello")
+    assert busy.status_code == 429
+    assert busy.headers["retry-after"] == "7"
+    assert busy.json()["error"]["code"] == "busy"
+    streamed = live_server.chat("t", "hello", headers={"Accept": "text/event-stream"})
+    assert streamed.status_code == 429
+    live_server.call(drain)
+    draining = live_server.chat("t", "hello")
+    assert draining.status_code == 503
+    assert draining.headers["retry-after"] == "12"
+    assert draining.json()["error"]["code"] == "restarting"
+    assert live_server.client.get("/api/chats/t/messages").status_code == 404  # nothing stored
