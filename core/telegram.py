@@ -1,4 +1,4 @@
-"""The Telegram gateway: with ``core/telegram_auth.py`` the only code that imports Telethon.
+"""The Telegram gateway; with telegram_client.py and telegram_auth.py the only Telethon users.
 
 :class:`TelegramGateway` owns one Telethon client: it pins the server and
 registers its key before the first connect, connects in the background (the
@@ -22,106 +22,24 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from telethon import TelegramClient, errors, events, functions, types
-from telethon.crypto import rsa as telethon_rsa
+from telethon import errors, events, functions, types
 
 from core.config import Settings
-from core.errors import ChannelError, RateLimited, VigilError
+from core.errors import ChannelError, RateLimited
 from core.telegram_bot import TgMessage
-from core.telegram_channel import EntitiesRejected, MessageTooLong
-from core.telegram_format import Entity
-from core.telegram_session import (
-    ServerProfile,
-    TelegramUnauthorized,
-    marker_path,
-    prepare_session_file,
-    write_marker,
+from core.telegram_client import (
+    TRANSPORT_ERRORS,
+    apply_server,
+    to_tl_entities,
+    translate,
 )
+from core.telegram_format import Entity
+from core.telegram_session import ServerProfile, TelegramUnauthorized, marker_path, write_marker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ClientFactory = Callable[[Settings, ServerProfile], Any]
-# What a dead or broken connection raises (besides RPC errors, which are Telegram's answers).
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    ConnectionError,
-    TimeoutError,
-    EOFError,  # asyncio.IncompleteReadError: the peer closed mid-packet
-    errors.InvalidBufferError,
-    errors.SecurityError,
-    errors.TypeNotFoundError,
-    errors.BadMessageError,
-)
 STATES = ("connected", "connecting", "disconnected", "not_configured", "unauthorized")
-_ENTITY_TYPES: dict[str, Any] = {
-    "bold": types.MessageEntityBold,
-    "italic": types.MessageEntityItalic,
-    "code": types.MessageEntityCode,
-    "strike": types.MessageEntityStrike,
-}
-
-
-def make_client(settings: Settings, profile: ServerProfile) -> TelegramClient:
-    """The real Telethon client on ``data/telegram.session`` (mode 0600)."""
-    prepare_session_file(settings.session_path)
-    api_hash = settings.telegram_api_hash.get_secret_value() if settings.telegram_api_hash else ""
-    client = TelegramClient(
-        str(settings.session_path),
-        settings.telegram_api_id or 0,
-        api_hash,
-        flood_sleep_threshold=0,  # every flood wait comes to us as RateLimited
-        request_retries=3,
-        connection_retries=3,
-        retry_delay=2,
-        auto_reconnect=True,
-        base_logger="telethon",
-    )
-    client.parse_mode = None  # we always pass formatting entities ourselves
-    return client
-
-
-def apply_server(client: Any, profile: ServerProfile) -> None:
-    """Before the first connect: register the server's key, pin the data centre.
-
-    A session that already holds an auth key keeps its own DC (Telegram may
-    have migrated it within that environment); the marker next to the
-    session guarantees it was made for this server.
-    """
-    if profile.key_pem is not None:
-        telethon_rsa.add_key(profile.key_pem, old=False)
-    if profile.is_custom and client.session.auth_key is None:
-        client.session.set_dc(profile.dc_id, profile.host, profile.port)
-
-
-def to_tl_entities(entities: list[Entity]) -> list[Any]:
-    out: list[Any] = []
-    for e in entities:
-        if e.kind == "pre":
-            out.append(types.MessageEntityPre(e.offset, e.length, e.extra))
-        elif e.kind == "text_url":
-            out.append(types.MessageEntityTextUrl(e.offset, e.length, e.extra))
-        elif e.kind in _ENTITY_TYPES:
-            out.append(_ENTITY_TYPES[e.kind](e.offset, e.length))
-    return out
-
-
-def translate(exc: BaseException) -> VigilError:
-    """A Telethon (or network) error as one of ours; the original is the cause."""
-    if isinstance(exc, errors.FloodError):
-        seconds = float(getattr(exc, "seconds", 0) or 5)
-        return RateLimited(f"Telegram asked to wait {seconds:.0f} s", retry_after=seconds)
-    if isinstance(exc, errors.UnauthorizedError):
-        return TelegramUnauthorized(
-            f"Telegram refused the session ({type(exc).__name__}); "
-            "log in again with scripts/telegram_login.sh"
-        )
-    if isinstance(exc, errors.MessageTooLongError):
-        return MessageTooLong("message too long for Telegram")
-    if isinstance(exc, errors.BadRequestError) and type(exc).__name__.startswith("Entit"):
-        return EntitiesRejected(f"Telegram rejected the formatting: {type(exc).__name__}")
-    if isinstance(exc, errors.RPCError):
-        return ChannelError(f"Telegram error {type(exc).__name__}", rpc=type(exc).__name__)
-    return ChannelError(f"Telegram unreachable: {type(exc).__name__}: {exc}"[:300])
 
 
 class TelegramGateway:

@@ -42,7 +42,7 @@ def install_commands(chat: ChatService) -> None:
 
 def _client_for(settings: Settings, injected: Any, profile: Any) -> Any:
     if injected is None:
-        from core.telegram import make_client
+        from core.telegram_client import make_client
 
         return make_client(settings, profile)
     if hasattr(injected, "send_message"):

@@ -12,7 +12,7 @@ from typing import Any
 
 from telethon import errors
 
-from core.telegram import TRANSPORT_ERRORS, apply_server
+from core.telegram_client import TRANSPORT_ERRORS, apply_server
 from core.telegram_session import ServerProfile, write_marker
 
 Ask = Callable[[str, bool], str]  # (prompt, is_secret) -> answer

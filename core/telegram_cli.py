@@ -52,7 +52,7 @@ def _prepare(settings: Settings, *, check_server: bool = True) -> ServerProfile:
 
 
 def _default_factory(settings: Settings, profile: ServerProfile) -> Any:
-    from core.telegram import make_client
+    from core.telegram_client import make_client
 
     return make_client(settings, profile)
 

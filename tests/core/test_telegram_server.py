@@ -184,7 +184,7 @@ def test_the_app_and_the_login_refuse_a_session_of_another_server(tmp_path: Path
 
 
 def test_the_real_client_keeps_its_session_private(tmp_path: Path) -> None:
-    from core.telegram import make_client
+    from core.telegram_client import make_client
 
     settings = make_settings(tmp_path, telegram_api_id=1, telegram_api_hash="h")
 
