@@ -96,6 +96,7 @@ class _Op:
     index: int  # which part of the reply
     text: str
     is_send: bool
+    replaces: bool = False  # a send standing in for a failed edit
 
 
 class StreamingOptimizer:
@@ -252,13 +253,23 @@ class StreamingOptimizer:
                     self.chat_id,
                     exc.retry_after,
                 )
+            except ChannelError as exc:
+                if op.is_send:
+                    raise
+                # The message cannot be edited (deleted by the chatter?): the text
+                # still lands, as a new message in its place.
+                log.warning("chat %s: final edit failed (%s); sending anew", self.chat_id, exc)
+                op = _Op(op.index, op.text, is_send=True, replaces=True)
         raise ChannelError(f"gave up after {FINAL_ATTEMPTS} rate limits", chat_id=self.chat_id)
 
     async def _apply(self, op: _Op) -> None:
         if op.is_send:
             message_id = await self.channel.send(self.chat_id, op.text)
-            self.message_ids.append(message_id)
-            self.shown.append(op.text)
+            if op.replaces:
+                self.message_ids[op.index], self.shown[op.index] = message_id, op.text
+            else:
+                self.message_ids.append(message_id)
+                self.shown.append(op.text)
             self.sends += 1
             if self.first_visible_at is None:
                 self.first_visible_at = self.clock()

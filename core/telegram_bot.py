@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from dataclasses import dataclass, replace
 from typing import Any
@@ -233,6 +234,8 @@ class TelegramBot:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Let turns in flight finish (bounded), then cancel the rest."""
+        for held in self.paste.due(math.inf):  # a paste still being joined is answered too
+            self._spawn(held)
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks), timeout=timeout)
             for task in pending:

@@ -167,9 +167,12 @@ def _finish(action: Callable[[], str]) -> None:
 
 
 def check_server_settings(settings: Settings) -> None:
-    """For ``serve``: a bad server/key setting stops start-up with one line."""
+    """For ``serve``: a bad server/key setting, or a session made for another
+    server, stops start-up with one line."""
+    if not settings.telegram_configured:
+        return
     try:
-        server_profile(settings)
+        check_session_server(settings.session_path, server_profile(settings))
     except ConfigError as exc:
         typer.echo(f"vigil: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from core.errors import RateLimited
+from core.errors import ChannelError, RateLimited
 from core.streaming import EditScheduler, StreamingOptimizer, split_text, utf16_len
 from tests.virtual_time import run_virtual
 
@@ -292,3 +292,26 @@ def test_typing_is_repeated_while_a_slow_model_thinks() -> None:
     run_virtual(main())
     kinds = [(round(t, 1), kind) for t, _, kind in channel.calls]
     assert kinds == [(0.0, "typing"), (4.5, "typing"), (9.0, "typing"), (12.0, "send")]
+
+
+def test_a_final_edit_that_fails_lands_as_a_new_message() -> None:
+    channel = RecordingChannel()
+
+    async def main() -> list[str]:
+        opt = StreamingOptimizer(channel, "c")
+        await opt.start()
+        await opt.push("The beginning")
+        real_edit = channel.edit
+
+        async def gone(chat_id: str, message_id: str, text: str) -> None:
+            raise ChannelError("Telegram error MessageIdInvalidError")
+
+        channel.edit = gone  # type: ignore[method-assign]
+        try:
+            return await opt.finish("The beginning and the whole end.")
+        finally:
+            channel.edit = real_edit  # type: ignore[method-assign]
+
+    ids = run_virtual(main())
+    assert ids == ["1"]
+    assert channel.messages["c"][-1] == "The beginning and the whole end."

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -195,3 +198,37 @@ def test_the_real_client_keeps_its_session_private(tmp_path: Path) -> None:
 
     asyncio.run(build())
     assert settings.session_path.stat().st_mode & 0o777 == 0o600
+
+
+def test_serve_stops_with_one_line_for_a_bad_key_or_another_servers_session(
+    tmp_path: Path,
+) -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    env.update(
+        VIGIL_DATA_DIR=str(tmp_path / "data"),
+        VIGIL_LOGS_DIR=str(tmp_path / "logs"),
+        VIGIL_PORT="1",
+        VIGIL_TELEGRAM_API_ID="1",
+        VIGIL_TELEGRAM_API_HASH="h",
+    )
+
+    def serve(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(root / "main.py"), "serve"],
+            env={**env, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    bad_key = serve(VIGIL_TELEGRAM_SERVER_KEY=str(tmp_path / "nope.pem"))
+    assert bad_key.returncode == 2
+    assert bad_key.stderr.startswith("vigil: VIGIL_TELEGRAM_SERVER_KEY: cannot read")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "telegram.session").write_bytes(b"sqlite")
+    switched = serve(VIGIL_TELEGRAM_TEST_MODE="true")
+    assert switched.returncode == 2
+    assert len(switched.stderr.strip().splitlines()) == 1
+    assert "Log out first" in switched.stderr
