@@ -161,8 +161,14 @@ class TelegramGateway:
             return False
         try:
             await self.call(self.client.sign_in(bot_token=token.get_secret_value()))
+        except RateLimited as exc:  # try again once the wait is over
+            self._fail("disconnected", f"bot sign-in: {exc.message}")
+            await asyncio.sleep(exc.retry_after)
+            return False
         except ChannelError as exc:
-            self._fail("unauthorized", f"bot sign-in failed: {exc.message}")
+            # Telegram refusing the token is final; a network failure is not.
+            refused = "rpc" in exc.fields or isinstance(exc, TelegramUnauthorized)
+            self._fail("unauthorized" if refused else "disconnected", f"bot sign-in: {exc.message}")
             return False
         return True
 

@@ -270,3 +270,15 @@ def test_a_dead_connection_is_reported_and_reopened(tg: Tg) -> None:
 def test_the_server_holds_the_session_lock(tg: Tg) -> None:
     with pytest.raises(SessionBusy, match="in use by the Vigil server"):
         SessionLock(tg.server.settings.session_path).acquire("a test")
+
+
+def test_a_bad_bot_token_is_unauthorized_and_says_so(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    fake = FakeTelegram(authorized=False, bot_token="123:right")
+    settings = tg_settings(tmp_path, fake_llm, telegram_bot_token="123:wrong")
+    tg = Tg(live_server_factory(settings, telegram=fake), fake)
+    status = tg.status()
+    assert status["state"] == "unauthorized"
+    assert status["last_error"] == "bot sign-in: Telegram error AccessTokenInvalidError"
+    assert "123:wrong" not in tg.server.client.get("/telegram/status").text
