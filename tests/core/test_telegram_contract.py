@@ -4,18 +4,20 @@ and the Telegram channel (TelegramChannel -> TelegramGateway -> FakeTelegram).""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from telethon import errors
+from telethon import TelegramClient, errors, events, types
 
 from core.api import LocalReply
 from core.channel import Channel
 from core.streaming import EditScheduler, StreamingOptimizer
 from core.telegram import TelegramGateway
+from core.telegram_bot import TgMessage
 from core.telegram_channel import TelegramChannel
 from core.telegram_session import ServerProfile
 from tests.conftest import make_settings
@@ -118,3 +120,71 @@ async def test_telegram_rate_limits_surface_as_our_error(tmp_path: Path) -> None
     await channel.edit("tg:42", mid, "**longer**")  # falls back to plain text
     assert fake.messages[(42, int(mid))].message == "**longer**"
     await gateway.stop()
+
+
+# --- the gateway reads real Telethon events (built offline, never connected) -----------
+def real_event(message: types.Message, *entities: object) -> events.NewMessage.Event:
+    event = events.NewMessage.Event(message)
+    event._entities = {e.id: e for e in entities}  # type: ignore[attr-defined]
+    event._set_client(TelegramClient(None, 1, "x"))
+    return event
+
+
+async def test_the_gateway_reads_real_telethon_events(tmp_path: Path) -> None:
+    gateway = TelegramGateway(make_settings(tmp_path), FakeTelegram(), profile=ServerProfile())
+    gateway.account = {"id": 777, "username": "VigilBot", "is_bot": True}
+    now = dt.datetime.now(dt.UTC)
+    ada = types.User(id=42, first_name="Ada", last_name="L", username="ada", access_hash=1)
+    robot = types.User(id=50, first_name="R", username="robot", bot=True, access_hash=2)
+    group = types.Channel(
+        id=123, title="G", photo=types.ChatPhotoEmpty(), date=now, megagroup=True, access_hash=3
+    )
+    news = types.Channel(
+        id=124, title="N", photo=types.ChatPhotoEmpty(), date=now, broadcast=True, access_hash=4
+    )
+
+    def message(peer: object, text: str, **kw: object) -> types.Message:
+        return types.Message(id=9, peer_id=peer, date=now, message=text, **kw)
+
+    private = await gateway._extract(
+        real_event(message(types.PeerUser(42), "hi", from_id=types.PeerUser(42)), ada),
+        is_edit=False,
+    )
+    assert private == TgMessage(
+        chat_id=42,
+        message_id=9,
+        text="hi",
+        sender_id=42,
+        username="ada",
+        display_name="Ada L",
+        is_private=True,
+        date=now.timestamp(),
+    )
+    in_group = await gateway._extract(
+        real_event(
+            message(types.PeerChannel(123), "@vigilbot hello", from_id=types.PeerUser(42)),
+            ada,
+            group,
+        ),
+        is_edit=False,
+    )
+    assert in_group is not None
+    assert (in_group.chat_id, in_group.is_group, in_group.mentions_me) == (
+        -1000000000123,
+        True,
+        True,
+    )
+    photo = await gateway._extract(
+        real_event(
+            message(
+                types.PeerUser(42), "", from_id=types.PeerUser(42), media=types.MessageMediaPhoto()
+            ),
+            ada,
+        ),
+        is_edit=False,
+    )
+    assert photo is not None and photo.has_media
+    from_bot = real_event(message(types.PeerUser(50), "loop?", from_id=types.PeerUser(50)), robot)
+    assert await gateway._extract(from_bot, is_edit=False) is None
+    post = real_event(message(types.PeerChannel(124), "news", post=True), news)
+    assert await gateway._extract(post, is_edit=False) is None
