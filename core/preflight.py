@@ -10,6 +10,7 @@ replaced or "repaired" here. ``release_locks`` is ``stop.sh``'s last step.
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -133,10 +134,25 @@ def check_database(path: Path, report: Report) -> None:
         report.say(f"database: schema version {after}")
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse early when something else listens on the port (the server would crash-loop)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise PreflightError(
+                f"cannot listen on {host}:{port}: {exc.strerror}; another program uses the "
+                "port (choose another with VIGIL_PORT) or an old Vigil still runs"
+            ) from exc
+
+
 def run_preflight(settings: Settings) -> Report:
     """All start-up checks; raises PreflightError on the first failure."""
     report = Report()
     report.say(telegram_state(settings))
+    check_port(settings.host, settings.port)
     check_database(settings.db_path, report)
     tasks_db = settings.tasks_db_path
     if tasks_db.exists() and tasks_db.stat().st_size > 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from core.config import Settings
 from core.database import connect_sync, migrate_sync
 from core.preflight import EXIT_CORRUPT, PreflightError, release_locks, run_preflight
 from core.schema import SCHEMA_VERSION
+from tests.fake_llm import free_port
 
 INSERT_MESSAGE = (
     "INSERT INTO messages (chat_id, role, content, created_at) VALUES (?, 'user', ?, ?)"
@@ -21,6 +23,7 @@ INSERT_MESSAGE = (
 
 def _settings(tmp_path: Path, **values: object) -> Settings:
     values.setdefault("data_dir", tmp_path / "data")
+    values.setdefault("port", free_port())  # never the default 9000 a real Vigil may hold
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
@@ -114,3 +117,13 @@ def test_release_locks_checkpoints_a_left_over_wal(tmp_path: Path) -> None:
     Path(f"{settings.db_path}-wal").write_bytes(b"")
     assert release_locks(settings) == ["system.db"]
     assert release_locks(_settings(tmp_path / "nothing")) == []
+
+
+def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(PreflightError, match=f"cannot listen on 127.0.0.1:{port}.*VIGIL_PORT"):
+            run_preflight(_settings(tmp_path, port=port))
+    assert not (tmp_path / "data" / "system.db").exists()
