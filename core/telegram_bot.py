@@ -122,6 +122,10 @@ class PasteBuffer:
         ready = [k for k, p in self._pending.items() if p.deadline <= now]
         return [self._pending.pop(k).msg for k in ready]
 
+    def is_holding(self, chat_id: int, sender_id: int | None) -> bool:
+        """A piece of this sender's paste waits (its continuation needs no mention)."""
+        return (chat_id, sender_id) in self._pending
+
     def replace_edited(self, msg: TgMessage) -> bool:
         """An edit of a message still held back replaces its text (True if it was held)."""
         held = self._pending.get((msg.chat_id, msg.sender_id))
@@ -165,7 +169,8 @@ class TelegramBot:
             if not self.paste.replace_edited(msg):
                 log.debug("chat %s: edit of message %s ignored", msg.chat_id, msg.message_id)
             return
-        if not is_addressed(msg, self.my_username):
+        continues_paste = self.paste.is_holding(msg.chat_id, msg.sender_id)
+        if not continues_paste and not is_addressed(msg, self.my_username):
             self.ignored += 1
             return
         if not is_allowed(msg, self.allowed, self.admin_id):

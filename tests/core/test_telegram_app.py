@@ -282,3 +282,21 @@ def test_a_bad_bot_token_is_unauthorized_and_says_so(
     assert status["state"] == "unauthorized"
     assert status["last_error"] == "bot sign-in: Telegram error AccessTokenInvalidError"
     assert "123:wrong" not in tg.server.client.get("/telegram/status").text
+
+
+def test_a_paste_in_a_group_needs_the_mention_only_in_its_first_piece(
+    tg: Tg, fake_llm: FakeLLM
+) -> None:
+    first = "@VigilBot " + "c" * 3500
+
+    async def paste(rt: Any) -> None:
+        await tg.fake.deliver(first, chat_id=GROUP, group=True, sender=ADA)
+        await tg.fake.deliver("d" * 3500, chat_id=GROUP, group=True, sender=ADA)
+        await tg.fake.deliver("end of it", chat_id=GROUP, group=True, sender=ADA)
+        await tg.fake.deliver("unrelated chatter", chat_id=GROUP, group=True, sender=BOB)
+
+    tg.server.call(paste)
+    tg.server.call(settle)
+    assert len(fake_llm.requests) == 1
+    asked = fake_llm.requests[0]["messages"][-1]["content"]
+    assert asked == "Ada: " + "c" * 3500 + "\n" + "d" * 3500 + "\nend of it"
