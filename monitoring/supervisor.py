@@ -15,6 +15,7 @@ It imports only ``core.config``; storage is injected (``record``, ``alert``).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -71,9 +72,12 @@ class Supervisor:
         self._stop_signal: int | None = None
         self._signals = 0
         self._next_live_check = 0.0
+        self._lock_fd: int | None = None
 
     # --- main loop --------------------------------------------------------------
     def run(self) -> int:
+        if not self._lock():
+            return 1
         self._install_signals()
         log.info(
             "supervisor started (pid %d): children %s; backoff %g-%g s, flap limit %d in %g s, "
@@ -115,6 +119,32 @@ class Supervisor:
                     self._watchdog(child, proc, now)
             elif self._is_due(child, now):
                 self._spawn(child)
+
+    def _lock(self) -> bool:
+        """One supervisor per data directory (start.sh and systemd must not both run)."""
+        if self.state_file is None:
+            return True
+        path = self.state_file.with_name(self.state_file.name + ".lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            other = self.snapshot_on_disk().get("pid", "?")
+            log.error(
+                "another supervisor (pid %s) already runs for %s; not starting a second one",
+                other,
+                self.state_file.parent,
+            )
+            return False
+        self._lock_fd = fd
+        return True
+
+    def snapshot_on_disk(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_file.read_text())) if self.state_file else {}
+        except (OSError, ValueError):
+            return {}
 
     # --- children ---------------------------------------------------------------
     def _spawn(self, child: ChildState) -> None:

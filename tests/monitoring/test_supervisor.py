@@ -204,3 +204,18 @@ def _is_running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_a_second_supervisor_for_the_same_data_dir_refuses(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    env = vigil_env(tmp_path, fake_llm.url)
+    with vigil(tmp_path, env, "supervise", "--no-worker") as first:
+        server = first.wait_live()["pid"]
+        second = VigilProcess(tmp_path, env, "supervise", "--no-worker")
+        code = second.proc.wait(20)
+        second.client.close()
+
+        assert code == 1
+        assert "another supervisor" in first.log()
+        assert first.wait_live()["pid"] == server  # the first one is untouched
