@@ -124,3 +124,27 @@ def test_an_edit_of_a_held_message_replaces_its_text() -> None:
     assert paste.replace_edited(msg("corrected long text", message_id=9, is_edit=True))
     assert not paste.replace_edited(msg("other", message_id=8, is_edit=True))
     assert [m.text for m in paste.due(now=1.0)] == ["corrected long text"]
+
+
+def test_only_the_gateway_boundary_imports_telethon() -> None:
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    allowed = {"core/telegram.py", "core/telegram_client.py", "core/telegram_auth.py"}
+    importers = set()
+    for path in [
+        root / "main.py",
+        *root.glob("core/*.py"),
+        *root.glob("monitoring/*.py"),
+        *root.glob("tasks/*.py"),
+    ]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == "telethon" or n.startswith("telethon.") for n in names):
+                importers.add(path.relative_to(root).as_posix())
+    assert importers == allowed
