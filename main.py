@@ -89,7 +89,8 @@ def supervise(
         level=settings.log_level,
         secrets=settings.secrets(),
         json_lines=settings.log_json,
-        console=sys.stderr.isatty(),
+        # Under systemd the journal gets the supervisor's decisions (restarts).
+        console=sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ,
     )
     here = os.path.abspath(__file__)
     children = [
