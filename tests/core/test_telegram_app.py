@@ -300,3 +300,20 @@ def test_a_paste_in_a_group_needs_the_mention_only_in_its_first_piece(
     assert len(fake_llm.requests) == 1
     asked = fake_llm.requests[0]["messages"][-1]["content"]
     assert asked == "Ada: " + "c" * 3500 + "\n" + "d" * 3500 + "\nend of it"
+
+
+def test_a_client_factory_can_be_injected_and_gets_the_server_profile(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    fake = FakeTelegram()
+    seen: list[Any] = []
+
+    def factory(settings: Settings, profile: Any) -> FakeTelegram:
+        seen.append(profile.label)
+        return fake
+
+    settings = tg_settings(tmp_path, fake_llm, telegram_server="3@10.1.2.3:8443")
+    tg = Tg(live_server_factory(settings, telegram=factory), fake)
+    assert seen == ["3@10.1.2.3:8443"]
+    assert fake.dc_at_connect[0] == (3, "10.1.2.3", 8443)
+    assert tg.status()["server"]["server"] == "3@10.1.2.3:8443"
