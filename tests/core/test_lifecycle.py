@@ -79,9 +79,12 @@ def test_sd_notify_ready_and_watchdog_pings_stop_while_the_loop_is_blocked(
         wait_for(lambda: any(at > answered for at in notify.pings()), 5, "pings to resume")
 
         assert blocked.status_code == 200
-        # Pings every 0.1 s normally; none while the loop slept (margins for delivery).
+        # Pings every 0.1 s normally (~9 in this window); none while the loop slept.
+        # At most one sent just before the block may be read late by a busy test.
         during = [at for at in notify.pings() if started + 0.3 < at < answered - 0.3]
-        assert during == []
+        assert len(during) <= 1
+        after = [at for at in notify.pings() if at > answered]
+        assert after, "pings resume once the loop runs again"
 
 
 @pytest.mark.slow
