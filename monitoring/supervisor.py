@@ -164,7 +164,8 @@ class Supervisor:
             )
         except OSError as exc:
             log.error("cannot start %s (%s): %s", child.spec.name, child.spec.argv[0], exc)
-            self._on_exit(child, 127, time.monotonic())
+            child.started_mono = time.monotonic()
+            self._on_exit(child, 127, child.started_mono)
             return
         now = time.monotonic()
         self._procs[child.spec.name] = proc
