@@ -18,10 +18,22 @@ from pathlib import Path
 FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 3
+# Loggers whose names start with one of these prefixes also go to the file.
 SUBSYSTEM_FILES = {
     "telegram.log": ("core.telegram", "telethon"),
-    "tasks.log": ("tasks", "huey"),
+    "tasks.log": ("tasks", "huey", "core.backup", "core.maintenance", "core.restore"),
 }
+
+
+class PrefixFilter(logging.Filter):
+    """Pass records of loggers named by any of the prefixes (``core.telegram*``)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith(self.prefixes)
 
 
 class RedactSecrets(logging.Filter):
@@ -96,15 +108,10 @@ def setup_logging(
     for handler in handlers:
         handler.addFilter(redact)
         root.addHandler(handler)
-    for filename, names in SUBSYSTEM_FILES.items():
+    for filename, prefixes in SUBSYSTEM_FILES.items():
         handler = _file_handler(logs_dir / filename, formatter)
+        handler.addFilter(PrefixFilter(prefixes))
         handler.addFilter(redact)
-        for name in names:
-            sub = logging.getLogger(name)
-            for old in [h for h in sub.handlers if getattr(h, "_vigil", False)]:
-                sub.removeHandler(old)
-                old.close()
-            handler._vigil = True  # type: ignore[attr-defined]
-            sub.addHandler(handler)
+        root.addHandler(handler)
     for noisy in ("httpx", "httpcore", "aiosqlite", "telethon.network"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -24,21 +24,20 @@ def restore_root() -> Iterator[None]:
     for handler in saved:
         root.addHandler(handler)
     root.setLevel(level)
-    for name in ("core.telegram", "telethon", "tasks", "huey"):
-        for handler in list(logging.getLogger(name).handlers):
-            logging.getLogger(name).removeHandler(handler)
-            handler.close()
 
 
 def test_files_format_and_rotation(tmp_path: Path, restore_root: None) -> None:
     setup_logging(tmp_path, console=False)
     logging.getLogger("core.app").info("started %s", "ok")
     logging.getLogger("core.telegram").warning("flood wait %d s", 3)
+    logging.getLogger("core.telegram_bot").info("refused a stranger")
     logging.getLogger("tasks.queue").info("backup done")
     system = (tmp_path / "system.log").read_text()
     assert " - core.app - INFO - started ok" in system
     assert "flood wait 3 s" in system  # everything also reaches system.log
-    assert "flood wait 3 s" in (tmp_path / "telegram.log").read_text()
+    telegram = (tmp_path / "telegram.log").read_text()
+    assert "flood wait 3 s" in telegram and "refused a stranger" in telegram
+    assert "started ok" not in telegram
     assert "backup done" in (tmp_path / "tasks.log").read_text()
     rotating = [
         h

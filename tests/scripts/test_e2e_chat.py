@@ -17,9 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 def test_history_and_context_survive_a_restart(
-    install,
-    env: dict[str, str],
-    fake_llm: FakeLLM,  # noqa: F811
+    install,  # noqa: F811 (a fixture imported above)
+    env: dict[str, str],  # noqa: F811
+    fake_llm: FakeLLM,
 ) -> None:
     url = f"http://127.0.0.1:{env['VIGIL_PORT']}"
     auth = {"Authorization": f"Bearer {env['VIGIL_ADMIN_TOKEN']}"}
