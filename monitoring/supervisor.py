@@ -97,6 +97,7 @@ class Supervisor:
             else:
                 # Start-up is CPU-bound (imports): let the server get there first.
                 child.state, child.next_start_mono = "waiting", started + START_AFTER_MAX_S
+        self._write_state()
         while self._stop_signal is None:
             self.tick(time.monotonic())
             time.sleep(self.tick_s)
@@ -107,7 +108,13 @@ class Supervisor:
         """One pass: reap exits, start children whose backoff ended, run the watchdog."""
         check_live = now >= self._next_live_check
         if check_live:
-            self._next_live_check = now + self.policy.watchdog_poll_s
+            # Poll often until every watched child answered once: the worker
+            # waits for the server, and start-up figures count every 0.1 s.
+            is_settled = all(c.live_seen for c in self.children if c.spec.live_url and c.pid)
+            poll = (
+                self.policy.watchdog_poll_s if is_settled else min(0.1, self.policy.watchdog_poll_s)
+            )
+            self._next_live_check = now + poll
         for child in self.children:
             proc = self._procs.get(child.spec.name)
             if proc is not None:

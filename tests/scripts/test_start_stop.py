@@ -18,7 +18,7 @@ import pytest
 
 from core.database import connect_sync, migrate_sync
 from tests.fake_llm import FakeLLM
-from tests.processes import ROOT, vigil_env
+from tests.processes import ROOT, vigil_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -101,8 +101,14 @@ def test_start_refuses_a_second_time_and_stop_leaves_nothing_behind(
     assert httpx.get(f"{url}/health", timeout=5).status_code == 200
     state = httpx.get(f"{url}/restart/status", timeout=5).json()
     assert state["auto_restart"]["supervised"] is True
-    children = [c["pid"] for c in state["children"].values() if c["pid"]]
-    assert len(children) == len(state["children"]) >= 1
+
+    def all_running() -> list[int] | None:
+        status = httpx.get(f"{url}/restart/status", timeout=5).json()["children"]
+        pids = [c["pid"] for c in status.values() if c["state"] == "running"]
+        return pids if len(pids) == len(status) else None
+
+    children = wait_for(all_running, 20, "the server and the worker to run")
+    assert "worker" in httpx.get(f"{url}/restart/status", timeout=5).json()["children"]
 
     again = run(install, env, "start.sh")
     assert again.returncode != 0
