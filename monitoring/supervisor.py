@@ -15,8 +15,6 @@ It imports only ``core.config``; storage is injected (``record``, ``alert``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import os
 import signal
@@ -33,6 +31,7 @@ from monitoring.supervision import (
     ChildState,
     Policy,
     RestartEvent,
+    StateFile,
     describe_exit,
     die_with_parent,
     is_live,
@@ -63,7 +62,7 @@ class Supervisor:
     ) -> None:
         self.policy = policy
         self.children = [ChildState(spec) for spec in children]
-        self.state_file = state_file
+        self.state = StateFile(state_file)
         self.record = record or (lambda event: None)
         self.alert = alert or (lambda kind, message: None)
         self.tick_s = tick_s
@@ -72,11 +71,10 @@ class Supervisor:
         self._stop_signal: int | None = None
         self._signals = 0
         self._next_live_check = 0.0
-        self._lock_fd: int | None = None
 
     # --- main loop --------------------------------------------------------------
     def run(self) -> int:
-        if not self._lock():
+        if not self.state.lock():
             return 1
         self._install_signals()
         log.info(
@@ -126,32 +124,6 @@ class Supervisor:
                     self._watchdog(child, proc, now)
             elif self._is_due(child, now):
                 self._spawn(child)
-
-    def _lock(self) -> bool:
-        """One supervisor per data directory (start.sh and systemd must not both run)."""
-        if self.state_file is None:
-            return True
-        path = self.state_file.with_name(self.state_file.name + ".lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited by children
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            other = self.snapshot_on_disk().get("pid", "?")
-            log.error(
-                "another supervisor (pid %s) already runs for %s; not starting a second one",
-                other,
-                self.state_file.parent,
-            )
-            return False
-        self._lock_fd = fd
-        return True
-
-    def snapshot_on_disk(self) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.state_file.read_text())) if self.state_file else {}
-        except (OSError, ValueError):
-            return {}
 
     # --- children ---------------------------------------------------------------
     def _spawn(self, child: ChildState) -> None:
@@ -371,9 +343,5 @@ class Supervisor:
         }
 
     def _write_state(self, *, stopped: bool = False) -> None:
-        if self.state_file is None:
-            return
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         with logged("writing the supervisor state file"):
-            tmp.write_text(json.dumps(self.snapshot(stopped=stopped), indent=1))
-            os.replace(tmp, self.state_file)
+            self.state.write(self.snapshot(stopped=stopped))
