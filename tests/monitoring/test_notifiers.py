@@ -75,3 +75,28 @@ async def test_the_dispatcher_routes_by_severity(webhook: WebhookReceiver) -> No
     await asyncio.sleep(0)
     assert sorted(b["alert"]["severity"] for b in webhook.bodies) == ["critical", "medium"]
     assert len(telegram_texts) == 1 and "memory_critical" in telegram_texts[0]
+
+
+async def test_telegram_alerts_reach_the_admin_chat_through_the_channel() -> None:
+    from types import SimpleNamespace
+
+    from monitoring.starter import _TelegramAlerts
+
+    sent: list[tuple[str, str]] = []
+
+    class Channel:
+        async def send(self, chat_id: str, text: str) -> str:
+            sent.append((chat_id, text))
+            return "1"
+
+    runtime = SimpleNamespace(
+        telegram=None, extras={}, settings=SimpleNamespace(telegram_admin_id=42)
+    )
+    find = _TelegramAlerts(runtime)
+    assert find() is None  # Telegram not configured: no notifier
+    runtime.telegram = object()
+    runtime.extras["telegram_channel"] = Channel()
+    notifier = find()
+    assert notifier is not None and find() is notifier
+    assert await notifier.send("raised", alert("critical", "memory_critical"))
+    assert sent[0][0] == "tg:42" and "memory_critical" in sent[0][1]
