@@ -48,6 +48,16 @@ log = logging.getLogger(__name__)
 RestartHook = Callable[..., Any]
 
 
+def _call_hook(hook: RestartHook, reason: str, detail: str, *, immediate: bool) -> Any:
+    """``immediate=True`` only for the hard limit; a two-argument hook still works."""
+    if not immediate:
+        return hook(reason, detail)
+    try:
+        return hook(reason, detail, immediate=True)
+    except TypeError:
+        return hook(reason, detail)
+
+
 class IntegratedMonitoringSystem:
     """Unified monitoring and self-protection of one Vigil server process."""
 
@@ -179,7 +189,7 @@ class IntegratedMonitoringSystem:
         accepted: bool | None = None
         if hook is not None:
             try:
-                result = hook(reason, detail, immediate=True) if immediate else hook(reason, detail)
+                result = _call_hook(hook, reason, detail, immediate=immediate)
                 accepted = bool(result) if result is not None else True
             except Exception:  # the hook is someone else's code; never crash the loop
                 log.exception("restart hook failed for %s", reason)
