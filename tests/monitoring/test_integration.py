@@ -171,3 +171,28 @@ def test_sustained_load_throttles_new_turns_with_retry_after(
     status = server.client.get("/resources/status").json()
     assert status["emergency"]["cpu_throttling"] is True
     assert "cpu_throttle" in [a["alert_type"] for a in status["health"]["alerts"]]
+
+
+def test_idle_sessions_leave_memory_but_keep_their_history(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        llm_base_url=fake_llm.url,
+        governor_session_idle_s=0.5,
+        governor_cleanup_interval_s=0.2,
+        governor_optimize_interval_s=0.2,
+        governor_memory_limit_mb=100000.0,
+    )
+    server = live_server_factory(settings)
+    assert server.chat("idle", "remember me").status_code == 200
+    assert server.client.get("/sessions/report").json()["cached_sessions"] == 1
+    wait_for(lambda: server.client.get("/sessions/report").json()["cached_sessions"] == 0)
+    status = server.client.get("/resources/status").json()
+    assert status["governor"]["idle_sessions_evicted"] >= 1
+    assert status["governor"]["last_optimise"] is not None
+    history = server.client.get("/api/chats/idle/messages").json()["messages"]
+    assert [m["content"] for m in history] == ["echo: remember me", "remember me"]
+    # and the chat goes on from the database
+    assert server.chat("idle", "still there?").status_code == 200
+    assert "remember me" in str(fake_llm.requests[-1]["messages"])
