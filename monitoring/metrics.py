@@ -135,6 +135,12 @@ class VigilCollector(Collector):
         for status, count in sorted(system.tasks_by_status.items()):
             tasks.add_metric([status], count)
         yield tasks
+        queue = GaugeMetricFamily("vigil_task_queue", "Huey queue depth", labels=["state"])
+        for state in ("pending", "scheduled"):
+            value = system.task_queue.get(state)
+            if isinstance(value, int):
+                queue.add_metric([state], value)
+        yield queue
 
 
 def build_registry(runtime: Any) -> CollectorRegistry:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from monitoring.cleanup import RuntimeEffects
@@ -80,7 +81,17 @@ def build_monitoring(
         store=AlertStore(runtime.db),
         dispatcher=AlertDispatcher(webhook=webhook, telegram=_TelegramAlerts(runtime)),
         restart_hook=lambda: runtime.extras.get("request_restart"),
+        queue_depth=_queue_depth(settings),
     )
+
+
+def _queue_depth(settings: Any) -> Callable[[], dict[str, Any]] | None:
+    """The Huey queue's pending/scheduled counts, if the task queue is installed."""
+    try:
+        from tasks.queue import queue_depth
+    except ImportError:
+        return None
+    return lambda: queue_depth(settings)
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

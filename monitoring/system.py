@@ -73,6 +73,7 @@ class IntegratedMonitoringSystem:
         restart_hook: Callable[[], RestartHook | None] = lambda: None,
         source: Callable[[], ResourceSnapshot] | None = None,
         clock: Callable[[], float] = time.time,
+        queue_depth: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.monitor = monitor
@@ -83,6 +84,8 @@ class IntegratedMonitoringSystem:
         self.restart_hook = restart_hook
         self.source = source or monitor.take
         self.clock = clock
+        self.queue_depth = queue_depth
+        self.task_queue: dict[str, Any] = {}
         self.memo = GovernorMemo()
         self.active: dict[str, PerformanceAlert] = {}
         self.raised_total: Counter[str] = Counter()
@@ -224,6 +227,12 @@ class IntegratedMonitoringSystem:
         if self.store is not None:
             self.restarts_by_reason = await self.store.restarts_count()
             self.tasks_by_status = await self.store.task_counts()
+        if self.queue_depth is not None:
+            # Huey's storage is blocking I/O (SQLite file or Redis): keep it off the loop.
+            try:
+                self.task_queue = await asyncio.wait_for(asyncio.to_thread(self.queue_depth), 5.0)
+            except TimeoutError:
+                self.task_queue = {"error": "the task queue did not answer within 5 s"}
 
     async def health_check(self) -> None:
         s = self.latest()
