@@ -222,3 +222,15 @@ def test_the_governor_hook_restarts_immediately_without_waiting_for_turns(
     assert rows[0]["reason"] == "governor_memory" and rows[0]["exit_code"] == 75
     assert "rss 1012 MB" in rows[0]["detail"] and "1 turn(s) in flight cut" in rows[0]["detail"]
     assert in_flight == 1  # recorded while the reply was still streaming
+
+
+def test_restart_status_shows_the_next_scheduled_restart(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, restart_schedule="04:00")
+    server = live_server_factory(settings)
+    status = server.client.get("/restart/status").json()
+
+    assert status["auto_restart"]["schedule"] == "04:00"
+    assert status["scheduled_restart"]["schedule"] == "04:00"
+    assert "T04:00:00" in status["next_scheduled_restart"]
