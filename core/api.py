@@ -23,6 +23,7 @@ from core.channel import IncomingMessage, Turn, TurnResult
 from core.errors import EmptyText, InvalidChatId, TextTooLong, VigilError
 from core.http import check_admin
 
+MAX_SQL_INT = 2**63 - 1  # SQLite's INTEGER range; larger numbers are refused with a 422
 CHAT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 LOCAL_PREFIX = "local:"
 
@@ -185,7 +186,7 @@ async def get_messages(
     request: Request,
     chat_id: ChatIdPath,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: Annotated[int | None, Query(ge=1)] = None,
+    before: Annotated[int | None, Query(ge=1, le=MAX_SQL_INT)] = None,
     role: Annotated[str | None, Query(pattern="^(user|assistant|system)$")] = None,
 ) -> dict[str, Any]:
     memory = request.app.state.vigil.memory
@@ -213,7 +214,7 @@ async def reset_context(request: Request, chat_id: ChatIdPath) -> dict[str, Any]
 async def list_chats(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_SQL_INT)] = 0,
 ) -> dict[str, Any]:
     chats = await request.app.state.vigil.memory.chats(limit=limit, offset=offset)
     return {"chats": chats}
