@@ -45,6 +45,9 @@ def test_dashboard_draws_charts_and_shows_sessions_only_with_the_token(
         page.click("#save")
         page.wait_for_selector("#sessions tr")
         assert "local:dash" in page.inner_text("#sessions")
+        page.wait_for_function(
+            "document.getElementById('restart-note').textContent.includes('restarts recorded')"
+        )
         page.click("#cleanup")
         page.wait_for_function(
             "document.getElementById('note').textContent.includes('cleanup freed')"
