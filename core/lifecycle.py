@@ -90,7 +90,12 @@ class Lifecycle:
         if immediate:
             self._hurry.set()
         if self.is_draining:
-            log.info("restart request %s ignored: already %s (%s)", reason, self.state, self.reason)
+            if reason in STOP_REASONS and self.exit_code != 0:
+                # A stop during a restart drain: stop wins, nobody wants it back.
+                self.exit_code = 0
+                log.warning("stop requested during the %s restart: exiting 0", self.reason)
+            else:
+                log.info("restart request %s ignored: already %s", reason, self.state)
             return False
         self.state, self.reason, self.detail = "draining", reason, detail
         self.requested_at = time.time()
@@ -118,8 +123,8 @@ class Lifecycle:
         hurry = asyncio.ensure_future(self._hurry.wait())
         await asyncio.wait({idle, hurry}, return_when=asyncio.FIRST_COMPLETED)
         hurry.cancel()
-        is_idle = idle.result() if idle.done() else admission.in_flight == 0
         idle.cancel()
+        is_idle = admission.in_flight == 0
         waited = time.monotonic() - started
         if is_idle:
             log.info("drained in %.1f s; no turn in flight", waited)

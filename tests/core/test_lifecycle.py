@@ -234,3 +234,27 @@ def test_restart_status_shows_the_next_scheduled_restart(
     assert status["auto_restart"]["schedule"] == "04:00"
     assert status["scheduled_restart"]["schedule"] == "04:00"
     assert "T04:00:00" in status["next_scheduled_restart"]
+
+
+def test_a_stop_during_a_restart_drain_turns_it_into_a_stop(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    fake_llm.reply = "one two three four five"
+    fake_llm.token_delay_s = 0.2
+    stream = StreamedTurn(live_server.url, "mixed", "go").start()
+    assert stream.first_delta.wait(10)
+
+    async def restart_then_stop(runtime: Any) -> tuple[bool, bool]:
+        lifecycle = runtime.extras["lifecycle"]
+        return lifecycle.request_restart("forced"), lifecycle.request_restart("signal", "SIGTERM")
+
+    assert live_server.call(restart_then_stop) == (True, False)
+    stream.join()
+    rows = wait_for(
+        lambda: live_server.call(lambda rt: rt.db.fetchall("SELECT * FROM restarts")),
+        5,
+        "the restart record",
+    )
+    assert stream.done is not None  # the reply still finished
+    assert rows[0]["exit_code"] == 0
+    assert live_server.runtime.extras["lifecycle"].exit_code == 0
