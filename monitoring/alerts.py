@@ -36,8 +36,8 @@ class PerformanceAlert:
             "severity": self.severity,
             "message": self.message,
             "timestamp": self.timestamp,
-            "raised_at": _iso(self.timestamp),
-            "resolved_at": _iso(self.resolved_at) if self.resolved_at else None,
+            "raised_at": iso(self.timestamp),
+            "resolved_at": iso(self.resolved_at) if self.resolved_at else None,
             "recommended_action": self.recommended_action,
         }
         if with_snapshot:
@@ -45,7 +45,7 @@ class PerformanceAlert:
         return data
 
 
-def _iso(ts: float | None) -> str | None:
+def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from monitoring.alerts import iso
 from monitoring.governor import signal_states
 from monitoring.health import memory_percent, recommendations, snapshot_score
 from monitoring.snapshot import ResourceSnapshot, downsample
@@ -12,13 +13,31 @@ if TYPE_CHECKING:
     from monitoring.system import IntegratedMonitoringSystem
 
 
+def _external(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **row,
+        "key": f"stored:{row['id']}",
+        "raised_at": iso(row["raised_at"]),
+        "timestamp": row["raised_at"],
+    }
+
+
 def health_score(system: IntegratedMonitoringSystem, s: ResourceSnapshot) -> float:
     th = system.thresholds
     return snapshot_score(s, budget_mb=th.budget_mb, max_sessions=th.max_sessions)
 
 
-def status(system: IntegratedMonitoringSystem, recent: list[dict[str, Any]]) -> dict[str, Any]:
-    """Seed 003's shape (``health``, ``emergency``) plus limits, signals, history."""
+def status(
+    system: IntegratedMonitoringSystem,
+    recent: list[dict[str, Any]],
+    *,
+    external: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Seed 003's shape (``health``, ``emergency``) plus limits, signals, history.
+
+    ``external``: open alerts others stored (the supervisor's flap limit), shown
+    with the governor's own in ``health.alerts``.
+    """
     s = system.latest()
     th = system.thresholds
     score = health_score(system, s)
@@ -36,8 +55,14 @@ def status(system: IntegratedMonitoringSystem, recent: list[dict[str, Any]]) -> 
                 "memory_utilization_percent": round(memory_percent(s, th.budget_mb), 1),
             },
             "health_score": score,
-            "alerts": [a.to_dict(with_snapshot=False) for a in system.active.values()],
-            "recommendations": recommendations(
+            "alerts": [a.to_dict(with_snapshot=False) for a in system.active.values()]
+            + [_external(row) for row in external or []],
+            "recommendations": [
+                f"{row['alert_type']}: {row['recommended_action']}"
+                for row in external or []
+                if row.get("recommended_action")
+            ]
+            + recommendations(
                 signals,
                 score=score,
                 throttled=system.throttled,

@@ -38,20 +38,22 @@ def _system(request: Request) -> IntegratedMonitoringSystem:
     return system
 
 
-async def _recent(system: IntegratedMonitoringSystem) -> list[dict[str, Any]]:
+async def _stored(system: IntegratedMonitoringSystem) -> tuple[list[Any], list[Any]]:
+    """(recent alerts, open alerts of others) from the database."""
     if system.store is None:
-        return []
+        return [], []
     try:
-        return await system.store.recent(20)
+        return await system.store.recent(20), await system.store.open_external()
     except VigilError as exc:  # a storage problem must not hide the live status
-        log.warning("recent alerts unavailable: %s", exc.message)
-        return []
+        log.warning("stored alerts unavailable: %s", exc.message)
+        return [], []
 
 
 @router.get("/resources/status")
 async def resources_status(request: Request) -> dict[str, Any]:
     system = _system(request)
-    return report.status(system, await _recent(system))
+    recent, external = await _stored(system)
+    return report.status(system, recent, external=external)
 
 
 @router.get("/resources/history")

@@ -6,6 +6,7 @@ import json
 from typing import Any, Protocol
 
 from monitoring.alerts import PerformanceAlert
+from monitoring.rules import RULES
 
 
 class _Db(Protocol):
@@ -14,20 +15,41 @@ class _Db(Protocol):
     async def scalar(self, sql: str, params: Any = ()) -> Any: ...
 
 
+GOVERNOR_TYPES = tuple(sorted({rule.alert_type for rule in RULES} | {"alert_flapping"}))
+_MINE = f"alert_type IN ({', '.join('?' * len(GOVERNOR_TYPES))})"
+
+
 class AlertStore:
-    """Rows of the ``alerts`` table: raised_at on raise, resolved_at on resolve."""
+    """Rows of the ``alerts`` table: raised_at on raise, resolved_at on resolve.
+
+    The table is shared: the supervisor writes its own alerts (e.g.
+    ``restart_flap_limit``), which the governor shows but never resolves.
+    """
 
     def __init__(self, db: _Db) -> None:
         self.db = db
 
     async def close_stale(self, now: float) -> int:
-        """Alerts left open by a previous process: its conditions are unknown now."""
-        count = int(await self.db.scalar("SELECT count(*) FROM alerts WHERE resolved_at IS NULL"))
+        """Governor alerts left open by a previous process: their conditions are unknown now."""
+        where = f"resolved_at IS NULL AND {_MINE}"
+        count = int(
+            await self.db.scalar(f"SELECT count(*) FROM alerts WHERE {where}", GOVERNOR_TYPES)
+        )
         if count:
             await self.db.write(
-                "UPDATE alerts SET resolved_at = ? WHERE resolved_at IS NULL", (now,)
+                f"UPDATE alerts SET resolved_at = ? WHERE {where}", (now, *GOVERNOR_TYPES)
             )
         return count
+
+    async def open_external(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Open alerts raised by someone else (the supervisor), newest first."""
+        rows = await self.db.fetchall(
+            "SELECT id, alert_type, severity, message, recommended_action, raised_at,"
+            f" resolved_at FROM alerts WHERE resolved_at IS NULL AND NOT {_MINE}"
+            " ORDER BY id DESC LIMIT ?",
+            (*GOVERNOR_TYPES, limit),
+        )
+        return [dict(row) for row in rows]
 
     async def insert(self, alert: PerformanceAlert) -> int:
         return await self.db.write(

@@ -107,18 +107,31 @@ async def test_alerts_are_stored_with_raise_and_resolve_times(tmp_path: Path) ->
         await db.close()
 
 
-async def test_stale_open_alerts_are_closed_at_start(tmp_path: Path) -> None:
-    db = Database(tmp_path / "system.db")
-    await db.open()
+async def test_stale_governor_alerts_are_closed_at_start_the_supervisors_are_shown(
+    tmp_path: Path,
+) -> None:
+    from monitoring import report
+
+    feed = Feed()
+    system, db = await make_system(tmp_path, feed, None)
     try:
-        await db.write(
-            "INSERT INTO alerts (alert_type, severity, message, raised_at) VALUES (?, ?, ?, ?)",
-            ("memory_warning", "medium", "from the last run", 1.0),
-        )
-        store = AlertStore(db)
-        assert await store.close_stale(50.0) == 1
+        insert = "INSERT INTO alerts (alert_type, severity, message, recommended_action,"
+        insert += " raised_at) VALUES (?, ?, ?, ?, ?)"
+        await db.write(insert, ("memory_warning", "medium", "from the last run", "x", 1.0))
+        await db.write(insert, ("restart_flap_limit", "critical", "worker failed", "fix it", 2.0))
+        store = system.store
+        assert await store.close_stale(50.0) == 1  # only the governor's own
         assert await store.close_stale(60.0) == 0
-        assert (await store.recent())[0]["resolved_at"] == 50.0
+        recent = await store.recent()
+        assert {r["alert_type"]: r["resolved_at"] for r in recent} == {
+            "memory_warning": 50.0,
+            "restart_flap_limit": None,
+        }
+        external = await store.open_external()
+        assert [r["alert_type"] for r in external] == ["restart_flap_limit"]
+        body = report.status(system, recent, external=external)
+        assert [a["alert_type"] for a in body["health"]["alerts"]] == ["restart_flap_limit"]
+        assert body["health"]["recommendations"][0] == "restart_flap_limit: fix it"
     finally:
         await db.close()
 
