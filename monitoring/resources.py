@@ -218,6 +218,14 @@ def read_net_io(proc_root: Path = PROC_ROOT) -> tuple[int, int]:
     return sent, received
 
 
+def _started_at(pid: int) -> float:
+    """When Vigil's root process (supervisor or server) started, as a unix time."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return time.time()
+
+
 def _zero() -> int:
     return 0
 
@@ -256,6 +264,7 @@ class ResourceMonitor:
         own = os.getpid()
         self.proc_root = proc_root
         self.tree = ProcessTree(root_pid or own, server_pid=own, proc_root=proc_root)
+        self.root_started_at = _started_at(root_pid or own)
         self.history = History(history_len)
         self.sessions, self.cached, self.in_flight = sessions, cached, in_flight
         self.loop_lag_ms = loop_lag_ms

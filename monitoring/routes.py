@@ -43,7 +43,8 @@ async def _stored(system: IntegratedMonitoringSystem) -> tuple[list[Any], list[A
     if system.store is None:
         return [], []
     try:
-        return await system.store.recent(20), await system.store.open_external()
+        since = system.monitor.root_started_at
+        return await system.store.recent(20), await system.store.open_external(since=since)
     except VigilError as exc:  # a storage problem must not hide the live status
         log.warning("stored alerts unavailable: %s", exc.message)
         return [], []

@@ -41,13 +41,17 @@ class AlertStore:
             )
         return count
 
-    async def open_external(self, limit: int = 20) -> list[dict[str, Any]]:
-        """Open alerts raised by someone else (the supervisor), newest first."""
+    async def open_external(self, *, since: float = 0.0, limit: int = 20) -> list[dict[str, Any]]:
+        """Open alerts others (the supervisor) raised since ``since``, newest first.
+
+        Nobody resolves the supervisor's alerts, so older ones (from before the
+        current supervisor started) are history, not news.
+        """
         rows = await self.db.fetchall(
             "SELECT id, alert_type, severity, message, recommended_action, raised_at,"
             f" resolved_at FROM alerts WHERE resolved_at IS NULL AND NOT {_MINE}"
-            " ORDER BY id DESC LIMIT ?",
-            (*GOVERNOR_TYPES, limit),
+            " AND raised_at >= ? ORDER BY id DESC LIMIT ?",
+            (*GOVERNOR_TYPES, since, limit),
         )
         return [dict(row) for row in rows]
 
