@@ -156,6 +156,7 @@ class StreamedTurn:
         self.url, self.chat, self.text = url, chat, text
         self.events: list[tuple[str, str]] = []
         self.done: dict[str, Any] | None = None
+        self.error: Exception | None = None
         self.first_delta = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -167,6 +168,13 @@ class StreamedTurn:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._read()
+        except httpx.HTTPError as exc:  # the server was killed under the stream
+            self.error = exc
+        self.first_delta.set()
+
+    def _read(self) -> None:
         import json
 
         body = {"text": self.text, "stream": True}
@@ -182,7 +190,6 @@ class StreamedTurn:
                         self.first_delta.set()
                     if event == "done":
                         self.done = json.loads(line[6:])
-        self.first_delta.set()
 
 
 def test_children_do_not_outlive_a_killed_supervisor(tmp_path: Path, fake_llm: FakeLLM) -> None:

@@ -149,3 +149,26 @@ def test_start_refuses_a_corrupt_database_and_leaves_it_untouched(
     assert "restore" in result.stderr
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert not (install / "data" / "vigil.pid").exists()
+
+
+def test_stop_kills_what_does_not_drain_within_its_timeout(
+    install: Path, env: dict[str, str], fake_llm: FakeLLM
+) -> None:
+    from tests.monitoring.test_supervisor import StreamedTurn
+
+    fake_llm.reply = "slow " * 40
+    fake_llm.token_delay_s = 0.5
+    assert run(install, env, "start.sh").returncode == 0
+    supervisor = int((install / "data" / "vigil.pid").read_text())
+    url = f"http://127.0.0.1:{env['VIGIL_PORT']}"
+    stream = StreamedTurn(url, "stuck", "go").start()
+    assert stream.first_delta.wait(10)
+
+    stopped = run(install, {**env, "VIGIL_STOP_TIMEOUT": "1"}, "stop.sh")
+
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert "sending SIGKILL" in stopped.stdout
+    assert group_members(supervisor) == []
+    assert not (install / "data" / "vigil.pid").exists()
+    stream.join()
+    assert stream.done is None and stream.error is not None  # cut, as the operator chose
