@@ -1,0 +1,54 @@
+"""Property-based fuzzing of every endpoint from the OpenAPI spec: never a 5xx.
+
+Schemathesis generates valid and invalid requests for each operation of the
+running server (real uvicorn, real SQLite, fake model) with the admin token,
+and fails on any server error. ``POST /restart/force`` is left out: it drains
+the server on purpose. This is how the 64-bit overflow 500s were found. The
+"coverage" phase is skipped: on CPython 3.11 it trips a SystemError inside
+Hypothesis' lambda-source parser (a tooling fault, not a server error).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LiveServer
+
+SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
+
+
+@pytest.mark.timeout(300)
+def test_no_endpoint_answers_with_a_server_error(live_server: LiveServer, tmp_path: Path) -> None:
+    live_server.chat("fuzz", "some history to page through")
+    result = subprocess.run(
+        [
+            str(SCHEMATHESIS),
+            "run",
+            f"{live_server.url}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {live_server.token}",
+            "--checks",
+            "not_a_server_error",
+            "--exclude-path",
+            "/restart/force",
+            "--max-examples",
+            "25",
+            "--workers",
+            "2",
+            "--seed",
+            "20261121",
+            "--phases",
+            "examples,fuzzing,stateful",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        cwd=tmp_path,  # its caches stay out of the checkout
+    )
+    report = result.stdout[-4000:]
+    assert "Server error" not in result.stdout, report
+    assert result.returncode == 0, report
