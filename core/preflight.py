@@ -18,8 +18,9 @@ from pathlib import Path
 
 import typer
 
-from core.config import Settings
+from core.config import ConfigError, Settings
 from core.database import NewerSchema, connect_sync, migrate_sync
+from core.telegram_session import check_session_server, server_profile
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -55,19 +56,48 @@ def _corrupt(path: Path, problem: str) -> PreflightError:
 
 
 def telegram_state(settings: Settings) -> str:
-    """One line about Telegram for the start-up report (no network, no Telethon)."""
+    """One line about Telegram for the start-up report (offline: no network, no Telethon).
+
+    Refuses (PreflightError) what would make the Telegram client fail at once:
+    a bad server setting, or a session made for another Telegram server.
+    """
     if not settings.telegram_configured:
         return "telegram: not configured (local chat only; see docs/telegram.md to add it)"
     session = settings.session_path
-    if not session.exists():
+    try:
+        profile = server_profile(settings)
+        check_session_server(session, profile)
+    except ConfigError as exc:
+        raise PreflightError(f"telegram: {exc}") from None
+    kind = "bot" if settings.telegram_bot_token else "user account"
+    if not _has_auth_key(session):
+        if settings.telegram_bot_token:
+            return f"telegram: {kind} not logged in yet; the server logs the bot in at start"
         return (
-            "telegram: configured but not logged in (no data/telegram.session); "
-            "run scripts/telegram_login.sh"
+            f"telegram: configured ({kind}) but not logged in (no authorised "
+            f"{session.name}); run scripts/telegram_login.sh"
         )
     mode = session.stat().st_mode & 0o777
-    warning = f" (WARNING: mode {mode:o}, should be 600)" if mode & 0o077 else ""
-    kind = "bot" if settings.telegram_bot_token else "user account"
-    return f"telegram: configured ({kind}), session file present{warning}"
+    warning = f"; WARNING: {session.name} has mode {mode:o}, should be 600" if mode & 0o077 else ""
+    return (
+        f"telegram: logged in ({kind}, server {profile.label}); "
+        f"the connection is checked once the server runs{warning}"
+    )
+
+
+def _has_auth_key(session: Path) -> bool:
+    """Telethon keeps its auth key in the session's SQLite ``sessions`` table."""
+    if not session.exists() or session.stat().st_size == 0:
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{session}?mode=ro", uri=True, timeout=1.0)
+        try:
+            row = conn.execute("SELECT auth_key FROM sessions LIMIT 1").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return True  # not readable as expected: let the Telegram client judge it
+    return bool(row and row[0])
 
 
 def _check_header(path: Path) -> None:

@@ -127,3 +127,44 @@ def test_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None
         with pytest.raises(PreflightError, match=f"cannot listen on 127.0.0.1:{port}.*VIGIL_PORT"):
             run_preflight(_settings(tmp_path, port=port))
     assert not (tmp_path / "data" / "system.db").exists()
+
+
+def _session(settings: Settings, *, auth_key: bytes | None) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(settings.session_path)
+    conn.execute("CREATE TABLE sessions (dc_id INTEGER, auth_key BLOB)")
+    conn.execute("INSERT INTO sessions VALUES (2, ?)", (auth_key,))
+    conn.commit()
+    conn.close()
+    settings.session_path.chmod(0o600)
+
+
+def test_telegram_logged_in_is_reported_without_secrets(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, telegram_api_id=1, telegram_api_hash="abcdef123456")
+    _session(settings, auth_key=b"k" * 256)
+    line = run_preflight(settings).lines[0]
+    assert line.startswith("telegram: logged in (user account, server production)")
+    assert "abcdef123456" not in line and "WARNING" not in line
+
+
+def test_telegram_session_without_auth_key_is_not_logged_in(tmp_path: Path) -> None:
+    settings = _settings(tmp_path, telegram_api_id=1, telegram_api_hash="abcdef123456")
+    _session(settings, auth_key=None)
+    assert "telegram_login.sh" in run_preflight(settings).lines[0]
+    bot = _settings(
+        tmp_path, telegram_api_id=1, telegram_api_hash="abcdef123456", telegram_bot_token="1:x"
+    )
+    assert "logs the bot in at start" in run_preflight(bot).lines[0]
+
+
+def test_a_session_made_for_another_telegram_server_is_refused(tmp_path: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        telegram_api_id=1,
+        telegram_api_hash="abcdef123456",
+        telegram_server="2@149.154.167.40:443",
+    )
+    _session(settings, auth_key=b"k" * 256)  # no marker: made for production
+    with pytest.raises(PreflightError, match=r"telegram_logout\.sh"):
+        run_preflight(settings)
+    assert not settings.db_path.exists()  # refused before touching the database
