@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -163,3 +164,44 @@ def vigil(tmp_path: Path, env: dict[str, str], *args: str) -> Iterator[VigilProc
     finally:
         process.stop()
         process.kill_tree()
+
+
+class StreamedTurn:
+    """A streamed local-chat turn read in a thread; records its SSE events."""
+
+    def __init__(self, url: str, chat: str, text: str) -> None:
+        self.url, self.chat, self.text = url, chat, text
+        self.events: list[tuple[str, str]] = []
+        self.done: dict[str, Any] | None = None
+        self.error: Exception | None = None
+        self.first_delta = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> StreamedTurn:
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float = 30) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self._read()
+        except httpx.HTTPError as exc:  # the server was killed under the stream
+            self.error = exc
+        self.first_delta.set()
+
+    def _read(self) -> None:
+        body = {"text": self.text, "stream": True}
+        url = f"{self.url}/api/chats/{self.chat}/messages"
+        with httpx.stream("POST", url, json=body, headers=AUTH, timeout=30) as response:
+            event = ""
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    self.events.append((event, line[6:]))
+                    if event == "delta":
+                        self.first_delta.set()
+                    if event == "done":
+                        self.done = json.loads(line[6:])

@@ -16,8 +16,7 @@ import pytest
 from core.config import Settings
 from tests.conftest import LiveServer, make_settings
 from tests.fake_llm import FakeLLM
-from tests.monitoring.test_supervisor import StreamedTurn
-from tests.processes import AUTH, query, vigil, vigil_env, wait_for
+from tests.processes import AUTH, StreamedTurn, query, vigil, vigil_env, wait_for
 
 
 class NotifyListener:

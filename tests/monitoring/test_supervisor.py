@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from tests.fake_llm import FakeLLM
-from tests.processes import AUTH, VigilProcess, query, vigil, vigil_env, wait_for
+from tests.processes import (
+    AUTH,
+    StreamedTurn,
+    VigilProcess,
+    query,
+    vigil,
+    vigil_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -147,49 +155,6 @@ def test_force_restart_during_a_streamed_reply_finishes_it_then_restarts(
         assert state["pid"] == second and state["attempt"] == 0  # no backoff penalty
         saved = sup.client.get("/api/chats/slow/messages", headers=AUTH).json()["messages"]
         assert saved[0]["content"] == fake_llm.reply
-
-
-class StreamedTurn:
-    """A streamed local-chat turn read in a thread; records its SSE events."""
-
-    def __init__(self, url: str, chat: str, text: str) -> None:
-        self.url, self.chat, self.text = url, chat, text
-        self.events: list[tuple[str, str]] = []
-        self.done: dict[str, Any] | None = None
-        self.error: Exception | None = None
-        self.first_delta = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> StreamedTurn:
-        self._thread.start()
-        return self
-
-    def join(self, timeout: float = 30) -> None:
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        try:
-            self._read()
-        except httpx.HTTPError as exc:  # the server was killed under the stream
-            self.error = exc
-        self.first_delta.set()
-
-    def _read(self) -> None:
-        import json
-
-        body = {"text": self.text, "stream": True}
-        url = f"{self.url}/api/chats/{self.chat}/messages"
-        with httpx.stream("POST", url, json=body, headers=AUTH, timeout=30) as response:
-            event = ""
-            for line in response.iter_lines():
-                if line.startswith("event: "):
-                    event = line[7:]
-                elif line.startswith("data: "):
-                    self.events.append((event, line[6:]))
-                    if event == "delta":
-                        self.first_delta.set()
-                    if event == "done":
-                        self.done = json.loads(line[6:])
 
 
 def test_children_do_not_outlive_a_killed_supervisor(tmp_path: Path, fake_llm: FakeLLM) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from core.database import connect_sync, migrate_sync
 from tests.fake_llm import FakeLLM
-from tests.processes import ROOT, vigil_env, wait_for
+from tests.processes import ROOT, StreamedTurn, vigil_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -154,7 +154,6 @@ def test_start_refuses_a_corrupt_database_and_leaves_it_untouched(
 def test_stop_kills_what_does_not_drain_within_its_timeout(
     install: Path, env: dict[str, str], fake_llm: FakeLLM
 ) -> None:
-    from tests.monitoring.test_supervisor import StreamedTurn
 
     fake_llm.reply = "slow " * 40
     fake_llm.token_delay_s = 0.5
