@@ -79,7 +79,7 @@ def supervise(
 
     from core.logs import setup_logging
     from core.restarts import STATE_FILE, RestartLog
-    from monitoring.supervision import ChildSpec, Policy
+    from monitoring.supervision import ChildSpec, Policy, webhook_alerter
     from monitoring.supervisor import Supervisor
 
     settings = settings_or_exit()
@@ -119,12 +119,19 @@ def supervise(
     except Exception as exc:
         typer.echo(f"vigil: cannot prepare {settings.db_path}: {exc}", err=True)
         raise typer.Exit(1) from None
+    webhook = webhook_alerter(settings.alert_webhook_url) if settings.alert_webhook_url else None
+
+    def alert(kind: str, message: str) -> None:
+        if webhook is not None:
+            webhook(kind, message)
+        store.alert(kind, message)
+
     supervisor = Supervisor(
         children,
         Policy.from_settings(settings),
         state_file=settings.data_dir / STATE_FILE,
         record=store.record,
-        alert=store.alert,
+        alert=alert,
     )
     raise typer.Exit(supervisor.run())
 

@@ -14,7 +14,10 @@ import json
 import logging
 import os
 import signal
+import threading
+import time
 import urllib.parse
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -251,3 +254,44 @@ class StateFile:
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         os.replace(tmp, self.path)  # readers never see half a file
+
+
+def webhook_alerter(url: str, *, timeout_s: float = 5.0) -> Callable[[str, str], None]:
+    """Send the supervisor's critical alerts to ``VIGIL_ALERT_WEBHOOK_URL``.
+
+    The same body shape as the governor's webhook (``source``, ``event``,
+    ``alert``); posted from a short-lived thread so the supervisor loop never
+    waits on the network.
+    """
+
+    def send(alert_type: str, message: str) -> None:
+        now = time.time()
+        body = {
+            "source": "vigil-supervisor",
+            "event": "raised",
+            "alert": {
+                "alert_type": alert_type,
+                "severity": "critical",
+                "message": message,
+                "timestamp": now,
+                "raised_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "recommended_action": "read logs/system.log, fix the cause, then restart Vigil",
+            },
+        }
+        threading.Thread(target=_post, args=(url, body, timeout_s), daemon=True).start()
+
+    return send
+
+
+def _post(url: str, body: dict[str, Any], timeout_s: float) -> None:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            log.info("alert sent to the webhook (HTTP %d)", response.status)
+    except (OSError, ValueError) as exc:
+        log.warning("alert webhook failed: %s", exc)

@@ -69,7 +69,8 @@ def test_a_child_crashing_at_start_backs_off_then_hits_the_flap_limit(
     tmp_path: Path, fake_llm: FakeLLM
 ) -> None:
     crasher = f"crasher={sys.executable} -c 'raise SystemExit(3)'"
-    env = vigil_env(tmp_path, fake_llm.url)
+    # The fake model's server records every POST body: it stands in for the webhook.
+    env = vigil_env(tmp_path, fake_llm.url, alert_webhook_url=fake_llm.url + "/hook")
     with vigil(tmp_path, env, "supervise", "--no-worker", "--child", crasher) as sup:
         sup.wait_live()
 
@@ -93,6 +94,12 @@ def test_a_child_crashing_at_start_backs_off_then_hits_the_flap_limit(
         assert "flap_limit" in reasons
         alerts = query(sup.db, "SELECT * FROM alerts WHERE alert_type = 'restart_flap_limit'")
         assert len(alerts) == 1 and alerts[0]["severity"] == "critical"
+        hooks = wait_for(lambda: [b for b in fake_llm.requests if "alert" in b], 5, "the webhook")
+        assert hooks[0]["alert"]["alert_type"] == "restart_flap_limit"
+        assert (
+            hooks[0]["alert"]["severity"] == "critical"
+            and "crasher" in hooks[0]["alert"]["message"]
+        )
         # the rest keeps running
         assert status["children"]["server"]["state"] == "running"
         assert sup.client.get("/health/live").status_code == 200
