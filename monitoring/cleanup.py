@@ -140,6 +140,24 @@ class RuntimeEffects:
         return limit
 
     # --- reports -------------------------------------------------------------------
+    def turn_stats(self) -> dict[str, Any]:
+        """Turn counts and recent latency (seed 003: "performance history")."""
+        stats = self.runtime.chat.stats
+        ordered = sorted(stats.latencies)
+
+        def quantile(q: float) -> float | None:
+            if not ordered:
+                return None
+            return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+        return {
+            "answered": stats.turns,
+            "failed": stats.failed,
+            "rejected": stats.rejected + self.runtime.admission.rejected,
+            "latency_p50_s": quantile(0.5),
+            "latency_p95_s": quantile(0.95),
+        }
+
     def sessions(self, now: float) -> list[dict[str, Any]]:
         rows = []
         for window in self.runtime.memory.cached_chats():

@@ -149,6 +149,7 @@ def sessions(system: IntegratedMonitoringSystem, *, detailed: bool, limit: int) 
         "memory_estimate_bytes": sum(r["memory_estimate_bytes"] for r in rows),
         "idle_evict_after_s": system.settings.governor_session_idle_s,
         "max_sessions": system.thresholds.max_sessions,
+        "turns": system.effects.turn_stats(),
     }
     if detailed:
         body["sessions"] = rows[:limit]

@@ -139,6 +139,7 @@ def test_cleanup_endpoint_and_sessions_report_need_the_token(live_server: LiveSe
 
     summary = anonymous.get("/sessions/report").json()
     assert summary["cached_sessions"] == 1 and "sessions" not in summary
+    assert summary["turns"]["answered"] == 1 and summary["turns"]["latency_p50_s"] > 0
     assert (
         anonymous.get("/sessions/report", headers={"Authorization": "Bearer nope"}).status_code
         == 403
