@@ -75,11 +75,9 @@ def supervise(
     ),
 ) -> None:
     """Run the server and the worker as children and keep them running (start.sh uses this)."""
-    import shlex
-
     from core.logs import setup_logging
     from core.restarts import STATE_FILE, RestartLog
-    from monitoring.supervision import ChildSpec, Policy, webhook_alerter
+    from monitoring.supervision import Policy, supervised_children, webhook_alerter
     from monitoring.supervisor import Supervisor
 
     settings = settings_or_exit()
@@ -92,46 +90,35 @@ def supervise(
         # Under systemd the journal gets the supervisor's decisions (restarts).
         console=sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ,
     )
-    here = os.path.abspath(__file__)
-    children = [
-        ChildSpec(
-            "server",
-            [sys.executable, here, "serve"],
-            live_url=settings.base_url + "/health/live",
-            records_own_exits=True,
+    has_worker = "worker" in typer.main.get_command(cli).commands  # type: ignore[attr-defined]
+    if worker and not has_worker:
+        logging.getLogger("vigil.supervise").warning("no worker command: running without it")
+    try:
+        children = supervised_children(
+            sys.executable,
+            os.path.abspath(__file__),
+            settings.base_url + "/health/live",
+            worker=worker and has_worker,
+            extra=child,
         )
-    ]
-    if worker and "worker" in typer.main.get_command(cli).commands:  # type: ignore[attr-defined]
-        children.append(ChildSpec("worker", [sys.executable, here, "worker"], start_after="server"))
-    elif worker:
-        logging.getLogger("vigil.supervise").warning(
-            "no 'python main.py worker' command in this version; running without the Huey worker"
-        )
-    for item in child:
-        name, _, command = item.partition("=")
-        if not name or not command:
-            typer.echo(f"vigil: --child must be NAME=COMMAND, got {item!r}", err=True)
-            raise typer.Exit(2)
-        children.append(ChildSpec(name, shlex.split(command)))
+    except ValueError as exc:
+        typer.echo(f"vigil: {exc}", err=True)
+        raise typer.Exit(2) from None
     store = RestartLog(settings.db_path)
     try:
         store.prepare()  # schema ready before any child may crash and be recorded
     except Exception as exc:
         typer.echo(f"vigil: cannot prepare {settings.db_path}: {exc}", err=True)
         raise typer.Exit(1) from None
-    webhook = webhook_alerter(settings.alert_webhook_url) if settings.alert_webhook_url else None
-
-    def alert(kind: str, message: str) -> None:
-        if webhook is not None:
-            webhook(kind, message)
-        store.alert(kind, message)
-
+    alerts = [store.alert]
+    if settings.alert_webhook_url:
+        alerts.insert(0, webhook_alerter(settings.alert_webhook_url))
     supervisor = Supervisor(
         children,
         Policy.from_settings(settings),
         state_file=settings.data_dir / STATE_FILE,
         record=store.record,
-        alert=alert,
+        alerts=alerts,
     )
     raise typer.Exit(supervisor.run())
 

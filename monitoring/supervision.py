@@ -13,6 +13,7 @@ import http.client
 import json
 import logging
 import os
+import shlex
 import signal
 import threading
 import time
@@ -295,3 +296,22 @@ def _post(url: str, body: dict[str, Any], timeout_s: float) -> None:
             log.info("alert sent to the webhook (HTTP %d)", response.status)
     except (OSError, ValueError) as exc:
         log.warning("alert webhook failed: %s", exc)
+
+
+def supervised_children(
+    python: str, main_py: str, live_url: str, *, worker: bool, extra: list[str]
+) -> list[ChildSpec]:
+    """The server, the worker (started once the server answers), extra ``NAME=COMMAND``s."""
+    children = [
+        ChildSpec("server", [python, main_py, "serve"], live_url=live_url, records_own_exits=True)
+    ]
+    if worker:
+        children.append(ChildSpec("worker", [python, main_py, "worker"], start_after="server"))
+    for item in extra:
+        name, _, command = item.partition("=")
+        if not name.strip() or not command.strip():
+            raise ValueError(f"--child must be NAME=COMMAND, got {item!r}")
+        if any(c.name == name for c in children):
+            raise ValueError(f"--child {name}: a child of that name already exists")
+        children.append(ChildSpec(name, shlex.split(command)))
+    return children

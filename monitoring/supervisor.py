@@ -9,7 +9,7 @@ server whose ``/health/live`` stopped answering. Every decision is logged and
 every restart is handed to ``record`` (the ``restarts`` table). Exit code 75
 from a child means "restart requested": no backoff penalty.
 
-It imports only ``core.config``; storage is injected (``record``, ``alert``).
+It imports only ``core.config``; storage is injected (``record``, ``alerts``).
 """
 
 from __future__ import annotations
@@ -57,14 +57,14 @@ class Supervisor:
         *,
         state_file: Path | None = None,
         record: Recorder | None = None,
-        alert: Alerter | None = None,
+        alerts: list[Alerter] | None = None,
         tick_s: float = 0.1,
     ) -> None:
         self.policy = policy
         self.children = [ChildState(spec) for spec in children]
         self.state = StateFile(state_file)
         self.record = record or (lambda event: None)
-        self.alert = alert or (lambda kind, message: None)
+        self.alerts = list(alerts or [])
         self.tick_s = tick_s
         self.started_at = time.time()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -223,8 +223,9 @@ class Supervisor:
         if child.last_exit is not None:
             child.last_exit["reason"] = "flap_limit"
         self._record(child, "flap_limit", code, uptime, backoff=None, detail=message)
-        with logged("raising the flap-limit alert"):
-            self.alert("restart_flap_limit", message)
+        for alert in self.alerts:  # each on its own: a full disk must not stop the webhook
+            with logged("raising the flap-limit alert"):
+                alert("restart_flap_limit", message)
         self._write_state()
 
     def _watchdog(self, child: ChildState, proc: subprocess.Popen[bytes], now: float) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from core.config import Settings
 from monitoring.restart import AutoRestartManager, decide, next_run
-from monitoring.supervision import Policy
+from monitoring.supervision import Policy, supervised_children
 
 UTC = dt.UTC
 
@@ -127,3 +127,17 @@ def test_no_schedule_means_no_next_restart() -> None:
         None, max_postpone_s=60, in_flight=lambda: 0, request_restart=lambda r, d: True
     )
     assert manager.next_at is None and manager.status()["next_at_iso"] is None
+
+
+def test_supervised_children_server_first_then_worker_and_extras() -> None:
+    children = supervised_children(
+        "py", "main.py", "http://x/health/live", worker=True, extra=["tick=sleep 1"]
+    )
+    assert [c.name for c in children] == ["server", "worker", "tick"]
+    assert children[0].live_url == "http://x/health/live" and children[0].records_own_exits
+    assert children[1].start_after == "server" and children[1].argv == ["py", "main.py", "worker"]
+    assert children[2].argv == ["sleep", "1"]
+    with pytest.raises(ValueError, match="NAME=COMMAND"):
+        supervised_children("py", "main.py", "u", worker=False, extra=["nocommand"])
+    with pytest.raises(ValueError, match="already exists"):
+        supervised_children("py", "main.py", "u", worker=False, extra=["server=true"])
