@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import bisect
+import json
+import os
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 
@@ -47,6 +50,14 @@ class ResourceSnapshot:
         data["loop_lag_ms"] = round(self.loop_lag_ms, 2)
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResourceSnapshot:
+        """The inverse of :meth:`to_dict` (for the history saved across restarts)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        values["network_io_bytes"] = tuple(values.get("network_io_bytes") or (0, 0))
+        return cls(**values)
+
 
 class History:
     """A bounded ring of snapshots, oldest first (default one hour of them)."""
@@ -78,6 +89,26 @@ class History:
 
     def items(self) -> list[ResourceSnapshot]:
         return list(self._items)
+
+    def save(self, path: Path) -> int:
+        """Write the ring as JSON (atomically), so a restart keeps the charts."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps([s.to_dict() for s in self._items]), encoding="utf-8")
+        os.replace(tmp, path)
+        return len(self._items)
+
+    def load(self, path: Path, *, newer_than: float) -> int:
+        """Prepend snapshots saved by the previous process (bad files are ignored)."""
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+            saved = [ResourceSnapshot.from_dict(item) for item in raw]
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 0
+        kept = [s for s in saved if s.timestamp >= newer_than]
+        current = list(self._items)
+        self._items.clear()
+        self._items.extend([*kept, *current])
+        return len(kept)
 
 
 def downsample(items: list[ResourceSnapshot], points: int) -> list[ResourceSnapshot]:

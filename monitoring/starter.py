@@ -26,6 +26,7 @@ from monitoring.system import IntegratedMonitoringSystem
 
 log = logging.getLogger(__name__)
 TELEGRAM_ALERT_INTERVAL_S = 60.0
+HISTORY_FILE = "resource_history.json"
 
 
 class _TelegramAlerts:
@@ -122,6 +123,25 @@ async def start_monitoring(app: Any, runtime: Any, stack: contextlib.AsyncExitSt
     )
     if not runtime.settings.governor_enabled:
         return
+    _keep_history(system, runtime.settings, stack)
     tasks = system.start(extra=[probe.run])
     stack.push_async_callback(system.dispatcher.drain)
     stack.push_async_callback(_cancel, tasks)
+
+
+def _keep_history(
+    system: IntegratedMonitoringSystem, settings: Any, stack: contextlib.AsyncExitStack
+) -> None:
+    """Charts survive graceful restarts: the ring is saved at stop, loaded at start."""
+    path = settings.data_dir / HISTORY_FILE
+    loaded = system.monitor.history.load(path, newer_than=time.time() - settings.governor_history_s)
+    if loaded:
+        log.info("resource history: %d snapshot(s) from the previous run", loaded)
+
+    def save() -> None:
+        try:
+            system.monitor.history.save(path)
+        except OSError as exc:  # a full disk must not break the shutdown
+            log.warning("could not save the resource history: %s", exc)
+
+    stack.callback(save)  # runs after the loops are cancelled (LIFO)

@@ -123,7 +123,9 @@ class IntegratedMonitoringSystem:
         snapshot = self.source()
         self.monitor.history.append(snapshot)
         self.samples += 1
-        self.memo, actions = decide(self.history, self.memo, self.thresholds, self.clock())
+        # Decisions see only this process's samples (the saved ones are for charts).
+        mine = self.monitor.history.since(self.started_at)
+        self.memo, actions = decide(mine, self.memo, self.thresholds, self.clock())
         for action in actions:
             try:
                 await self._apply(action)

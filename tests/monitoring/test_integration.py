@@ -198,3 +198,16 @@ def test_idle_sessions_leave_memory_but_keep_their_history(
     # and the chat goes on from the database
     assert server.chat("idle", "still there?").status_code == 200
     assert "remember me" in str(fake_llm.requests[-1]["messages"])
+
+
+def test_the_history_is_kept_across_a_restart(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, governor_sample_interval_s=0.05)
+    first = live_server_factory(settings)
+    wait_for(lambda: first.client.get("/resources/history").json()["count"] >= 5)
+    first.stop()
+    before = first.app.state.vigil.monitoring.history[-1].timestamp
+    second = live_server_factory(settings)
+    points = second.client.get("/resources/history", params={"points": 5000}).json()["points"]
+    assert any(p["t"] <= before for p in points)  # the first run's samples are back

@@ -114,3 +114,19 @@ def test_net_io_matches_psutil_totals() -> None:
     counters = psutil.net_io_counters()
     assert abs(counters.bytes_recv - received) < 10_000_000
     assert abs(counters.bytes_sent - sent) < 10_000_000
+
+
+def test_history_survives_a_restart_through_its_file(tmp_path: Path) -> None:
+    path = tmp_path / "resource_history.json"
+    old = History(10)
+    for t in range(5):
+        old.append(snap(float(t), 100.0 + t, network_io_bytes=(t, 2 * t)))
+    assert old.save(path) == 5
+    new = History(3)
+    new.append(snap(10.0, 50.0))
+    assert new.load(path, newer_than=2.0) == 3
+    assert [s.timestamp for s in new] == [3.0, 4.0, 10.0]  # bounded, oldest dropped
+    assert new.items()[1].network_io_bytes == (4, 8)
+    path.write_text("{not json")
+    assert History(4).load(path, newer_than=0) == 0
+    assert History(4).load(tmp_path / "missing.json", newer_than=0) == 0
