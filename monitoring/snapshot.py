@@ -93,7 +93,9 @@ class History:
     def save(self, path: Path) -> int:
         """Write the ring as JSON (atomically), so a restart keeps the charts."""
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps([s.to_dict() for s in self._items]), encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # data/ stays private
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump([s.to_dict() for s in self._items], handle)
         os.replace(tmp, path)
         return len(self._items)
 

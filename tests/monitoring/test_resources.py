@@ -122,6 +122,7 @@ def test_history_survives_a_restart_through_its_file(tmp_path: Path) -> None:
     for t in range(5):
         old.append(snap(float(t), 100.0 + t, network_io_bytes=(t, 2 * t)))
     assert old.save(path) == 5
+    assert path.stat().st_mode & 0o777 == 0o600
     new = History(3)
     new.append(snap(10.0, 50.0))
     assert new.load(path, newer_than=2.0) == 3
