@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from core.errors import NotFound, VigilError
 from core.http import check_admin
-from core.restarts import history, read_supervisor_state
+from core.restarts import counts_since, history, read_supervisor_state
 
 router = APIRouter(tags=["restart"])
 
@@ -84,6 +84,7 @@ async def restart_status(
         "next_scheduled_restart": scheduled["next_at_iso"] if scheduled else None,
         "scheduled_restart": scheduled,
         "children": children,
+        "counts_24h": await counts_since(runtime.db, time.time() - 86400),
         "history": entries,
         "total": total,
         "limit": limit,

@@ -110,6 +110,15 @@ async def history(db: Database, *, limit: int, offset: int) -> tuple[int, list[d
     return total, [dict(row) for row in rows]
 
 
+async def counts_since(db: Database, since: float) -> dict[str, int]:
+    """Restarts per reason since ``since`` (epoch seconds), for the weekly review."""
+    rows = await db.fetchall(
+        "SELECT reason, count(*) AS n FROM restarts WHERE at >= ? GROUP BY reason ORDER BY reason",
+        (since,),
+    )
+    return {row["reason"]: int(row["n"]) for row in rows}
+
+
 def read_supervisor_state(data_dir: Path, *, parent_pid: int | None = None) -> dict[str, Any]:
     """The supervisor's state file, with ``supervised`` telling whether it is ours."""
     path = data_dir / STATE_FILE

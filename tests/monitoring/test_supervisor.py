@@ -61,6 +61,7 @@ def test_kill_9_restarts_the_server_records_it_and_keeps_history(
         status = sup.client.get("/restart/status").json()
         assert status["auto_restart"]["supervised"] is True
         assert status["history"][0]["reason"] == "crash"
+        assert status["counts_24h"] == {"crash": 1}
         assert status["children"]["server"]["state"] == "running"
         assert status["children"]["server"]["pid"] == second
 
