@@ -211,3 +211,34 @@ def test_the_history_is_kept_across_a_restart(
     second = live_server_factory(settings)
     points = second.client.get("/resources/history", params={"points": 5000}).json()["points"]
     assert any(p["t"] <= before for p in points)  # the first run's samples are back
+
+
+def test_a_blocked_event_loop_raises_loop_lag_and_throttles(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        llm_base_url=fake_llm.url,
+        debug_hooks=True,  # enables POST /debug/block (blocks the loop on purpose)
+        governor_sample_interval_s=0.1,
+        governor_sustain_s=0.0,
+        governor_clear_hold_s=0.5,
+        governor_memory_limit_mb=100000.0,
+    )
+    server = live_server_factory(settings)
+    blocked = server.client.post("/debug/block", params={"seconds": 1.0})
+    assert blocked.status_code == 200
+    body = wait_for(
+        lambda: (
+            (s := server.client.get("/resources/status").json())["emergency"]["cpu_throttling"]
+            and s
+        )
+    )
+    types = {a["alert_type"] for a in body["health"]["alerts"]}
+    assert {"loop_lag", "cpu_throttle"} <= types
+    # the lag is gone: after the hold the throttle ends by itself
+    wait_for(
+        lambda: not server.client.get("/resources/status").json()["emergency"]["cpu_throttling"]
+    )
+    assert server.chat("after", "hello").status_code == 200
+    assert server.runtime.limiter.limit == settings.llm_concurrency
