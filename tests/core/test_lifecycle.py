@@ -62,12 +62,13 @@ def notify(tmp_path: Path) -> Iterator[NotifyListener]:
 
 
 @pytest.mark.slow
-def test_sd_notify_ready_and_watchdog_pings_stop_while_the_loop_is_blocked(
+def test_sd_notify_under_the_supervisor_ready_and_pings_stop_while_the_loop_is_blocked(
     tmp_path: Path, fake_llm: FakeLLM, notify: NotifyListener
 ) -> None:
-    env = vigil_env(tmp_path, fake_llm.url)
-    env.update({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000"})
-    with vigil(tmp_path, env, "serve") as server:
+    # Under the supervisor, as systemd runs it (WATCHDOG_PID names the main process).
+    env = vigil_env(tmp_path, fake_llm.url, supervisor_watchdog_timeout_s=30)
+    env.update({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "200000", "WATCHDOG_PID": "1"})
+    with vigil(tmp_path, env, "supervise", "--no-worker") as server:
         server.wait_live()
         wait_for(lambda: notify.has("READY=1"), 10, "READY=1")
         wait_for(lambda: len(notify.pings()) >= 3, 10, "watchdog pings")
