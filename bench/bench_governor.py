@@ -101,7 +101,9 @@ def part_snapshots(count: int, tmp: Path) -> list[tuple[str, tuple[float, float,
             ("ProcessTree.refresh() (every 10 s)", timings(tree.refresh, max(200, count // 10))),
             (
                 "decide() over 720 samples",
-                timings(lambda: decide(history, GovernorMemo(), th, now), max(200, count // 10)),
+                timings(
+                    lambda: decide(history, GovernorMemo(), th=th, now=now), max(200, count // 10)
+                ),
             ),
             (
                 "psutil oneshot() RSS+CPU of the same tree (alternative)",

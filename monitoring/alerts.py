@@ -55,7 +55,7 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.0f}"
 
 
-def describe(rule: Rule, reading: Reading, snapshot: ResourceSnapshot, th: Thresholds) -> str:
+def describe(rule: Rule, reading: Reading, *, snapshot: ResourceSnapshot, th: Thresholds) -> str:
     """One line for the operator: what crossed which limit."""
     v, lim = _fmt(reading.value), _fmt(reading.limit)
     texts = {
@@ -83,7 +83,7 @@ def describe(rule: Rule, reading: Reading, snapshot: ResourceSnapshot, th: Thres
     return texts.get(rule.signal, f"{rule.key}: {v} (limit {lim})")
 
 
-def flapping_alert(rule: Rule, snapshot: ResourceSnapshot, th: Thresholds) -> PerformanceAlert:
+def flapping_alert(rule: Rule, snapshot: ResourceSnapshot, *, th: Thresholds) -> PerformanceAlert:
     return PerformanceAlert(
         alert_type="alert_flapping",
         severity="low",

@@ -1,4 +1,4 @@
-"""The governor's decisions: ``decide(history, memo, thresholds, now)``. Pure.
+"""The governor's decisions: ``decide(history, memo, th=..., now=...)``. Pure.
 
 It returns a new memo and a list of actions; :mod:`monitoring.system` only
 carries the actions out. The escalation ladder (seed 003, SPEC):
@@ -99,13 +99,13 @@ class GovernorMemo:
         return {key for key, state in self.alerts.items() if state.is_firing}
 
 
-def _alert(rule_key: str, reading: Reading, s: ResourceSnapshot, th: Thresholds) -> RaiseAlert:
+def _alert(rule_key: str, reading: Reading, *, s: ResourceSnapshot, th: Thresholds) -> RaiseAlert:
     rule = RULES_BY_KEY[rule_key]
     return RaiseAlert(
         PerformanceAlert(
             alert_type=rule.alert_type,
             severity=rule.severity,
-            message=describe(rule, reading, s, th),
+            message=describe(rule, reading, snapshot=s, th=th),
             timestamp=s.timestamp,
             resource_snapshot=s,
             recommended_action=rule.recommended_action,
@@ -115,12 +115,12 @@ def _alert(rule_key: str, reading: Reading, s: ResourceSnapshot, th: Thresholds)
 
 
 def _rule_actions(
-    key: str, events: list[str], reading: Reading, s: ResourceSnapshot, th: Thresholds
+    key: str, events: list[str], *, reading: Reading, s: ResourceSnapshot, th: Thresholds
 ) -> list[Action]:
     actions: list[Action] = []
     for event in events:
         if event == RAISED:
-            raised = _alert(key, reading, s, th)
+            raised = _alert(key, reading, s=s, th=th)
             actions.append(raised)
             if key in RESTART_ON_RAISE:
                 reason, immediate = RESTART_ON_RAISE[key]
@@ -128,7 +128,7 @@ def _rule_actions(
         elif event == RESOLVED:
             actions.append(ResolveAlert(key))
         elif event == FLAPPING:
-            actions.append(RaiseAlert(flapping_alert(RULES_BY_KEY[key], s, th)))
+            actions.append(RaiseAlert(flapping_alert(RULES_BY_KEY[key], s, th=th)))
         elif event == FLAP_END:
             actions.append(ResolveAlert(f"{key}:flapping"))
     return actions
@@ -171,7 +171,7 @@ def plan_cleanup(
 
 
 def decide(
-    history: Sequence[ResourceSnapshot], memo: GovernorMemo, th: Thresholds, now: float
+    history: Sequence[ResourceSnapshot], memo: GovernorMemo, *, th: Thresholds, now: float
 ) -> tuple[GovernorMemo, list[Action]]:
     """Everything the governor should do after the newest snapshot."""
     if not history or not history[-1].primed:
@@ -183,10 +183,10 @@ def decide(
     for rule in RULES:
         reading = readings[rule.key]
         state, events = step(
-            alerts.get(rule.key, AlertState()), reading.level, now, th.timing(rule.key)
+            alerts.get(rule.key, AlertState()), reading.level, now=now, timing=th.timing(rule.key)
         )
         alerts[rule.key] = state
-        actions += _rule_actions(rule.key, events, reading, s, th)
+        actions += _rule_actions(rule.key, events, reading=reading, s=s, th=th)
     memo = replace(memo, alerts=alerts)
     firing = memo.firing()
 

@@ -1,5 +1,5 @@
 """The alert state machine: sustain to raise, hold below a clear margin to resolve,
-and flapping detection. Pure: ``step(state, level, now, ...) -> (state, events)``.
+and flapping detection. Pure: ``step(state, level, now=, timing=) -> (state, events)``.
 
 Like Prometheus' ``for:``, a condition must hold on every evaluation for the
 sustain time before the alert fires; any evaluation that does not satisfy it
@@ -95,7 +95,7 @@ def _advance(state: AlertState, level: Level, now: float, t: Timing) -> tuple[Al
 
 
 def step(
-    state: AlertState, level: Level, now: float, timing: Timing
+    state: AlertState, level: Level, *, now: float, timing: Timing
 ) -> tuple[AlertState, list[str]]:
     """Advance one rule by one evaluation; returns the new state and its events."""
     events: list[str] = []

@@ -125,7 +125,7 @@ class IntegratedMonitoringSystem:
         self.samples += 1
         # Decisions see only this process's samples (the saved ones are for charts).
         mine = self.monitor.history.since(self.started_at)
-        self.memo, actions = decide(mine, self.memo, self.thresholds, self.clock())
+        self.memo, actions = decide(mine, self.memo, th=self.thresholds, now=self.clock())
         for action in actions:
             try:
                 await self._apply(action)

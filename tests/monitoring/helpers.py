@@ -49,7 +49,7 @@ def run(
     out: list[tuple[float, Action]] = []
     for s in series:
         history.append(s)
-        memo, actions = decide(history, memo, th, s.timestamp)
+        memo, actions = decide(history, memo, th=th, now=s.timestamp)
         out += [(s.timestamp, a) for a in actions]
     return memo, out
 

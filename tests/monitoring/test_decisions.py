@@ -152,10 +152,10 @@ def test_loop_lag_throttles() -> None:
 def test_the_first_sample_never_drives_a_decision() -> None:
     th = thresholds(governor_sustain_s=0.0)
     first = snap(0.0, 5000.0, cpu_percent=100.0, primed=False)
-    memo, actions = decide([first], GovernorMemo(), th, 0.0)
+    memo, actions = decide([first], GovernorMemo(), th=th, now=0.0)
     assert actions == [] and memo == GovernorMemo()
     second = snap(5.0, 5000.0, cpu_percent=100.0)
-    _, actions = decide([first, second], memo, th, 5.0)
+    _, actions = decide([first, second], memo, th=th, now=5.0)
     assert any(isinstance(a, RaiseAlert) for a in actions)
 
 
