@@ -104,6 +104,14 @@ class VigilCollector(Collector):
         yield _gauge("vigil_loop_lag_seconds", "Event loop lag", s.loop_lag_ms / 1000)
         yield _gauge("vigil_disk_usage_percent", "Data disk usage", s.disk_usage_percent)
         yield _gauge("vigil_emergency_mode", "1 in emergency mode", system.emergency_mode)
+        cost = GaugeMetricFamily(
+            "vigil_governor_step_seconds", "Duration of the last governor step", labels=["step"]
+        )
+        cost.add_metric(["snapshot"], system.last_snapshot_s)
+        cost.add_metric(["decide"], system.last_decide_s)
+        yield cost
+        yield _counter("vigil_governor_samples", "Snapshots taken", system.samples)
+        yield _counter("vigil_governor_errors", "Governor job failures", system.errors)
         yield _counter(
             "vigil_emergency_cleanups", "Emergency cleanups run", system.emergency_cleanups
         )

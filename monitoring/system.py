@@ -98,6 +98,8 @@ class IntegratedMonitoringSystem:
         self.tasks_by_status: dict[str, int] = {}
         self.samples = 0
         self.errors = 0
+        self.last_snapshot_s = 0.0
+        self.last_decide_s = 0.0
         self.started_at = clock()
         self.running = False
 
@@ -120,12 +122,17 @@ class IntegratedMonitoringSystem:
 
     async def tick(self) -> list[Action]:
         """Take one snapshot, decide, act. Returns the actions (for tests and logs)."""
+        started = time.perf_counter()
         snapshot = self.source()
+        taken = time.perf_counter()
         self.monitor.history.append(snapshot)
         self.samples += 1
         # Decisions see only this process's samples (the saved ones are for charts).
         mine = self.monitor.history.since(self.started_at)
         self.memo, actions = decide(mine, self.memo, th=self.thresholds, now=self.clock())
+        # The governor's own cost, for /metrics (an operator can check the overhead).
+        self.last_snapshot_s = taken - started
+        self.last_decide_s = time.perf_counter() - taken
         for action in actions:
             try:
                 await self._apply(action)

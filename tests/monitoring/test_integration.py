@@ -116,6 +116,7 @@ def test_memory_alert_cleanup_and_restart_request_end_to_end(
     assert 'vigil_restart_requests_total{reason="governor_memory"}' in metrics
     assert "vigil_turns_total 1.0" in metrics
     assert 'vigil_task_queue{state="pending"} 0.0' in metrics
+    assert 'vigil_governor_step_seconds{step="snapshot"}' in metrics
     # the graceful path writes its restart record; /metrics counts the restarts table
     wait_for(
         lambda: (
