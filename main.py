@@ -44,7 +44,7 @@ def serve(
     """Run the chat server in the foreground."""
     from core.app import create_app
     from core.lifecycle import run_server
-    from core.logs import setup_logging
+    from core.logs import start_process_logging
 
     settings = settings_or_exit()
     from core.telegram_cli import check_server_settings
@@ -54,14 +54,8 @@ def serve(
         settings.host = host
     if port:
         settings.port = port
-    os.umask(0o077)
-    setup_logging(
-        settings.logs_dir,
-        level=settings.log_level,
-        secrets=settings.secrets(),
-        json_lines=settings.log_json,
-        console=sys.stderr.isatty(),
-    )
+    # The server owns (rotates) system.log and telegram.log.
+    start_process_logging(settings, rotates=frozenset({"system.log", "telegram.log"}))
     app = create_app(settings)
     # Exit 75 asks the supervisor for a restart; 0 is a requested stop.
     raise typer.Exit(run_server(app, settings))
@@ -75,21 +69,15 @@ def supervise(
     ),
 ) -> None:
     """Run the server and the worker as children and keep them running (start.sh uses this)."""
-    from core.logs import setup_logging
+    from core.logs import start_process_logging
     from core.restarts import STATE_FILE, RestartLog
     from monitoring.supervision import Policy, supervised_children, webhook_alerter
     from monitoring.supervisor import Supervisor
 
     settings = settings_or_exit()
-    os.umask(0o077)
-    setup_logging(
-        settings.logs_dir,
-        level=settings.log_level,
-        secrets=settings.secrets(),
-        json_lines=settings.log_json,
-        # Under systemd the journal gets the supervisor's decisions (restarts).
-        console=sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ,
-    )
+    # Under systemd the journal gets the supervisor's decisions (restarts).
+    console = sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
+    start_process_logging(settings, rotates=frozenset(), console=console)
     has_worker = "worker" in typer.main.get_command(cli).commands  # type: ignore[attr-defined]
     if worker and not has_worker:
         logging.getLogger("vigil.supervise").warning("no worker command: running without it")

@@ -2,6 +2,10 @@
 
 ``logs/system.log`` gets everything; ``logs/telegram.log`` and
 ``logs/tasks.log`` get their own subsystems too. Files rotate at 10 MB x 3.
+Several processes (supervisor, server, worker) write the same files, so each
+file is rotated by one owner process only; the others use a
+``WatchedFileHandler`` that reopens the file after the owner rotated it
+(rotating one file from two processes loses and shuffles lines).
 Seed 003's format, or JSON lines with ``VIGIL_LOG_JSON``. A filter replaces
 every configured secret with ``***`` before any handler sees the record.
 """
@@ -14,6 +18,10 @@ import logging.handlers
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 MAX_BYTES = 10 * 1024 * 1024
@@ -74,10 +82,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False)
 
 
-def _file_handler(path: Path, formatter: logging.Formatter) -> logging.Handler:
-    handler = logging.handlers.RotatingFileHandler(
-        path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
-    )
+ALL_FILES = frozenset({"system.log", *SUBSYSTEM_FILES})
+
+
+def _file_handler(path: Path, formatter: logging.Formatter, *, rotate: bool) -> logging.Handler:
+    handler: logging.Handler
+    if rotate:
+        handler = logging.handlers.RotatingFileHandler(
+            path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
+        )
+    else:
+        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
     handler.setFormatter(formatter)
     return handler
 
@@ -89,8 +104,13 @@ def setup_logging(
     secrets: list[str] | None = None,
     json_lines: bool = False,
     console: bool = True,
+    rotates: frozenset[str] = ALL_FILES,
 ) -> None:
-    """Configure the root logger; safe to call again (handlers are replaced)."""
+    """Configure the root logger; safe to call again (handlers are replaced).
+
+    ``rotates`` names the files this process rotates (it owns them); it only
+    appends to the others.
+    """
     logs_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(logs_dir, 0o700)
     formatter: logging.Formatter = JsonFormatter() if json_lines else logging.Formatter(FORMAT)
@@ -100,7 +120,7 @@ def setup_logging(
         root.removeHandler(handler)
         handler.close()
     root.setLevel(level)
-    handlers = [_file_handler(logs_dir / "system.log", formatter)]
+    handlers = [_file_handler(logs_dir / "system.log", formatter, rotate="system.log" in rotates)]
     if console:
         stream = logging.StreamHandler(sys.stderr)
         stream.setFormatter(formatter)
@@ -109,9 +129,24 @@ def setup_logging(
         handler.addFilter(redact)
         root.addHandler(handler)
     for filename, prefixes in SUBSYSTEM_FILES.items():
-        handler = _file_handler(logs_dir / filename, formatter)
+        handler = _file_handler(logs_dir / filename, formatter, rotate=filename in rotates)
         handler.addFilter(PrefixFilter(prefixes))
         handler.addFilter(redact)
         root.addHandler(handler)
     for noisy in ("httpx", "httpcore", "aiosqlite", "telethon.network"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def start_process_logging(
+    settings: Settings, *, rotates: frozenset[str], console: bool | None = None
+) -> None:
+    """What every Vigil process does first: private files (umask 077), then logs."""
+    os.umask(0o077)
+    setup_logging(
+        settings.logs_dir,
+        level=settings.log_level,
+        secrets=settings.secrets(),
+        json_lines=settings.log_json,
+        console=sys.stderr.isatty() if console is None else console,
+        rotates=rotates,
+    )

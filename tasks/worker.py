@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import sys
 
 import typer
 
@@ -70,18 +69,12 @@ def register(cli: typer.Typer) -> None:
         ),
     ) -> None:
         """Run the Huey consumer: background tasks and the periodic schedule."""
-        from core.logs import setup_logging
+        from core.logs import start_process_logging
 
         try:
             settings = load_settings()
-            os.umask(0o077)
-            setup_logging(
-                settings.logs_dir,
-                level=settings.log_level,
-                secrets=settings.secrets(),
-                json_lines=settings.log_json,
-                console=sys.stderr.isatty(),
-            )
+            # The worker owns (rotates) tasks.log.
+            start_process_logging(settings, rotates=frozenset({"tasks.log"}))
             run_worker(settings, workers=workers, max_delay=max_delay)
         except (ConfigError, NewerSchema, StorageError, sqlite3.Error, OSError) as exc:
             typer.echo(f"vigil: {exc}", err=True)

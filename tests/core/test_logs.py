@@ -71,3 +71,16 @@ def test_json_lines(tmp_path: Path, restore_root: None) -> None:
     assert record["message"] == "stored 2 messages"
     assert record["level"] == "INFO"
     assert record["logger"] == "core.memory"
+
+
+def test_non_owner_processes_follow_the_owners_rotation(tmp_path: Path, restore_root: None) -> None:
+    # The worker appends to system.log but never rotates it; the server does.
+    setup_logging(tmp_path, console=False, rotates=frozenset({"tasks.log"}))
+    kinds = {type(h) for h in logging.getLogger().handlers}
+    assert logging.handlers.WatchedFileHandler in kinds
+    log = logging.getLogger("tasks.worker")
+    log.info("before the rotation")
+    (tmp_path / "system.log").rename(tmp_path / "system.log.1")  # what the owner does
+    log.info("after the rotation")
+    assert "after the rotation" in (tmp_path / "system.log").read_text()
+    assert "after the rotation" not in (tmp_path / "system.log.1").read_text()
