@@ -243,3 +243,23 @@ def test_a_blocked_event_loop_raises_loop_lag_and_throttles(
     )
     assert server.chat("after", "hello").status_code == 200
     assert server.runtime.limiter.limit == settings.llm_concurrency
+
+
+def test_a_disabled_governor_still_reports_but_never_acts(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        llm_base_url=fake_llm.url,
+        governor_enabled=False,
+        governor_cleanup_mb=1.0,
+        governor_sample_interval_s=0.05,
+        governor_sustain_s=0.0,
+    )
+    server = live_server_factory(settings)
+    time.sleep(0.3)
+    body = server.client.get("/resources/status").json()
+    assert body["governor"]["running"] is False and body["governor"]["samples"] == 0
+    assert body["health"]["current_resources"]["memory_mb"] > 1
+    assert body["health"]["alerts"] == [] and body["emergency"]["emergency_cleanups"] == 0
+    assert "vigil_health_score" in server.client.get("/metrics").text
