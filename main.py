@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -78,15 +77,12 @@ def supervise(
     # Under systemd the journal gets the supervisor's decisions (restarts).
     console = sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
     start_process_logging(settings, rotates=frozenset(), console=console)
-    has_worker = "worker" in typer.main.get_command(cli).commands  # type: ignore[attr-defined]
-    if worker and not has_worker:
-        logging.getLogger("vigil.supervise").warning("no worker command: running without it")
     try:
         children = supervised_children(
             sys.executable,
             os.path.abspath(__file__),
             settings.base_url + "/health/live",
-            worker=worker and has_worker,
+            worker=worker,
             extra=child,
         )
     except ValueError as exc:
