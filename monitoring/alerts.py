@@ -55,6 +55,12 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.0f}"
 
 
+def _eta(mb_per_h: float, now_mb: float, limit_mb: float) -> str:
+    if math.isnan(mb_per_h) or mb_per_h <= 0 or now_mb >= limit_mb:
+        return ""
+    return f" in about {(limit_mb - now_mb) / mb_per_h:.1f} h at this rate"
+
+
 def describe(rule: Rule, reading: Reading, *, snapshot: ResourceSnapshot, th: Thresholds) -> str:
     """One line for the operator: what crossed which limit."""
     v, lim = _fmt(reading.value), _fmt(reading.limit)
@@ -63,7 +69,7 @@ def describe(rule: Rule, reading: Reading, *, snapshot: ResourceSnapshot, th: Th
         f"from {th.budget_source})",
         "trend": f"memory grows {v} MB/h over the last {th.leak_window_s / 60:.0f} min "
         f"(alert at {lim} MB/h); now {snapshot.memory_mb:.0f} MB, restart at "
-        f"{th.restart_mb:.0f} MB",
+        f"{th.restart_mb:.0f} MB{_eta(reading.value, snapshot.memory_mb, th.restart_mb)}",
         "health": f"health score {reading.value:.1f} is below {th.score_low:.0f}",
         "loop_lag": f"event loop lag {v} ms (limit {lim} ms)",
         "sessions": f"{snapshot.active_sessions} active sessions of {th.max_sessions} "

@@ -181,6 +181,8 @@ def test_steady_memory_growth_raises_a_leak_alert_and_flat_memory_does_not() -> 
     _, actions = run(series(lambda t: 100 + t * 150 / 3600, end=3600), th)
     leak = raised(actions, "memory_leak")
     assert len(leak) == 1 and 900 <= leak[0] <= 1000
+    message = next(a.alert.message for _, a in actions if isinstance(a, RaiseAlert))
+    assert "grows 150 MB/h" in message and "in about 5.1 h" in message
     _, actions = run(series(lambda t: 100 + (t % 60) / 10, end=3600), th)
     assert raised(actions, "memory_leak") == []
 
