@@ -131,8 +131,13 @@ def shell_env() -> None:
 def wait_healthy(
     timeout: float = typer.Option(30.0, help="Seconds to wait."),
     pid: int = typer.Option(0, help="Give up early if this process exits."),
+    verdict_s: float = typer.Option(8.0, help="Extra seconds to wait for the model probe."),
 ) -> None:
-    """Wait until /health answers; print its JSON; exit 1 on timeout."""
+    """Wait until /health answers; print its JSON; exit 1 on timeout.
+
+    Once it answers, waits up to ``verdict_s`` more for the first model probe,
+    so start.sh reports whether a model answered rather than "unknown".
+    """
     import json
     import time
 
@@ -141,6 +146,8 @@ def wait_healthy(
     settings = settings_or_exit()
     deadline = time.monotonic() + timeout
     url = settings.base_url + "/health"
+    report: dict | None = None
+    verdict_deadline = 0.0
     while time.monotonic() < deadline:
         if pid and not _alive(pid):
             typer.echo("vigil: the server process exited during start-up", err=True)
@@ -150,11 +157,17 @@ def wait_healthy(
             if response.status_code in (200, 503) and response.headers.get(
                 "content-type", ""
             ).startswith("application/json"):
-                print(json.dumps(response.json()))
-                return
+                report = response.json()
+                verdict_deadline = verdict_deadline or time.monotonic() + verdict_s
+                if report.get("llm") != "unknown" or time.monotonic() > verdict_deadline:
+                    print(json.dumps(report))
+                    return
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.1)
+    if report is not None:
+        print(json.dumps(report))
+        return
     typer.echo(f"vigil: {url} did not answer within {timeout:g} s", err=True)
     raise typer.Exit(1)
 

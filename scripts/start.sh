@@ -68,6 +68,8 @@ llm = h["checks"]["llm"]
 print(f"vigil: status {h['status']} (database {h['database']}, telegram {h['telegram']})")
 if h["llm"] == "ok":
     print(f"vigil: model {llm['model']} answered at {llm['url']}")
+elif h["llm"] == "unknown":
+    print(f"vigil: model at {llm['url']} not checked yet (slow to answer); see /health shortly")
 else:
     print(f"vigil: no model reachable at {llm['url']} ({llm['detail'] or h['llm']}); "
           "set VIGIL_LLM_BASE_URL / VIGIL_LLM_MODEL")

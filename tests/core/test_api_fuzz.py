@@ -5,7 +5,9 @@ running server (real uvicorn, real SQLite, fake model) with the admin token,
 and fails on any server error. ``POST /restart/force`` is left out: it drains
 the server on purpose. This is how the 64-bit overflow 500s were found. The
 "coverage" phase is skipped: on CPython 3.11 it trips a SystemError inside
-Hypothesis' lambda-source parser (a tooling fault, not a server error).
+Hypothesis' lambda-source parser (a tooling fault, not a server error); when
+that fault shows up in another phase the run is repeated once with another
+seed. Any server error fails at once.
 """
 
 from __future__ import annotations
@@ -24,7 +26,20 @@ SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 @pytest.mark.timeout(300)
 def test_no_endpoint_answers_with_a_server_error(live_server: LiveServer, tmp_path: Path) -> None:
     live_server.chat("fuzz", "some history to page through")
-    result = subprocess.run(
+    for seed in (20261121, 4242):
+        result = fuzz(live_server, tmp_path, seed)
+        assert "Server error" not in result.stdout, result.stdout[-4000:]
+        if result.returncode == 0 or TOOL_FAULT not in result.stdout:
+            break
+        # Hypothesis' own SystemError (not the server's): one more try, another seed.
+    assert result.returncode == 0, result.stdout[-4000:]
+
+
+TOOL_FAULT = "SystemError: AST constructor recursion depth mismatch"
+
+
+def fuzz(live_server: LiveServer, tmp_path: Path, seed: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [
             str(SCHEMATHESIS),
             "run",
@@ -40,7 +55,7 @@ def test_no_endpoint_answers_with_a_server_error(live_server: LiveServer, tmp_pa
             "--workers",
             "2",
             "--seed",
-            "20261121",
+            str(seed),
             "--phases",
             "examples,fuzzing,stateful",
         ],
@@ -49,6 +64,3 @@ def test_no_endpoint_answers_with_a_server_error(live_server: LiveServer, tmp_pa
         timeout=280,
         cwd=tmp_path,  # its caches stay out of the checkout
     )
-    report = result.stdout[-4000:]
-    assert "Server error" not in result.stdout, report
-    assert result.returncode == 0, report
