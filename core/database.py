@@ -138,6 +138,7 @@ class Database:
     """
 
     INLINE_BUSY_MS = 20
+    CHECKPOINT_EVERY = 200  # writes between WAL checkpoints (on the db thread)
 
     def __init__(self, path: Path, *, readers: int = 2) -> None:
         self.path = path
@@ -149,6 +150,9 @@ class Database:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.writes = 0
         self.slow_writes = 0
+        self.checkpoints = 0
+        self._since_checkpoint = 0
+        self._checkpointing: asyncio.Future[None] | None = None
 
     async def open(self) -> None:
         prepare_file(self.path)
@@ -161,6 +165,9 @@ class Database:
         for pragma in PRAGMAS:
             writer.execute(pragma)
         writer.execute(f"PRAGMA busy_timeout={self.INLINE_BUSY_MS}")
+        # SQLite's automatic checkpoint would run inline in a commit and stall the
+        # event loop for its fsync; _wrote() schedules it on the db thread instead.
+        writer.execute("PRAGMA wal_autocheckpoint=0")
         self._writer = writer
         self._readers = [await self._connect() for _ in range(self._reader_count)]
         self._next_reader = itertools.cycle(range(len(self._readers)))
@@ -180,6 +187,9 @@ class Database:
         return conn
 
     async def close(self) -> None:
+        if self._checkpointing is not None:
+            with contextlib.suppress(Exception):
+                await self._checkpointing
         for conn in self._readers:
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -264,6 +274,31 @@ class Database:
 
     def _wrote(self) -> None:
         self.writes += 1
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= self.CHECKPOINT_EVERY and self._checkpointing is None:
+            self._checkpointing = asyncio.ensure_future(self._checkpoint_in_background())
+
+    async def _checkpoint_in_background(self) -> None:
+        """PASSIVE checkpoint on the db thread, holding the write lock.
+
+        Holding the lock lets the checkpoint reach the end of the WAL, so the
+        next write starts the WAL over (a checkpoint racing new writes never
+        catches up and the WAL grows without bound). Writes wait a few ms;
+        the event loop does not.
+        """
+        try:
+            async with self._write_lock:
+                writer = self._require_writer()
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(
+                    self._executor, writer.execute, "PRAGMA wal_checkpoint(PASSIVE)"
+                )
+                self._since_checkpoint = 0
+                self.checkpoints += 1
+        except Exception:  # a failed checkpoint is retried after the next writes
+            log.warning("background WAL checkpoint failed", exc_info=True)
+        finally:
+            self._checkpointing = None
 
     def read_now(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """A small indexed read inline on the loop (hot path: window rebuild)."""

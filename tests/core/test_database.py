@@ -138,3 +138,31 @@ async def test_closed_database_raises_storage_error(tmp_path: Path) -> None:
     db = Database(tmp_path / "system.db")
     with pytest.raises(StorageError, match="not open"):
         await db.write("SELECT 1")
+
+
+async def test_checkpoints_run_off_the_loop_and_keep_the_wal_bounded(tmp_path: Path) -> None:
+    db = Database(tmp_path / "system.db")
+    await db.open()
+    wal = tmp_path / "system.db-wal"
+
+    async def write(count: int) -> None:
+        for i in range(count):
+            await db.write(
+                "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+                " VALUES ('local:w', 'user', ?, 1, 1.0)",
+                (f"message number {i} " * 20,),
+            )
+            await asyncio.sleep(0)  # a server yields between writes (network I/O)
+
+    try:
+        assert db.read_now("PRAGMA wal_autocheckpoint")[0][0] == 0  # never inline in a commit
+        await write(1000)
+        after_1000 = wal.stat().st_size
+        await write(2000)
+        # Without checkpoints the WAL holds every write (3x); with them it is
+        # reused from the start and stays at its high-water mark.
+        assert wal.stat().st_size < 1.5 * after_1000
+        assert db.checkpoints >= 10
+        assert await db.scalar("SELECT count(*) FROM messages") == 3000
+    finally:
+        await db.close()
