@@ -105,14 +105,21 @@ def clip(text: str, width: int = 80) -> str:
 def show_table(
     title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, empty: str = "none"
 ) -> None:
+    """Print a table; every title and cell is plain text, never Rich markup.
+
+    Chat content is full of brackets (``[/INST]`` from Llama models, search
+    snippets marking the match as ``[word]``): parsed as markup it would vanish
+    or crash the command with a MarkupError.
+    """
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left", show_lines=False)
+    table = Table(title=Text(title), title_justify="left", show_lines=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(Text(column), overflow="fold")
     for row in rows:
-        table.add_row(*("-" if v is None else str(v) for v in row))
+        table.add_row(*(Text("-" if v is None else str(v)) for v in row))
     if not rows:
         table.add_row(empty, *([""] * (len(columns) - 1)))
     Console(soft_wrap=False).print(table)
