@@ -48,6 +48,7 @@ class EditScheduler:
         self._tokens = self.burst
         self._refilled_at: float | None = None
         self._chats: dict[str, _ChatPace] = {}
+        self._pruned_at = -math.inf
         self.active: dict[str, int] = {}
         self.calls = 0
         self.deferred = 0
@@ -115,15 +116,40 @@ class EditScheduler:
     def begin(self, chat_id: str) -> None:
         self.active[chat_id] = self.active.get(chat_id, 0) + 1
 
-    def end(self, chat_id: str) -> None:
+    def end(self, chat_id: str, now: float) -> None:
         left = self.active.get(chat_id, 0) - 1
         if left > 0:
             self.active[chat_id] = left
         else:
             self.active.pop(chat_id, None)
             pace = self._chats.get(chat_id)
-            if pace is not None and pace.penalty <= 1.0:
+            if pace is not None and self._settled(pace, now):
                 del self._chats[chat_id]
+        # A chat that was flooded once and then fell silent never ends another
+        # stream, so the others sweep it out; at most once per decay period.
+        if now - self._pruned_at >= self.penalty_decay_s:
+            self.prune(now)
+
+    def prune(self, now: float) -> int:
+        """Forget the chats with no stream whose penalty has decayed; returns how many."""
+        stale = [
+            chat_id
+            for chat_id, pace in self._chats.items()
+            if chat_id not in self.active and self._settled(pace, now)
+        ]
+        for chat_id in stale:
+            del self._chats[chat_id]
+        self._pruned_at = now
+        return len(stale)
+
+    def _settled(self, pace: _ChatPace, now: float) -> bool:
+        # Forgetting such a chat changes nothing: its pace is the default again.
+        return self._penalty(pace, now) <= 1.0 and pace.blocked_until <= now
+
+    @property
+    def tracked_chats(self) -> int:
+        """Chats with a flood penalty or block still remembered."""
+        return len(self._chats)
 
     def penalty(self, chat_id: str, now: float) -> float:
         pace = self._chats.get(chat_id)

@@ -236,7 +236,7 @@ class StreamingOptimizer:
             self._typing_task.cancel()
         if self._begun:
             self._begun = False
-            self.scheduler.end(self.chat_id)
+            self.scheduler.end(self.chat_id, self.clock())
 
     async def _apply_final(self, op: _Op) -> None:
         for _attempt in range(FINAL_ATTEMPTS):

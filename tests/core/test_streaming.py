@@ -315,3 +315,30 @@ def test_a_final_edit_that_fails_lands_as_a_new_message() -> None:
     ids = run_virtual(main())
     assert ids == ["1"]
     assert channel.messages["c"][-1] == "The beginning and the whole end."
+
+
+def test_flooded_chats_are_forgotten_once_their_penalty_has_decayed() -> None:
+    scheduler = EditScheduler(edits_per_s=20, penalty_decay_s=60.0)
+    for i in range(10_000):
+        scheduler.begin(f"c{i}")
+        scheduler.on_flood(f"c{i}", 5.0, now=0.0)
+        scheduler.end(f"c{i}", now=1.0)
+    assert scheduler.tracked_chats == 10_000  # still penalised: remembered
+    scheduler.begin("x")
+    scheduler.end("x", now=30.0)
+    assert scheduler.tracked_chats == 10_000  # not yet decayed
+    assert scheduler.penalty("c7", 30.0) == 2.0
+    scheduler.begin("x")
+    scheduler.end("x", now=86_400.0)  # a day later, one other reply streams
+    assert scheduler.tracked_chats == 0
+    assert scheduler.penalty("c7", 86_400.0) == 1.0
+
+
+def test_a_flooded_chat_is_forgotten_when_its_next_stream_ends_after_the_decay() -> None:
+    scheduler = EditScheduler(edits_per_s=20, penalty_decay_s=60.0)
+    scheduler.begin("c")
+    scheduler.on_flood("c", 5.0, now=0.0)
+    scheduler.end("c", now=1.0)
+    scheduler.begin("c")
+    scheduler.end("c", now=61.0)  # penalty decayed to 1, the block long over
+    assert scheduler.tracked_chats == 0
