@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.database import BUSY_TIMEOUT_S, connect_sync
+from core.database import BUSY_TIMEOUT_S
 from core.errors import BadRequest, NotFound, StorageError, StorageFull, VigilError
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,23 @@ class _HashingWriter:
         self.raw.flush()
 
 
+def readonly_uri(path: Path) -> str:
+    """A ``file:`` URI opening ``path`` read-only.
+
+    The path is percent-encoded: formatted in raw, a '#' or '?' in a directory
+    name would cut the path short (and SQLite would create that shorter file).
+    """
+    return Path(path).resolve().as_uri() + "?mode=ro"
+
+
+def open_readonly(path: Path, *, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
+    """A plain read-only connection (autocommit: callers BEGIN explicitly)."""
+    return sqlite3.connect(readonly_uri(path), uri=True, timeout=timeout, isolation_level=None)
+
+
 def _online_copy(source: Path, target: Path, progress: Progress) -> dict[str, int]:
     """Copy ``source`` to ``target`` with the backup API, as of one instant."""
-    src = connect_sync(source, readonly=True)
+    src = open_readonly(source)
     dst = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S)
     try:
         # The read transaction pins one WAL snapshot for every backup step, so
@@ -165,7 +179,7 @@ def _online_copy(source: Path, target: Path, progress: Progress) -> dict[str, in
 def integrity_problems(path: Path, *, quick: bool = False) -> list[str]:
     """``PRAGMA integrity_check`` of a plain database file; [] means healthy."""
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+        conn = open_readonly(path)
         try:
             pragma = "quick_check" if quick else "integrity_check"
             rows = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)")]

@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from core.backup import SnapshotDamaged, integrity_problems, list_snapshots, verify_snapshot
+from core.backup import (
+    SnapshotDamaged,
+    integrity_problems,
+    list_snapshots,
+    readonly_uri,
+    verify_snapshot,
+)
 from core.database import BUSY_TIMEOUT_S
 from core.schema import SCHEMA_VERSION
 
@@ -36,7 +42,7 @@ class Check:
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+    return sqlite3.connect(readonly_uri(path), uri=True, timeout=BUSY_TIMEOUT_S)
 
 
 def check_integrity(path: Path) -> Check:

@@ -29,6 +29,7 @@ from core.backup import (
     SnapshotDamaged,
     integrity_problems,
     no_progress,
+    open_readonly,
     verify_snapshot,
 )
 from core.errors import BadRequest, StorageError, StorageFull
@@ -128,7 +129,7 @@ def _check_copy(snapshot: Snapshot, temp: Path) -> int:
         raise SnapshotDamaged(
             f"snapshot {snapshot.name!r} failed its integrity check: {problems[0]}"
         )
-    conn = sqlite3.connect(f"file:{temp}?mode=ro", uri=True)
+    conn = open_readonly(temp)
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         messages = int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
