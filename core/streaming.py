@@ -43,6 +43,7 @@ _BOUNDARIES = (
 )
 TYPING_EVERY_S = 4.5  # Telegram's typing action lasts about 5 s
 FINAL_ATTEMPTS = 12  # rate-limit retries of one final operation before giving up
+BLANK = "…"  # what a message no longer needed by the final text is edited to
 
 
 def utf16_len(text: str) -> int:
@@ -217,7 +218,13 @@ class StreamingOptimizer:
         self._last_flush = self.clock()
 
     async def finish(self, text: str | None = None) -> list[str]:
-        """Make the full text visible, waiting out rate limits; returns all message ids."""
+        """Make the full text visible, waiting out rate limits.
+
+        Returns the ids of the messages holding the reply. A final text shorter
+        than what was streamed (an error after a long partial reply) leaves
+        earlier extra messages behind; they are emptied to ``…`` so no stale
+        half-answer stays under the final text.
+        """
         if text is not None:
             self.text = text
         if not self.text.strip():
@@ -225,10 +232,26 @@ class StreamingOptimizer:
         try:
             for op in self._plan():
                 await self._apply_final(op)
+            used = self._parts_count()
+            for index in range(used, len(self.shown)):
+                await self._blank(index)
         finally:
             self.release()
         self._last_flush = self.clock()
-        return list(self.message_ids)
+        return self.message_ids[:used]
+
+    def _parts_count(self) -> int:
+        split = split_text(self.text, self.channel.max_message_chars, self.measure)
+        return sum(1 for part in split if part.strip())
+
+    async def _blank(self, index: int) -> None:
+        """Empty a message the final text no longer needs (channels cannot delete)."""
+        if self.shown[index] == BLANK:
+            return
+        try:
+            await self._apply_final(_Op(index, BLANK, is_send=False), resend=False)
+        except ChannelError as exc:  # deleted by the chatter already: nothing is stale
+            log.warning("chat %s: could not empty an extra message: %s", self.chat_id, exc)
 
     def release(self) -> None:
         """No longer count this reply as streaming (idempotent)."""
@@ -238,7 +261,7 @@ class StreamingOptimizer:
             self._begun = False
             self.scheduler.end(self.chat_id, self.clock())
 
-    async def _apply_final(self, op: _Op) -> None:
+    async def _apply_final(self, op: _Op, *, resend: bool = True) -> None:
         for _attempt in range(FINAL_ATTEMPTS):
             while (wait := self.scheduler.wait_time(self.chat_id, self.clock())) > 0:
                 await self.sleep(max(wait, 0.01))  # a tiny wait would spin on float dust
@@ -254,7 +277,7 @@ class StreamingOptimizer:
                     exc.retry_after,
                 )
             except ChannelError as exc:
-                if op.is_send:
+                if op.is_send or not resend:
                     raise
                 # The message cannot be edited (deleted by the chatter?): the text
                 # still lands, as a new message in its place.

@@ -342,3 +342,23 @@ def test_a_flooded_chat_is_forgotten_when_its_next_stream_ends_after_the_decay()
     scheduler.begin("c")
     scheduler.end("c", now=61.0)  # penalty decayed to 1, the block long over
     assert scheduler.tracked_chats == 0
+
+
+def test_an_error_after_a_two_message_partial_reply_empties_the_extra_message() -> None:
+    channel = RecordingChannel(max_chars=100)
+
+    async def main() -> list[str]:
+        opt = StreamingOptimizer(channel, "c")
+        await opt.start()
+        for token in words(60):
+            await asyncio.sleep(2.0)  # slow enough for every update to be shown
+            await opt.push(token)
+        assert len(channel.messages["c"]) >= 2  # the partial reply filled two messages
+        return await opt.finish("⚠️ The model failed.")
+
+    ids = run_virtual(main())
+    first, *extra = channel.messages["c"]
+    assert first == "⚠️ The model failed."
+    assert extra and all(text == "…" for text in extra)
+    assert ids == ["0"]
+    assert channel.identical_edits == 0
