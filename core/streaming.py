@@ -135,6 +135,7 @@ class StreamingOptimizer:
         self.started_at = self.clock()
         self._last_flush = -math.inf
         self._begun = False
+        self._released = False
         self._typing_task: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
@@ -142,12 +143,16 @@ class StreamingOptimizer:
 
         Telegram shows *typing…* for about 5 s, so it is repeated every
         ``TYPING_EVERY_S`` until the first text is visible (a slow model).
+        A reply once released is never counted (or typed for) again.
         """
+        if self._released:
+            return
         if not self._begun:
             self._begun = True
             self.scheduler.begin(self.chat_id)
         await self._typing()
-        if self._typing_task is None:
+        # release() may have run while the typing action was on its way
+        if self._typing_task is None and not self._released:
             self._typing_task = asyncio.ensure_future(self._keep_typing())
 
     async def _typing(self) -> None:
@@ -159,7 +164,7 @@ class StreamingOptimizer:
     async def _keep_typing(self) -> None:
         for _ in range(40):  # bounded (3 min): a reply that never starts must not type forever
             await self.sleep(TYPING_EVERY_S)
-            if self.first_visible_at is not None or not self._begun:
+            if self.first_visible_at is not None or self._released:
                 return
             await self._typing()
 
@@ -254,7 +259,12 @@ class StreamingOptimizer:
             log.warning("chat %s: could not empty an extra message: %s", self.chat_id, exc)
 
     def release(self) -> None:
-        """No longer count this reply as streaming (idempotent)."""
+        """No longer count this reply as streaming and stop the typing action.
+
+        Idempotent, and safe at any point: before :meth:`start`, before any
+        token, after :meth:`finish`. Every exit path of a turn may call it.
+        """
+        self._released = True
         if self._typing_task is not None:
             self._typing_task.cancel()
         if self._begun:

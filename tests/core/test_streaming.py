@@ -362,3 +362,63 @@ def test_an_error_after_a_two_message_partial_reply_empties_the_extra_message() 
     assert extra and all(text == "…" for text in extra)
     assert ids == ["0"]
     assert channel.identical_edits == 0
+
+
+# --- release -------------------------------------------------------------------------
+def test_release_before_any_token_uncounts_the_stream_and_stops_typing() -> None:
+    channel = RecordingChannel()
+
+    async def main() -> EditScheduler:
+        scheduler = EditScheduler(edits_per_s=20)
+        other = StreamingOptimizer(channel, "c", scheduler=scheduler)
+        await other.start()  # another reply in the same chat stays counted throughout
+        never = StreamingOptimizer(channel, "c", scheduler=scheduler)
+        never.release()  # before start(): nothing to undo
+        assert scheduler.active_streams == 1
+        opt = StreamingOptimizer(channel, "c", scheduler=scheduler)
+        await opt.start()
+        assert scheduler.active_streams == 2
+        await asyncio.sleep(1.0)
+        opt.release()  # the turn failed before the model was called
+        opt.release()
+        assert scheduler.active_streams == 1
+        await other.finish("done")
+        other.release()  # after finish(): still harmless
+        await asyncio.sleep(20.0)
+        assert asyncio.all_tasks() == {asyncio.current_task()}  # no typing loop left
+        return scheduler
+
+    scheduler = run_virtual(main())
+    assert scheduler.active_streams == 0
+    assert [(round(t, 1), kind) for t, _, kind in channel.calls if kind == "typing"] == [
+        (0.0, "typing"),
+        (0.0, "typing"),
+    ]
+
+
+def test_release_while_start_waits_on_the_typing_action_leaves_nothing_running() -> None:
+    channel = RecordingChannel()
+    gate = asyncio.Event()
+
+    async def slow_typing(chat_id: str) -> None:
+        channel.calls.append((asyncio.get_running_loop().time(), chat_id, "typing"))
+        await gate.wait()
+
+    channel.typing = slow_typing  # type: ignore[method-assign]
+
+    async def main() -> EditScheduler:
+        scheduler = EditScheduler(edits_per_s=20)
+        opt = StreamingOptimizer(channel, "c", scheduler=scheduler)
+        starting = asyncio.ensure_future(opt.start())
+        await asyncio.sleep(0.5)
+        opt.release()  # e.g. the turn was cancelled from elsewhere
+        gate.set()
+        await starting
+        await opt.start()  # a released reply is never counted again
+        assert scheduler.active_streams == 0
+        assert asyncio.all_tasks() == {asyncio.current_task()}
+        await asyncio.sleep(20.0)
+        return scheduler
+
+    run_virtual(main())
+    assert [kind for _, _, kind in channel.calls] == ["typing"]
