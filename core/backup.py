@@ -3,7 +3,9 @@
 A snapshot is two files in ``data/backups/``: ``NAME.db.gz`` (the database,
 gzip-compressed) and ``NAME.json`` (its manifest: sha256 of the compressed
 file, sizes, counts, schema version). The manifest is written last, so a
-snapshot without one is an interrupted backup and is ignored.
+snapshot without one is an interrupted backup and is ignored. The file name
+is the snapshot's name: an operator may rename or copy a pair, and the name
+recorded inside the manifest is then only reported, never used to find files.
 
 The copy uses SQLite's online backup API from inside one read transaction, so
 in WAL mode it is a consistent picture of the moment the backup began while
@@ -83,6 +85,13 @@ class Snapshot:
     chats: int
     duration_s: float
     directory: Path
+    # The name recorded inside the manifest (when read from one): provenance only.
+    manifest_name: str = dataclasses.field(default="", compare=False)
+
+    @property
+    def renamed(self) -> bool:
+        """The manifest records another name: the files were renamed or copied."""
+        return bool(self.manifest_name) and self.manifest_name != self.name
 
     @property
     def path(self) -> Path:
@@ -95,7 +104,10 @@ class Snapshot:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("directory")
+        recorded = data.pop("manifest_name")
         data["path"] = str(self.path)
+        if self.renamed:
+            data["manifest_name"] = recorded
         return data
 
 
@@ -207,13 +219,18 @@ def _compress(source: Path, target: Path, level: int, progress: Progress) -> tup
 
 
 def _write_manifest(snapshot: Snapshot) -> None:
-    tmp = snapshot.manifest_path.with_suffix(".json.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(snapshot.to_dict(), handle, indent=2)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, snapshot.manifest_path)
+    # A dot-name ending in .tmp: never listed, and swept if a kill -9 leaves it.
+    tmp = snapshot.directory / f".{snapshot.name}{MANIFEST_SUFFIX}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(snapshot.to_dict(), handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, snapshot.manifest_path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _check_space(db_path: Path, directory: Path) -> None:
@@ -331,10 +348,15 @@ def _produce(db_path: Path, draft: Snapshot, level: int, progress: Progress) -> 
 
 
 def _read_manifest(path: Path) -> Snapshot | None:
+    """The snapshot described by ``path``, named after the file (see the module doc)."""
+    name = path.name.removesuffix(MANIFEST_SUFFIX)
+    if not _NAME_RE.match(name):
+        log.warning("ignoring backup manifest %s: not a valid snapshot name", path)
+        return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         return Snapshot(
-            name=str(data["name"]),
+            name=name,
             created_at=float(data["created_at"]),
             kind=str(data.get("kind", "manual")),
             size_bytes=int(data["size_bytes"]),
@@ -345,6 +367,7 @@ def _read_manifest(path: Path) -> Snapshot | None:
             chats=int(data.get("chats", 0)),
             duration_s=float(data.get("duration_s", 0.0)),
             directory=path.parent,
+            manifest_name=str(data["name"]),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable backup manifest %s: %s", path, exc)

@@ -28,7 +28,13 @@ from core.cli_output import (
 from core.cli_views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
-from core.integrity import check_latest_backup, private_paths, repair_fts, validate_database
+from core.integrity import (
+    check_latest_backup,
+    check_snapshot_files,
+    private_paths,
+    repair_fts,
+    validate_database,
+)
 from core.retention import RetentionPolicy, prune_snapshots
 
 
@@ -189,7 +195,8 @@ def validate(
         if db is not None
         else private_paths(settings.data_dir, settings.db_path, settings.logs_dir)
     )
-    steps = 4 + int(not running) + 2 * int(db is None)  # + fts_content, permissions, backups
+    # + fts_content; permissions, backups, snapshot_files
+    steps = 4 + int(not running) + 3 * int(db is None)
     with progress_bar(not as_json) as progress:
         done = [0]
 
@@ -199,7 +206,9 @@ def validate(
 
         checks = validate_database(path, full_fts=not running, permissions=perms, on_check=tick)
         if db is None:
-            checks.append(check_latest_backup(settings.backups_dir, now=time.time()))
+            now = time.time()
+            checks.append(check_latest_backup(settings.backups_dir, now=now))
+            checks.append(check_snapshot_files(settings.backups_dir, now=now))
     if as_json:
         print_json(
             {

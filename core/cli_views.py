@@ -225,7 +225,7 @@ def render_snapshots(found: Sequence[Snapshot], states: dict[str, str]) -> None:
     rows = []
     for s in found:
         row = [
-            s.name,
+            f"{s.name} (manifest says {s.manifest_name})" if s.renamed else s.name,
             fmt_time(s.created_at),
             s.kind,
             fmt_bytes(s.size_bytes),

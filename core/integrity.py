@@ -9,6 +9,7 @@ messages table row by row through the index's ``docsize`` table instead.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import stat
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from core.backup import (
+    DATA_SUFFIX,
+    MANIFEST_SUFFIX,
     SnapshotDamaged,
     integrity_problems,
     list_snapshots,
@@ -193,6 +196,41 @@ def check_latest_backup(backups_dir: Path, *, now: float, max_age_s: float = 26 
     if now - latest.created_at > max_age_s:
         return Check("backups", "warn", f"latest snapshot {latest.name} is {age_h:.0f} h old")
     return Check("backups", "ok", f"latest snapshot {latest.name} ({age_h:.1f} h old) verified")
+
+
+def check_snapshot_files(backups_dir: Path, *, now: float, settle_s: float = 3600.0) -> Check:
+    """Every snapshot is a matching ``NAME.db.gz`` + ``NAME.json`` pair.
+
+    Flags manifests that record another name (renamed or copied by hand: the
+    file name is what counts), manifests without data, data without a manifest
+    (a half-removed snapshot; younger ones may be a backup still running, so
+    they get ``settle_s``), and manifests that cannot be read.
+    """
+    if not backups_dir.is_dir():
+        return Check("snapshot_files", "ok", "no snapshots yet")
+    listed = {s.name: s for s in list_snapshots(backups_dir)}
+    problems: list[str] = []
+    for snap in listed.values():
+        if snap.renamed:
+            problems.append(
+                f"{snap.manifest_path.name} records the name {snap.manifest_name!r} "
+                f"(renamed or copied?); it is listed as {snap.name!r}"
+            )
+        if not snap.path.exists():
+            problems.append(f"{snap.manifest_path.name} has no {snap.path.name}")
+    for manifest in sorted(backups_dir.glob("*" + MANIFEST_SUFFIX)):
+        if manifest.name.removesuffix(MANIFEST_SUFFIX) not in listed:
+            problems.append(f"{manifest.name} is unreadable or badly named; it is ignored")
+    for data in sorted(backups_dir.glob("*" + DATA_SUFFIX)):
+        if data.name.removesuffix(DATA_SUFFIX) in listed:
+            continue
+        with contextlib.suppress(OSError):
+            if now - data.stat().st_mtime > settle_s:
+                problems.append(f"{data.name} has no manifest (not a complete snapshot)")
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        return Check("snapshot_files", "warn", problems[0] + more)
+    return Check("snapshot_files", "ok", f"{len(listed)} snapshot(s), each a matching pair")
 
 
 def repair_fts(path: Path) -> None:
