@@ -84,6 +84,7 @@ def telegram_starter(injected: Any = None) -> Any:
             allowed_users=settings.telegram_allowed_users,
             admin_id=settings.telegram_admin_id,
             debounce_s=settings.telegram_paste_debounce_s,
+            max_message_chars=settings.max_message_chars,
             account=gateway,
         )
         gateway.on_message = bot.on_message

@@ -5,7 +5,10 @@ chats are always addressed; in groups only a mention, a reply to one of our
 messages or a command (``/x`` or ``/x@us``) is. Strangers get one polite
 refusal per chat and never reach the model. A long paste that Telegram split
 into several messages is joined: a long message waits ``debounce`` seconds
-for its continuation, a short one goes at once. Busy and draining turns get
+for its continuation, a short one goes at once. A message (or joined paste)
+over ``VIGIL_MAX_MESSAGE_CHARS`` gets a polite reply naming both sizes and
+never reaches the model; the paste buffer stops keeping text past that limit,
+so memory stays bounded however long the paste. Busy and draining turns get
 a polite reply with the wait. Decisions are pure functions; the bot only
 carries them out and runs each turn as its own task.
 """
@@ -36,6 +39,8 @@ MEDIA_REPLY = "I can only read text for now — please send your question as a m
 BUSY_REPLY = "⏳ I'm busy right now; please try again in {seconds} s."
 DRAINING_REPLY = "🔄 I'm restarting; back in a moment — please send that again shortly."
 FAILED_REPLY = "⚠️ Something went wrong on my side; the operator can find it in the logs."
+TOO_LONG_REPLY = "That message is {length} characters; the limit is {limit}."
+DEFAULT_MAX_CHARS = 16000  # Settings.max_message_chars' default
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,13 @@ class TgMessage:
     has_media: bool = False
     is_edit: bool = False
     date: float = 0.0
+    # Set when the paste buffer cut the text: the length of the whole paste.
+    full_length: int = 0
+
+    @property
+    def length(self) -> int:
+        """Characters the chatter sent (more than ``text`` holds if it was cut)."""
+        return max(len(self.text), self.full_length)
 
 
 # --- pure decisions ----------------------------------------------------------------
@@ -97,11 +109,18 @@ class _Pending:
 
 
 class PasteBuffer:
-    """Joins the pieces of a long paste; pure (the caller passes ``now``)."""
+    """Joins the pieces of a long paste; pure (the caller passes ``now``).
 
-    def __init__(self, *, debounce_s: float, long_chars: int = LONG_PART) -> None:
+    Text past ``max_chars`` is not kept: the paste is over the limit anyway
+    and will be refused, so only its length is counted from there on.
+    """
+
+    def __init__(
+        self, *, debounce_s: float, long_chars: int = LONG_PART, max_chars: int = DEFAULT_MAX_CHARS
+    ) -> None:
         self.debounce_s = debounce_s
         self.long_chars = long_chars
+        self.max_chars = max_chars
         self._pending: dict[tuple[int, int | None], _Pending] = {}
         self.joined = 0
 
@@ -112,7 +131,7 @@ class PasteBuffer:
         held = self._pending.pop(key, None)
         if held is not None:
             self.joined += 1
-            msg = replace(held.msg, text=held.msg.text + "\n" + msg.text)
+            msg = _join(held.msg, msg.text, self.max_chars)
         if is_piece and self.debounce_s > 0:
             self._pending[key] = _Pending(msg, now + self.debounce_s)
             return []
@@ -135,6 +154,15 @@ class PasteBuffer:
         return True
 
 
+def _join(held: TgMessage, text: str, max_chars: int) -> TgMessage:
+    length = held.length + 1 + len(text)
+    if length <= max_chars:
+        return replace(held, text=held.text + "\n" + text)
+    # Past the limit the paste is refused anyway: keep its length, not its text.
+    kept = held.text if held.full_length else (held.text + "\n" + text)[:max_chars]
+    return replace(held, text=kept, full_length=length)
+
+
 # --- the bot ------------------------------------------------------------------------
 class TelegramBot:
     """Routes TgMessages to ChatService through the Telegram channel."""
@@ -147,13 +175,15 @@ class TelegramBot:
         allowed_users: list[str],
         admin_id: int | None,
         debounce_s: float,
+        max_message_chars: int = DEFAULT_MAX_CHARS,
         account: Any = None,
     ) -> None:
         self.chat = chat
         self.channel = channel
         self.allowed = normalize_allowed(allowed_users)
         self.admin_id = admin_id
-        self.paste = PasteBuffer(debounce_s=debounce_s)
+        self.max_message_chars = max_message_chars
+        self.paste = PasteBuffer(debounce_s=debounce_s, max_chars=max_message_chars)
         self.account = account  # anything with .account -> {"username": ...}
         self.refused: set[tuple[int, int | None]] = set()
         self.ignored = 0
@@ -208,9 +238,16 @@ class TelegramBot:
         task.add_done_callback(self._tasks.discard)
 
     async def _turn(self, msg: TgMessage) -> None:
+        text = strip_mention(msg.text, self.my_username)
+        length = max(len(text), msg.full_length)
+        if length > self.max_message_chars:
+            log.info("chat %s: message of %d characters refused as too long", msg.chat_id, length)
+            limit = self.max_message_chars
+            await self._say(msg.chat_id, TOO_LONG_REPLY.format(length=length, limit=limit))
+            return
         incoming = IncomingMessage(
             chat_id=chat_key(msg.chat_id),
-            text=strip_mention(msg.text, self.my_username),
+            text=text,
             user_id=None if msg.sender_id is None else str(msg.sender_id),
             username=msg.username,
             display_name=msg.display_name or msg.username,

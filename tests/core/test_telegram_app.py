@@ -145,6 +145,34 @@ def test_a_long_message_alone_is_answered_after_the_debounce(tg: Tg, fake_llm: F
     assert len(tg.fake.texts(42)) >= 1
 
 
+def test_a_paste_over_the_limit_gets_a_polite_reply_and_no_model_call(
+    tg: Tg, fake_llm: FakeLLM
+) -> None:
+    async def paste(rt: Any) -> None:
+        for i in range(10):  # ten 4000-char pieces of one 40009-char paste
+            await tg.fake.deliver(str(i) * 4000, chat_id=42, sender=ADA)
+
+    tg.server.call(paste)
+    tg.server.call(settle)
+    assert tg.fake.texts(42) == ["That message is 40009 characters; the limit is 16000."]
+    assert fake_llm.requests == []
+    tg.say("and a short one", chat_id=42)
+    assert tg.fake.texts(42)[-1] == "echo: and a short one"
+
+
+def test_a_message_over_max_message_chars_is_refused_politely(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    fake = FakeTelegram()
+    settings = tg_settings(tmp_path, fake_llm, max_message_chars=100)
+    tg = Tg(live_server_factory(settings, telegram=fake), fake)
+    tg.say("x" * 150, chat_id=42)
+    assert tg.fake.texts(42) == ["That message is 150 characters; the limit is 100."]
+    assert fake_llm.requests == []
+    tg.say("y" * 100, chat_id=42)
+    assert tg.fake.texts(42)[-1] == "echo: " + "y" * 100
+
+
 def test_media_get_a_text_only_reply(tg: Tg, fake_llm: FakeLLM) -> None:
     tg.say("", chat_id=42, media=types.MessageMediaPhoto())
     assert tg.fake.texts(42) == [MEDIA_REPLY]

@@ -118,6 +118,22 @@ def test_short_messages_pass_at_once_and_long_ones_after_the_debounce() -> None:
     assert [len(m.text) for m in paste.due(now=0.8)] == [120]
 
 
+def test_a_paste_over_the_limit_stops_growing_and_keeps_its_length() -> None:
+    paste = PasteBuffer(debounce_s=0.8, long_chars=3000, max_chars=16000)
+    for i in range(10):
+        assert paste.add(msg("p" * 4000, message_id=i), now=i * 0.1) == []
+        held = paste._pending[(1, 5)].msg
+        assert len(held.text) <= 16000  # memory stays bounded however long the paste
+    [ready] = paste.add(msg("tail", message_id=10), now=1.0)
+    assert ready.length == 10 * 4000 + 9 + len("\ntail")
+    assert len(ready.text) <= 16000
+    assert paste.joined == 10
+    under = PasteBuffer(debounce_s=0.8, long_chars=3000, max_chars=16000)
+    under.add(msg("q" * 4000), now=0.0)
+    [whole] = under.add(msg("end"), now=0.1)
+    assert whole.text == "q" * 4000 + "\nend" and whole.length == 4004
+
+
 def test_an_edit_of_a_held_message_replaces_its_text() -> None:
     paste = PasteBuffer(debounce_s=0.8, long_chars=10)
     paste.add(msg("first long draft", message_id=9), now=0.0)
