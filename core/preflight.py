@@ -6,6 +6,9 @@ opening and checkpointing), a quick integrity check, then initialise or
 migrate the schema. A corrupt database is refused with a message naming
 ``python main.py validate`` and ``python main.py restore``; it is never
 replaced or "repaired" here. ``release_locks`` is ``stop.sh``'s last step.
+``database_problem`` is the read-only subset for ``python main.py serve``
+started by hand (without start.sh), so a corrupt database is one line on the
+console there too.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from pathlib import Path
 
 import typer
 
+from core.backup import readonly_uri
 from core.config import ConfigError, Settings
 from core.database import NewerSchema, connect_sync, migrate_sync
+from core.schema import SCHEMA_VERSION
 from core.telegram_session import check_session_server, server_profile
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -90,7 +95,7 @@ def _has_auth_key(session: Path) -> bool:
     if not session.exists() or session.stat().st_size == 0:
         return False
     try:
-        conn = sqlite3.connect(f"file:{session}?mode=ro", uri=True, timeout=1.0)
+        conn = sqlite3.connect(readonly_uri(session), uri=True, timeout=1.0)
         try:
             row = conn.execute("SELECT auth_key FROM sessions LIMIT 1").fetchone()
         finally:
@@ -162,6 +167,46 @@ def check_database(path: Path, report: Report) -> None:
         report.say(f"database: migrated schema {before} -> {after}")
     else:
         report.say(f"database: schema version {after}")
+
+
+def database_problem(settings: Settings, *, quick: bool = False) -> str | None:
+    """One line naming what stops the server from opening its database, else None.
+
+    Read-only and cheap (header, schema, version; ``quick`` adds ``PRAGMA
+    quick_check``), so ``serve`` can call it before uvicorn starts: the
+    lifespan's own failure only reaches logs/system.log. A missing or empty
+    file is fine (the server creates it); a locked one is left to the server.
+    A corrupt file gives start.sh's message (exit with ``EXIT_CORRUPT``).
+    """
+    path = settings.db_path
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return None
+        _check_header(path)
+        conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=5.0)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+            problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)")] if quick else []
+        finally:
+            conn.close()
+    except PreflightError as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot read {path}: {exc.strerror or exc}"
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return None
+        return str(_corrupt(path, str(exc)))
+    if problems and problems != ["ok"]:
+        return str(_corrupt(path, "; ".join(problems)[:300]))
+    if version > SCHEMA_VERSION:
+        return (
+            f"the database {path} has schema version {version}, newer than this Vigil "
+            f"({SCHEMA_VERSION}); upgrade Vigil or restore an older snapshot "
+            "('python main.py snapshots', then 'python main.py restore <name> --confirm')"
+        )
+    return None
 
 
 def check_port(host: str, port: int) -> None:
