@@ -19,6 +19,8 @@ import asyncio
 import logging
 import math
 import re
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +43,7 @@ DRAINING_REPLY = "🔄 I'm restarting; back in a moment — please send that aga
 FAILED_REPLY = "⚠️ Something went wrong on my side; the operator can find it in the logs."
 TOO_LONG_REPLY = "That message is {length} characters; the limit is {limit}."
 DEFAULT_MAX_CHARS = 16000  # Settings.max_message_chars' default
+REFUSALS_REMEMBERED = 10_000  # (chat, stranger) pairs; the oldest is forgotten first
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,30 @@ def _join(held: TgMessage, text: str, max_chars: int) -> TgMessage:
     return replace(held, text=kept, full_length=length)
 
 
+class RecentKeys:
+    """A set remembering at most ``limit`` keys, forgetting the least recently seen."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+
+    def add(self, key: Hashable) -> bool:
+        """Remember ``key``; True if it was new."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        while len(self._keys) > self.limit:
+            self._keys.popitem(last=False)
+        return True
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
 # --- the bot ------------------------------------------------------------------------
 class TelegramBot:
     """Routes TgMessages to ChatService through the Telegram channel."""
@@ -185,7 +212,8 @@ class TelegramBot:
         self.max_message_chars = max_message_chars
         self.paste = PasteBuffer(debounce_s=debounce_s, max_chars=max_message_chars)
         self.account = account  # anything with .account -> {"username": ...}
-        self.refused: set[tuple[int, int | None]] = set()
+        # Strangers already told once; bounded, as anyone can message a bot.
+        self.refused = RecentKeys(REFUSALS_REMEMBERED)
         self.ignored = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -227,9 +255,8 @@ class TelegramBot:
     async def _refuse(self, msg: TgMessage) -> None:
         key = (msg.chat_id, msg.sender_id)
         log.info("chat %s: refused user %s (not on the allow-list)", msg.chat_id, msg.sender_id)
-        if key in self.refused:
+        if not self.refused.add(key):
             return
-        self.refused.add(key)
         await self._say(msg.chat_id, REFUSAL.format(user_id=msg.sender_id))
 
     def _spawn(self, msg: TgMessage) -> None:

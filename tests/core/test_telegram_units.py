@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from core.telegram_bot import (
+    REFUSALS_REMEMBERED,
     PasteBuffer,
+    RecentKeys,
     TgMessage,
     is_addressed,
     is_allowed,
@@ -97,6 +99,18 @@ def test_groups_answer_mentions_replies_and_our_commands_only() -> None:
     assert not is_addressed(msg("/", **group), "VigilBot")
     assert strip_mention("@VigilBot what now?", "VigilBot") == "what now?"
     assert strip_mention("ask @vigilbot, please", "VigilBot") == "ask , please"
+
+
+def test_refused_strangers_are_remembered_up_to_a_bound_oldest_first_out() -> None:
+    seen = RecentKeys(3)
+    assert [seen.add(k) for k in ["a", "b", "c", "a"]] == [True, True, True, False]
+    assert seen.add("d")  # "b" was the least recently seen
+    assert "b" not in seen and "a" in seen and len(seen) == 3
+    assert seen.add("b")  # forgotten: told once more
+    many = RecentKeys(REFUSALS_REMEMBERED)
+    for i in range(3 * REFUSALS_REMEMBERED):
+        many.add((i, i))
+    assert len(many) == REFUSALS_REMEMBERED == 10_000
 
 
 # --- split pastes --------------------------------------------------------------------
