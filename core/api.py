@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from core.channel import IncomingMessage, Turn, TurnResult
-from core.errors import EmptyText, InvalidChatId, TextTooLong, VigilError
+from core.errors import BadRequest, Busy, EmptyText, InvalidChatId, TextTooLong, VigilError
 from core.http import check_admin
 
 MAX_SQL_INT = 2**63 - 1  # SQLite's INTEGER range; larger numbers are refused with a 422
@@ -116,6 +116,13 @@ def _validate_text(request: Request, body: MessageIn) -> str:
     text = body.text.strip()
     if not text:
         raise EmptyText("text must not be empty")
+    try:
+        body.text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(
+            "text is not valid Unicode (it holds an unpaired UTF-16 surrogate such as \\ud800)",
+            field="text",
+        ) from None
     limit = request.app.state.vigil.settings.max_message_chars
     if len(body.text) > limit:
         raise TextTooLong(
@@ -143,7 +150,13 @@ async def post_message(request: Request, chat_id: ChatIdPath, body: MessageIn) -
         reply = LocalReply()
         result = await runtime.chat.handle(msg, reply)
         return result_json(chat_id, result)
-    runtime.admission.check()  # refuse with 429/503 before the stream starts
+    # Refuse with 429/503 before the stream starts (not as an event in a 200 stream).
+    runtime.admission.check()
+    if runtime.chat.pending(full_id) >= runtime.chat.queue_limit:
+        raise Busy(
+            f"too many messages waiting in this chat (limit {runtime.chat.queue_limit})",
+            retry_after=5,
+        )
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     task = asyncio.ensure_future(runtime.chat.handle(msg, LocalReply(events)))
     runtime.chat._background.add(task)
@@ -206,7 +219,7 @@ async def reset_context(request: Request, chat_id: ChatIdPath) -> dict[str, Any]
     runtime = request.app.state.vigil
     full_id = local_chat_id(chat_id)
     chat = await runtime.memory.chat(full_id)
-    await runtime.memory.reset(full_id)
+    await runtime.chat.reset(full_id)  # waits for a turn running in this chat
     return {"chat_id": chat_id, "reset": True, "history_kept": chat["message_count"]}
 
 

@@ -26,7 +26,7 @@ from core.chat import ChatService
 from core.config import Settings, load_settings
 from core.context import ContextWindowManager
 from core.database import Database
-from core.http import install_error_handlers
+from core.http import BodyGuard, install_error_handlers
 from core.llm import LLMClient
 from core.memory import ChatMemory
 
@@ -87,7 +87,12 @@ async def _probe_loop(llm: LLMClient, interval: float) -> None:
 
 
 def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
-    memory = ChatMemory(db, cache_chats=settings.context_cache_chats)
+    memory = ChatMemory(
+        db,
+        cache_chats=settings.context_cache_chats,
+        # a window rebuilt after a restart must hold everything not yet folded
+        window_load_limit=max(200, settings.context_max_messages + 2),
+    )
     context = ContextWindowManager(
         memory,
         system_prompt=settings.system_prompt,
@@ -184,6 +189,7 @@ def create_app(
 
     app = FastAPI(title="Vigil", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(BodyGuard)
     app.include_router(health.router)
     app.include_router(api.router)
     app.include_router(web.router)

@@ -12,20 +12,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
 
 from core.admission import AdjustableLimiter, Admission
 from core.channel import Channel, IncomingMessage, TurnResult
 from core.context import ContextWindowManager
-from core.errors import Busy, LLMError
+from core.errors import Busy, LLMError, VigilError
 from core.llm import LLMClient
 from core.memory import ChatMemory
 from core.streaming import StreamingOptimizer
 
 log = logging.getLogger(__name__)
 
-CommandHandler = Callable[[IncomingMessage, Channel, str], Awaitable[str]]
+CommandHandler = Callable[[IncomingMessage, Channel, str], Awaitable["str | TurnResult"]]
 HELP_TEXT = (
     "I'm Vigil, an AI assistant. Just write to me.\n"
     "/help — this text\n"
@@ -105,36 +105,59 @@ class ChatService:
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, chat_id: str) -> AsyncIterator[None]:
-        """Admission, then this chat's turn lock (one turn at a time per chat)."""
+        """Admission, then this chat's turn lock (one turn at a time per chat).
+
+        A turn counts as in flight from the moment it is admitted, also while it
+        waits behind another turn of the same chat: a graceful restart drains
+        queued turns too, not only the running one.
+        """
         self.admission.check()
-        slot = self._slots.setdefault(chat_id, _ChatSlot())
-        if slot.users >= self.queue_limit:
+        if self.pending(chat_id) >= self.queue_limit:
             self.stats.rejected += 1
             raise Busy(
                 f"too many messages waiting in this chat (limit {self.queue_limit})",
                 retry_after=5,
             )
+        with self.admission.turn():
+            async with self._chat_lock(chat_id):
+                yield
+
+    @contextlib.asynccontextmanager
+    async def _chat_lock(self, chat_id: str) -> AsyncIterator[None]:
+        slot = self._slots.setdefault(chat_id, _ChatSlot())
         slot.users += 1
         try:
             async with slot.lock:
-                with self.admission.turn():
-                    yield
+                yield
         finally:
             slot.users -= 1
             if slot.users == 0:
                 self._slots.pop(chat_id, None)
 
+    async def reset(self, chat_id: str) -> int:
+        """Forget a chat's context once any turn running in it has finished."""
+        async with self._chat_lock(chat_id):
+            return await self.memory.reset(chat_id)
+
     async def retry(self, msg: IncomingMessage, channel: Channel) -> TurnResult | None:
-        """Write the last answer again (``/retry``); None when there is nothing to retry."""
+        """Write the last answer again (``/retry``); None when there is nothing to retry.
+
+        The old answer stays until a new one is stored: a retry while the model
+        is down loses nothing.
+        """
         async with self._exclusive(msg.chat_id):
             question = await self.memory.last_turn(msg.chat_id, "user")
             window = await self.memory.window(msg.chat_id)
             if question is None or all(t.id != question.id for t in window.turns):
                 return None  # nothing asked since the last /reset
             answer = await self.memory.last_turn(msg.chat_id, "assistant")
-            if answer is not None and answer.id > question.id:
-                await self.memory.delete_message(answer.id)
-            return await self._answer(msg, channel, question.id)
+            old = answer.id if answer is not None and answer.id > question.id else None
+            result = await self._answer(
+                msg, channel, question.id, exclude=(old,) if old is not None else ()
+            )
+            if old is not None and result.reply_message_id is not None:
+                await self.memory.delete_message(old)
+            return result
 
     def cancel(self, chat_id: str) -> bool:
         """Stop the reply being written in this chat (``/cancel``)."""
@@ -153,7 +176,7 @@ class ChatService:
     async def _turn(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
         author = msg.display_name if msg.is_group else None
         user_turn = await self.memory.append(
-            msg.chat_id, "user", msg.text, author=author, external_id=msg.external_id
+            msg.chat_id, "user", clean_text(msg.text), author=author, external_id=msg.external_id
         )
         return await self._answer(msg, channel, user_turn.id)
 
@@ -166,11 +189,13 @@ class ChatService:
             self._pumps.pop(streamer.chat_id, None)
             streamer.release()  # the stream is over, even when cancelled
 
-    async def _answer(self, msg: IncomingMessage, channel: Channel, user_id: int) -> TurnResult:
+    async def _answer(
+        self, msg: IncomingMessage, channel: Channel, user_id: int, *, exclude: Sequence[int] = ()
+    ) -> TurnResult:
         started = time.monotonic()
+        prompt = await self.context.build(msg.chat_id, exclude=exclude)
         streamer = StreamingOptimizer(channel, msg.chat_id)
-        await streamer.start()
-        prompt = await self.context.build(msg.chat_id)
+        await streamer.start()  # counted by the edit scheduler from here: _pump releases it
         pump = asyncio.ensure_future(self._pump(prompt.messages, streamer))
         self._pumps[msg.chat_id] = (streamer, pump)
         try:
@@ -183,41 +208,50 @@ class ChatService:
         except LLMError as exc:
             self.stats.failed += 1
             log.warning("chat %s: model failed: %s", msg.chat_id, exc.code)
-            ids = await streamer.finish(f"⚠️ {exc.message}")
+            ids = await self._deliver(msg.chat_id, streamer, f"⚠️ {exc.message}")
             return TurnResult(
-                msg.chat_id,
-                streamer.text,
-                user_id,
-                None,
-                error_code=exc.code,
-                sent_ids=tuple(ids),
+                msg.chat_id, streamer.text, user_id, None, error_code=exc.code, sent_ids=ids
             )
-        ids = await streamer.finish()
-        reply = await self.memory.append(msg.chat_id, "assistant", streamer.text)
+        text = clean_text(streamer.text)
+        # Stored before the last delivery step: a reply the chatter may already
+        # have seen is never lost because Telegram failed on the final edit.
+        reply = await self.memory.append(msg.chat_id, "assistant", text)
+        ids = await self._deliver(msg.chat_id, streamer, text)
         self.stats.turns += 1
         self.stats.record(time.monotonic() - started)
-        if prompt.folded:
+        if prompt.refine_due:
             self._spawn(self._refine(msg.chat_id))
         log.info(
             "chat %s: turn done in %.2f s (%d prompt tokens, %d chars)",
             msg.chat_id,
             time.monotonic() - started,
             prompt.tokens,
-            len(streamer.text),
+            len(text),
         )
-        return TurnResult(msg.chat_id, streamer.text, user_id, reply.id, sent_ids=tuple(ids))
+        return TurnResult(msg.chat_id, text, user_id, reply.id, sent_ids=ids)
+
+    async def _deliver(
+        self, chat_id: str, streamer: StreamingOptimizer, text: str
+    ) -> tuple[str, ...]:
+        try:
+            return tuple(await streamer.finish(text))
+        except VigilError as exc:  # the channel gave up (connection lost, flood waits)
+            log.warning("chat %s: the reply could not be delivered in full (%s)", chat_id, exc.code)
+            return tuple(streamer.message_ids)
 
     async def _stopped(
         self, msg: IncomingMessage, streamer: StreamingOptimizer, user_id: int
     ) -> TurnResult:
-        partial = streamer.text.rstrip()
-        ids = await streamer.finish(f"{partial}\n\n{STOPPED}" if partial else STOPPED)
+        partial = clean_text(streamer.text).rstrip()
         reply_id = None
         if partial:  # the context keeps what the chatter saw
             reply_id = (await self.memory.append(msg.chat_id, "assistant", partial)).id
+        ids = await self._deliver(
+            msg.chat_id, streamer, f"{partial}\n\n{STOPPED}" if partial else STOPPED
+        )
         log.info("chat %s: reply stopped by /cancel after %d chars", msg.chat_id, len(partial))
         return TurnResult(
-            msg.chat_id, streamer.text, user_id, reply_id, cancelled=True, sent_ids=tuple(ids)
+            msg.chat_id, streamer.text, user_id, reply_id, cancelled=True, sent_ids=ids
         )
 
     async def _refine(self, chat_id: str) -> None:
@@ -247,7 +281,10 @@ class ChatService:
         if handler is None:
             text = f"Unknown command /{command}. Send /help for the list."
         else:
-            text = await handler(msg, channel, args)
+            outcome = await handler(msg, channel, args)
+            if isinstance(outcome, TurnResult):  # e.g. /retry: a whole new turn
+                return replace(outcome, command=command)
+            text = outcome
         ids: tuple[str, ...] = ()
         if text:
             ids = (await channel.send(msg.chat_id, text),)
@@ -257,12 +294,7 @@ class ChatService:
         return self.help_text
 
     async def _cmd_reset(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
-        slot = self._slots.get(msg.chat_id)
-        if slot is not None and slot.lock.locked():
-            async with slot.lock:
-                await self.memory.reset(msg.chat_id)
-        else:
-            await self.memory.reset(msg.chat_id)
+        await self.reset(msg.chat_id)
         return "Context cleared. I've forgotten this conversation (its history is still stored)."
 
     async def _cmd_status(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
@@ -278,6 +310,11 @@ class ChatService:
                 "in my context."
             )
         return "What I remember of earlier in this chat:\n" + window.summary
+
+
+def clean_text(text: str) -> str:
+    """Valid Unicode only: re-pair split surrogate halves, replace lone ones."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def parse_command(text: str) -> tuple[str | None, str]:

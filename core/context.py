@@ -32,6 +32,7 @@ class Prompt:
     summary: str
     tokens: int
     folded: int
+    refine_due: bool = False
 
 
 def plan_window(
@@ -88,12 +89,16 @@ class ContextWindowManager:
         max_messages: int = 100,
         max_tokens: int = 6000,
         summary_max_tokens: int = 800,
+        refine_after: int = 20,
     ) -> None:
         self.memory = memory
         self.system_prompt = system_prompt
         self.max_messages = max_messages
         self.max_tokens = max_tokens
         self.summary_max_tokens = summary_max_tokens
+        # Folded turns between two model refinements of a summary: refining on
+        # every overflowing turn would double the model's load.
+        self.refine_after = refine_after
         self.folds = 0
         self.refines = 0
 
@@ -103,11 +108,16 @@ class ContextWindowManager:
             MESSAGE_OVERHEAD_TOKENS * 2, self.max_tokens - fixed - 2 * MESSAGE_OVERHEAD_TOKENS
         )
 
-    async def build(self, chat_id: str) -> Prompt:
-        """The prompt for the chat's next reply; folds what no longer fits."""
+    async def build(self, chat_id: str, *, exclude: Sequence[int] = ()) -> Prompt:
+        """The prompt for the chat's next reply; folds what no longer fits.
+
+        ``exclude``: ids of turns to leave out (``/retry`` leaves out the
+        answer it is replacing).
+        """
         window = await self.memory.window(chat_id)
+        turns = [t for t in window.turns if t.id not in exclude] if exclude else window.turns
         fold, keep = plan_window(
-            window.turns, max_messages=self.max_messages, max_tokens=self._budget(window)
+            turns, max_messages=self.max_messages, max_tokens=self._budget(window)
         )
         if fold:
             await self._fold(window, fold)
@@ -128,6 +138,7 @@ class ContextWindowManager:
             estimate=self.memory.estimate,
         )
         await self.memory.fold(window.chat_id, upto_id=turns[-1].id, summary=summary)
+        window.unrefined += len(turns)
         self.folds += 1
         log.info("chat %s: folded %d turns into the summary", window.chat_id, len(turns))
 
@@ -142,7 +153,8 @@ class ContextWindowManager:
                 content = f"{turn.author}: {content}"
             messages.append({"role": turn.role, "content": content})
         tokens = sum(self.memory.estimate(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages)
-        return Prompt(messages, tuple(keep), window.summary, tokens, folded)
+        due = window.unrefined >= self.refine_after
+        return Prompt(messages, tuple(keep), window.summary, tokens, folded, due)
 
     async def prune(self, chat_id: str) -> int:
         """Fold whatever exceeds the limits now (the governor's optimisation)."""
@@ -159,6 +171,7 @@ class ContextWindowManager:
         window = await self.memory.window(chat_id)
         if not window.summary:
             return False
+        window.unrefined = 0  # one refinement at a time per batch of folds
         upto = window.summary_upto_id
         request = (
             "Condense these notes of an earlier conversation into a short summary that keeps "

@@ -17,9 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import Forbidden, Unauthorized, VigilError
+from core.errors import Forbidden, TextTooLong, Unauthorized, VigilError
 
 log = logging.getLogger(__name__)
+NEEDS_TOKEN = (
+    "this endpoint needs the admin token: send 'Authorization: Bearer <token>' "
+    "(VIGIL_ADMIN_TOKEN, or the file data/admin_token)"
+)
 
 
 def error_response(error: VigilError) -> JSONResponse:
@@ -102,9 +106,87 @@ def check_admin(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
-        raise Unauthorized(
-            "this endpoint needs the admin token: send 'Authorization: Bearer <token>' "
-            "(VIGIL_ADMIN_TOKEN, or the file data/admin_token)"
-        )
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip(), expected):
+        raise Unauthorized(NEEDS_TOKEN)
+    if not is_admin_token(scheme, token, expected):
         raise Forbidden("the admin token is wrong")
+
+
+def is_admin_token(scheme: str, token: str, expected: str) -> bool:
+    """Constant-time comparison of bytes (any header text, also non-ASCII)."""
+    given = token.strip().encode("utf-8", "surrogateescape")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given, expected.encode("utf-8"))
+
+
+class BodyGuard:
+    """ASGI middleware for ``/api/``: the token is checked and the body size
+    bounded *before* anything reads the body.
+
+    FastAPI parses a JSON body before dependencies run, so without this an
+    anonymous 300 MB POST is read into memory (past the restart threshold)
+    just to be answered 401. Chunked bodies are counted as they arrive.
+    """
+
+    def __init__(self, app: Any, *, prefix: str = "/api/") -> None:
+        self.app = app
+        self.prefix = prefix
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+            await self.app(scope, receive, send)
+            return
+        runtime = scope["app"].state.vigil
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        problem: VigilError | None = None
+        if not headers.get("authorization"):
+            problem = Unauthorized(NEEDS_TOKEN)
+        elif not is_admin_token(scheme, token, runtime.admin_token):
+            problem = Forbidden("the admin token is wrong")
+        limit = max_body_bytes(runtime.settings.max_message_chars)
+        length = headers.get("content-length", "")
+        if problem is None and length.isdigit() and int(length) > limit:
+            problem = TextTooLong(f"the request body is larger than {limit} bytes", limit=limit)
+        if problem is not None:
+            await error_response(problem)(scope, receive, send)
+            return
+        body, complete = await _read_body(receive, limit)
+        if not complete:
+            too_big = TextTooLong(f"the request body is larger than {limit} bytes", limit=limit)
+            await error_response(too_big)(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+def max_body_bytes(max_chars: int) -> int:
+    # JSON may escape each character as \uXXXX (6 bytes), plus the envelope.
+    return 6 * max_chars + 4096
+
+
+async def _read_body(receive: Any, limit: int) -> tuple[bytes, bool]:
+    """The whole body if it fits in ``limit`` bytes (chunked bodies included)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(parts), True  # disconnected: let the app see an empty body
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return b"", False
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts), True
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> Any:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # then disconnects, as the app expects
+
+    return replay

@@ -40,6 +40,7 @@ class ChatWindow:
     context_start_id: int = 0
     turns: list[Turn] = field(default_factory=list)
     last_active: float = 0.0
+    unrefined: int = 0  # turns folded since the model last rewrote the summary
 
     @property
     def tokens(self) -> int:

@@ -141,3 +141,49 @@ def test_numbers_beyond_64_bits_never_crash(live_server: LiveServer, path: str, 
     assert response.status_code < 500, response.text  # found by schemathesis: was a 500
     if response.status_code >= 400:
         assert error_of(response)["code"]
+
+
+def test_anonymous_huge_body_is_refused_before_it_is_read(live_server: LiveServer) -> None:
+    # Found in review: FastAPI parsed a 300 MB body before the token check.
+    big = b'{"text": "' + b"x" * 50_000_000 + b'"}'
+    anonymous = httpx.post(live_server.url + "/api/chats/a/messages", content=big, timeout=30)
+    assert anonymous.status_code == 401
+    limit = 6 * live_server.settings.max_message_chars + 4096
+    too_big = live_server.client.post(
+        "/api/chats/a/messages", content=big, headers={"content-type": "application/json"}
+    )
+    assert too_big.status_code == 413
+    assert error_of(too_big)["limit"] == limit
+
+    def chunks():  # no Content-Length: counted as it streams in
+        for _ in range(50):
+            yield b"x" * 1_000_000
+
+    chunked = live_server.client.post(
+        "/api/chats/a/messages", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert chunked.status_code == 413
+    assert live_server.chat("a", "still fine").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/api/chats"), ("POST", "/resources/cleanup")]
+)
+def test_non_ascii_token_is_a_403_not_a_crash(
+    live_server: LiveServer, method: str, path: str
+) -> None:
+    response = httpx.request(
+        method, live_server.url + path, headers=[(b"Authorization", b"Bearer caf\xe9")]
+    )
+    assert response.status_code == 403  # found in review: was a 500 (compare_digest on str)
+    assert error_of(response)["code"] == "forbidden"
+
+
+def test_lone_surrogates_are_refused_clearly(live_server: LiveServer) -> None:
+    response = live_server.client.post(
+        "/api/chats/s/messages",
+        content=b'{"text": "bad \\ud800 surrogate"}',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert "surrogate" in error_of(response)["message"]

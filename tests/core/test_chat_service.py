@@ -147,3 +147,119 @@ async def test_admission_wait_idle() -> None:
     with admission.turn():
         assert await admission.wait_idle(0.01) is False
     assert await admission.wait_idle(0.01) is True
+
+
+class FailingChannel(LocalReply):
+    """A channel whose final delivery fails, like a Telegram connection lost mid-reply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends = 0
+
+    async def send(self, chat_id: str, text: str) -> str:
+        from core.errors import ChannelError
+
+        raise ChannelError("telegram connection lost")
+
+
+async def test_queued_turns_count_as_in_flight(service: ChatService, fake_llm: FakeLLM) -> None:
+    # Found in review: between two queued turns in_flight dropped to 0 and a
+    # graceful restart exited, losing the queued question's answer.
+    fake_llm.token_delay_s = 0.05
+    first = asyncio.ensure_future(service.handle(msg("local:d", "first"), LocalReply()))
+    await asyncio.sleep(0.02)
+    second = asyncio.ensure_future(service.handle(msg("local:d", "second"), LocalReply()))
+    await asyncio.sleep(0.02)
+    assert service.admission.in_flight == 2
+    await first
+    assert service.admission.in_flight == 1  # the queued turn is still owed an answer
+    assert await service.admission.wait_idle(5)
+    assert (await second).reply == "echo: second"
+
+
+async def test_reset_waits_for_the_running_turn(service: ChatService, fake_llm: FakeLLM) -> None:
+    # Found in review: an API reset during a turn let its answer land in the new context.
+    fake_llm.token_delay_s = 0.05
+    turn = asyncio.ensure_future(service.handle(msg("local:r", "secret plan alpha"), LocalReply()))
+    await asyncio.sleep(0.02)
+    await service.reset("local:r")
+    assert turn.done()
+    assert (await service.memory.window("local:r")).turns == []
+
+
+async def test_a_reply_is_stored_even_when_delivery_fails(service: ChatService) -> None:
+    result = await service.handle(msg("tg:3", "important question"), FailingChannel())
+    assert result.reply == "echo: important question"
+    history = await service.memory.history("tg:3")
+    assert [t.content for t in history] == ["echo: important question", "important question"]
+
+
+async def test_surrogate_halves_from_the_model_are_repaired(
+    service: ChatService, fake_llm: FakeLLM
+) -> None:
+    fake_llm.reply = "smile \ud83d\ude00 and a lone \ud800 half"
+    fake_llm.chunk_chars = 7  # splits the emoji's two halves across chunks
+    result = await service.handle(msg("local:u", "hi"), LocalReply())
+    assert result.reply == "smile 😀 and a lone \ufffd half"
+    assert (await service.memory.last_turn("local:u", "assistant")).content == result.reply
+
+
+async def test_retry_keeps_the_old_answer_when_the_model_is_down(
+    service: ChatService, fake_llm: FakeLLM
+) -> None:
+    await service.handle(msg("local:rt", "what is 2+2"), LocalReply())
+    fake_llm.fail_times = -1
+    failed = await service.retry(msg("local:rt", "/retry"), LocalReply())
+    assert failed is not None and failed.error_code == "llm_unavailable"
+    history = [t.content for t in await service.memory.history("local:rt")]
+    assert history == ["echo: what is 2+2", "what is 2+2"]
+    fake_llm.fail_times = 0
+    fake_llm.reply = "four"
+    redone = await service.retry(msg("local:rt", "/retry"), LocalReply())
+    assert redone is not None and redone.reply == "four"
+    assert [t.content for t in await service.memory.history("local:rt")] == ["four", "what is 2+2"]
+    sent = [m["content"] for m in fake_llm.requests[-1]["messages"][1:]]
+    assert sent == ["what is 2+2"]  # the answer being replaced is not in the prompt
+
+
+async def test_summary_refinement_is_batched(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    # Found in review: every overflowing turn asked the model for a summary too.
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, context_max_messages=4)
+    db = Database(settings.db_path)
+    await db.open()
+    llm = LLMClient(base_url=fake_llm.url, model="fake", timeout_s=5)
+    runtime = build_runtime(settings, db, llm)
+    try:
+        for i in range(30):
+            await runtime.chat.handle(msg("local:b", f"turn {i}"), LocalReply())
+        await runtime.chat.drain_background()
+        summaries = [
+            r for r in fake_llm.requests if r["messages"][0]["content"].startswith("Condense")
+        ]
+        # ~56 folded turns, one refinement per 20 (one per overflowing turn, ~28, before)
+        assert 1 <= len(summaries) <= 4
+    finally:
+        await llm.aclose()
+        await db.close()
+
+
+async def test_big_context_limits_survive_a_window_rebuild(tmp_path: Path) -> None:
+    # Found in review: with VIGIL_CONTEXT_MAX_MESSAGES above 200 a rebuilt window
+    # silently lost its oldest turns (neither in the prompt nor in the summary).
+    settings = make_settings(
+        tmp_path, context_max_messages=400, context_max_tokens=100_000, llm_base_url="http://x/v1"
+    )
+    db = Database(settings.db_path)
+    await db.open()
+    llm = LLMClient(base_url=settings.llm_base_url, model="fake")
+    runtime = build_runtime(settings, db, llm)
+    try:
+        for i in range(300):
+            await runtime.memory.append("local:big", "user" if i % 2 == 0 else "assistant", f"t{i}")
+        runtime.memory.evict("local:big")  # as after a restart
+        prompt = await runtime.context.build("local:big")
+        assert len(prompt.turns) == 300
+        assert prompt.turns[0].content == "t0"
+    finally:
+        await llm.aclose()
+        await db.close()
