@@ -25,6 +25,9 @@ from core.telegram_session import SessionLock, check_session_server, server_prof
 
 log = logging.getLogger("core.telegram.app")
 
+NOTHING_TO_RETRY = "Nothing to retry yet."
+RETRY_NOT_SHOWN = "⚠️ I could not show the new answer here; please send /retry again."
+
 
 def install_commands(chat: ChatService) -> None:
     async def cancel(msg: IncomingMessage, channel: Channel, args: str) -> str:
@@ -33,8 +36,16 @@ def install_commands(chat: ChatService) -> None:
         return "Nothing is being written right now."
 
     async def retry(msg: IncomingMessage, channel: Channel, args: str) -> str:
+        # A str either way: "" sends nothing more, as the retried turn streamed
+        # its own reply (or the model's error) into the chat already.
         result = await chat.retry(msg, channel)
-        return "" if result is not None else "There is no earlier question to answer again."
+        if result is None:
+            return NOTHING_TO_RETRY
+        if result.error_code:
+            log.info("chat %s: /retry failed: %s", msg.chat_id, result.error_code)
+        if not result.sent_ids and not result.cancelled:
+            return RETRY_NOT_SHOWN  # the channel lost the reply: the chatter saw nothing
+        return ""
 
     chat.commands.setdefault("cancel", cancel)
     chat.commands.setdefault("retry", retry)

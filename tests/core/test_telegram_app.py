@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 from telethon import errors, types
 
+from core.channel import IncomingMessage, TurnResult
 from core.config import Settings
+from core.telegram_app import NOTHING_TO_RETRY, RETRY_NOT_SHOWN, install_commands
 from core.telegram_bot import MEDIA_REPLY
 from core.telegram_session import SessionBusy, SessionLock
 from tests.conftest import LiveServer, make_settings
@@ -240,6 +242,52 @@ def test_retry_writes_the_last_answer_again(tg: Tg, fake_llm: FakeLLM) -> None:
         ("user", "question"),
     ]
     assert fake_llm.requests[-1]["messages"][-1]["content"] == "question"
+
+
+def test_retry_with_nothing_asked_yet_says_so(tg: Tg, fake_llm: FakeLLM) -> None:
+    tg.say("/retry", chat_id=42)
+    assert tg.fake.texts(42) == [NOTHING_TO_RETRY] == ["Nothing to retry yet."]
+    assert fake_llm.requests == []
+
+
+def test_a_retry_the_model_fails_shows_its_error_and_nothing_more(
+    tg: Tg, fake_llm: FakeLLM
+) -> None:
+    fake_llm.reply = lambda messages: "first answer"
+    tg.say("question", chat_id=42)
+    fake_llm.fail_times = -1
+    tg.say("/retry", chat_id=42)
+    texts = tg.fake.texts(42)
+    assert len(texts) == 2 and texts[0] == "first answer"
+    assert texts[1].startswith("⚠️")  # the streamer showed the model's error; no extra message
+
+
+class RetryingChat:
+    """Stands in for ChatService: ``retry`` returns a scripted TurnResult."""
+
+    def __init__(self, result: TurnResult | None) -> None:
+        self.result = result
+        self.commands: dict[str, Any] = {}
+
+    async def retry(self, msg: IncomingMessage, channel: Any) -> TurnResult | None:
+        return self.result
+
+
+@pytest.mark.parametrize(
+    ("result", "said"),
+    [
+        (None, NOTHING_TO_RETRY),
+        (TurnResult("tg:1", "new", 1, 2, sent_ids=("9",)), ""),
+        (TurnResult("tg:1", "⚠️ down", 1, None, error_code="llm_unavailable", sent_ids=("9",)), ""),
+        (TurnResult("tg:1", "new", 1, 2, sent_ids=()), RETRY_NOT_SHOWN),  # delivery failed
+        (TurnResult("tg:1", "⏹ Stopped.", 1, None, cancelled=True), ""),
+    ],
+)
+def test_the_retry_command_uses_what_retry_returned(result: TurnResult | None, said: str) -> None:
+    chat = RetryingChat(result)
+    install_commands(chat)  # type: ignore[arg-type]
+    msg = IncomingMessage(chat_id="tg:1", text="/retry")
+    assert asyncio.run(chat.commands["retry"](msg, None, "")) == said
 
 
 def test_flood_wait_mid_stream_is_waited_out_and_the_final_text_lands(
