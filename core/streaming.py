@@ -150,7 +150,11 @@ class StreamingOptimizer:
         if not self._begun:
             self._begun = True
             self.scheduler.begin(self.chat_id)
-        await self._typing()
+        try:
+            await self._typing()
+        except BaseException:  # cancelled before the reply began: its caller never releases
+            self.release()
+            raise
         # release() may have run while the typing action was on its way
         if self._typing_task is None and not self._released:
             self._typing_task = asyncio.ensure_future(self._keep_typing())

@@ -422,3 +422,25 @@ def test_release_while_start_waits_on_the_typing_action_leaves_nothing_running()
 
     run_virtual(main())
     assert [kind for _, _, kind in channel.calls] == ["typing"]
+
+
+def test_a_start_cancelled_while_typing_releases_the_stream() -> None:
+    channel = RecordingChannel()
+
+    async def never_typing(chat_id: str) -> None:
+        await asyncio.Event().wait()
+
+    channel.typing = never_typing  # type: ignore[method-assign]
+
+    async def main() -> EditScheduler:
+        scheduler = EditScheduler(edits_per_s=20)
+        opt = StreamingOptimizer(channel, "c", scheduler=scheduler)
+        starting = asyncio.ensure_future(opt.start())
+        await asyncio.sleep(1.0)
+        assert scheduler.active_streams == 1
+        starting.cancel()  # e.g. the server stops while Telegram is slow
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        return scheduler
+
+    assert run_virtual(main()).active_streams == 0
