@@ -49,6 +49,12 @@ def serve(
     from core.telegram_cli import check_server_settings
 
     check_server_settings(settings)  # a bad VIGIL_TELEGRAM_SERVER[_KEY]: one line, exit 2
+    from core.preflight import EXIT_CORRUPT, database_problem
+
+    problem = database_problem(settings)  # a corrupt or too new system.db: one line, exit 3
+    if problem:
+        typer.echo(f"vigil: error: {problem}", err=True)
+        raise typer.Exit(EXIT_CORRUPT)
     if host:
         settings.host = host
     if port:

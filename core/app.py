@@ -181,7 +181,7 @@ def create_app(
                 settings.base_url,
                 runtime.pid,
                 client.model,
-                client.base_url,
+                client.display_url,
                 runtime.telegram_state(),
             )
             yield

@@ -224,6 +224,20 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value or None
 
+    @field_validator("huey_redis_url")
+    @classmethod
+    def _check_redis(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if parts.scheme not in ("redis", "rediss", "unix") or not (parts.hostname or parts.path):
+            raise ValueError("must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379/0")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _check_level(cls, value: str) -> str:
@@ -312,11 +326,20 @@ class Settings(BaseSettings):
             self.telegram_bot_token,
         ]
         found = [v.get_secret_value() for v in values if v and v.get_secret_value()]
-        if self.huey_redis_url:
-            password = urllib.parse.urlsplit(self.huey_redis_url).password
+        for url in (self.huey_redis_url, self.llm_base_url, self.alert_webhook_url):
+            password = _url_password(url)
             if password:
                 found.append(password)
         return found
+
+
+def _url_password(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        return urllib.parse.urlsplit(url).password
+    except ValueError:
+        return None
 
 
 def _describe(error: dict[str, Any]) -> str:

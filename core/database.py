@@ -55,9 +55,9 @@ def prepare_file(path: Path) -> None:
 def connect_sync(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     """A plain sqlite3 connection with Vigil's pragmas (tools, backups, tests)."""
     if readonly:
-        conn = sqlite3.connect(
-            f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
-        )
+        # as_uri() percent-encodes '#', '?' and spaces in the path
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     else:
         prepare_file(path)
         conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -85,7 +85,9 @@ def migrate_sync(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> i
     return max(version, target)
 
 
-def translate(exc: sqlite3.Error, what: str) -> StorageError:
+def translate(exc: sqlite3.Error | UnicodeEncodeError, what: str) -> StorageError:
+    if isinstance(exc, UnicodeEncodeError):
+        return StorageError(f"{what}: the text is not valid Unicode (unpaired surrogate)")
     text = str(exc)
     if "disk is full" in text or "disk I/O error" in text:
         return StorageFull(f"{what}: the disk is full; free space in the data directory")
@@ -144,6 +146,7 @@ class Database:
         self.path = path
         self._reader_count = max(1, readers)
         self._writer: sqlite3.Connection | None = None
+        self._quick_reader: sqlite3.Connection | None = None
         self._readers: list[aiosqlite.Connection] = []
         self._next_reader = itertools.cycle([0])
         self._write_lock = asyncio.Lock()
@@ -169,6 +172,14 @@ class Database:
         # event loop for its fsync; _wrote() schedules it on the db thread instead.
         writer.execute("PRAGMA wal_autocheckpoint=0")
         self._writer = writer
+        # read_now() must not share the writer: while a write waits on the db
+        # thread for another process's lock, the loop would block behind it.
+        quick = sqlite3.connect(
+            self.path, timeout=0.05, isolation_level=None, check_same_thread=False
+        )
+        quick.row_factory = sqlite3.Row
+        quick.execute("PRAGMA query_only=ON")
+        self._quick_reader = quick
         self._readers = [await self._connect() for _ in range(self._reader_count)]
         self._next_reader = itertools.cycle(range(len(self._readers)))
 
@@ -194,6 +205,9 @@ class Database:
             with contextlib.suppress(Exception):
                 await conn.close()
         self._readers = []
+        if self._quick_reader is not None:
+            self._quick_reader.close()
+            self._quick_reader = None
         if self._writer is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
@@ -237,7 +251,7 @@ class Database:
                     if not _is_busy(exc):
                         raise
                     rowid = await self._on_thread(lambda: writer.execute(sql, params).lastrowid)
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, UnicodeEncodeError) as exc:
                 raise translate(exc, "write failed") from exc
         self._wrote()
         return int(rowid or 0)
@@ -301,11 +315,22 @@ class Database:
             self._checkpointing = None
 
     def read_now(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """A small indexed read inline on the loop (hot path: window rebuild)."""
+        """A small indexed read inline on the loop (hot path: window rebuild).
+
+        Its own read-only connection with a 50 ms busy timeout: a WAL read
+        needs no lock, so it never waits behind a write.
+        """
+        if self._quick_reader is None:
+            raise StorageError("the database is not open")
         try:
-            return list(self._require_writer().execute(sql, params).fetchall())
+            return list(self._quick_reader.execute(sql, params).fetchall())
         except sqlite3.Error as exc:
             raise translate(exc, "read failed") from exc
+
+    def pragma(self, statement: str) -> Any:
+        """``PRAGMA <statement>`` on the writer connection (tuning, tests)."""
+        row = self._require_writer().execute(f"PRAGMA {statement}").fetchone()
+        return row[0] if row is not None else None
 
     def _reader(self) -> aiosqlite.Connection:
         if not self._readers:

@@ -29,7 +29,7 @@ async def health_report(runtime: Any) -> dict[str, Any]:
     llm_status = runtime.llm.status
     llm = {
         "status": llm_status.state,
-        "url": runtime.llm.base_url,
+        "url": runtime.llm.display_url,
         "model": runtime.llm.model,
         "detail": llm_status.detail,
         "checked_at": llm_status.checked_at or None,

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +57,8 @@ class LLMClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # What logs, /health and chatters see: never the URL's user:password.
+        self.display_url = display_url(self.base_url)
         self.model = model
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -116,23 +119,23 @@ class LLMClient:
                     continue
                 self._fail("unreachable", str(exc) or type(exc).__name__)
                 raise LLMUnavailable(
-                    f"The language model is not reachable at {self.base_url} "
+                    f"The language model is not reachable at {self.display_url} "
                     f"({_reason(exc)}). {FIX_HINT}",
-                    url=self.base_url,
+                    url=self.display_url,
                 ) from exc
             except httpx.TimeoutException as exc:
                 self._fail("error", "timeout")
                 raise LLMTimeout(
-                    f"The language model at {self.base_url} stopped answering for "
+                    f"The language model at {self.display_url} stopped answering for "
                     f"{self.timeout_s:g} s. Try again, or raise VIGIL_LLM_TIMEOUT_S.",
-                    url=self.base_url,
+                    url=self.display_url,
                 ) from exc
             except httpx.HTTPError as exc:
                 self._fail("error", str(exc))
                 raise LLMUnavailable(
-                    f"The connection to the language model at {self.base_url} failed "
+                    f"The connection to the language model at {self.display_url} failed "
                     f"({_reason(exc)}). Try again in a moment.",
-                    url=self.base_url,
+                    url=self.display_url,
                 ) from exc
             except LLMError as exc:
                 self._fail(
@@ -141,6 +144,16 @@ class LLMClient:
                 raise
 
     async def _deltas(self, response: httpx.Response) -> AsyncIterator[str]:
+        """Text deltas, never ending inside a surrogate pair (see ``_whole``)."""
+        held = ""
+        async for delta in self._raw_deltas(response):
+            text, held = _whole(held + delta)
+            if text:
+                yield text
+        if held:
+            yield "\ufffd"
+
+    async def _raw_deltas(self, response: httpx.Response) -> AsyncIterator[str]:
         ctype = response.headers.get("content-type", "")
         if "application/json" in ctype:  # a server that ignored stream=true
             body = await response.aread()
@@ -156,9 +169,9 @@ class LLMClient:
             chunk = _loads(data)
             if isinstance(chunk, dict) and "error" in chunk:
                 raise LLMBadResponse(
-                    f"The language model at {self.base_url} reported an error: "
+                    f"The language model at {self.display_url} reported an error: "
                     f"{_error_text(chunk['error'])}",
-                    url=self.base_url,
+                    url=self.display_url,
                 )
             delta = _content_of(chunk, streaming=True)
             if delta:
@@ -166,9 +179,9 @@ class LLMClient:
                 yield delta
         if not got_any:
             raise LLMBadResponse(
-                f"The language model at {self.base_url} sent an empty answer. "
+                f"The language model at {self.display_url} sent an empty answer. "
                 f"Check that VIGIL_LLM_MODEL ({self.model}) is a chat model.",
-                url=self.base_url,
+                url=self.display_url,
             )
 
     async def complete(
@@ -221,31 +234,52 @@ class LLMClient:
         detail = _error_text(_safe_json(body)) or body[:200]
         if status in (401, 403):
             return LLMUnavailable(
-                f"The language model at {self.base_url} rejected the API key (HTTP {status}). "
+                f"The language model at {self.display_url} rejected the API key (HTTP {status}). "
                 "Set VIGIL_LLM_API_KEY.",
-                url=self.base_url,
+                url=self.display_url,
                 http_status=status,
             )
         if status == 404:
             return LLMUnavailable(
-                f"The language model at {self.base_url} does not know model '{self.model}' or "
+                f"The language model at {self.display_url} does not know model '{self.model}' or "
                 f"the URL is wrong (HTTP 404: {detail}). Check VIGIL_LLM_MODEL and that "
                 "VIGIL_LLM_BASE_URL ends in /v1.",
-                url=self.base_url,
+                url=self.display_url,
                 http_status=status,
             )
         if status in RETRY_STATUSES:
             return LLMUnavailable(
-                f"The language model at {self.base_url} is failing (HTTP {status}: {detail}). "
+                f"The language model at {self.display_url} is failing (HTTP {status}: {detail}). "
                 "Try again in a moment.",
-                url=self.base_url,
+                url=self.display_url,
                 http_status=status,
             )
         return LLMBadResponse(
-            f"The language model at {self.base_url} refused the request (HTTP {status}: {detail}).",
-            url=self.base_url,
+            f"The language model at {self.display_url} refused the request "
+            f"(HTTP {status}: {detail}).",
+            url=self.display_url,
             http_status=status,
         )
+
+
+def display_url(url: str) -> str:
+    """``url`` without ``user:password@`` (safe for logs, /health and replies)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
+def _whole(text: str) -> tuple[str, str]:
+    """Split off a trailing high surrogate (a pair split across two chunks by a
+    server) and re-pair/replace the rest, so every delta is valid Unicode."""
+    held = ""
+    if text and "\ud800" <= text[-1] <= "\udbff":
+        text, held = text[:-1], text[-1]
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace"), held
 
 
 def _reason(exc: BaseException) -> str:

@@ -142,3 +142,11 @@ def test_cli_usage_mistakes_are_one_line(tmp_path: Path, args: list[str], expect
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith(expected)
+
+
+@pytest.mark.parametrize("url", ["redis://[x", "http://127.0.0.1:6379", "redis://h:99999/0"])
+def test_bad_redis_url_is_one_line(tmp_path: Path, url: str) -> None:
+    result = run_env(tmp_path, {"VIGIL_HUEY_REDIS_URL": url})
+    assert result.returncode == 2
+    assert result.stderr.startswith("vigil: VIGIL_HUEY_REDIS_URL:")
+    assert "Traceback" not in result.stderr

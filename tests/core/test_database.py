@@ -155,7 +155,7 @@ async def test_checkpoints_run_off_the_loop_and_keep_the_wal_bounded(tmp_path: P
             await asyncio.sleep(0)  # a server yields between writes (network I/O)
 
     try:
-        assert db.read_now("PRAGMA wal_autocheckpoint")[0][0] == 0  # never inline in a commit
+        assert db.pragma("wal_autocheckpoint") == 0  # never inline in a commit
         await write(1000)
         after_1000 = wal.stat().st_size
         await write(2000)
@@ -166,3 +166,37 @@ async def test_checkpoints_run_off_the_loop_and_keep_the_wal_bounded(tmp_path: P
         assert await db.scalar("SELECT count(*) FROM messages") == 3000
     finally:
         await db.close()
+
+
+async def test_quick_reads_do_not_wait_behind_a_blocked_write(tmp_path: Path) -> None:
+    # Found in review: read_now shared the writer; while a write waited 5 s for
+    # another process's lock on the db thread, a window rebuild froze the loop.
+    db = Database(tmp_path / "system.db")
+    await db.open()
+    holder = sqlite3.connect(tmp_path / "system.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    loop = asyncio.get_running_loop()
+    loop.call_later(1.0, holder.execute, "COMMIT")
+    try:
+        write = asyncio.ensure_future(
+            db.write(
+                "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+                " VALUES ('local:a', 'user', 'x', 1, 1.0)"
+            )
+        )
+        await asyncio.sleep(0.2)  # the write now waits on the db thread
+        started = loop.time()
+        assert db.read_now("SELECT count(*) FROM chats")[0][0] == 0
+        assert loop.time() - started < 0.5
+        await write
+    finally:
+        holder.close()
+        await db.close()
+
+
+async def test_read_only_uri_paths_with_hash_and_question_mark(tmp_path: Path) -> None:
+    odd = tmp_path / "hash#dir?q=1" / "system.db"
+    migrate_sync(connect_sync(odd))
+    conn = connect_sync(odd, readonly=True)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hash#dir?q=1"]  # no stray file

@@ -20,8 +20,8 @@ def test_full_disk_gives_a_clear_error_and_recovers(live_server: LiveServer) -> 
     assert live_server.chat("disk", "before").status_code == 200
 
     async def fill(runtime) -> int:
-        pages = runtime.db.read_now("PRAGMA page_count")[0][0]
-        runtime.db.read_now(f"PRAGMA max_page_count = {pages}")  # SQLITE_FULL from here on
+        pages = runtime.db.pragma("page_count")
+        runtime.db.pragma(f"max_page_count = {pages}")  # SQLITE_FULL from here on
         return int(pages)
 
     pages = live_server.call(fill)
@@ -33,7 +33,7 @@ def test_full_disk_gives_a_clear_error_and_recovers(live_server: LiveServer) -> 
     assert httpx.get(live_server.url + "/health/live").status_code == 200
 
     async def free(runtime) -> None:
-        runtime.db.read_now(f"PRAGMA max_page_count = {pages * 100}")
+        runtime.db.pragma(f"max_page_count = {pages * 100}")
 
     live_server.call(free)
     again = live_server.chat("disk", "after")

@@ -165,3 +165,38 @@ def test_stream_reports_model_failure_as_text(tmp_path: Path, live_server_factor
     assert response.status_code == 200
     assert "event: done" in response.text
     assert "llm_unavailable" in response.text
+
+
+async def test_a_pair_split_across_chunks_arrives_whole() -> None:
+    body = (
+        'data: {"choices":[{"delta":{"content":"smile \\ud83d"}}]}\n\n'
+        'data: {"choices":[{"delta":{"content":"\\ude00!"}}]}\n\n'
+        'data: {"choices":[{"delta":{"content":"lone \\ud800"}}]}\n\ndata: [DONE]\n\n'
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=body, headers={"content-type": "text/event-stream"})
+
+    client = LLMClient(
+        base_url="http://m.invalid/v1", model="m", transport=httpx.MockTransport(handler)
+    )
+    deltas = [d async for d in client.stream([{"role": "user", "content": "hi"}])]
+    await client.aclose()
+    assert "".join(deltas) == "smile 😀!lone \ufffd"
+    for delta in deltas:
+        delta.encode("utf-8")  # every delta is valid on its own
+
+
+def test_url_passwords_never_reach_health_replies_or_logs(
+    tmp_path: Path, live_server_factory
+) -> None:
+    url = dead_url().replace("http://", "http://alice:S3cretPassw0rd@")
+    server: LiveServer = live_server_factory(make_settings(tmp_path, llm_base_url=url))
+    reply = server.chat("pw", "hello").json()["reply"]
+    health = httpx.get(server.url + "/health").text
+    server.stop()
+    logs = (tmp_path / "logs" / "system.log").read_text() if (tmp_path / "logs").exists() else ""
+    for text in (reply, health, logs):
+        assert "S3cretPassw0rd" not in text
+    assert "http://127.0.0.1:" in reply
+    assert "S3cretPassw0rd" in server.settings.secrets()

@@ -13,8 +13,6 @@ import os
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from core.config import Settings
 from core.database import connect_sync, migrate_sync
 from core.preflight import _has_auth_key, database_problem
@@ -91,11 +89,6 @@ def test_the_session_check_works_in_a_dir_with_hash_and_question_mark(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tg#x?y"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the lead wires preflight.database_problem into main.py serve (not our file); "
-    "remove this marker then",
-)
 def test_serve_by_hand_on_a_corrupt_database_says_so_on_the_console(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, llm_base_url=dead_url())
     settings.data_dir.mkdir(parents=True, mode=0o700)
