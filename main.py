@@ -149,13 +149,15 @@ def wait_healthy(
 
     import httpx
 
+    from core.restarts import pid_alive
+
     settings = settings_or_exit()
     deadline = time.monotonic() + timeout
     url = settings.base_url + "/health"
     report: dict | None = None
     verdict_deadline = 0.0
     while time.monotonic() < deadline:
-        if pid and not _alive(pid):
+        if pid and not pid_alive(pid):
             typer.echo("vigil: the server process exited during start-up", err=True)
             raise typer.Exit(1)
         try:
@@ -176,16 +178,6 @@ def wait_healthy(
         return
     typer.echo(f"vigil: {url} did not answer within {timeout:g} s", err=True)
     raise typer.Exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _register_modules() -> None:

@@ -27,7 +27,7 @@ from core.config import Settings, load_settings
 from core.context import ContextWindowManager
 from core.database import Database
 from core.http import BodyGuard, install_error_handlers
-from core.llm import LLMClient
+from core.llm import LLMClient, llm_from_settings
 from core.memory import ChatMemory
 
 log = logging.getLogger(__name__)
@@ -124,16 +124,7 @@ def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
 
 
 def make_llm(settings: Settings) -> LLMClient:
-    return LLMClient(
-        base_url=settings.llm_base_url,
-        model=settings.llm_model,
-        api_key=settings.llm_api_key,
-        timeout_s=settings.llm_timeout_s,
-        connect_timeout_s=settings.llm_connect_timeout_s,
-        max_tokens=settings.llm_max_tokens,
-        temperature=settings.llm_temperature,
-        max_retries=settings.llm_max_retries,
-    )
+    return llm_from_settings(settings)
 
 
 # Extension points: each gets (app, runtime, stack) and may push cleanups.

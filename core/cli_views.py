@@ -6,7 +6,6 @@ Nothing here opens the Telegram session; the server is asked over HTTP.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ from core.database import Database, connect_sync
 from core.errors import LLMError, NotFound
 from core.integrity import Check
 from core.maintenance import database_summary
+from core.restarts import pid_alive as server_pid_alive
 from core.restarts import read_supervisor_state
 from core.restore import server_pid
 
@@ -91,16 +91,6 @@ def _supervisor(settings: Settings) -> dict[str, Any]:
         if isinstance(child, dict)
     }
     return {"running": running, "pid": pid if running else None, "children": children}
-
-
-def server_pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _children_line(supervisor: dict[str, Any]) -> str:
@@ -287,7 +277,7 @@ async def summarize_chat(
 ) -> dict[str, Any]:
     """Summary of a chat's last ``count`` messages: the model's, else extractive."""
     from core.context import extractive_summary
-    from core.llm import LLMClient
+    from core.llm import llm_from_settings
     from core.memory import ChatMemory, estimate_tokens
 
     db = Database(settings.db_path, readers=1)
@@ -309,14 +299,7 @@ async def summarize_chat(
     result = {"chat_id": chat, "messages": len(turns), "source": "extractive", "summary": text}
     if not use_model or not turns:
         return result
-    llm = LLMClient(
-        base_url=settings.llm_base_url,
-        model=settings.llm_model,
-        api_key=settings.llm_api_key,
-        timeout_s=settings.llm_timeout_s,
-        connect_timeout_s=settings.llm_connect_timeout_s,
-        max_retries=0,
-    )
+    llm = llm_from_settings(settings, max_retries=0)
     try:
         if (await llm.probe()).state == "ok":
             result["summary"] = (

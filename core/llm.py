@@ -15,12 +15,15 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import SecretStr
 
 from core.errors import LLMBadResponse, LLMError, LLMTimeout, LLMUnavailable
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +263,22 @@ class LLMClient:
             url=self.display_url,
             http_status=status,
         )
+
+
+def llm_from_settings(settings: Settings, **overrides: Any) -> LLMClient:
+    """The model client as configured; ``overrides`` for tasks and the CLI."""
+    options: dict[str, Any] = {
+        "base_url": settings.llm_base_url,
+        "model": settings.llm_model,
+        "api_key": settings.llm_api_key,
+        "timeout_s": settings.llm_timeout_s,
+        "connect_timeout_s": settings.llm_connect_timeout_s,
+        "max_tokens": settings.llm_max_tokens,
+        "temperature": settings.llm_temperature,
+        "max_retries": settings.llm_max_retries,
+    }
+    options.update(overrides)
+    return LLMClient(**options)
 
 
 def display_url(url: str) -> str:

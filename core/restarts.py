@@ -18,6 +18,18 @@ from typing import Any
 
 from core.database import Database, connect_sync, migrate_sync
 
+
+def pid_alive(pid: int) -> bool:
+    """Does a process with this PID exist (also one we may not signal)?"""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 log = logging.getLogger(__name__)
 
 COLUMNS = (

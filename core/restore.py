@@ -33,6 +33,7 @@ from core.backup import (
     verify_snapshot,
 )
 from core.errors import BadRequest, StorageError, StorageFull
+from core.restarts import pid_alive
 from core.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -62,12 +63,8 @@ def server_pid(pid_file: Path) -> int | None:
         return None
     if pid <= 0 or pid == os.getpid():
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return None
-    except PermissionError:
-        return pid
     cmdline = Path(f"/proc/{pid}/cmdline")
     with contextlib.suppress(OSError):
         # A recycled PID that now belongs to some other program is not a server.

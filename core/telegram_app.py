@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from core.channel import Channel, IncomingMessage
+from core.channel import Channel, IncomingMessage, TurnResult
 from core.chat import ChatService
 from core.config import Settings
 from core.streaming import EditScheduler
@@ -35,9 +35,9 @@ def install_commands(chat: ChatService) -> None:
             return ""  # the stopped reply itself says so
         return "Nothing is being written right now."
 
-    async def retry(msg: IncomingMessage, channel: Channel, args: str) -> str:
-        # A str either way: "" sends nothing more, as the retried turn streamed
-        # its own reply (or the model's error) into the chat already.
+    async def retry(msg: IncomingMessage, channel: Channel, args: str) -> str | TurnResult:
+        # The retried turn streamed its own reply (or the model's error) into the
+        # chat already; returning it gives the local API its reply and error code.
         result = await chat.retry(msg, channel)
         if result is None:
             return NOTHING_TO_RETRY
@@ -45,7 +45,7 @@ def install_commands(chat: ChatService) -> None:
             log.info("chat %s: /retry failed: %s", msg.chat_id, result.error_code)
         if not result.sent_ids and not result.cancelled:
             return RETRY_NOT_SHOWN  # the channel lost the reply: the chatter saw nothing
-        return ""
+        return result
 
     chat.commands.setdefault("cancel", cancel)
     chat.commands.setdefault("retry", retry)

@@ -82,17 +82,10 @@ def refine_summaries(settings: Settings, *, within_s: float = 2 * 3600) -> dict[
 async def _refine(settings: Settings, chats: list[str]) -> dict[str, Any]:
     from core.context import ContextWindowManager
     from core.errors import LLMError
-    from core.llm import LLMClient
+    from core.llm import llm_from_settings
     from core.memory import ChatMemory
 
-    llm = LLMClient(
-        base_url=settings.llm_base_url,
-        model=settings.llm_model,
-        api_key=settings.llm_api_key,
-        timeout_s=settings.llm_timeout_s,
-        connect_timeout_s=settings.llm_connect_timeout_s,
-        max_retries=settings.llm_max_retries,
-    )
+    llm = llm_from_settings(settings)
     db = Database(settings.db_path, readers=1)
     try:
         status = await llm.probe()

@@ -140,3 +140,16 @@ def test_throttled_and_draining_turns_get_retry_after(live_server: LiveServer) -
     assert draining.headers["retry-after"] == "12"
     assert draining.json()["error"]["code"] == "restarting"
     assert live_server.client.get("/api/chats/t/messages").status_code == 404  # nothing stored
+
+
+def test_retry_over_the_local_api_returns_the_new_reply(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    live_server.chat("again", "tell me a joke")
+    fake_llm.reply = "a better joke"
+    body = live_server.chat("again", "/retry").json()
+    assert body["command"] == "retry"
+    assert body["reply"] == "a better joke"
+    assert body["reply_message_id"] is not None
+    history = live_server.client.get("/api/chats/again/messages").json()["messages"]
+    assert [m["content"] for m in history] == ["a better joke", "tell me a joke"]
