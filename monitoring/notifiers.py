@@ -20,6 +20,18 @@ from monitoring.alerts import PerformanceAlert
 
 log = logging.getLogger(__name__)
 
+# A URL the config accepted can still be one httpx refuses (port 99999 ->
+# InvalidURL, OverflowError from the socket layer); such a send counts as
+# failed instead of escaping as "Task exception was never retrieved".
+_SEND_ERRORS = (
+    httpx.HTTPError,
+    httpx.InvalidURL,
+    OSError,
+    ValueError,
+    OverflowError,
+    ExceptionGroup,  # anyio's connect wraps the OverflowError in one
+)
+
 _LOG_LEVEL = {
     "low": logging.INFO,
     "medium": logging.WARNING,
@@ -60,8 +72,10 @@ class WebhookNotifier:
                     problem = f"HTTP {response.status_code}"
                     if 400 <= response.status_code < 500 and response.status_code != 429:
                         break  # the receiver rejects this body; retrying will not help
-                except httpx.HTTPError as exc:
+                except _SEND_ERRORS as exc:
                     problem = type(exc).__name__
+                    if not isinstance(exc, httpx.HTTPError):
+                        break  # a malformed URL stays malformed; retrying will not help
                 if attempt < self.retries:
                     await asyncio.sleep(self.backoff_s * 2**attempt)
         self.failed += 1

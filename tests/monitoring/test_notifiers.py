@@ -100,3 +100,9 @@ async def test_telegram_alerts_reach_the_admin_chat_through_the_channel() -> Non
     assert notifier is not None and find() is notifier
     assert await notifier.send("raised", alert("critical", "memory_critical"))
     assert sent[0][0] == "tg:42" and "memory_critical" in sent[0][1]
+
+
+async def test_webhook_with_a_malformed_url_counts_as_failed_not_a_traceback() -> None:
+    notifier = WebhookNotifier("http://127.0.0.1:99999/hook", retries=2, backoff_s=0.01)
+    assert not await notifier.send("raised", alert())
+    assert notifier.failed == 1 and notifier.sent == 0
