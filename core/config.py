@@ -220,9 +220,18 @@ class Settings(BaseSettings):
     @field_validator("alert_webhook_url")
     @classmethod
     def _check_webhook(cls, value: str | None) -> str | None:
-        if value and not re.match(r"^https?://[^\s/]+", value):
+        if not value:
+            return None
+        if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http(s) URL")
-        return value or None
+        try:
+            parts = urllib.parse.urlsplit(value)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError as exc:
+            raise ValueError(f"is not a valid URL ({exc})") from None
+        if not parts.hostname:
+            raise ValueError("must name a host, e.g. https://hooks.example.com/vigil")
+        return value
 
     @field_validator("huey_redis_url")
     @classmethod
@@ -310,7 +319,10 @@ class Settings(BaseSettings):
 
     @property
     def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        """Where this machine reaches the server (IPv6 hosts in brackets)."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
     @property

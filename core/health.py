@@ -8,12 +8,14 @@ Telegram; a down model only makes Vigil ``degraded``, never ``unhealthy``.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from core import __version__
+from core.restarts import read_supervisor_state
 
 router = APIRouter(tags=["health"])
 
@@ -47,6 +49,9 @@ async def health_report(runtime: Any) -> dict[str, Any]:
     if runtime.admission.throttled:
         status = "degraded"
         reasons.append("throttled")
+    for name in failed_children(runtime.settings.data_dir):
+        status = "degraded"  # e.g. the worker hit the flap limit: no backups any more
+        reasons.append(f"{name} failed (restart limit reached; see /restart/status)")
     if database["status"] != "ok":
         status = "unhealthy"
         reasons.append("database error")
@@ -64,6 +69,19 @@ async def health_report(runtime: Any) -> dict[str, Any]:
         "in_flight_turns": runtime.admission.in_flight,
         "checks": {"database": database, "llm": llm},
     }
+
+
+def failed_children(data_dir: Path) -> list[str]:
+    """Children the supervisor gave up on (flap limit), when we run under it."""
+    state = read_supervisor_state(data_dir)
+    children = state.get("children") if state.get("supervised") else None
+    if not isinstance(children, dict):
+        return []
+    return sorted(
+        name
+        for name, child in children.items()
+        if isinstance(child, dict) and child.get("state") == "failed"
+    )
 
 
 @router.get("/health")

@@ -150,3 +150,23 @@ def test_bad_redis_url_is_one_line(tmp_path: Path, url: str) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith("vigil: VIGIL_HUEY_REDIS_URL:")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:9000"),
+        ("0.0.0.0", "http://127.0.0.1:9000"),
+        ("::1", "http://[::1]:9000"),
+        ("::", "http://[::1]:9000"),
+    ],
+)
+def test_base_url_brackets_ipv6_hosts(host: str, url: str) -> None:
+    assert Settings(_env_file=None, host=host).base_url == url  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999/hook", "http://[::1/hook", "https:///x"])
+def test_bad_webhook_url_is_one_line(tmp_path: Path, url: str) -> None:
+    result = run_env(tmp_path, {"VIGIL_ALERT_WEBHOOK_URL": url})
+    assert result.returncode == 2
+    assert result.stderr.startswith("vigil: VIGIL_ALERT_WEBHOOK_URL:")

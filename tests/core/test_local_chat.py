@@ -153,3 +153,22 @@ def test_retry_over_the_local_api_returns_the_new_reply(
     assert body["reply_message_id"] is not None
     history = live_server.client.get("/api/chats/again/messages").json()["messages"]
     assert [m["content"] for m in history] == ["a better joke", "tell me a joke"]
+
+
+def test_health_is_degraded_while_a_supervised_child_has_failed(live_server: LiveServer) -> None:
+    # Found in review: a worker stopped by the flap limit (no more backups) left
+    # /health "healthy". The state file is the supervisor's (our parent here).
+    import json
+    import os
+
+    state = {
+        "pid": os.getppid(),
+        "children": {"server": {"state": "running"}, "worker": {"state": "failed"}},
+    }
+    (live_server.settings.data_dir / "supervisor.json").write_text(json.dumps(state))
+    body = httpx.get(live_server.url + "/health").json()
+    assert body["status"] == "degraded"
+    assert any(r.startswith("worker failed") for r in body["reasons"])
+    state["children"]["worker"]["state"] = "running"
+    (live_server.settings.data_dir / "supervisor.json").write_text(json.dumps(state))
+    assert not any("failed" in r for r in httpx.get(live_server.url + "/health").json()["reasons"])
