@@ -88,6 +88,48 @@ class Policy:
             restarts.popleft()
         return len(restarts) >= self.flap_max
 
+    def decide_restart(
+        self,
+        *,
+        planned: bool,
+        attempt: int,
+        uptime_s: float,
+        restarts: deque[float],
+        planned_restarts: deque[float],
+        now: float,
+    ) -> RestartDecision:
+        """What to do with a child that just exited; records ``now`` in the deques.
+
+        Only the first planned restart (exit 0/75) in the flap window is free:
+        a child that keeps asking (memory above the threshold right after
+        start) would otherwise be restarted at once forever. Later planned
+        restarts in the window get the crash backoff, and every restart,
+        planned or not, counts toward the flap limit.
+        """
+        if uptime_s >= self.backoff_reset_s:
+            attempt = 0
+        while planned_restarts and now - planned_restarts[0] > self.flap_window_s:
+            planned_restarts.popleft()
+        free = planned and not planned_restarts
+        if not free:
+            attempt += 1
+        if self.is_flapping(restarts, now):
+            return RestartDecision("fail", attempt, 0.0, planned)
+        restarts.append(now)
+        if planned:
+            planned_restarts.append(now)
+        return RestartDecision("restart", attempt, 0.0 if free else self.backoff(attempt), planned)
+
+
+@dataclass(frozen=True)
+class RestartDecision:
+    """``action`` is ``restart`` (after ``delay_s``) or ``fail`` (flap limit reached)."""
+
+    action: str
+    attempt: int
+    delay_s: float
+    planned: bool
+
 
 @dataclass(frozen=True)
 class ChildSpec:
@@ -133,6 +175,7 @@ class ChildState:
     started_at: float = 0.0
     attempt: int = 0
     restarts: deque[float] = field(default_factory=deque)
+    planned_restarts: deque[float] = field(default_factory=deque)
     next_start_mono: float = 0.0
     next_start_at: float | None = None
     backoff_s: float = 0.0

@@ -180,22 +180,28 @@ class Supervisor:
             log.info("%s exited (%s) during shutdown", child.spec.name, describe_exit(code))
             self._write_state()
             return
-        if uptime >= self.policy.backoff_reset_s:
-            child.attempt = 0
         planned = code in (0, RESTART_REQUESTED) and not child.watchdog_fired
         reason = "watchdog" if child.watchdog_fired else ("crash" if not planned else "")
-        if not planned:
-            child.attempt += 1
-        if self.policy.is_flapping(child.restarts, now):
+        decision = self.policy.decide_restart(
+            planned=planned,
+            attempt=child.attempt,
+            uptime_s=uptime,
+            restarts=child.restarts,
+            planned_restarts=child.planned_restarts,
+            now=now,
+        )
+        child.attempt = decision.attempt
+        if decision.action == "fail":
             self._fail(child, code, uptime)
             return
-        child.restarts.append(now)
-        delay = 0.0 if planned else self.policy.backoff(child.attempt)
+        delay = decision.delay_s
         child.state, child.backoff_s = "backoff", delay
         child.next_start_mono = now + delay
         child.next_start_at = time.time() + delay
         if planned:
-            log.info("%s exited (%s): restarting now", child.spec.name, describe_exit(code))
+            log.info(
+                "%s exited (%s): restarting in %.2f s", child.spec.name, describe_exit(code), delay
+            )
             if not child.spec.records_own_exits:
                 reason = "forced" if code == RESTART_REQUESTED else "signal"
         else:

@@ -9,7 +9,7 @@ import pytest
 
 from core.config import Settings
 from monitoring.restart import AutoRestartManager, decide, next_run
-from monitoring.supervision import Policy, supervised_children
+from monitoring.supervision import Policy, RestartDecision, supervised_children
 
 UTC = dt.UTC
 
@@ -141,3 +141,65 @@ def test_supervised_children_server_first_then_worker_and_extras() -> None:
         supervised_children("py", "main.py", "u", worker=False, extra=["nocommand"])
     with pytest.raises(ValueError, match="already exists"):
         supervised_children("py", "main.py", "u", worker=False, extra=["server=true"])
+
+
+class Child:
+    """The supervisor's per-child restart bookkeeping, driven through the pure policy."""
+
+    def __init__(self, policy: Policy, uptime_s: float = 70.0) -> None:
+        self.policy, self.uptime_s, self.attempt = policy, uptime_s, 0
+        self.restarts: deque[float] = deque()
+        self.planned: deque[float] = deque()
+
+    def exits(self, now: float, *, planned: bool) -> RestartDecision:
+        decision = self.policy.decide_restart(
+            planned=planned,
+            attempt=self.attempt,
+            uptime_s=self.uptime_s,
+            restarts=self.restarts,
+            planned_restarts=self.planned,
+            now=now,
+        )
+        self.attempt = decision.attempt
+        return decision
+
+
+def test_only_the_first_planned_restart_in_the_window_is_free() -> None:
+    child = Child(Policy(backoff_initial_s=1.0, flap_max=5, flap_window_s=300.0))
+    delays = [child.exits(t, planned=True).delay_s for t in (0.0, 80.0, 160.0)]
+    assert delays == [0.0, 1.0, 2.0]
+
+
+def test_a_planned_restart_after_the_window_is_free_again() -> None:
+    child = Child(Policy(flap_window_s=300.0))
+    assert child.exits(0.0, planned=True).delay_s == 0.0
+    assert child.exits(301.0, planned=True).delay_s == 0.0
+
+
+def test_a_planned_restart_loop_ends_in_failed() -> None:
+    """A child asking for a restart soon after every start reaches the flap limit."""
+    child = Child(Policy(backoff_initial_s=1.0, flap_max=5, flap_window_s=300.0), uptime_s=40.0)
+    now, actions = 0.0, []
+    for _ in range(10):
+        decision = child.exits(now, planned=True)
+        actions.append(decision.action)
+        if decision.action == "fail":
+            break
+        now += decision.delay_s + child.uptime_s
+    assert actions == ["restart"] * 5 + ["fail"]
+
+
+def test_planned_and_crash_restarts_share_the_flap_limit() -> None:
+    child = Child(Policy(flap_max=3, flap_window_s=300.0))
+    assert child.exits(0.0, planned=True).action == "restart"
+    assert child.exits(10.0, planned=False).action == "restart"
+    assert child.exits(20.0, planned=True).action == "restart"
+    assert child.exits(30.0, planned=False).action == "fail"
+
+
+def test_a_long_healthy_run_resets_the_backoff() -> None:
+    child = Child(Policy(backoff_initial_s=1.0, backoff_reset_s=600.0), uptime_s=10.0)
+    child.exits(0.0, planned=False)
+    assert child.exits(20.0, planned=False).delay_s == 2.0
+    child.uptime_s = 700.0
+    assert child.exits(800.0, planned=False).delay_s == 1.0
