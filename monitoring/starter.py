@@ -107,9 +107,10 @@ async def start_monitoring(app: Any, runtime: Any, stack: contextlib.AsyncExitSt
     system = build_monitoring(runtime, probe=probe)
     runtime.monitoring = system
     runtime.extras["metrics_registry"] = build_registry(runtime)
-    stale = await system.store.close_stale(time.time()) if system.store else 0
+    stack.push_async_callback(system.dispatcher.drain)  # also the stale "resolved" events
+    stale = await system.close_stale(time.time())
     if stale:
-        log.info("closed %d alert(s) left open by the previous run", stale)
+        log.info("closed %d alert(s) left open by the previous run", len(stale))
     budget = system.monitor.budget
     log.info(
         "monitoring: memory budget %.0f MB (%s), thresholds %.0f/%.0f/%.0f/%.0f MB, %s",
@@ -125,7 +126,6 @@ async def start_monitoring(app: Any, runtime: Any, stack: contextlib.AsyncExitSt
         return
     _keep_history(system, runtime.settings, stack)
     tasks = system.start(extra=[probe.run])
-    stack.push_async_callback(system.dispatcher.drain)
     stack.push_async_callback(_cancel, tasks)
 
 

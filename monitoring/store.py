@@ -29,17 +29,35 @@ class AlertStore:
     def __init__(self, db: _Db) -> None:
         self.db = db
 
-    async def close_stale(self, now: float) -> int:
-        """Governor alerts left open by a previous process: their conditions are unknown now."""
-        where = f"resolved_at IS NULL AND {_MINE}"
-        count = int(
-            await self.db.scalar(f"SELECT count(*) FROM alerts WHERE {where}", GOVERNOR_TYPES)
+    async def close_stale(self, now: float) -> list[dict[str, Any]]:
+        """Close governor alerts a previous process left open; return the closed rows.
+
+        Their conditions are unknown now (the new process measures afresh); the
+        caller notifies "resolved" for them so no receiver keeps an alert open.
+        """
+        rows = await self.db.fetchall(
+            "SELECT id, alert_type, severity, message, recommended_action, raised_at, snapshot"
+            f" FROM alerts WHERE resolved_at IS NULL AND {_MINE} ORDER BY id",
+            GOVERNOR_TYPES,
         )
-        if count:
+        closed = [dict(row) for row in rows]
+        for row in closed:  # by id: an alert raised meanwhile stays open
             await self.db.write(
-                f"UPDATE alerts SET resolved_at = ? WHERE {where}", (now, *GOVERNOR_TYPES)
+                "UPDATE alerts SET resolved_at = ? WHERE id = ? AND resolved_at IS NULL",
+                (now, row["id"]),
             )
-        return count
+            row["resolved_at"] = now
+        return closed
+
+    async def recent_restarts(self, *, child: str, prefix: str, since: float) -> int:
+        """How many restarts of ``child`` whose reason starts with ``prefix`` since ``since``."""
+        value = await self.db.scalar(
+            # substr, not LIKE: "_" in "governor_" would be a wildcard
+            "SELECT count(*) FROM restarts WHERE child = ? AND substr(reason, 1, ?) = ?"
+            " AND at >= ?",
+            (child, len(prefix), prefix, since),
+        )
+        return int(value or 0)
 
     async def open_external(self, *, since: float = 0.0, limit: int = 20) -> list[dict[str, Any]]:
         """Open alerts others (the supervisor) raised since ``since``, newest first.

@@ -16,12 +16,15 @@ can install it in any order; every request is also recorded here and shown.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sqlite3
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from core.errors import VigilError
 from monitoring.alerts import PerformanceAlert
 from monitoring.cleanup import RuntimeEffects
 from monitoring.governor import (
@@ -56,6 +59,31 @@ def _call_hook(hook: RestartHook, reason: str, detail: str, *, immediate: bool) 
         return hook(reason, detail, immediate=True)
     except TypeError:
         return hook(reason, detail)
+
+
+NOTIFY_STALE = frozenset({"medium", "high", "critical"})
+
+
+def _stale_alert(row: dict[str, Any]) -> PerformanceAlert:
+    """A PerformanceAlert for a row a previous process left open."""
+    try:
+        snapshot = ResourceSnapshot.from_dict(json.loads(row.get("snapshot") or "{}"))
+    except (ValueError, TypeError, AttributeError):
+        snapshot = None
+    raised_at = float(row["raised_at"])
+    if snapshot is None:
+        snapshot = ResourceSnapshot(raised_at, 0.0, 0.0, 0, 0, 0.0, (0, 0))
+    return PerformanceAlert(
+        alert_type=str(row["alert_type"]),
+        severity=str(row["severity"]),
+        message=f"closed at restart (was: {row['message']})",
+        timestamp=raised_at,
+        resource_snapshot=snapshot,
+        recommended_action=str(row["recommended_action"] or ""),
+        key=str(row["alert_type"]),
+        id=int(row["id"]),
+        resolved_at=row.get("resolved_at"),
+    )
 
 
 class IntegratedMonitoringSystem:
@@ -166,10 +194,25 @@ class IntegratedMonitoringSystem:
 
     async def _raise(self, alert: PerformanceAlert) -> None:
         if self.store is not None:
-            alert.id = await self.store.insert(alert)
+            try:
+                alert.id = await self.store.insert(alert)
+            except (VigilError, sqlite3.Error) as exc:
+                # The alert still matters more than its row: keep it active and notify.
+                log.warning("could not store alert %s: %s", alert.alert_type, exc)
+                alert.id = None
         self.active[alert.key] = alert
         self.raised_total[alert.alert_type] += 1
         self.dispatcher.notify("raised", alert)
+
+    async def close_stale(self, now: float) -> list[PerformanceAlert]:
+        """Close the alerts a previous process left open and notify "resolved" for them."""
+        if self.store is None:
+            return []
+        closed = [_stale_alert(row) for row in await self.store.close_stale(now)]
+        for alert in closed:
+            if alert.severity in NOTIFY_STALE:
+                self.dispatcher.notify("resolved", alert)
+        return closed
 
     async def _resolve(self, key: str) -> None:
         alert = self.active.pop(key, None)

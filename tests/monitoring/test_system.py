@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from core.database import Database
+from core.errors import StorageError
+from monitoring.alerts import PerformanceAlert
 from monitoring.resources import ResourceMonitor
 from monitoring.snapshot import ResourceSnapshot
 from monitoring.store import AlertStore
@@ -120,8 +122,9 @@ async def test_stale_governor_alerts_are_closed_at_start_the_supervisors_are_sho
         await db.write(insert, ("memory_warning", "medium", "from the last run", "x", 1.0))
         await db.write(insert, ("restart_flap_limit", "critical", "worker failed", "fix it", 2.0))
         store = system.store
-        assert await store.close_stale(50.0) == 1  # only the governor's own
-        assert await store.close_stale(60.0) == 0
+        closed = await store.close_stale(50.0)  # only the governor's own
+        assert [r["alert_type"] for r in closed] == ["memory_warning"]
+        assert await store.close_stale(60.0) == []
         recent = await store.recent()
         assert {r["alert_type"]: r["resolved_at"] for r in recent} == {
             "memory_warning": 50.0,
@@ -147,5 +150,58 @@ async def test_a_failing_restart_hook_is_recorded_not_raised(tmp_path: Path) -> 
     try:
         assert system.request_restart("governor_cpu", "test") is False
         assert system.restart_requests[0]["accepted"] is False
+    finally:
+        await db.close()
+
+
+class RecordingDispatcher:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, PerformanceAlert]] = []
+
+    def notify(self, event: str, alert: PerformanceAlert) -> None:
+        self.events.append((event, alert))
+
+
+async def test_alerts_open_at_restart_are_notified_as_resolved(tmp_path: Path) -> None:
+    feed = Feed()
+    system, db = await make_system(tmp_path, feed, None)
+    system.dispatcher = RecordingDispatcher()
+    try:
+        insert = "INSERT INTO alerts (alert_type, severity, message, recommended_action,"
+        insert += " raised_at) VALUES (?, ?, ?, ?, ?)"
+        await db.write(insert, ("memory_hard_limit", "critical", "1200 MB", "restart", 1.0))
+        await db.write(insert, ("cpu_pressure", "low", "host busy", "none", 2.0))
+        await db.write(insert, ("restart_flap_limit", "critical", "worker failed", "fix", 3.0))
+        closed = await system.close_stale(50.0)
+        assert {a.alert_type for a in closed} == {"memory_hard_limit", "cpu_pressure"}
+        events = system.dispatcher.events
+        assert [(e, a.alert_type) for e, a in events] == [("resolved", "memory_hard_limit")]
+        assert events[0][1].message.startswith("closed at restart")
+        assert events[0][1].resolved_at == 50.0
+    finally:
+        await db.close()
+
+
+class FailingStore(AlertStore):
+    async def insert(self, alert: PerformanceAlert) -> int:
+        raise StorageError("database is locked")
+
+
+async def test_an_alert_is_kept_and_notified_when_its_row_cannot_be_written(
+    tmp_path: Path,
+) -> None:
+    feed = Feed()
+    system, db = await make_system(tmp_path, feed, None)
+    system.store = FailingStore(db)
+    system.dispatcher = RecordingDispatcher()
+    try:
+        await drive(system, feed, 100.0, 20.0)
+        await drive(system, feed, 700.0, 120.0)  # above the cleanup level, sustained
+        assert "memory_cleanup" in system.active
+        assert system.active["memory_cleanup"].id is None
+        assert ("raised", "memory_warning") in [
+            (e, a.alert_type) for e, a in system.dispatcher.events
+        ]
+        assert system.errors == 0
     finally:
         await db.close()
