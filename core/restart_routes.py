@@ -99,11 +99,12 @@ async def restart_force(request: Request, body: ForceIn | None = None) -> JSONRe
     lifecycle = runtime.extras["lifecycle"]
     detail = body.detail if body is not None else ""
     in_flight = runtime.admission.in_flight
+    # Read before the restart starts: nothing after request_restart may fail.
+    supervised = bool(read_supervisor_state(runtime.settings.data_dir).get("supervised"))
     if not lifecycle.request_restart("forced", detail or "POST /restart/force"):
         raise AlreadyRestarting(
             f"a {lifecycle.reason} restart is already under way", state=lifecycle.state
         )
-    supervised = bool(read_supervisor_state(runtime.settings.data_dir).get("supervised"))
     body_out: dict[str, Any] = {
         "restarting": True,
         "reason": "forced",

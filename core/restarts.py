@@ -140,6 +140,15 @@ def read_supervisor_state(data_dir: Path, *, parent_pid: int | None = None) -> d
         return {"supervised": False, "children": {}}
     except (OSError, ValueError) as exc:
         return {"supervised": False, "children": {}, "error": f"unreadable {path.name}: {exc}"}
+    children = state.get("children", {}) if isinstance(state, dict) else None
+    if not isinstance(children, dict) or not all(isinstance(c, dict) for c in children.values()):
+        # Valid JSON of another shape (hand-edited, another tool's file): callers
+        # index into it, so it must never leave here as anything but this shape.
+        return {
+            "supervised": False,
+            "children": {},
+            "error": f"unreadable {path.name}: wrong shape",
+        }
     pid = state.get("pid")
     parent = os.getppid() if parent_pid is None else parent_pid
     state["supervised"] = bool(pid) and pid == parent and not state.get("stopped")

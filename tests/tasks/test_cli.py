@@ -270,3 +270,17 @@ def test_cleanup_applies_message_retention_when_configured(filled: Settings) -> 
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["messages_removed"] == 300
     assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == 20
+
+
+@pytest.mark.parametrize("content", ["[]", '{"pid": 1, "children": []}'])
+def test_status_survives_a_supervisor_json_of_the_wrong_shape(
+    tsettings: Settings, content: str
+) -> None:
+    tsettings.data_dir.mkdir(parents=True)
+    (tsettings.data_dir / "supervisor.json").write_text(content)
+    result = invoke(tsettings, "status", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["supervisor"]["running"] is False and report["supervisor"]["children"] == {}
+    table = invoke(tsettings, "status")
+    assert table.exit_code == 0 and "unexpected error" not in table.output
