@@ -211,9 +211,20 @@ def read_rss_mb(pid: int, proc: Path = Path("/proc")) -> float | None:
         return None
 
 
+_BAD_LIVE_URLS: set[str] = set()
+
+
 def is_live(url: str, *, timeout: float) -> bool:
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    """True when ``url`` answers 200; a URL that cannot be parsed is never live."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # ValueError for an unbracketed IPv6 host (http://::1:8080)
+    except ValueError as exc:
+        if url not in _BAD_LIVE_URLS:  # polled every few seconds: say it once
+            _BAD_LIVE_URLS.add(url)
+            log.error("cannot check %s: %s (IPv6 hosts need [brackets])", url, exc)
+        return False
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", parts.path or "/")
         return conn.getresponse().status == 200
