@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import math
 import os
 from collections import deque
 from collections.abc import Iterator
@@ -52,11 +53,50 @@ class ResourceSnapshot:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResourceSnapshot:
-        """The inverse of :meth:`to_dict` (for the history saved across restarts)."""
-        names = {f.name for f in fields(cls)}
-        values = {k: v for k, v in data.items() if k in names}
-        values["network_io_bytes"] = tuple(values.get("network_io_bytes") or (0, 0))
+        """The inverse of :meth:`to_dict` (for the history saved across restarts).
+
+        Every field is coerced to its type, so a hand-edited or corrupt file
+        raises TypeError/ValueError here instead of breaking a comparison later.
+        """
+        values: dict[str, Any] = {"network_io_bytes": (0, 0)}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.name == "network_io_bytes":
+                value = tuple(int(x) for x in value or (0, 0))
+                if len(value) != 2:
+                    raise ValueError("network_io_bytes needs two numbers")
+            elif f.name == "pressure_scope":
+                value = str(value)
+            elif f.name == "primed":
+                if not isinstance(value, bool):
+                    raise TypeError("primed must be true or false")
+            elif value is None and f.name in _OPTIONAL:
+                pass
+            else:
+                value = _COERCE[f.name](value)
+            values[f.name] = value
         return cls(**values)
+
+
+_OPTIONAL = frozenset({"cpu_pressure", "memory_pressure"})
+_INTS = frozenset({"active_sessions", "total_processes", "in_flight_turns", "cached_sessions"})
+
+
+def _finite(value: Any) -> float:
+    """float(), but NaN/inf are refused too (they would break JSON answers and charts)."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
+
+
+_COERCE: dict[str, Any] = {
+    f.name: int if f.name in _INTS else _finite
+    for f in fields(ResourceSnapshot)
+    if f.name not in ("network_io_bytes", "pressure_scope", "primed")
+}
 
 
 class History:
@@ -103,11 +143,22 @@ class History:
         """Prepend snapshots saved by the previous process (bad files are ignored)."""
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-            saved = [ResourceSnapshot.from_dict(item) for item in raw]
-        except (OSError, ValueError, TypeError, AttributeError):
+        except (OSError, ValueError):
             return 0
-        kept = [s for s in saved if s.timestamp >= newer_than]
+        if not isinstance(raw, list):
+            return 0
         current = list(self._items)
+        # saved rows must be older than this process's own (a skewed file could say otherwise)
+        before = current[0].timestamp if current else math.inf
+        kept: list[ResourceSnapshot] = []
+        for item in raw:  # one bad row costs that row, not the whole chart
+            try:
+                snapshot = ResourceSnapshot.from_dict(item)
+            except (TypeError, ValueError, AttributeError, KeyError):
+                continue
+            if newer_than <= snapshot.timestamp < before:
+                kept.append(snapshot)
+        kept.sort(key=lambda s: s.timestamp)  # since() bisects by timestamp
         self._items.clear()
         self._items.extend([*kept, *current])
         return len(kept)

@@ -7,6 +7,7 @@ reaches the server's graceful restart path, and the endpoints report it all.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -212,6 +213,23 @@ def test_the_history_is_kept_across_a_restart(
     second = live_server_factory(settings)
     points = second.client.get("/resources/history", params={"points": 5000}).json()["points"]
     assert any(p["t"] <= before for p in points)  # the first run's samples are back
+
+
+def test_a_corrupt_history_file_neither_stops_the_server_nor_breaks_the_chart(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, governor_sample_interval_s=0.05)
+    now = time.time()
+    good = {"timestamp": now - 60, "memory_mb": 123.0, "cpu_percent": 1.0}
+    good |= {"active_sessions": 0, "total_processes": 1, "disk_usage_percent": 5.0}
+    rows = [{"timestamp": "soon"}, {**good, "timestamp": now - 50, "memory_mb": "lots"}, good]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "resource_history.json").write_text(json.dumps(rows))
+    server = live_server_factory(settings)
+    answer = server.client.get("/resources/history", params={"points": 5000})
+    assert answer.status_code == 200
+    old = [p for p in answer.json()["points"] if p["t"] < now - 30]
+    assert [p["memory_mb"] for p in old] == [123.0]  # the bad rows are gone, the good one kept
 
 
 def test_a_blocked_event_loop_raises_loop_lag_and_throttles(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -131,3 +132,26 @@ def test_history_survives_a_restart_through_its_file(tmp_path: Path) -> None:
     path.write_text("{not json")
     assert History(4).load(path, newer_than=0) == 0
     assert History(4).load(tmp_path / "missing.json", newer_than=0) == 0
+
+
+def test_bad_rows_in_the_history_file_are_dropped_one_by_one(tmp_path: Path) -> None:
+    path = tmp_path / "resource_history.json"
+    good = snap(5.0, 120.0).to_dict()
+    rows = [
+        {"timestamp": "soon"},
+        {**snap(6.0).to_dict(), "memory_mb": "lots"},
+        {**snap(7.0).to_dict(), "network_io_bytes": ["a", 1]},
+        {**snap(8.0).to_dict(), "cpu_percent": None},
+        {**snap(8.5).to_dict(), "memory_mb": float("nan")},
+        "not a row",
+        42,
+        {**good, "memory_mb": "130.5", "active_sessions": "2"},  # numbers as text: coerced
+        good,
+    ]
+    path.write_text(json.dumps(rows))
+    history = History(10)
+    assert history.load(path, newer_than=0) == 2
+    assert [(s.timestamp, s.memory_mb) for s in history] == [(5.0, 130.5), (5.0, 120.0)]
+    assert history.items()[0].active_sessions == 2
+    path.write_text(json.dumps({"timestamp": 1}))
+    assert History(4).load(path, newer_than=0) == 0
