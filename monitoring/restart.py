@@ -23,13 +23,26 @@ log = logging.getLogger(__name__)
 POLL_S = 5.0
 
 
-def next_run(now: dt.datetime, schedule: str) -> dt.datetime:
-    """The next ``HH:MM`` strictly after ``now`` (same timezone as ``now``)."""
+def next_run(now: dt.datetime, schedule: str, *, tz: dt.tzinfo | None = None) -> dt.datetime:
+    """The next ``HH:MM`` wall-clock time strictly after ``now``, in ``tz`` (default: host local).
+
+    The wall time is localised for its own date: the offset of ``now`` (a fixed
+    one from ``astimezone()``) must not be carried across a DST change, or the
+    restart the day after runs an hour late (or early).
+    """
     hour, minute = (int(part) for part in schedule.split(":"))
-    candidate = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    if candidate <= now:
-        candidate += dt.timedelta(days=1)
-    return candidate
+    at = dt.time(hour, minute)
+    today = (now.astimezone(tz) if tz is not None else now.astimezone()).date()
+    for days in range(3):
+        candidate = _localise(dt.datetime.combine(today + dt.timedelta(days=days), at), tz)
+        if candidate > now:
+            return candidate
+    raise AssertionError("unreachable: a wall time recurs within two days")  # pragma: no cover
+
+
+def _localise(wall: dt.datetime, tz: dt.tzinfo | None) -> dt.datetime:
+    # astimezone() on a naive datetime asks the host's zone for that date's offset.
+    return wall.replace(tzinfo=tz) if tz is not None else wall.astimezone()
 
 
 def decide(now: dt.datetime, due: dt.datetime, in_flight: int, max_postpone_s: float) -> str:
@@ -60,6 +73,7 @@ class AutoRestartManager:
         now: Callable[[], dt.datetime] = _local_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         poll_s: float = POLL_S,
+        tz: dt.tzinfo | None = None,
     ) -> None:
         self.schedule = schedule
         self.max_postpone_s = max_postpone_s
@@ -68,7 +82,8 @@ class AutoRestartManager:
         self.now = now
         self.sleep = sleep
         self.poll_s = poll_s
-        self.next_at: dt.datetime | None = next_run(now(), schedule) if schedule else None
+        self.tz = tz
+        self.next_at: dt.datetime | None = next_run(now(), schedule, tz=tz) if schedule else None
         self.postponed_since: dt.datetime | None = None
         self.last_skipped: dt.datetime | None = None
         self.requested = False
@@ -94,7 +109,7 @@ class AutoRestartManager:
                 self.max_postpone_s,
             )
             self.last_skipped, self.postponed_since = self.next_at, None
-            self.next_at = next_run(self.now(), self.schedule or "00:00")
+            self.next_at = next_run(self.now(), self.schedule or "00:00", tz=self.tz)
         return action
 
     async def run(self) -> None:
@@ -115,7 +130,7 @@ class AutoRestartManager:
     def status(self) -> dict[str, Any]:
         return {
             "schedule": self.schedule,
-            "timezone": str(self.now().tzinfo),
+            "timezone": str(self.tz or self.now().tzinfo),
             "next_at": self.next_at.timestamp() if self.next_at else None,
             "next_at_iso": self.next_at.isoformat(timespec="seconds") if self.next_at else None,
             "postponed_since": self.postponed_since.isoformat(timespec="seconds")

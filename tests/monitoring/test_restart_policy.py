@@ -5,9 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections import deque
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -44,9 +48,50 @@ def test_policy_comes_from_settings(tmp_path: object) -> None:
 
 def test_next_run_is_today_or_tomorrow() -> None:
     morning = dt.datetime(2026, 3, 1, 3, 0, tzinfo=UTC)
-    assert next_run(morning, "04:00") == dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
+    assert next_run(morning, "04:00", tz=UTC) == dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
     later = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
-    assert next_run(later, "04:00") == dt.datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
+    assert next_run(later, "04:00", tz=UTC) == dt.datetime(2026, 3, 2, 4, 0, tzinfo=UTC)
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def _fixed_offset(wall: dt.datetime) -> dt.datetime:
+    """What ``datetime.now().astimezone()`` gives: the offset of that moment, fixed."""
+    aware = wall.replace(tzinfo=BERLIN)
+    return aware.replace(tzinfo=dt.timezone(aware.utcoffset() or dt.timedelta()))
+
+
+@pytest.mark.parametrize(
+    ("now", "utc_expected"),
+    [
+        # spring forward (29 March 2026): 04:00 CEST is 02:00 UTC, not 03:00
+        (dt.datetime(2026, 3, 28, 4, 0), dt.datetime(2026, 3, 29, 2, 0, tzinfo=UTC)),
+        # fall back (25 October 2026): 04:00 CET is 03:00 UTC, not 02:00
+        (dt.datetime(2026, 10, 24, 4, 0), dt.datetime(2026, 10, 25, 3, 0, tzinfo=UTC)),
+        # the same day, after the change
+        (dt.datetime(2026, 3, 29, 1, 0), dt.datetime(2026, 3, 29, 2, 0, tzinfo=UTC)),
+    ],
+)
+def test_next_run_keeps_the_wall_time_across_a_dst_change(
+    now: dt.datetime, utc_expected: dt.datetime
+) -> None:
+    due = next_run(_fixed_offset(now), "04:00", tz=BERLIN)
+    assert due == utc_expected
+    assert (due.astimezone(BERLIN).hour, due.astimezone(BERLIN).minute) == (4, 0)
+
+
+def test_the_manager_uses_its_timezone_after_a_skip() -> None:
+    manager = AutoRestartManager(
+        "04:00",
+        max_postpone_s=60,
+        in_flight=lambda: 1,
+        request_restart=lambda reason, detail: True,
+        now=lambda: _fixed_offset(dt.datetime(2026, 3, 28, 3, 0)),
+        tz=BERLIN,
+    )
+    assert manager.next_at == dt.datetime(2026, 3, 28, 3, 0, tzinfo=UTC)
+    assert manager.status()["timezone"] == "Europe/Berlin"
 
 
 @pytest.mark.parametrize(
@@ -92,6 +137,7 @@ async def test_scheduled_restart_waits_for_turns_in_flight_then_restarts() -> No
         request_restart=request,
         now=clock,
         sleep=clock.sleep,
+        tz=UTC,
     )
     await manager.run()
 
@@ -112,6 +158,7 @@ async def test_scheduled_restart_is_skipped_for_the_day_after_the_postpone_limit
         request_restart=lambda reason, detail: bool(requests.append(reason)),
         now=clock,
         sleep=clock.sleep,
+        tz=UTC,
     )
     manager.next_at = dt.datetime(2026, 3, 1, 4, 0, tzinfo=UTC)
     actions = [await manager.step()]
@@ -236,3 +283,17 @@ def test_is_live_with_ipv6_urls(caplog: pytest.LogCaptureFixture) -> None:
         server.shutdown()
         server.server_close()
     assert len([r for r in caplog.records if "::1" in r.getMessage()]) == 1
+
+
+def test_next_run_in_host_local_time_across_a_dst_change() -> None:
+    """The default (no ``tz``) is the host's zone: run under TZ=Europe/Berlin."""
+    code = (
+        "import datetime as dt; from monitoring.restart import next_run; "
+        "now = dt.datetime(2026, 3, 28, 4, 0).astimezone(); "
+        "print(next_run(now, '04:00').astimezone(dt.UTC).isoformat())"
+    )
+    env = {**os.environ, "TZ": "Europe/Berlin"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "2026-03-29T02:00:00+00:00"
