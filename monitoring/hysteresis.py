@@ -57,10 +57,12 @@ RAISED, RESOLVED, FLAPPING, FLAP_END = "raised", "resolved", "flapping", "flap_e
 
 
 def _track_flips(state: AlertState, level: Level, now: float, t: Timing) -> AlertState:
-    if level is Level.UNKNOWN:
-        return state
-    raised = level is Level.RAISE
+    # Old flips age out on every evaluation, also an UNKNOWN one: a signal that
+    # went silent (PSI gone, trend not yet covered) must not stay "flapping".
     flips = tuple(f for f in state.flips if now - f < t.flap_window_s)
+    if level is Level.UNKNOWN:
+        return replace(state, flips=flips)
+    raised = level is Level.RAISE
     if state.last_raised is not None and raised != state.last_raised:
         flips = (*flips, now)
     return replace(state, flips=flips, last_raised=raised)

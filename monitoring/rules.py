@@ -124,7 +124,14 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("memory_restart", "memory_critical", "critical", "memory", "graceful restart"),
     Rule("memory_hard", "memory_hard_limit", "critical", "memory", "immediate restart"),
-    Rule("memory_trend", "memory_leak", "medium", "trend", "restart before the limit; report"),
+    Rule(
+        "memory_trend",
+        "memory_leak",
+        "medium",
+        "trend",
+        # no restart here: the graceful restart comes only at the restart level
+        "report the leak; plan a restart before the restart level is reached",
+    ),
     Rule("health_low", "health_degraded", "high", "health", "high-memory response; check load"),
     Rule("cpu_high", "cpu_spike", "medium", "cpu", "watch; throttling starts at the limit"),
     Rule("throttle", "cpu_throttle", "high", "cpu", "throttle new turns, lower LLM concurrency"),

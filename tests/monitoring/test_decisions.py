@@ -194,3 +194,19 @@ def test_a_small_budget_scales_the_memory_ladder() -> None:
     assert th.cleanup_mb < th.high_mb < th.restart_mb < th.hard_restart_mb
     big = thresholds(budget_mb=8192.0)
     assert (big.cleanup_mb, big.hard_restart_mb) == (600.0, 1000.0)
+
+
+def test_flapping_ends_when_the_signal_goes_unknown_for_a_window() -> None:
+    from monitoring.hysteresis import FLAP_END, FLAPPING, AlertState, Level, Timing, step
+
+    timing = Timing(sustain_s=60.0, hold_s=120.0, flap_window_s=300.0, flap_limit=4)
+    state, events_seen = AlertState(), []
+    for i in range(12):  # alternating every 5 s: flapping
+        level = Level.RAISE if i % 2 else Level.CLEAR
+        state, events = step(state, level, now=i * 5.0, timing=timing)
+        events_seen += events
+    assert events_seen.count(FLAPPING) == 1
+    for t in range(60, 1000, 5):  # then no reading at all, for longer than the window
+        state, events = step(state, Level.UNKNOWN, now=float(t), timing=timing)
+        events_seen += events
+    assert events_seen.count(FLAP_END) == 1 and state.flips == () and not state.flapping
