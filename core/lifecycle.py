@@ -210,7 +210,9 @@ class VigilServer(uvicorn.Server):
         lifecycle = self._lifecycle()
         if lifecycle is None or not self.started:
             self.should_exit = True
-        elif not lifecycle.is_draining:
+        elif not lifecycle.is_draining or sig == signal.SIGTERM:
+            # Forwarded even while draining: a stop during a restart drain must
+            # turn it into a stop (exit 0), not be lost and come back as 75.
             loop = asyncio.get_event_loop()
             detail = signal.Signals(sig).name
             loop.call_soon_threadsafe(lifecycle.request_restart, "signal", detail)

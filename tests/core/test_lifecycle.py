@@ -259,3 +259,23 @@ def test_a_stop_during_a_restart_drain_turns_it_into_a_stop(
     assert stream.done is not None  # the reply still finished
     assert rows[0]["exit_code"] == 0
     assert live_server.runtime.extras["lifecycle"].exit_code == 0
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_forced_restart_drain_exits_0(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    fake_llm.reply = "alpha beta gamma delta epsilon zeta"
+    fake_llm.token_delay_s = 0.15
+    with vigil(tmp_path, vigil_env(tmp_path, fake_llm.url), "serve") as server:
+        server.wait_live()
+        stream = StreamedTurn(server.url, "drain", "go").start()
+        assert stream.first_delta.wait(10)
+        forced = server.client.post("/restart/force", headers=AUTH)
+        assert forced.status_code == 202
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(30)
+        stream.join()
+
+    assert code == 0
+    assert stream.done is not None  # the reply still finished
+    rows = query(tmp_path / "data" / "system.db", "SELECT reason, exit_code FROM restarts")
+    assert rows == [{"reason": "forced", "exit_code": 0}]
