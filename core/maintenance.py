@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 BATCH = 2000
 VACUUM_MIN_FREE_RATIO = 0.10
+# Resolved alerts and restart records are kept this long: long enough for a
+# quarter's review, short enough that /metrics' GROUP BY on restarts stays cheap.
+EVENT_RETENTION_DAYS = 90
 
 
 def _utc_text(at: float) -> str:
@@ -128,6 +131,27 @@ def cleanup_old_tasks(conn: sqlite3.Connection, *, days: int, now: float | None 
     )
     log.info("cleanup_old_tasks: deleted %d task records older than %d days", deleted, days)
     return deleted
+
+
+def cleanup_old_events(
+    conn: sqlite3.Connection, *, days: int = EVENT_RETENTION_DAYS, now: float | None = None
+) -> dict[str, int]:
+    """Delete resolved ``alerts`` and ``restarts`` rows older than ``days``.
+
+    An alert still open is kept whatever its age: it is still news.
+    """
+    cutoff = (time.time() if now is None else now) - days * 86400
+    alerts = _delete_in_batches(
+        conn, "alerts", "resolved_at IS NOT NULL AND resolved_at < ?", (cutoff,)
+    )
+    restarts = _delete_in_batches(conn, "restarts", "at < ?", (cutoff,))
+    log.info(
+        "event retention: deleted %d resolved alerts and %d restart records older than %d days",
+        alerts,
+        restarts,
+        days,
+    )
+    return {"alerts": alerts, "restarts": restarts}
 
 
 def delete_old_messages(conn: sqlite3.Connection, *, days: int, now: float | None = None) -> int:

@@ -36,7 +36,14 @@ def database(settings: Settings) -> Iterator[Any]:
 def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
     with database(settings) as conn:
         deleted = maintenance.cleanup_old_tasks(conn, days=settings.task_retention_days)
-    return {"deleted": deleted, "days": settings.task_retention_days}
+        events = maintenance.cleanup_old_events(conn)
+    return {
+        "deleted": deleted,
+        "days": settings.task_retention_days,
+        "alerts_deleted": events["alerts"],
+        "restarts_deleted": events["restarts"],
+        "event_days": maintenance.EVENT_RETENTION_DAYS,
+    }
 
 
 def backup_and_prune(

@@ -77,3 +77,21 @@ def test_the_backup_task_applies_retention_and_sweeps_leftovers(tmp_path: Path) 
     names = {s.name for s in list_snapshots(settings.backups_dir)}
     assert names == {result["snapshot"], "old-3", "mine"}
     assert not leftover.exists()
+
+
+def test_the_daily_cleanup_job_also_trims_alerts_and_restarts(filled: Settings) -> None:
+    conn = connect_sync(filled.db_path)
+    long_ago = time.time() - 100 * 86400
+    conn.execute(
+        "INSERT INTO alerts (alert_type, severity, message, raised_at, resolved_at)"
+        " VALUES ('memory', 'high', 'x', ?, ?)",
+        (long_ago, long_ago + 60),
+    )
+    conn.execute(
+        "INSERT INTO restarts (at, child, reason) VALUES (?, 'server', 'crash')", (long_ago,)
+    )
+    conn.close()
+    result = jobs.cleanup_old_tasks(filled)
+    assert (result["alerts_deleted"], result["restarts_deleted"]) == (1, 1)
+    assert rows(filled.db_path, "SELECT count(*) FROM alerts")[0][0] == 0
+    assert rows(filled.db_path, "SELECT count(*) FROM restarts")[0][0] == 0

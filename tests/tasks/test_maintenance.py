@@ -10,6 +10,7 @@ from core.database import connect_sync
 from core.integrity import validate_database
 from core.maintenance import (
     BATCH,
+    cleanup_old_events,
     cleanup_old_tasks,
     daily_maintenance,
     delete_old_messages,
@@ -108,4 +109,28 @@ def test_daily_maintenance_and_overflowed_chats(filled: Settings) -> None:
         (time.time(),),
     )
     assert overflowed_chats(conn, since=time.time() - 60) == ["local:c1"]
+    conn.close()
+
+
+def test_cleanup_old_events_deletes_old_resolved_alerts_and_old_restarts(filled: Settings) -> None:
+    conn = connect_sync(filled.db_path)
+    old, recent = NOW - 91 * 86400, NOW - 89 * 86400
+    for name, raised, resolved in [
+        ("old_resolved", old, old + 60),
+        ("old_open", old, None),  # still open: kept whatever its age
+        ("recent_resolved", recent, recent + 60),
+    ]:
+        conn.execute(
+            "INSERT INTO alerts (alert_type, severity, message, raised_at, resolved_at)"
+            " VALUES (?, 'high', 'x', ?, ?)",
+            (name, raised, resolved),
+        )
+    for at in (old, old + 1, recent):
+        conn.execute(
+            "INSERT INTO restarts (at, child, reason) VALUES (?, 'server', 'crash')", (at,)
+        )
+    assert cleanup_old_events(conn, now=NOW) == {"alerts": 1, "restarts": 2}
+    alerts = [r[0] for r in conn.execute("SELECT alert_type FROM alerts ORDER BY id")]
+    assert alerts == ["old_open", "recent_resolved"]
+    assert [r[0] for r in conn.execute("SELECT at FROM restarts")] == [recent]
     conn.close()
