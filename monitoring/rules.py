@@ -1,5 +1,10 @@
 """Thresholds and alert rules: where each snapshot stands against each rule. Pure.
 
+The cleanup, high and restart levels read the server process's own memory
+(``ResourceSnapshot.decision_memory_mb``): those actions only change the
+server. The hard limit, the health score and the leak trend read the whole
+tree's (supervisor, server, worker), which is what the budget holds.
+
 Memory thresholds are absolute (SPEC's 600/800/900/1000 MB ladder) but are
 scaled down proportionally when the memory budget (cgroup limit or RAM) is
 smaller than the hard limit allows, so a 512 MB container still cleans up
@@ -213,15 +218,18 @@ def _throttle(s: ResourceSnapshot, th: Thresholds) -> Reading:
 def evaluate(history: Sequence[ResourceSnapshot], th: Thresholds, now: float) -> dict[str, Reading]:
     """A Reading for every rule key, from the newest snapshot (and the trend)."""
     s = history[-1]
+    server_mb = s.decision_memory_mb
     keep = 1 - th.memory_margin
     cpu_clear = th.cpu_margin_percent
     score = snapshot_score(s, budget_mb=th.budget_mb, max_sessions=th.max_sessions)
     throttle = _throttle(s, th)
     load = s.active_sessions / th.max_sessions
     readings = {
-        "memory_cleanup": _above(s.memory_mb, th.cleanup_mb, th.cleanup_mb * keep),
-        "memory_high": _above(s.memory_mb, th.high_mb, th.high_mb * keep),
-        "memory_restart": _above(s.memory_mb, th.restart_mb, th.restart_mb * keep),
+        # cleanup/high/restart act on the server alone, so they read its own memory;
+        # the hard limit guards the budget the whole tree shares (the OOM killer's view)
+        "memory_cleanup": _above(server_mb, th.cleanup_mb, th.cleanup_mb * keep),
+        "memory_high": _above(server_mb, th.high_mb, th.high_mb * keep),
+        "memory_restart": _above(server_mb, th.restart_mb, th.restart_mb * keep),
         "memory_hard": _above(s.memory_mb, th.hard_restart_mb, th.hard_restart_mb * keep),
         "memory_trend": _trend(history, th, now),
         "health_low": _above(-score, -th.score_low + 1e-9, -th.score_clear),

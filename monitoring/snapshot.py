@@ -19,10 +19,13 @@ class ResourceSnapshot:
     """One sample of Vigil's process tree and its surroundings.
 
     ``memory_mb``/``cpu_percent`` cover the whole tree (supervisor, server,
-    worker and their children); ``cpu_percent`` is a share of the CPUs
-    available to us (0-100), ``server_cpu_percent`` a share of one core (an
-    event loop is single-threaded). ``primed`` is False for the first sample,
-    whose CPU reading means nothing and which drives no decision.
+    worker and their children; shown, scored and held against the hard
+    limit), ``server_memory_mb`` the server alone (the cleanup, high and
+    restart levels: only the server's memory is what those actions change);
+    ``cpu_percent`` is a share of the CPUs available to us (0-100),
+    ``server_cpu_percent`` a share of one core (an event loop is
+    single-threaded). ``primed`` is False for the first sample, whose CPU
+    reading means nothing and which drives no decision.
     """
 
     timestamp: float
@@ -41,6 +44,15 @@ class ResourceSnapshot:
     memory_pressure: float | None = None
     pressure_scope: str = "none"
     primed: bool = True
+
+    @property
+    def decision_memory_mb(self) -> float:
+        """The server process's own RSS: what a cleanup or a graceful restart can change.
+
+        The tree's figure stands in when the server's is unknown (0: a row
+        saved by an older version, or a sample taken outside the tree).
+        """
+        return self.server_memory_mb if self.server_memory_mb > 0 else self.memory_mb
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
+from core.errors import VigilError
 from monitoring.cleanup import RuntimeEffects
+from monitoring.governor import FUTILE_AFTER
 from monitoring.metrics import build_registry
 from monitoring.notifiers import AlertDispatcher, TelegramNotifier, WebhookNotifier
 from monitoring.resources import LoopLagProbe, ResourceMonitor, vigil_root_pid
@@ -27,6 +30,7 @@ from monitoring.system import IntegratedMonitoringSystem
 log = logging.getLogger(__name__)
 TELEGRAM_ALERT_INTERVAL_S = 60.0
 HISTORY_FILE = "resource_history.json"
+RESTART_MEMORY_S = 1800.0
 
 
 class _TelegramAlerts:
@@ -125,8 +129,39 @@ async def start_monitoring(app: Any, runtime: Any, stack: contextlib.AsyncExitSt
     if not runtime.settings.governor_enabled:
         return
     _keep_history(system, runtime.settings, stack)
+    system.recent_restarts = await recent_governor_restarts(system, runtime.settings, time.time())
     tasks = system.start(extra=[probe.run])
     stack.push_async_callback(_cancel, tasks)
+
+
+async def recent_governor_restarts(
+    system: IntegratedMonitoringSystem, settings: Any, now: float
+) -> int:
+    """Governor restarts of the server in the last flap window (at least 30 min).
+
+    Read once at start: a new process does not remember why the previous one
+    asked to be restarted, the ``restarts`` table does.
+    """
+    if system.store is None:
+        return 0
+    window = max(float(settings.supervisor_flap_window_s), RESTART_MEMORY_S)
+    try:
+        count = await system.store.recent_restarts(
+            child="server", prefix="governor_", since=now - window
+        )
+    except (VigilError, sqlite3.Error) as exc:  # unknown: assume restarts still help
+        log.warning("could not read the recent restarts: %s", exc)
+        return 0
+    if count:
+        log.warning(
+            "%d governor restart(s) of the server in the last %.0f min%s",
+            count,
+            window / 60,
+            "; restarting does not help, the governor alerts instead"
+            if count >= FUTILE_AFTER
+            else "",
+        )
+    return count
 
 
 def _keep_history(

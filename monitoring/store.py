@@ -6,6 +6,7 @@ import json
 from typing import Any, Protocol
 
 from monitoring.alerts import PerformanceAlert
+from monitoring.governor import FUTILE_TYPE
 from monitoring.rules import RULES
 
 
@@ -15,7 +16,9 @@ class _Db(Protocol):
     async def scalar(self, sql: str, params: Any = ()) -> Any: ...
 
 
-GOVERNOR_TYPES = tuple(sorted({rule.alert_type for rule in RULES} | {"alert_flapping"}))
+GOVERNOR_TYPES = tuple(
+    sorted({rule.alert_type for rule in RULES} | {"alert_flapping", FUTILE_TYPE})
+)
 _MINE = f"alert_type IN ({', '.join('?' * len(GOVERNOR_TYPES))})"
 
 

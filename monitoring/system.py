@@ -115,6 +115,9 @@ class IntegratedMonitoringSystem:
         self.queue_depth = queue_depth
         self.task_queue: dict[str, Any] = {}
         self.memo = GovernorMemo()
+        # Governor restarts of the server just before this start (set by the starter):
+        # from 2 on, decide() alerts instead of requesting yet another restart.
+        self.recent_restarts = 0
         self.active: dict[str, PerformanceAlert] = {}
         self.raised_total: Counter[str] = Counter()
         self.emergency_cleanups = 0
@@ -157,7 +160,13 @@ class IntegratedMonitoringSystem:
         self.samples += 1
         # Decisions see only this process's samples (the saved ones are for charts).
         mine = self.monitor.history.since(self.started_at)
-        self.memo, actions = decide(mine, self.memo, th=self.thresholds, now=self.clock())
+        self.memo, actions = decide(
+            mine,
+            self.memo,
+            th=self.thresholds,
+            now=self.clock(),
+            recent_restarts=self.recent_restarts,
+        )
         # The governor's own cost, for /metrics (an operator can check the overhead).
         self.last_snapshot_s = taken - started
         self.last_decide_s = time.perf_counter() - taken

@@ -41,7 +41,11 @@ def snap(t: float, memory_mb: float = 100.0, **fields: Any) -> ResourceSnapshot:
 
 
 def run(
-    series: Iterable[ResourceSnapshot], th: Thresholds, memo: GovernorMemo | None = None
+    series: Iterable[ResourceSnapshot],
+    th: Thresholds,
+    memo: GovernorMemo | None = None,
+    *,
+    recent_restarts: int = 0,
 ) -> tuple[GovernorMemo, list[tuple[float, Action]]]:
     """Feed snapshots one by one (now = their timestamp); collect timed actions."""
     history: list[ResourceSnapshot] = []
@@ -49,7 +53,9 @@ def run(
     out: list[tuple[float, Action]] = []
     for s in series:
         history.append(s)
-        memo, actions = decide(history, memo, th=th, now=s.timestamp)
+        memo, actions = decide(
+            history, memo, th=th, now=s.timestamp, recent_restarts=recent_restarts
+        )
         out += [(s.timestamp, a) for a in actions]
     return memo, out
 

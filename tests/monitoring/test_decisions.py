@@ -210,3 +210,60 @@ def test_flapping_ends_when_the_signal_goes_unknown_for_a_window() -> None:
         state, events = step(state, Level.UNKNOWN, now=float(t), timing=timing)
         events_seen += events
     assert events_seen.count(FLAP_END) == 1 and state.flips == () and not state.flapping
+
+
+def test_after_two_recent_governor_restarts_the_governor_alerts_instead_of_restarting() -> None:
+    th = thresholds()  # cleanup at 600 MB, cooldown 120 s
+    high = series(lambda t: 700, end=1800)
+    _, actions = run(high, th, recent_restarts=1)  # one restart may still help
+    assert len(of_type(actions, RequestRestart)) == 1
+
+    memo, actions = run(high, th, recent_restarts=2)
+    assert of_type(actions, RequestRestart) == []
+    futile = [
+        a.alert for _, a in of_type(actions, RaiseAlert) if a.alert.key == "restart_not_helping"
+    ]
+    assert len(futile) == 1  # once, not on every escalation
+    assert futile[0].severity == "critical"
+    assert futile[0].message.startswith(
+        "restart does not help: memory stays above 600 MB after 2 restarts"
+    )
+    assert futile[0].recommended_action
+    # cleanup goes on at the cooldown instead of stopping after the escalation
+    assert len(of_type(actions, Cleanup)) >= 10
+    assert memo.futile_raised
+
+    # memory comes down: the alert resolves with the memory alerts
+    later = series(lambda t: 100, start=1805, end=2400)
+    memo, actions = run([*high, *later], th, recent_restarts=2)
+    assert resolved(actions, "restart_not_helping") != []
+    assert not memo.futile_raised
+
+
+def test_the_hard_limit_does_not_restart_either_once_restarts_proved_futile() -> None:
+    th = thresholds()
+    _, actions = run(series(lambda t: 1200, end=400), th, recent_restarts=3)
+    assert of_type(actions, RequestRestart) == []
+    futile = [
+        a.alert for _, a in of_type(actions, RaiseAlert) if a.alert.key == "restart_not_helping"
+    ]
+    assert len(futile) == 1 and "above 1000 MB after 3 restarts" in futile[0].message
+    assert raised(actions, "memory_hard_limit") == [10.0]
+
+
+def test_memory_levels_use_the_servers_own_memory_the_hard_limit_the_trees() -> None:
+    th = thresholds()  # cleanup 600, high 800, restart 900, hard 1000 MB
+    # the worker and the supervisor hold most of it: cleanup or restart cannot help
+    tree_heavy = series(lambda t: 950, end=1200, server_memory_mb=200.0)
+    _, actions = run(tree_heavy, th)
+    assert of_type(actions, Cleanup) == [] and of_type(actions, RequestRestart) == []
+    assert raised(actions, "memory_warning") == [] and raised(actions, "memory_critical") == []
+    # the budget is the tree's: over the hard limit the restart comes all the same
+    _, actions = run(series(lambda t: 1100, end=400, server_memory_mb=200.0), th)
+    assert raised(actions, "memory_hard_limit") == [10.0]
+    # the server itself is above the cleanup level: cleanup, measured on the server
+    server_heavy = series(lambda t: 720, end=400, server_memory_mb=650.0)
+    _, actions = run(server_heavy, th)
+    assert [t for t, _ in of_type(actions, Cleanup)] == [60.0]
+    message = next(a.alert.message for _, a in of_type(actions, RaiseAlert))
+    assert "650 MB" in message and "whole tree 720 MB" in message

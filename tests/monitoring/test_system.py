@@ -205,3 +205,37 @@ async def test_an_alert_is_kept_and_notified_when_its_row_cannot_be_written(
         assert system.errors == 0
     finally:
         await db.close()
+
+
+async def test_recent_governor_restarts_are_read_and_stop_the_restart_loop(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from monitoring.starter import recent_governor_restarts
+
+    feed = Feed()
+    requests: list[str] = []
+
+    def hook(reason: str, detail: str = "", *, immediate: bool = False) -> bool:
+        requests.append(reason)
+        return True
+
+    system, db = await make_system(tmp_path, feed, hook)
+    try:
+        insert = "INSERT INTO restarts (at, child, reason) VALUES (?, ?, ?)"
+        now = 10_000.0
+        await db.write(insert, (now - 100, "server", "governor_memory"))
+        await db.write(insert, (now - 1000, "server", "governor_memory"))
+        await db.write(insert, (now - 5000, "server", "governor_memory"))  # too long ago
+        await db.write(insert, (now - 50, "worker", "governor_memory"))  # not the server
+        await db.write(insert, (now - 40, "server", "crash"))  # not the governor's
+        settings = SimpleNamespace(supervisor_flap_window_s=300.0)  # 30 min at least
+        system.recent_restarts = await recent_governor_restarts(system, settings, now)
+        assert system.recent_restarts == 2
+
+        await drive(system, feed, 100.0, 20.0)
+        await drive(system, feed, 700.0, 600.0)  # above the cleanup level, cleanup frees 0
+        assert requests == []
+        assert system.active["restart_not_helping"].severity == "critical"
+        assert ("cleanup", False) in system.effects.calls
+    finally:
+        await db.close()
