@@ -129,39 +129,41 @@ async def start_monitoring(app: Any, runtime: Any, stack: contextlib.AsyncExitSt
     if not runtime.settings.governor_enabled:
         return
     _keep_history(system, runtime.settings, stack)
-    system.recent_restarts = await recent_governor_restarts(system, runtime.settings, time.time())
+    await load_governor_restarts(system, runtime.settings, time.time())
     tasks = system.start(extra=[probe.run])
     stack.push_async_callback(_cancel, tasks)
 
 
-async def recent_governor_restarts(
+async def load_governor_restarts(
     system: IntegratedMonitoringSystem, settings: Any, now: float
 ) -> int:
-    """Governor restarts of the server in the last flap window (at least 30 min).
+    """Give the system the server's governor restarts of the last flap window (>= 30 min).
 
     Read once at start: a new process does not remember why the previous one
-    asked to be restarted, the ``restarts`` table does.
+    asked to be restarted, the ``restarts`` table does. They age out of the
+    window while this process runs. Returns how many count now.
     """
     if system.store is None:
         return 0
     window = max(float(settings.supervisor_flap_window_s), RESTART_MEMORY_S)
     try:
-        count = await system.store.recent_restarts(
+        times = await system.store.recent_restarts(
             child="server", prefix="governor_", since=now - window
         )
     except (VigilError, sqlite3.Error) as exc:  # unknown: assume restarts still help
         log.warning("could not read the recent restarts: %s", exc)
         return 0
-    if count:
+    system.governor_restarts_at, system.restart_memory_s = times, window
+    if times:
         log.warning(
             "%d governor restart(s) of the server in the last %.0f min%s",
-            count,
+            len(times),
             window / 60,
             "; restarting does not help, the governor alerts instead"
-            if count >= FUTILE_AFTER
+            if len(times) >= FUTILE_AFTER
             else "",
         )
-    return count
+    return len(times)
 
 
 def _keep_history(

@@ -52,15 +52,15 @@ class AlertStore:
             row["resolved_at"] = now
         return closed
 
-    async def recent_restarts(self, *, child: str, prefix: str, since: float) -> int:
-        """How many restarts of ``child`` whose reason starts with ``prefix`` since ``since``."""
-        value = await self.db.scalar(
+    async def recent_restarts(self, *, child: str, prefix: str, since: float) -> list[float]:
+        """When ``child`` was restarted for a reason starting with ``prefix``, since ``since``."""
+        rows = await self.db.fetchall(
             # substr, not LIKE: "_" in "governor_" would be a wildcard
-            "SELECT count(*) FROM restarts WHERE child = ? AND substr(reason, 1, ?) = ?"
-            " AND at >= ?",
+            "SELECT at FROM restarts WHERE child = ? AND substr(reason, 1, ?) = ?"
+            " AND at >= ? ORDER BY at",
             (child, len(prefix), prefix, since),
         )
-        return int(value or 0)
+        return [float(row["at"]) for row in rows]
 
     async def open_external(self, *, since: float = 0.0, limit: int = 20) -> list[dict[str, Any]]:
         """Open alerts others (the supervisor) raised since ``since``, newest first.

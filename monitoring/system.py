@@ -115,9 +115,11 @@ class IntegratedMonitoringSystem:
         self.queue_depth = queue_depth
         self.task_queue: dict[str, Any] = {}
         self.memo = GovernorMemo()
-        # Governor restarts of the server just before this start (set by the starter):
-        # from 2 on, decide() alerts instead of requesting yet another restart.
-        self.recent_restarts = 0
+        # When the server was restarted by the governor before this start (set by the
+        # starter from the restarts table) and for how long such a restart counts:
+        # from 2 recent ones on, decide() alerts instead of restarting yet again.
+        self.governor_restarts_at: list[float] = []
+        self.restart_memory_s = 1800.0
         self.active: dict[str, PerformanceAlert] = {}
         self.raised_total: Counter[str] = Counter()
         self.emergency_cleanups = 0
@@ -138,6 +140,12 @@ class IntegratedMonitoringSystem:
     @property
     def history(self) -> list[ResourceSnapshot]:
         return self.monitor.history.items()
+
+    @property
+    def recent_restarts(self) -> int:
+        """Governor restarts of the server that still count (they age out)."""
+        now = self.clock()
+        return sum(1 for at in self.governor_restarts_at if now - at <= self.restart_memory_s)
 
     @property
     def throttled(self) -> bool:

@@ -210,7 +210,7 @@ async def test_an_alert_is_kept_and_notified_when_its_row_cannot_be_written(
 async def test_recent_governor_restarts_are_read_and_stop_the_restart_loop(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from monitoring.starter import recent_governor_restarts
+    from monitoring.starter import load_governor_restarts
 
     feed = Feed()
     requests: list[str] = []
@@ -223,19 +223,26 @@ async def test_recent_governor_restarts_are_read_and_stop_the_restart_loop(tmp_p
     try:
         insert = "INSERT INTO restarts (at, child, reason) VALUES (?, ?, ?)"
         now = 10_000.0
+        feed.now = now
         await db.write(insert, (now - 100, "server", "governor_memory"))
         await db.write(insert, (now - 1000, "server", "governor_memory"))
         await db.write(insert, (now - 5000, "server", "governor_memory"))  # too long ago
         await db.write(insert, (now - 50, "worker", "governor_memory"))  # not the server
         await db.write(insert, (now - 40, "server", "crash"))  # not the governor's
         settings = SimpleNamespace(supervisor_flap_window_s=300.0)  # 30 min at least
-        system.recent_restarts = await recent_governor_restarts(system, settings, now)
+        assert await load_governor_restarts(system, settings, now) == 2
         assert system.recent_restarts == 2
 
-        await drive(system, feed, 100.0, 20.0)
-        await drive(system, feed, 700.0, 600.0)  # above the cleanup level, cleanup frees 0
+        await drive(system, feed, 100.0, now + 20.0)
+        await drive(system, feed, 700.0, now + 600.0)  # above the cleanup level, frees 0
         assert requests == []
         assert system.active["restart_not_helping"].severity == "critical"
         assert ("cleanup", False) in system.effects.calls
+        # restarts long ago no longer count: a later episode restarts again
+        await drive(system, feed, 100.0, now + 1200.0)
+        assert "restart_not_helping" not in system.active
+        assert system.recent_restarts == 1  # the one 1000 s before the start aged out
+        await drive(system, feed, 700.0, now + 2000.0)
+        assert requests == ["governor_memory"]
     finally:
         await db.close()
