@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from monitoring.alerts import iso
-from monitoring.governor import signal_states
+from monitoring.governor import FUTILE_TYPE, signal_states
 from monitoring.health import memory_percent, recommendations, snapshot_score
 from monitoring.snapshot import ResourceSnapshot, downsample
 
@@ -62,6 +62,11 @@ def status(
                 for row in external or []
                 if row.get("recommended_action")
             ]
+            + [  # restarting did not help: what the operator should do comes first
+                f"{a.alert_type}: {a.recommended_action}"
+                for a in system.active.values()
+                if a.alert_type == FUTILE_TYPE
+            ]
             + recommendations(
                 signals,
                 score=score,
@@ -76,6 +81,8 @@ def status(
             "emergency_cleanups": system.emergency_cleanups,
             "last_cleanup": system.last_cleanup,
             "restart_requests": list(system.restart_requests),
+            # governor restarts of the server that still count (2+: no more restarts)
+            "recent_governor_restarts": system.recent_restarts,
         },
         "limits": {
             "memory_budget_mb": round(monitor.budget.mb, 1),

@@ -210,6 +210,7 @@ async def test_an_alert_is_kept_and_notified_when_its_row_cannot_be_written(
 async def test_recent_governor_restarts_are_read_and_stop_the_restart_loop(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
+    from monitoring import report
     from monitoring.starter import load_governor_restarts
 
     feed = Feed()
@@ -238,6 +239,9 @@ async def test_recent_governor_restarts_are_read_and_stop_the_restart_loop(tmp_p
         assert requests == []
         assert system.active["restart_not_helping"].severity == "critical"
         assert ("cleanup", False) in system.effects.calls
+        body = report.status(system, [])
+        assert body["emergency"]["recent_governor_restarts"] == 2
+        assert body["health"]["recommendations"][0].startswith("restart_not_helping: ")
         # restarts long ago no longer count: a later episode restarts again
         await drive(system, feed, 100.0, now + 1200.0)
         assert "restart_not_helping" not in system.active
