@@ -237,7 +237,10 @@ class IntegratedMonitoringSystem:
             return
         alert.resolved_at = self.clock()
         if self.store is not None and alert.id is not None:
-            await self.store.resolve(alert.id, alert.resolved_at)
+            try:
+                await self.store.resolve(alert.id, alert.resolved_at)
+            except (VigilError, sqlite3.Error) as exc:  # close_stale closes it at next start
+                log.warning("could not store the resolution of %s: %s", alert.alert_type, exc)
         self.dispatcher.notify("resolved", alert)
 
     # --- effects callable from routes too ----------------------------------------------

@@ -186,6 +186,9 @@ class FailingStore(AlertStore):
     async def insert(self, alert: PerformanceAlert) -> int:
         raise StorageError("database is locked")
 
+    async def resolve(self, alert_id: int, at: float) -> None:
+        raise StorageError("database is locked")
+
 
 async def test_an_alert_is_kept_and_notified_when_its_row_cannot_be_written(
     tmp_path: Path,
@@ -200,6 +203,14 @@ async def test_an_alert_is_kept_and_notified_when_its_row_cannot_be_written(
         assert "memory_cleanup" in system.active
         assert system.active["memory_cleanup"].id is None
         assert ("raised", "memory_warning") in [
+            (e, a.alert_type) for e, a in system.dispatcher.events
+        ]
+        assert system.errors == 0
+        system.store = FailingStore(db)
+        system.active["memory_cleanup"].id = 7  # as if stored; resolving it fails
+        await drive(system, feed, 100.0, 400.0)
+        assert system.active == {}
+        assert ("resolved", "memory_warning") in [
             (e, a.alert_type) for e, a in system.dispatcher.events
         ]
         assert system.errors == 0
