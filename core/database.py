@@ -141,6 +141,7 @@ class Database:
 
     INLINE_BUSY_MS = 20
     CHECKPOINT_EVERY = 200  # writes between WAL checkpoints (on the db thread)
+    CHECKPOINT_INLINE_AFTER = 1000  # a loop that never yields: checkpoint inline
 
     def __init__(self, path: Path, *, readers: int = 2) -> None:
         self.path = path
@@ -289,7 +290,14 @@ class Database:
     def _wrote(self) -> None:
         self.writes += 1
         self._since_checkpoint += 1
-        if self._since_checkpoint >= self.CHECKPOINT_EVERY and self._checkpointing is None:
+        if self._since_checkpoint >= self.CHECKPOINT_INLINE_AFTER and not self._write_lock.locked():
+            # A bulk-write loop that never yields starves the background
+            # checkpoint, and a growing WAL slows every write: do it here.
+            with contextlib.suppress(sqlite3.Error):
+                self._require_writer().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self.checkpoints += 1
+            self._since_checkpoint = 0
+        elif self._since_checkpoint >= self.CHECKPOINT_EVERY and self._checkpointing is None:
             self._checkpointing = asyncio.ensure_future(self._checkpoint_in_background())
 
     async def _checkpoint_in_background(self) -> None:

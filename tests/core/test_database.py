@@ -200,3 +200,28 @@ async def test_read_only_uri_paths_with_hash_and_question_mark(tmp_path: Path) -
     conn = connect_sync(odd, readonly=True)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hash#dir?q=1"]  # no stray file
+
+
+async def test_a_tight_write_loop_still_checkpoints(tmp_path: Path) -> None:
+    # A bulk write loop that never yields starves the background checkpoint;
+    # the inline fallback keeps the WAL from growing with every write.
+    db = Database(tmp_path / "system.db")
+    await db.open()
+    wal = tmp_path / "system.db-wal"
+
+    async def write(count: int) -> None:
+        for i in range(count):
+            await db.write(
+                "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+                " VALUES ('local:t', 'user', ?, 1, 1.0)",
+                (f"bulk {i} " * 20,),
+            )
+
+    try:
+        await write(2500)
+        after = wal.stat().st_size
+        await write(5000)
+        assert wal.stat().st_size < 1.5 * after
+        assert db.checkpoints >= 6
+    finally:
+        await db.close()
