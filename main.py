@@ -130,7 +130,7 @@ def shell_env() -> None:
         "VIGIL_TELEGRAM_CONFIGURED": "1" if settings.telegram_configured else "0",
     }
     for key, value in values.items():
-        print(f"{key}={shlex.quote(str(value))}")
+        typer.echo(f"{key}={shlex.quote(str(value))}")
 
 
 @cli.command("wait-healthy", hidden=True)
@@ -168,13 +168,13 @@ def wait_healthy(
                 report = response.json()
                 verdict_deadline = verdict_deadline or time.monotonic() + verdict_s
                 if report.get("llm") != "unknown" or time.monotonic() > verdict_deadline:
-                    print(json.dumps(report))
+                    typer.echo(json.dumps(report))
                     return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     if report is not None:
-        print(json.dumps(report))
+        typer.echo(json.dumps(report))
         return
     typer.echo(f"vigil: {url} did not answer within {timeout:g} s", err=True)
     raise typer.Exit(1)

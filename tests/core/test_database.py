@@ -140,25 +140,28 @@ async def test_closed_database_raises_storage_error(tmp_path: Path) -> None:
         await db.write("SELECT 1")
 
 
+async def write_rows(db: Database, count: int, *, yields: bool) -> None:
+    for i in range(count):
+        await db.write(
+            "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+            " VALUES ('local:w', 'user', ?, 1, 1.0)",
+            (f"message number {i} " * 20,),
+        )
+        if yields:
+            await asyncio.sleep(0)
+
+
 async def test_checkpoints_run_off_the_loop_and_keep_the_wal_bounded(tmp_path: Path) -> None:
     db = Database(tmp_path / "system.db")
     await db.open()
     wal = tmp_path / "system.db-wal"
 
-    async def write(count: int) -> None:
-        for i in range(count):
-            await db.write(
-                "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
-                " VALUES ('local:w', 'user', ?, 1, 1.0)",
-                (f"message number {i} " * 20,),
-            )
-            await asyncio.sleep(0)  # a server yields between writes (network I/O)
-
     try:
         assert db.pragma("wal_autocheckpoint") == 0  # never inline in a commit
-        await write(1000)
+        # a server yields between writes (network I/O)
+        await write_rows(db, 1000, yields=True)
         after_1000 = wal.stat().st_size
-        await write(2000)
+        await write_rows(db, 2000, yields=True)
         # Without checkpoints the WAL holds every write (3x); with them it is
         # reused from the start and stays at its high-water mark.
         assert wal.stat().st_size < 1.5 * after_1000
@@ -209,18 +212,10 @@ async def test_a_tight_write_loop_still_checkpoints(tmp_path: Path) -> None:
     await db.open()
     wal = tmp_path / "system.db-wal"
 
-    async def write(count: int) -> None:
-        for i in range(count):
-            await db.write(
-                "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
-                " VALUES ('local:t', 'user', ?, 1, 1.0)",
-                (f"bulk {i} " * 20,),
-            )
-
     try:
-        await write(2500)
+        await write_rows(db, 2500, yields=False)
         after = wal.stat().st_size
-        await write(5000)
+        await write_rows(db, 5000, yields=False)
         assert wal.stat().st_size < 1.5 * after
         assert db.checkpoints >= 6
     finally:

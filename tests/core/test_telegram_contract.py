@@ -29,6 +29,7 @@ class Adapter:
     channel: Channel
     chat_id: str
     visible: Callable[[str], str]  # message id -> the text a chatter sees
+    interval_s: float  # the pacing this adapter promises for chat_id
     fake: FakeTelegram | None = None
 
 
@@ -36,7 +37,8 @@ class Adapter:
 async def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Adapter]:
     if request.param == "local":
         reply = LocalReply()
-        yield Adapter(reply, "local:contract", lambda mid: reply.messages[int(mid)])
+        # A plain JSON reply is shown whole at the end: no edits to pace.
+        yield Adapter(reply, "local:contract", lambda mid: reply.messages[int(mid)], float("inf"))
         return
     fake = FakeTelegram()
     gateway = TelegramGateway(make_settings(tmp_path), fake, profile=ServerProfile())
@@ -44,7 +46,9 @@ async def adapter(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     while gateway.state != "connected":
         await asyncio.sleep(0.01)
     channel = TelegramChannel(gateway, scheduler=EditScheduler(edits_per_s=1000))
-    yield Adapter(channel, "tg:42", lambda mid: fake.messages[(42, int(mid))].message, fake)
+    visible = lambda mid: fake.messages[(42, int(mid))].message  # noqa: E731
+    # tg:42 is a private chat: the configured private interval (1.5 s default).
+    yield Adapter(channel, "tg:42", visible, 1.5, fake)
     await gateway.stop()
 
 
@@ -62,7 +66,7 @@ def squash(text: str) -> str:
 async def test_it_is_a_channel_with_sane_limits(adapter: Adapter) -> None:
     assert isinstance(adapter.channel, Channel)
     assert adapter.channel.max_message_chars >= 4096
-    assert adapter.channel.edit_interval(adapter.chat_id) >= 0
+    assert adapter.channel.edit_interval(adapter.chat_id) == adapter.interval_s
     await adapter.channel.typing(adapter.chat_id)
 
 

@@ -33,7 +33,11 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
         return
     server = shutil.which("redis-server")
     if server is None:
-        pytest.skip("redis-server is not installed here (.ci/run installs it)")
+        pytest.fail(
+            "redis-server is needed for the RedisHuey test: install it with "
+            "'sudo apt-get install redis-server' (or run .ci/run, which does)",
+            pytrace=False,
+        )
     port = free_port()
     proc = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
