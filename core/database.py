@@ -16,13 +16,14 @@ import itertools
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 
-from core.errors import StorageError, StorageFull
+from core.errors import DatabaseReplaced, StorageError, StorageFull, StorageReadOnly
 from core.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -91,41 +92,93 @@ def translate(exc: sqlite3.Error | UnicodeEncodeError, what: str) -> StorageErro
     text = str(exc)
     if "disk is full" in text or "disk I/O error" in text:
         return StorageFull(f"{what}: the disk is full; free space in the data directory")
+    if "readonly" in text or "read-only" in text:
+        return StorageReadOnly(
+            f"{what}: the database is read-only; check the permissions of the data directory"
+        )
     if "locked" in text or "busy" in text:
         return StorageError(f"{what}: the database is busy, try again", retry_after=1)
     return StorageError(f"{what}: {text}")
 
 
-class _Cursor:
-    """Async-looking view of a finished sqlite3 cursor (aiosqlite-compatible)."""
+class _Done:
+    """What a finished statement left: its rows, ``lastrowid`` and ``rowcount``."""
 
-    def __init__(self, cursor: sqlite3.Cursor) -> None:
-        self._cursor = cursor
-        self.rowcount = cursor.rowcount
-        self.lastrowid = cursor.lastrowid
+    __slots__ = ("lastrowid", "rowcount", "rows")
+
+    def __init__(self, rows: list[sqlite3.Row], lastrowid: int | None, rowcount: int) -> None:
+        self.rows = rows
+        self.lastrowid = lastrowid
+        self.rowcount = rowcount
+
+
+def run_to_completion(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> _Done:
+    """Execute one statement, step it to its end and reset it.
+
+    The only way statements reach the writer connection. A statement left
+    active (a ``PRAGMA wal_checkpoint`` whose row was never read) keeps every
+    later autocommit write on that connection uncommitted: the write "returns"
+    but is invisible to other connections and lost on a crash or a ROLLBACK.
+    Fetching every row and closing the cursor makes that impossible.
+    """
+    cursor = conn.execute(sql, params)
+    try:
+        rows = cursor.fetchall()
+        return _Done(rows, cursor.lastrowid, cursor.rowcount)
+    finally:
+        cursor.close()
+
+
+def run_many_to_completion(
+    conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[Any]]
+) -> _Done:
+    cursor = conn.executemany(sql, rows)
+    try:
+        return _Done([], cursor.lastrowid, cursor.rowcount)
+    finally:
+        cursor.close()
+
+
+class _Cursor:
+    """Async-looking view of a finished statement (aiosqlite-compatible)."""
+
+    def __init__(self, done: _Done) -> None:
+        self._rows = done.rows
+        self.rowcount = done.rowcount
+        self.lastrowid = done.lastrowid
 
     async def fetchone(self) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._cursor.fetchone()
-        return row
+        return self._rows.pop(0) if self._rows else None
 
     async def fetchall(self) -> list[sqlite3.Row]:
-        return list(self._cursor.fetchall())
+        rows, self._rows = self._rows, []
+        return rows
 
 
 class Transaction:
-    """The writer connection inside ``Database.transaction()``."""
+    """The writer connection inside ``Database.transaction()``.
+
+    Every statement is run to completion before the call returns, so the
+    COMMIT at the end never meets a statement still in progress.
+    """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
-        return _Cursor(self._conn.execute(sql, params))
+        return _Cursor(run_to_completion(self._conn, sql, params))
 
     async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> _Cursor:
-        return _Cursor(self._conn.executemany(sql, rows))
+        return _Cursor(run_many_to_completion(self._conn, sql, rows))
 
     async def execute_fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        return list(self._conn.execute(sql, params).fetchall())
+        return run_to_completion(self._conn, sql, params).rows
+
+
+class WriterStateError(StorageError):
+    """The writer connection is in a state no code path may leave it in (a bug)."""
+
+    code = "storage_error"
 
 
 class Database:
@@ -157,9 +210,24 @@ class Database:
         self.checkpoints = 0
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Future[None] | None = None
+        # What /health reports about writes (monotonic times; None = never).
+        self.last_write_ok_at: float | None = None
+        self.last_write_error: StorageError | None = None
+        self.last_write_error_at: float | None = None
+        # The file we opened (st_dev, st_ino); set when it changes under us.
+        self.identity: tuple[int, int] | None = None
+        self.replaced: str | None = None
 
-    async def open(self) -> None:
-        prepare_file(self.path)
+    async def open(self, *, create: bool = True) -> None:
+        """Open (and migrate) ``system.db``.
+
+        ``create=False`` is for processes that must never create the database
+        (the Huey worker): a missing file raises ``StorageError`` instead.
+        """
+        if create:
+            prepare_file(self.path)
+        elif not self.path.exists():
+            raise StorageError(f"{self.path} does not exist yet (the server creates it)")
         await asyncio.to_thread(self._migrate)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vigil-db")
         writer = sqlite3.connect(
@@ -167,12 +235,13 @@ class Database:
         )
         writer.row_factory = sqlite3.Row
         for pragma in PRAGMAS:
-            writer.execute(pragma)
-        writer.execute(f"PRAGMA busy_timeout={self.INLINE_BUSY_MS}")
+            run_to_completion(writer, pragma)
+        run_to_completion(writer, f"PRAGMA busy_timeout={self.INLINE_BUSY_MS}")
         # SQLite's automatic checkpoint would run inline in a commit and stall the
         # event loop for its fsync; _wrote() schedules it on the db thread instead.
-        writer.execute("PRAGMA wal_autocheckpoint=0")
+        run_to_completion(writer, "PRAGMA wal_autocheckpoint=0")
         self._writer = writer
+        self.identity = file_identity(self.path)
         # read_now() must not share the writer: while a write waits on the db
         # thread for another process's lock, the loop would block behind it.
         quick = sqlite3.connect(
@@ -210,91 +279,144 @@ class Database:
             self._quick_reader.close()
             self._quick_reader = None
         if self._writer is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._writer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            if self.replaced is None:
+                with contextlib.suppress(sqlite3.Error):
+                    run_to_completion(self._writer, "PRAGMA wal_checkpoint(PASSIVE)")
             self._writer.close()
             self._writer = None
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    @property
-    def is_open(self) -> bool:
-        return self._writer is not None
+    def check_file(self) -> str | None:
+        """Has ``system.db`` been deleted or replaced since we opened it?
+
+        Compares the device and inode of the path with the file we hold open
+        (cheap: one ``stat``). The first change seen is sticky: from then on
+        every write is refused with ``database_replaced``, since it would go
+        to a file nobody will read again.
+        """
+        if self.replaced is not None or self.identity is None:
+            return self.replaced
+        try:
+            now = file_identity(self.path)
+        except FileNotFoundError:
+            self.replaced = "deleted"
+        except OSError as exc:  # e.g. the directory became unreadable: not a replacement
+            log.warning("could not stat %s: %s", self.path, exc)
+            return None
+        else:
+            if now != self.identity:
+                self.replaced = "replaced"
+        if self.replaced is not None:
+            log.error(
+                "%s was %s while the server was running; refusing writes until a restart",
+                self.path,
+                self.replaced,
+            )
+        return self.replaced
 
     def _require_writer(self) -> sqlite3.Connection:
         if self._writer is None:
             raise StorageError("the database is not open")
-        return self._writer
+        if self.replaced is not None:
+            raise DatabaseReplaced(
+                f"{self.path.name} was {self.replaced} under the running server; "
+                "writes are refused until it restarts on the new file"
+            )
+        writer = self._writer
+        if writer.in_transaction:
+            # Only transaction() opens a transaction, and it always ends it
+            # under the write lock: reaching here inside one is a bug, and
+            # carrying on would commit or roll back someone else's work.
+            raise WriterStateError("the writer connection is inside an unfinished transaction")
+        return writer
 
     async def _on_thread(self, fn: Any, *args: Any) -> Any:
         """Run ``fn`` with the full busy timeout on the db thread."""
-        writer = self._require_writer()
+        writer = self._writer
+        assert writer is not None
         self.slow_writes += 1
 
         def patient() -> Any:
-            writer.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+            run_to_completion(writer, f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
             try:
                 return fn(*args)
             finally:
-                writer.execute(f"PRAGMA busy_timeout={self.INLINE_BUSY_MS}")
+                run_to_completion(writer, f"PRAGMA busy_timeout={self.INLINE_BUSY_MS}")
 
         return await asyncio.get_running_loop().run_in_executor(self._executor, patient)
 
+    def _failed(self, exc: sqlite3.Error | UnicodeEncodeError, what: str) -> StorageError:
+        error = translate(exc, what)
+        if isinstance(exc, sqlite3.Error):  # bad input (a lone surrogate) is not a storage fault
+            self.last_write_error = error
+            self.last_write_error_at = time.monotonic()
+        return error
+
     async def write(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement as its own committed transaction; returns lastrowid."""
-        writer = self._require_writer()
+        """Run one statement as its own committed transaction; returns lastrowid.
+
+        Returns only after the commit: the statement runs in autocommit mode,
+        is stepped to its end, and the connection is checked to be outside
+        any transaction before and after.
+        """
         async with self._write_lock:
+            writer = self._require_writer()
             try:
                 try:
-                    rowid = writer.execute(sql, params).lastrowid
+                    done = run_to_completion(writer, sql, params)
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
                         raise
-                    rowid = await self._on_thread(lambda: writer.execute(sql, params).lastrowid)
+                    done = await self._on_thread(run_to_completion, writer, sql, params)
             except (sqlite3.Error, UnicodeEncodeError) as exc:
-                raise translate(exc, "write failed") from exc
+                raise self._failed(exc, "write failed") from exc
+            if writer.in_transaction:  # a statement that opened a transaction: not committed
+                raise WriterStateError(f"write left a transaction open: {sql[:60]}")
         self._wrote()
-        return int(rowid or 0)
-
-    async def write_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        async with self.transaction() as conn:
-            await conn.executemany(sql, rows)
+        return int(done.lastrowid or 0)
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Transaction]:
-        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer, rolled back on error."""
-        writer = self._require_writer()
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` on the writer, rolled back on error.
+
+        Only work this transaction started is ever rolled back: the writer is
+        checked to be outside any transaction before BEGIN (a loud
+        ``WriterStateError`` otherwise, never a silent discard).
+        """
         async with self._write_lock:
+            writer = self._require_writer()
             try:
                 try:
-                    writer.execute("BEGIN IMMEDIATE")
+                    run_to_completion(writer, "BEGIN IMMEDIATE")
                 except sqlite3.OperationalError as exc:
                     if not _is_busy(exc):
                         raise
-                    await self._on_thread(writer.execute, "BEGIN IMMEDIATE")
+                    await self._on_thread(run_to_completion, writer, "BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
-                raise translate(exc, "could not start a transaction") from exc
+                raise self._failed(exc, "could not start a transaction") from exc
             try:
                 yield Transaction(writer)
-                writer.execute("COMMIT")
+                run_to_completion(writer, "COMMIT")
             except BaseException as exc:
-                if writer.in_transaction:
+                if writer.in_transaction:  # ours: BEGIN above succeeded
                     with contextlib.suppress(sqlite3.Error):
-                        writer.execute("ROLLBACK")
+                        run_to_completion(writer, "ROLLBACK")
                 if isinstance(exc, sqlite3.Error):
-                    raise translate(exc, "transaction failed") from exc
+                    raise self._failed(exc, "transaction failed") from exc
                 raise
         self._wrote()
 
     def _wrote(self) -> None:
         self.writes += 1
+        self.last_write_ok_at = time.monotonic()
         self._since_checkpoint += 1
         if self._since_checkpoint >= self.CHECKPOINT_INLINE_AFTER and not self._write_lock.locked():
             # A bulk-write loop that never yields starves the background
             # checkpoint, and a growing WAL slows every write: do it here.
-            with contextlib.suppress(sqlite3.Error):
-                self._require_writer().execute("PRAGMA wal_checkpoint(PASSIVE)")
+            with contextlib.suppress(sqlite3.Error, StorageError):
+                run_to_completion(self._require_writer(), "PRAGMA wal_checkpoint(PASSIVE)")
                 self.checkpoints += 1
             self._since_checkpoint = 0
         elif self._since_checkpoint >= self.CHECKPOINT_EVERY and self._checkpointing is None:
@@ -313,10 +435,12 @@ class Database:
                 writer = self._require_writer()
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(
-                    self._executor, writer.execute, "PRAGMA wal_checkpoint(PASSIVE)"
+                    self._executor, run_to_completion, writer, "PRAGMA wal_checkpoint(PASSIVE)"
                 )
                 self._since_checkpoint = 0
                 self.checkpoints += 1
+        except DatabaseReplaced:
+            pass  # reported by /health; nothing to checkpoint into
         except Exception:  # a failed checkpoint is retried after the next writes
             log.warning("background WAL checkpoint failed", exc_info=True)
         finally:
@@ -337,8 +461,8 @@ class Database:
 
     def pragma(self, statement: str) -> Any:
         """``PRAGMA <statement>`` on the writer connection (tuning, tests)."""
-        row = self._require_writer().execute(f"PRAGMA {statement}").fetchone()
-        return row[0] if row is not None else None
+        rows = run_to_completion(self._require_writer(), f"PRAGMA {statement}").rows
+        return rows[0][0] if rows else None
 
     def _reader(self) -> aiosqlite.Connection:
         if not self._readers:
@@ -368,12 +492,19 @@ class Database:
         """``PRAGMA wal_checkpoint(mode)`` on a thread; (busy, log, checkpointed)."""
         if mode not in {"PASSIVE", "FULL", "RESTART", "TRUNCATE"}:
             raise ValueError(mode)
-        writer = self._require_writer()
         async with self._write_lock:
-            row = await self._on_thread(
-                lambda: writer.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            writer = self._require_writer()
+            done = await self._on_thread(
+                run_to_completion, writer, f"PRAGMA wal_checkpoint({mode})"
             )
+        row = done.rows[0]
         return int(row[0]), int(row[1]), int(row[2])
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    """(device, inode) of ``path``, following symlinks: "the same file"."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:

@@ -86,6 +86,16 @@ class StorageFull(StorageError):
     code = "disk_full"
 
 
+class StorageReadOnly(StorageError):
+    code = "readonly"
+
+
+class DatabaseReplaced(StorageError):
+    """``system.db`` was deleted or replaced under the running server."""
+
+    code = "database_replaced"
+
+
 class LLMError(VigilError):
     """The language model could not answer; ``message`` is fit for a chatter."""
 

@@ -1,0 +1,146 @@
+"""Acknowledged = committed: the writer connection never leaves work uncommitted.
+
+Many concurrent appends interleave with background and inline WAL
+checkpoints and with transactions (a summary fold, a reset). Every id that
+``Database.write`` returned must then exist, with its content, as seen from
+another connection. Before every statement on the writer was stepped to its
+end, a checkpoint pragma left open kept later autocommit inserts
+uncommitted, and the next transaction's ROLLBACK discarded them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from core.database import Database, WriterStateError, connect_sync
+
+INSERT = (
+    "INSERT INTO messages (chat_id, role, content, tokens, created_at) VALUES (?, 'user', ?, 1, 0)"
+)
+
+
+async def open_db(tmp_path: Path, *, every: int, inline_after: int) -> Database:
+    db = Database(tmp_path / "system.db")
+    db.CHECKPOINT_EVERY = every
+    db.CHECKPOINT_INLINE_AFTER = inline_after
+    await db.open()
+    for chat in ["fold", "local:a", "local:x", *(f"local:c{i}" for i in range(8))]:
+        await db.write(
+            "INSERT INTO chats (id, channel, created_at, updated_at) VALUES (?, 'local', 0, 0)",
+            (chat,),
+        )
+    return db
+
+
+async def appender(db: Database, chat: str, count: int, acked: dict[int, str]) -> None:
+    for n in range(count):
+        content = f"{chat} message {n}"
+        rowid = await db.write(INSERT, (chat, content))
+        acked[rowid] = content
+        if n % 3 == 0:
+            await asyncio.sleep(0)
+
+
+async def folder(db: Database, rounds: int, acked: dict[int, str], failures: list[str]) -> None:
+    """Summary folds and resets: transactions between the appends."""
+    rng = random.Random(7)
+    for n in range(rounds):
+        await asyncio.sleep(rng.random() * 0.002)
+        try:
+            async with db.transaction() as conn:
+                cur = await conn.execute(INSERT, ("fold", f"fold {n}"))
+                rowid = cur.lastrowid
+                await conn.execute(
+                    "UPDATE chats SET summary = ?, summary_upto_id = ? WHERE id = 'fold'",
+                    (f"summary {n}", rowid),
+                )
+            assert rowid is not None
+            acked[rowid] = f"fold {n}"
+            if n % 5 == 4:  # a reset of a chat nobody else writes to
+                async with db.transaction() as conn:
+                    await conn.execute("DELETE FROM messages WHERE chat_id = 'fold'")
+                for key in [k for k, v in acked.items() if v.startswith("fold ")]:
+                    del acked[key]
+        except Exception as exc:  # collected: any failure here is the bug
+            failures.append(repr(exc))
+
+
+def committed(path: Path) -> dict[int, str]:
+    conn = sqlite3.connect(path)
+    try:
+        return dict(conn.execute("SELECT id, content FROM messages").fetchall())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("every,inline_after", [(3, 10_000), (2, 7), (5, 11)])
+async def test_every_acknowledged_write_is_committed(
+    tmp_path: Path, every: int, inline_after: int
+) -> None:
+    db = await open_db(tmp_path, every=every, inline_after=inline_after)
+    acked: dict[int, str] = {}
+    failures: list[str] = []
+    try:
+        await asyncio.gather(
+            *(appender(db, f"local:c{i}", 300, acked) for i in range(8)),
+            folder(db, 60, acked, failures),
+        )
+        # Seen from another connection while the server's is still open: a
+        # write left uncommitted behind an open statement would be missing.
+        seen = committed(db.path)
+    finally:
+        await db.close()
+    assert failures == []
+    assert db.checkpoints > 10  # the race needs checkpoints between the writes
+    missing = {k: v for k, v in acked.items() if seen.get(k) != v}
+    assert missing == {}
+    assert len(acked) >= 8 * 300
+    assert committed(db.path) == seen
+
+
+async def test_no_statement_stays_active_on_the_writer(tmp_path: Path) -> None:
+    db = await open_db(tmp_path, every=1, inline_after=1)
+    try:
+        for n in range(20):
+            await db.write(INSERT, ("local:a", f"m{n}"))
+            await asyncio.sleep(0)
+        await db.checkpoint("PASSIVE")
+        assert db.pragma("wal_checkpoint(PASSIVE)") is not None
+        writer = db._writer
+        assert writer is not None
+        assert not writer.in_transaction
+        # SQLite's own view: no prepared statement of the writer is mid-step.
+        # A BEGIN/COMMIT pair succeeds only when nothing is in progress.
+        writer.execute("BEGIN IMMEDIATE").close()
+        writer.execute("COMMIT").close()
+    finally:
+        await db.close()
+
+
+async def test_a_transaction_never_rolls_back_work_it_did_not_start(tmp_path: Path) -> None:
+    db = await open_db(tmp_path, every=200, inline_after=1000)
+    try:
+        writer = db._writer
+        assert writer is not None
+        writer.execute("BEGIN")  # someone else's unfinished work (a bug elsewhere)
+        writer.execute(INSERT, ("local:x", "not ours")).close()
+        with pytest.raises(WriterStateError):
+            async with db.transaction() as conn:
+                await conn.execute(INSERT, ("local:x", "ours"))
+        with pytest.raises(WriterStateError):
+            await db.write(INSERT, ("local:x", "a write"))
+        # Nothing was rolled back on the way: the foreign work is still there.
+        assert writer.in_transaction
+        rows = writer.execute("SELECT content FROM messages WHERE chat_id = 'local:x'").fetchall()
+        assert [r[0] for r in rows] == ["not ours"]
+        writer.execute("COMMIT")
+    finally:
+        await db.close()
+    check = connect_sync(tmp_path / "system.db", readonly=True)
+    assert [tuple(r) for r in check.execute("SELECT content FROM messages")] == [("not ours",)]
+    check.close()
