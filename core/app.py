@@ -194,6 +194,7 @@ def create_app(
 
 def _default_starters(telegram: Any) -> list[Starter]:
     """Telegram and monitoring plug in here (their issues)."""
+    from core.dbwatch import start_database_watch
     from core.telegram_app import telegram_starter
     from monitoring.restart import start_auto_restart
     from monitoring.starter import start_monitoring
@@ -203,4 +204,5 @@ def _default_starters(telegram: Any) -> list[Starter]:
         start_auto_restart,
         telegram_starter(telegram),
         start_monitoring,
+        start_database_watch,
     ]

@@ -53,11 +53,17 @@ def prepare_file(path: Path) -> None:
         os.chmod(path, 0o600)
 
 
-def connect_sync(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A plain sqlite3 connection with Vigil's pragmas (tools, backups, tests)."""
-    if readonly:
+def connect_sync(path: Path, *, readonly: bool = False, create: bool = True) -> sqlite3.Connection:
+    """A plain sqlite3 connection with Vigil's pragmas (tools, backups, tests).
+
+    ``create=False`` opens an existing file only (``mode=rw``): the worker and
+    the supervisor's records must never create an empty database where the
+    real one went missing. A missing file raises ``sqlite3.OperationalError``.
+    """
+    if readonly or not create:
         # as_uri() percent-encodes '#', '?' and spaces in the path
-        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        mode = "ro" if readonly else "rw"
+        uri = Path(path).resolve().as_uri() + f"?mode={mode}"
         conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     else:
         prepare_file(path)
@@ -66,7 +72,7 @@ def connect_sync(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     for pragma in PRAGMAS:
         if readonly and "journal_mode" in pragma:
             continue
-        conn.execute(pragma)
+        conn.execute(pragma).close()
     return conn
 
 
@@ -228,10 +234,14 @@ class Database:
             prepare_file(self.path)
         elif not self.path.exists():
             raise StorageError(f"{self.path} does not exist yet (the server creates it)")
-        await asyncio.to_thread(self._migrate)
+        await asyncio.to_thread(self._migrate, create)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vigil-db")
         writer = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            self.path.resolve().as_uri() + "?mode=rw",
+            uri=True,
+            timeout=BUSY_TIMEOUT_S,
+            isolation_level=None,
+            check_same_thread=False,
         )
         writer.row_factory = sqlite3.Row
         for pragma in PRAGMAS:
@@ -253,8 +263,11 @@ class Database:
         self._readers = [await self._connect() for _ in range(self._reader_count)]
         self._next_reader = itertools.cycle(range(len(self._readers)))
 
-    def _migrate(self) -> None:
-        conn = connect_sync(self.path)
+    def _migrate(self, create: bool) -> None:
+        try:
+            conn = connect_sync(self.path, create=create)
+        except sqlite3.OperationalError as exc:
+            raise StorageError(f"cannot open {self.path}: {exc}") from exc
         try:
             migrate_sync(conn)
         finally:
@@ -314,6 +327,7 @@ class Database:
                 self.path,
                 self.replaced,
             )
+            set_aside_own_wal(self.path)
         return self.replaced
 
     def _require_writer(self) -> sqlite3.Connection:
@@ -499,6 +513,46 @@ class Database:
             )
         row = done.rows[0]
         return int(row[0]), int(row[1]), int(row[2])
+
+
+def set_aside_own_wal(path: Path) -> list[Path]:
+    """Move this process's ``-wal``/``-shm`` of a replaced database out of the path.
+
+    They belong to the file we still hold open, not to the one now at the
+    path; left there, the next connection to the new file would read the old
+    file's pages from them (silent corruption). Only files that this process
+    has open (same inode as one of our descriptors) are moved.
+    """
+    ours = _open_inodes()
+    moved = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        try:
+            st = os.stat(side)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) not in ours:
+            continue
+        target = side.with_name(f"{side.name}.replaced-{stamp}")
+        try:
+            os.replace(side, target)
+        except OSError as exc:
+            log.warning("could not move %s aside: %s", side, exc)
+            continue
+        log.warning("moved the old database's %s aside to %s", side.name, target.name)
+        moved.append(target)
+    return moved
+
+
+def _open_inodes() -> set[tuple[int, int]]:
+    found = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                st = os.stat(f"/proc/self/fd/{fd}")
+                found.add((st.st_dev, st.st_ino))
+    return found
 
 
 def file_identity(path: Path) -> tuple[int, int]:

@@ -52,7 +52,12 @@ async def health_report(runtime: Any) -> dict[str, Any]:
     for name in failed_children(runtime.settings.data_dir):
         status = "degraded"  # e.g. the worker hit the flap limit: no backups any more
         reasons.append(f"{name} failed (restart limit reached; see /restart/status)")
-    if database["status"] != "ok":
+    replaced = runtime.db.check_file()
+    if replaced is not None:
+        database = {"status": "replaced", "detail": f"system.db was {replaced} under the server"}
+        status = "unhealthy"
+        reasons.append("database_replaced")
+    elif database["status"] != "ok":
         status = "unhealthy"
         reasons.append("database error")
     if runtime.admission.draining:

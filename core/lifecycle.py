@@ -25,13 +25,20 @@ import uvicorn
 from fastapi import FastAPI
 
 from core.config import Settings
-from core.restarts import record_async
+from core.errors import StorageError
+from core.restarts import record_async, record_pending, save_pending_record
 from core.sdnotify import SdNotifier
 
 log = logging.getLogger(__name__)
 
 RESTART_REQUESTED = 75
-RESTART_REASONS = ("governor_memory", "governor_cpu", "forced", "scheduled")
+RESTART_REASONS = (
+    "governor_memory",
+    "governor_cpu",
+    "forced",
+    "scheduled",
+    "database_replaced",
+)
 STOP_REASONS = ("signal",)
 RETRY_AFTER_S = 15.0
 
@@ -152,8 +159,16 @@ class Lifecycle:
             detail="; ".join(p for p in (self.detail, detail) if p),
         )
         try:
-            await record_async(self.runtime.db, event)
-        except Exception:  # the exit must happen even when the disk is full
+            if self.runtime.db.replaced is not None:
+                # The open file is gone from the path, and this process must not
+                # open the new one while it holds the old: the next server
+                # records this restart (data/restart_pending.json).
+                save_pending_record(self.runtime.settings.data_dir, event)
+            else:
+                await record_async(self.runtime.db, event)
+        except (StorageError, OSError) as exc:  # full disk: the exit must still happen
+            log.warning("could not record the restart: %s", exc)
+        except Exception:  # the exit must happen whatever went wrong
             log.exception("could not record the restart")
         if self.exit_hook is None:
             log.warning("no server process to exit (embedded server); staying drained")
@@ -181,6 +196,7 @@ async def start_lifecycle(app: FastAPI, runtime: Any, stack: contextlib.AsyncExi
     )
     runtime.extras["lifecycle"] = lifecycle
     runtime.extras["request_restart"] = lifecycle.request_restart
+    await record_pending(runtime.db, runtime.settings.data_dir)
     stack.callback(notifier.close)
     if notifier.watchdog_s:
         pinger = asyncio.ensure_future(notifier.watchdog_loop())

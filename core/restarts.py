@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.database import Database, connect_sync, migrate_sync
+from core.errors import StorageError
 
 
 def pid_alive(pid: int) -> bool:
@@ -74,7 +75,8 @@ class RestartLog:
         # written with the next one, so the history has no silent gaps.
         self.pending.append(row_values(event))
         del self.pending[:-MAX_PENDING]
-        conn = connect_sync(self.db_path)
+        # Never create: a missing database is the server's to create at start.
+        conn = connect_sync(self.db_path, create=False)
         try:
             conn.executemany(INSERT, self.pending)
             self.pending.clear()
@@ -92,7 +94,7 @@ class RestartLog:
 
     def alert(self, alert_type: str, message: str) -> None:
         """A critical alert row, for the dashboard and /resources/status history."""
-        conn = connect_sync(self.db_path)
+        conn = connect_sync(self.db_path, create=False)
         try:
             conn.execute(
                 "INSERT INTO alerts (alert_type, severity, message, recommended_action, raised_at)"
@@ -110,6 +112,41 @@ class RestartLog:
 
 async def record_async(db: Database, event: Any) -> int:
     return await db.write(INSERT, row_values(event))
+
+
+PENDING_FILE = "restart_pending.json"
+
+
+def save_pending_record(data_dir: Path, event: Any) -> None:
+    """Keep a restart record for the next server to write (its database was replaced)."""
+    path = data_dir / PENDING_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(list(row_values(event)), handle)
+
+
+async def record_pending(db: Database, data_dir: Path) -> bool:
+    """At start: write the record the previous server could not, then forget it."""
+    path = data_dir / PENDING_FILE
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring an unreadable %s: %s", path, exc)
+        path.unlink(missing_ok=True)
+        return False
+    try:
+        if not isinstance(values, list) or len(values) != len(COLUMNS):
+            raise ValueError("not a restart record")
+        await db.write(INSERT, values)
+    except (ValueError, StorageError) as exc:
+        log.warning("could not record the previous server's restart: %s", exc)
+        if isinstance(exc, ValueError):
+            path.unlink(missing_ok=True)
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 async def history(db: Database, *, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:

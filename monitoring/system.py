@@ -221,6 +221,28 @@ class IntegratedMonitoringSystem:
         self.raised_total[alert.alert_type] += 1
         self.dispatcher.notify("raised", alert)
 
+    async def raise_alert(
+        self, alert_type: str, severity: str, message: str, recommended_action: str
+    ) -> PerformanceAlert:
+        """Raise an alert found outside the governor's rules (e.g. a replaced database).
+
+        Stored and notified like the governor's own; it stays active until
+        the process ends (the next start closes it as stale).
+        """
+        now = self.clock()
+        alert = PerformanceAlert(
+            alert_type=alert_type,
+            severity=severity,
+            message=message,
+            timestamp=now,
+            resource_snapshot=self.latest(),
+            recommended_action=recommended_action,
+            key=alert_type,
+        )
+        if alert.key not in self.active:
+            await self._raise(alert)
+        return self.active[alert.key]
+
     async def close_stale(self, now: float) -> list[PerformanceAlert]:
         """Close the alerts a previous process left open and notify "resolved" for them."""
         if self.store is None:

@@ -26,7 +26,7 @@ Job = Callable[..., dict[str, Any]]
 
 @contextlib.contextmanager
 def database(settings: Settings) -> Iterator[Any]:
-    conn = connect_sync(settings.db_path)
+    conn = connect_sync(settings.db_path, create=False)  # the worker never creates it
     try:
         yield conn
     finally:
@@ -98,7 +98,7 @@ async def _refine(settings: Settings, chats: list[str]) -> dict[str, Any]:
         status = await llm.probe()
         if status.state != "ok":
             return {"skipped": f"model {status.state}: {status.detail}", "candidates": len(chats)}
-        await db.open()
+        await db.open(create=False)
         context = ContextWindowManager(
             ChatMemory(db),
             system_prompt=settings.system_prompt,

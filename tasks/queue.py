@@ -101,7 +101,7 @@ def run_recorded(settings: Settings, name: str, task_id: str, job: Job, /, **kwa
 def _record(settings: Settings, write: Any) -> Any:
     """Write to server_tasks; a failure here is logged, never fatal to the task."""
     try:
-        conn = connect_sync(settings.db_path)
+        conn = connect_sync(settings.db_path, create=False)
         try:
             return write(conn)
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 
 import typer
 
@@ -22,9 +23,28 @@ from tasks.queue import HEAVY_LOCK, build_queue, mark_interrupted
 log = logging.getLogger("tasks.worker")
 
 
+def wait_for_database(settings: Settings, *, poll_s: float = 1.0) -> None:
+    """Block until ``system.db`` exists: the worker never creates it.
+
+    Only the server's start path (and ``scripts/start.sh``) may create the
+    database; a worker that created one where the real file went missing
+    would hide the loss behind an empty database.
+    """
+    if settings.db_path.exists():
+        return
+    log.warning(
+        "waiting for %s to exist: the server creates it (start Vigil with scripts/start.sh)",
+        settings.db_path,
+    )
+    while not settings.db_path.exists():
+        time.sleep(poll_s)
+    log.info("%s exists now; the worker starts", settings.db_path)
+
+
 def prepare(settings: Settings) -> None:
     """Schema up to date (the worker may start before the server), stale runs closed."""
-    conn = connect_sync(settings.db_path)
+    wait_for_database(settings)
+    conn = connect_sync(settings.db_path, create=False)
     try:
         migrate_sync(conn)
     finally:
@@ -35,8 +55,8 @@ def prepare(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings, *, workers: int = 2, max_delay: float = 5.0) -> None:
+    queue = build_queue(settings)  # a bad schedule is refused before any wait
     prepare(settings)
-    queue = build_queue(settings)
     consumer = queue.huey.create_consumer(
         workers=workers,
         worker_type="thread",

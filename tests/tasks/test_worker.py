@@ -127,3 +127,37 @@ def test_worker_runs_enqueued_and_periodic_tasks(tmp_path: Path, backend: str | 
     log = (settings.logs_dir / "tasks.log").read_text()
     assert "task backup [" in log and "task cleanup_old_tasks [" in log
     assert "failed after" in log
+
+
+@pytest.mark.slow
+def test_worker_never_creates_the_database(tmp_path: Path) -> None:
+    """A missing system.db is the server's to create: the worker waits, saying why."""
+    settings = make_settings(tmp_path, llm_base_url=dead_url())
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    worker = subprocess.Popen(
+        [sys.executable, str(MAIN), "worker", "--max-delay", "0.5"],
+        env=cli_env(settings),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        log = settings.logs_dir / "tasks.log"
+        deadline = time.monotonic() + 20
+        while "waiting for" not in (log.read_text() if log.exists() else ""):
+            assert worker.poll() is None, worker.communicate()[1]
+            assert time.monotonic() < deadline, "the worker never said it was waiting"
+            time.sleep(0.1)
+        time.sleep(1.5)  # a few polls later: still no database
+        assert not settings.db_path.exists()
+        connect_sync(settings.db_path).close()  # the server's start path creates it
+        deadline = time.monotonic() + 20
+        while "worker started" not in log.read_text():
+            assert worker.poll() is None, worker.communicate()[1]
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=20)
+    assert "the server creates it" in log.read_text()
