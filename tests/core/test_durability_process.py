@@ -47,6 +47,7 @@ class Chatter(threading.Thread):
         self.acked: list[str] = []
         self.errors: dict[int, int] = {}
         self.sent = 0
+        self.resets_done = 0
 
     def run(self) -> None:
         with httpx.Client(base_url=self.url, headers=AUTH, timeout=10.0) as client:
@@ -66,7 +67,8 @@ class Chatter(threading.Thread):
                 if self.resets and self.sent % 25 == 0:
                     # A reset starts a new context; the history stays in the database.
                     try:
-                        client.post(f"/api/chats/{self.chat}/reset")
+                        reset = client.delete(f"/api/chats/{self.chat}/context")
+                        self.resets_done += reset.status_code == 200
                     except httpx.HTTPError:
                         pass
 
@@ -107,6 +109,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(tmp_path: Path, fake_ll
     acked = [text for c in chatters for text in c.acked]
     assert kills == 5
     assert len(acked) > 100, [c.errors for c in chatters]
+    assert sum(c.resets_done for c in chatters) > 3
     stored = user_messages(tmp_path / "data" / "system.db")
     counts: dict[str, int] = {}
     for text in stored:
