@@ -1,7 +1,7 @@
 """Real Chromium for the web page tests, driven by Playwright.
 
 Uses the system Chromium (Debian package ``chromium``, installed by
-``.ci/run``); a missing browser fails the test with the command to install
+``scripts/test.sh``); a missing browser fails the test with the command to install
 it rather than skipping it.
 """
 
@@ -33,7 +33,7 @@ def chromium_path() -> str:
             return found
     pytest.fail(
         "Chromium is needed for the browser tests: install it with "
-        "'sudo apt-get install chromium' (or run .ci/run, which does), "
+        "'sudo apt-get install chromium' (or run scripts/test.sh, which does), "
         "or point VIGIL_CHROMIUM at a Chromium binary",
         pytrace=False,
     )

@@ -8,6 +8,7 @@ runs ``fn(runtime)`` (a coroutine function) on that loop.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,6 +25,14 @@ from core.config import Settings
 from tests.fake_llm import FakeLLM, free_port
 
 TOKEN = "test-token"
+
+# Hermetic: the operator's VIGIL_* (and systemd's) environment never changes a
+# test's outcome. Tests that need a variable set it themselves.
+# (VIGIL_CHROMIUM is not a setting: it points the browser tests at a Chromium.)
+for _name in [n for n in os.environ if n.startswith("VIGIL_") and n != "VIGIL_CHROMIUM"]:
+    del os.environ[_name]
+for _name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+    os.environ.pop(_name, None)
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:

@@ -1,7 +1,7 @@
 """A real ``python main.py worker`` runs enqueued and periodic tasks; server_tasks shows them.
 
 Runs against SqliteHuey, and against a real redis-server on a free port when
-one is installed (``.ci/run`` installs it).
+one is installed (``scripts/test.sh`` installs it).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if server is None:
         pytest.fail(
             "redis-server is needed for the RedisHuey test: install it with "
-            "'sudo apt-get install redis-server' (or run .ci/run, which does)",
+            "'sudo apt-get install redis-server' (or run scripts/test.sh, which does)",
             pytrace=False,
         )
     port = free_port()
