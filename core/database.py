@@ -359,7 +359,27 @@ class Database:
             finally:
                 run_to_completion(writer, f"PRAGMA busy_timeout={self.INLINE_BUSY_MS}")
 
-        return await asyncio.get_running_loop().run_in_executor(self._executor, patient)
+        return await self._finish_on_thread(patient)
+
+    async def _finish_on_thread(self, fn: Any, *args: Any) -> Any:
+        """Run ``fn`` on the db thread and wait for it to end, even when cancelled.
+
+        The caller holds the write lock. A cancellation (a client gone, a
+        shutdown) must not release the lock while the db thread still runs a
+        statement on the writer: the next write would interleave with it on
+        the same connection. So the wait goes on until the statement ended,
+        and the cancellation is passed on after that.
+        """
+        future = asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        cancelled = False
+        while not future.done():
+            try:
+                await asyncio.wait([future])
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+        return future.result()
 
     def _failed(self, exc: sqlite3.Error | UnicodeEncodeError, what: str) -> StorageError:
         error = translate(exc, what)
@@ -410,6 +430,11 @@ class Database:
                     await self._on_thread(run_to_completion, writer, "BEGIN IMMEDIATE")
             except sqlite3.Error as exc:
                 raise self._failed(exc, "could not start a transaction") from exc
+            except BaseException:  # cancelled after our BEGIN went through on the thread
+                if writer.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        run_to_completion(writer, "ROLLBACK")
+                raise
             try:
                 yield Transaction(writer)
                 run_to_completion(writer, "COMMIT")
@@ -447,9 +472,8 @@ class Database:
         try:
             async with self._write_lock:
                 writer = self._require_writer()
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(
-                    self._executor, run_to_completion, writer, "PRAGMA wal_checkpoint(PASSIVE)"
+                await self._finish_on_thread(
+                    run_to_completion, writer, "PRAGMA wal_checkpoint(PASSIVE)"
                 )
                 self._since_checkpoint = 0
                 self.checkpoints += 1

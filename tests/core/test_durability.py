@@ -144,3 +144,71 @@ async def test_a_transaction_never_rolls_back_work_it_did_not_start(tmp_path: Pa
     check = connect_sync(tmp_path / "system.db", readonly=True)
     assert [tuple(r) for r in check.execute("SELECT content FROM messages")] == [("not ours",)]
     check.close()
+
+
+async def test_a_cancelled_slow_write_keeps_the_lock_until_its_statement_ended(
+    tmp_path: Path,
+) -> None:
+    """A write waiting on the db thread for another process's lock, then cancelled.
+
+    The lock must stay held until the statement on the thread ended; a write
+    that got in meanwhile would share the connection with it.
+    """
+    db = await open_db(tmp_path, every=10_000, inline_after=10_000)
+    other = sqlite3.connect(db.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        slow = asyncio.ensure_future(db.write(INSERT, ("local:a", "slow")))
+        for _ in range(100):  # until it waits on the db thread
+            await asyncio.sleep(0.01)
+            if db.slow_writes:
+                break
+        assert db.slow_writes == 1
+        slow.cancel()
+        await asyncio.sleep(0.05)
+        assert not slow.done()  # still waiting for its statement to end
+        assert db._write_lock.locked()
+        other.execute("COMMIT")
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        assert not db._write_lock.locked()
+        # The connection is clean: a transaction and a write go through.
+        async with db.transaction() as conn:
+            await conn.execute(INSERT, ("local:a", "after"))
+        rowid = await db.write(INSERT, ("local:a", "after 2"))
+        assert committed(db.path)[rowid] == "after 2"
+    finally:
+        other.close()
+        await db.close()
+
+
+async def test_a_transaction_cancelled_while_its_begin_waits_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    db = await open_db(tmp_path, every=10_000, inline_after=10_000)
+    other = sqlite3.connect(db.path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def fold() -> None:
+        async with db.transaction() as conn:
+            await conn.execute(INSERT, ("local:a", "fold"))
+
+    try:
+        task = asyncio.ensure_future(fold())
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if db.slow_writes:
+                break
+        task.cancel()
+        await asyncio.sleep(0.05)
+        other.execute("COMMIT")  # BEGIN on the thread now succeeds, then the cancel lands
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        writer = db._writer
+        assert writer is not None and not writer.in_transaction
+        rowid = await db.write(INSERT, ("local:a", "next"))
+        assert committed(db.path)[rowid] == "next"
+        assert "fold" not in committed(db.path).values()
+    finally:
+        other.close()
+        await db.close()
