@@ -186,6 +186,3 @@ class ContextWindowManager:
         changed = await self.memory.replace_summary(chat_id, upto_id=upto, summary=better)
         self.refines += int(changed)
         return changed
-
-    def summary_text(self, window: ChatWindow) -> str:
-        return window.summary

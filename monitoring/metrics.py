@@ -16,7 +16,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from monitoring.limits import MB
-from monitoring.report import health_score
 from monitoring.rules import RULES
 
 
@@ -86,7 +85,7 @@ class VigilCollector(Collector):
 
     def _governor(self, system: Any) -> Iterator[Metric]:
         s = system.latest()
-        yield _gauge("vigil_health_score", "Health score 0-100", health_score(system, s))
+        yield _gauge("vigil_health_score", "Health score 0-100", system.health_score(s))
         memory = GaugeMetricFamily("vigil_memory_bytes", "Resident memory", labels=["scope"])
         memory.add_metric(["tree"], s.memory_mb * MB)
         memory.add_metric(["server"], s.server_memory_mb * MB)

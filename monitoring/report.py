@@ -6,8 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 from monitoring.alerts import iso
 from monitoring.governor import FUTILE_TYPE, signal_states
-from monitoring.health import memory_percent, recommendations, snapshot_score
-from monitoring.snapshot import ResourceSnapshot, downsample
+from monitoring.health import memory_percent, recommendations
+from monitoring.snapshot import downsample
 
 if TYPE_CHECKING:
     from monitoring.system import IntegratedMonitoringSystem
@@ -20,11 +20,6 @@ def _external(row: dict[str, Any]) -> dict[str, Any]:
         "raised_at": iso(row["raised_at"]),
         "timestamp": row["raised_at"],
     }
-
-
-def health_score(system: IntegratedMonitoringSystem, s: ResourceSnapshot) -> float:
-    th = system.thresholds
-    return snapshot_score(s, budget_mb=th.budget_mb, max_sessions=th.max_sessions)
 
 
 def status(
@@ -40,7 +35,7 @@ def status(
     """
     s = system.latest()
     th = system.thresholds
-    score = health_score(system, s)
+    score = system.health_score(s)
     signals = signal_states(system.memo)
     restart_pending = bool(system.restart_requests) and any(
         r["accepted"] is not False for r in system.restart_requests
@@ -126,7 +121,7 @@ def history(system: IntegratedMonitoringSystem, *, minutes: float, points: int) 
                 "loop_lag_ms": round(x.loop_lag_ms, 1),
                 "active_sessions": x.active_sessions,
                 "in_flight_turns": x.in_flight_turns,
-                "health_score": health_score(system, x),
+                "health_score": system.health_score(x),
                 "cpu_pressure": x.cpu_pressure,
             }
             for x in downsample(items, points)

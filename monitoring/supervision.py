@@ -33,17 +33,6 @@ RESTART_REQUESTED = 75
 PR_SET_PDEATHSIG = 1
 log = logging.getLogger("monitoring.supervisor")
 
-REASONS = (
-    "crash",
-    "signal",
-    "governor_memory",
-    "governor_cpu",
-    "forced",
-    "scheduled",
-    "watchdog",
-    "flap_limit",
-)
-
 
 @dataclass(frozen=True)
 class Policy:

@@ -39,8 +39,8 @@ from monitoring.governor import (
     Unthrottle,
     decide,
 )
+from monitoring.health import snapshot_score
 from monitoring.notifiers import AlertDispatcher
-from monitoring.report import health_score
 from monitoring.resources import ResourceMonitor
 from monitoring.rules import Thresholds
 from monitoring.snapshot import ResourceSnapshot
@@ -158,6 +158,11 @@ class IntegratedMonitoringSystem:
     def latest(self) -> ResourceSnapshot:
         """The newest snapshot; one is taken now if none exists yet."""
         return self.monitor.history.latest or self.source()
+
+    def health_score(self, s: ResourceSnapshot) -> float:
+        """0-100 for one snapshot against this system's budget and session limit."""
+        th = self.thresholds
+        return snapshot_score(s, budget_mb=th.budget_mb, max_sessions=th.max_sessions)
 
     async def tick(self) -> list[Action]:
         """Take one snapshot, decide, act. Returns the actions (for tests and logs)."""
@@ -334,7 +339,7 @@ class IntegratedMonitoringSystem:
         log.info(
             "health %.1f: memory %.0f MB (%.1f%% of %.0f MB, %s), cpu %.0f%%, sessions %d, "
             "loop lag %.0f ms, alerts %d%s",
-            health_score(self, s),
+            self.health_score(s),
             s.memory_mb,
             100 * s.memory_mb / self.thresholds.budget_mb,
             self.thresholds.budget_mb,
