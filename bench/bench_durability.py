@@ -215,9 +215,7 @@ def main() -> None:
     print(f"| acknowledged messages | {result['acknowledged']:,} | ≥ 50,000 |")
     print(f"| acknowledged but missing | {result['missing']} | 0 |")
     print(f"| duplicates | {result['duplicates']} | 0 |")
-    print(
-        f"| kills (of which whole tree) | {result['kills']} ({result['tree_kills']}) | ≥ 20 |"
-    )
+    print(f"| kills (of which whole tree) | {result['kills']} ({result['tree_kills']}) | ≥ 20 |")
     print(
         f"| recovery, SIGKILL -> /health/live | p50 {result['recovery_p50']:.2f} s,"
         f" max {result['recovery_max']:.2f} s | ≤ 3 s |"

@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import itertools
+import json
 import logging
 import os
 import sqlite3
@@ -60,6 +61,7 @@ def connect_sync(path: Path, *, readonly: bool = False, create: bool = True) -> 
     the supervisor's records must never create an empty database where the
     real one went missing. A missing file raises ``sqlite3.OperationalError``.
     """
+    guard_stale_wal(Path(path))
     if readonly or not create:
         # as_uri() percent-encodes '#', '?' and spaces in the path
         mode = "ro" if readonly else "rw"
@@ -87,7 +89,18 @@ def migrate_sync(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> i
         )
     for number in range(version + 1, target + 1):
         script = MIGRATIONS[number - 1]
-        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;")
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {number};\nCOMMIT;"
+            )
+        except sqlite3.OperationalError:
+            # Another process (the server and the worker start together) may
+            # have applied it between our version read and our BEGIN.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= number:
+                continue
+            raise
         log.info("database migrated to schema version %d", number)
     return max(version, target)
 
@@ -223,6 +236,7 @@ class Database:
         # The file we opened (st_dev, st_ino); set when it changes under us.
         self.identity: tuple[int, int] | None = None
         self.replaced: str | None = None
+        self.replaced_event = asyncio.Event()  # set at the first change seen
 
     async def open(self, *, create: bool = True) -> None:
         """Open (and migrate) ``system.db``.
@@ -230,6 +244,7 @@ class Database:
         ``create=False`` is for processes that must never create the database
         (the Huey worker): a missing file raises ``StorageError`` instead.
         """
+        guard_stale_wal(self.path)
         if create:
             prepare_file(self.path)
         elif not self.path.exists():
@@ -252,6 +267,8 @@ class Database:
         run_to_completion(writer, "PRAGMA wal_autocheckpoint=0")
         self._writer = writer
         self.identity = file_identity(self.path)
+        if create:  # the server (the one process that may create it) owns the WAL
+            record_owner(self.path)
         # read_now() must not share the writer: while a write waits on the db
         # thread for another process's lock, the loop would block behind it.
         quick = sqlite3.connect(
@@ -328,16 +345,41 @@ class Database:
                 self.replaced,
             )
             set_aside_own_wal(self.path)
+            self.replaced_event.set()
         return self.replaced
 
-    def _require_writer(self) -> sqlite3.Connection:
-        if self._writer is None:
+    async def copy_open_file(self, target: Path) -> None:
+        """Copy the file this process holds open (even deleted) to ``target``.
+
+        The SQLite backup API through the writer, under the write lock and
+        on the db thread: what the server acknowledged survives an ``rm``.
+        """
+        writer = self._writer
+        if writer is None:
             raise StorageError("the database is not open")
-        if self.replaced is not None:
+        prepare_file(target)
+
+        def copy() -> None:
+            dest = sqlite3.connect(target)
+            try:
+                writer.backup(dest)
+            finally:
+                dest.close()
+
+        async with self._write_lock:
+            await self._finish_on_thread(copy)
+
+    def _refuse_if_replaced(self) -> None:
+        if self.check_file() is not None:
             raise DatabaseReplaced(
                 f"{self.path.name} was {self.replaced} under the running server; "
                 "writes are refused until it restarts on the new file"
             )
+
+    def _require_writer(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StorageError("the database is not open")
+        self._refuse_if_replaced()  # one stat: a write to a file nobody reads is lost
         writer = self._writer
         if writer.in_transaction:
             # Only transaction() opens a transaction, and it always ends it
@@ -408,6 +450,9 @@ class Database:
                 raise self._failed(exc, "write failed") from exc
             if writer.in_transaction:  # a statement that opened a transaction: not committed
                 raise WriterStateError(f"write left a transaction open: {sql[:60]}")
+            # Acknowledge only what went to the file at the path: a replacement
+            # during the statement means it committed to a file nobody reads.
+            self._refuse_if_replaced()
         self._wrote()
         return int(done.lastrowid or 0)
 
@@ -438,6 +483,7 @@ class Database:
             try:
                 yield Transaction(writer)
                 run_to_completion(writer, "COMMIT")
+                self._refuse_if_replaced()
             except BaseException as exc:
                 if writer.in_transaction:  # ours: BEGIN above succeeded
                     with contextlib.suppress(sqlite3.Error):
@@ -537,6 +583,67 @@ class Database:
             )
         row = done.rows[0]
         return int(row[0]), int(row[1]), int(row[2])
+
+
+def owner_file(path: Path) -> Path:
+    """Which file the ``-wal``/``-shm`` next to ``path`` belong to (written by the server)."""
+    return path.with_name(path.name + ".owner")
+
+
+def record_owner(path: Path) -> None:
+    """The server, after opening ``path``: its WAL and SHM belong to this very file."""
+    dev, ino = file_identity(path)
+    target = owner_file(path)
+    temp = target.with_name(target.name + ".tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"dev": dev, "ino": ino}, handle)
+    os.replace(temp, target)
+
+
+def guard_stale_wal(path: Path) -> list[Path]:
+    """Before opening ``path``: move aside a ``-wal``/``-shm`` that belong to another file.
+
+    When ``system.db`` was replaced or deleted (by hand, under a running or a
+    killed server), the ``-wal`` and ``-shm`` at the path are the old file's.
+    SQLite would apply the old file's pages to the new one on the next open:
+    a silently reverted or corrupt database. The owner record written by the
+    server says which file they belong to; on a mismatch they are renamed
+    ``*.stale-<time>`` (kept, never deleted) before anything opens the path.
+    """
+    try:
+        owner = json.loads(owner_file(path).read_text(encoding="utf-8"))
+        recorded = (int(owner["dev"]), int(owner["ino"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return []  # no record (a first start, an older Vigil): nothing to judge by
+    try:
+        current: tuple[int, int] | None = file_identity(path)
+    except FileNotFoundError:
+        current = None
+    except OSError:
+        return []
+    if current == recorded:
+        return []
+    moved = []
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if not side.exists():
+            continue
+        target = side.with_name(f"{side.name}.stale-{stamp}")
+        try:
+            os.replace(side, target)
+        except OSError as exc:
+            log.warning("could not move the stale %s aside: %s", side, exc)
+            continue
+        log.warning(
+            "%s belongs to the file that was at %s before it was replaced; kept aside as %s",
+            side.name,
+            path,
+            target.name,
+        )
+        moved.append(target)
+    return moved
 
 
 def set_aside_own_wal(path: Path) -> list[Path]:

@@ -18,6 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -31,16 +34,46 @@ ACTION = (
 
 async def watch_database(runtime: Any, *, interval: float = CHECK_INTERVAL_S) -> str:
     """Check until the file changes; then alert, restart, and return how it changed."""
+    db = runtime.db
     while True:
-        how = runtime.db.check_file()
+        how = db.check_file()
         if how is not None:
             await on_replaced(runtime, how)
             return str(how)
-        await asyncio.sleep(interval)
+        # A write or /health that saw the change first wakes the watch at once.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(db.replaced_event.wait(), interval)
+
+
+async def rescue_deleted(db: Any) -> str:
+    """After an ``rm``: copy the still-open file back to the path (or beside it).
+
+    The server still holds the deleted file open, with every acknowledged
+    message in it. It is copied with the backup API; if the path is still
+    empty the copy takes its place (a no-clobber link), so the restart comes
+    back on the same data; otherwise it is kept as ``system.db.deleted-<time>``.
+    """
+    path: Path = db.path
+    rescue = path.with_name(f"{path.name}.deleted-{time.strftime('%Y%m%d-%H%M%S')}")
+    try:
+        await db.copy_open_file(rescue)
+    except Exception as exc:  # e.g. the data directory itself is gone
+        log.error("could not copy the deleted database out of the server: %s", exc)
+        return "its content could not be saved"
+    try:
+        os.link(rescue, path)  # fails if something is at the path by now
+    except OSError:
+        log.warning("the deleted database was saved as %s", rescue)
+        return f"its content was saved as {rescue.name}"
+    rescue.unlink(missing_ok=True)
+    log.warning("the deleted database was copied back to %s from the server's open file", path)
+    return "its content was copied back from the server's open file"
 
 
 async def on_replaced(runtime: Any, how: str) -> None:
     detail = f"{runtime.db.path} was {how} while the server was running"
+    if how == "deleted":
+        detail += "; " + await rescue_deleted(runtime.db)
     monitoring = runtime.monitoring
     if monitoring is not None:
         try:

@@ -11,13 +11,16 @@ uncommitted, and the next transaction's ROLLBACK discarded them.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
-from core.database import Database, WriterStateError, connect_sync
+from core.database import Database, WriterStateError, connect_sync, migrate_sync
+from core.errors import DatabaseReplaced
 
 INSERT = (
     "INSERT INTO messages (chat_id, role, content, tokens, created_at) VALUES (?, 'user', ?, 1, 0)"
@@ -212,3 +215,81 @@ async def test_a_transaction_cancelled_while_its_begin_waits_leaves_no_transacti
     finally:
         other.close()
         await db.close()
+
+
+async def test_a_write_after_the_file_was_replaced_is_refused_at_once(tmp_path: Path) -> None:
+    """No 2 s window: the write itself checks the file, before and after its commit."""
+    db = await open_db(tmp_path, every=10_000, inline_after=10_000)
+    try:
+        await db.write(INSERT, ("local:a", "before"))
+        other = tmp_path / "other.db"
+        connect_sync(other).close()
+        os.replace(other, db.path)
+        with pytest.raises(DatabaseReplaced):
+            await db.write(INSERT, ("local:a", "after"))
+        with pytest.raises(DatabaseReplaced):
+            async with db.transaction() as conn:
+                await conn.execute(INSERT, ("local:a", "in a transaction"))
+        assert db.replaced == "replaced"
+        assert db.replaced_event.is_set()
+    finally:
+        await db.close()
+
+
+async def test_a_stale_wal_is_never_applied_to_a_new_file(tmp_path: Path) -> None:
+    """The old file's -wal at the path (a killed server) is moved aside before any open."""
+    db = await open_db(tmp_path, every=10_000, inline_after=10_000)
+    copy = tmp_path / "copy.db"
+    source = sqlite3.connect(db.path)
+    target = sqlite3.connect(copy)
+    source.backup(target)
+    source.close()
+    target.execute(
+        "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+        " VALUES ('local:a', 'user', 'restored', 1, 0)"
+    )
+    target.commit()
+    target.close()
+    for n in range(300):  # frames in the old file's WAL that the copy never had
+        await db.write(INSERT, ("local:a", f"old {n}"))
+    assert Path(f"{db.path}-wal").stat().st_size > 0
+    os.replace(copy, db.path)
+    # The server is "killed": its connections are abandoned, not closed.
+    worker = connect_sync(db.path, create=False)  # what the worker or the next server does
+    try:
+        contents = [r[0] for r in worker.execute("SELECT content FROM messages")]
+        assert worker.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        worker.close()
+    assert "restored" in contents
+    assert not any(c.startswith("old ") for c in contents)
+    assert list(tmp_path.glob("system.db-wal.stale-*"))
+    await db.close()
+
+
+def _migrate_after(path: Path, barrier: threading.Barrier, errors: list[BaseException]) -> None:
+    conn = connect_sync(path, create=False)
+    try:
+        barrier.wait()
+        migrate_sync(conn)
+    except BaseException as exc:  # collected for the assertion
+        errors.append(exc)
+    finally:
+        conn.close()
+
+
+def test_two_processes_migrating_at_once_both_succeed(tmp_path: Path) -> None:
+    """The server and the worker start together and both migrate a new file."""
+    for trial in range(6):
+        path = tmp_path / f"race{trial}.db"
+        connect_sync(path).close()
+        errors: list[BaseException] = []
+        barrier = threading.Barrier(2)
+        threads = [
+            threading.Thread(target=_migrate_after, args=(path, barrier, errors)) for _ in range(2)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []

@@ -163,7 +163,7 @@ def _unhealthy_replaced(sup: VigilProcess) -> dict[str, Any] | None:
     return None
 
 
-@pytest.mark.parametrize("how", ["replaced", "deleted"])
+@pytest.mark.parametrize("how", ["replaced", "deleted", "replaced_then_killed"])
 def test_database_changed_under_the_server(tmp_path: Path, fake_llm: FakeLLM, how: str) -> None:
     env = vigil_env(tmp_path, fake_llm.url, restart_grace_s=4)
     with vigil(tmp_path, env, "supervise", "--no-worker") as sup:
@@ -174,18 +174,24 @@ def test_database_changed_under_the_server(tmp_path: Path, fake_llm: FakeLLM, ho
         fake_llm.stall_after_chunks, fake_llm.stall_s = 1, 6.0
         turn = StreamedTurn(sup.url, "inflight", "a long answer").start()
         wait_for(lambda: fake_llm.requests, 10, "the model to be asked")
-        if how == "replaced":
-            os.replace(_copy_with_marker(sup.db, "local:marker"), sup.db)
-        else:
+        if how == "deleted":
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{sup.db}{suffix}").unlink(missing_ok=True)
-
-        body = wait_for(lambda: _unhealthy_replaced(sup), 10, "/health to say database_replaced")
-        assert body["status"] == "unhealthy"
-        assert body["database"] == "replaced"
-        refused = sup.client.post("/api/chats/new/messages", json={"text": "x"}, headers=AUTH)
-        assert refused.status_code == 503
-        assert refused.json()["error"]["code"] in {"database_replaced", "restarting"}
+        else:
+            os.replace(_copy_with_marker(sup.db, "local:marker"), sup.db)
+        if how == "replaced_then_killed":
+            # Killed before it could notice: the old file's -wal is still at the
+            # path, and must not be applied to the new file by the next server.
+            os.kill(first, signal.SIGKILL)
+        else:
+            body = wait_for(
+                lambda: _unhealthy_replaced(sup), 10, "/health to say database_replaced"
+            )
+            assert body["status"] == "unhealthy"
+            assert body["database"] == "replaced"
+            refused = sup.client.post("/api/chats/new/messages", json={"text": "x"}, headers=AUTH)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] in {"database_replaced", "restarting"}
 
         fake_llm.stall_after_chunks = None
         turn.join(30)
@@ -200,15 +206,22 @@ def test_database_changed_under_the_server(tmp_path: Path, fake_llm: FakeLLM, ho
         after = sup.client.post("/api/chats/new/messages", json={"text": "after"}, headers=AUTH)
         assert after.status_code == 200, after.text
         old = sup.client.get("/api/chats/old/messages", headers=AUTH)
-        if how == "replaced":
+        assert "before" in [m["content"] for m in old.json()["messages"]]
+        integrity = query(sup.db, "PRAGMA integrity_check")
+        assert [next(iter(r.values())) for r in integrity] == ["ok"]
+        if how != "deleted":
             response = sup.client.get("/api/chats/marker/messages", headers=AUTH)
             marker = response.json()
             assert response.status_code == 200, (marker, sup.log())
             assert [m["content"] for m in marker["messages"]] == ["from the replacement"]
             assert "before" in [m["content"] for m in old.json()["messages"]]
+        reasons = [r["reason"] for r in sup.restarts()]
+        if how == "replaced_then_killed":
+            assert "crash" in reasons, reasons
+            assert "belongs to the file that was at" in sup.log()
+        else:
             # The server's record of its restart went to the file now at the path.
-            reasons = [r["reason"] for r in sup.restarts()]
             assert "database_replaced" in reasons, reasons
-        else:  # a new, empty database: the old chat is gone with the deleted file
-            assert old.status_code == 404 or old.json()["messages"] == []
-        assert "system.db was " + how in sup.log()
+            assert "system.db was " + how in sup.log()
+        if how == "deleted":  # copied back from the server's open file: nothing lost
+            assert "copied back" in sup.log()
