@@ -35,6 +35,7 @@ from core.integrity import (
     repair_fts,
     validate_database,
 )
+from core.restarts import SUPERVISOR_LOCK
 from core.retention import RetentionPolicy, prune_snapshots
 
 
@@ -70,21 +71,21 @@ def restore_cmd(
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Restore a snapshot (live database: server stopped and --confirm)."""
+    """Restore a snapshot (the live database, by any path: server stopped and --confirm)."""
     settings = cli_settings()
     target_path = user_path(target_path)
     snap = backups.find_snapshot(settings.backups_dir, name)
     with progress_bar(not as_json) as progress:
-        if target_path is not None:
+        if target_path is not None and not restore.is_live_target(target_path, settings.db_path):
             result = restore.restore_to_file(
                 snap, target_path, overwrite=confirm, progress=progress
             )
-        else:
+        else:  # the live database, whatever path named it
             result = restore.restore_live(
                 snap,
                 settings.db_path,
-                pid_file=settings.pid_file,
                 confirm=confirm,
+                supervisor_lock=settings.data_dir / SUPERVISOR_LOCK,
                 answering=lambda: server_answers(settings),
                 progress=progress,
             )
