@@ -324,7 +324,7 @@ def _produce(db_path: Path, draft: Snapshot, level: int, progress: Progress) -> 
         if problems:
             raise BackupFailed(
                 f"the copy failed its integrity check ({problems[0]}); the database itself "
-                "may be damaged: run `python main.py validate`"
+                "may be damaged: run `scripts/vigilctl validate`"
             )
         progress("check", 1, 1)
         digest, size = _compress(copy, packed, level, progress)

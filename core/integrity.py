@@ -165,6 +165,17 @@ def validate_database(
     if not path.is_file():
         add(Check("database", "fail", f"no database file at {path}"))
         return checks
+    if path.stat().st_size == 0:
+        add(
+            Check(
+                "database",
+                "fail",
+                f"{path} is empty (0 bytes), not a Vigil database: a failed copy may have "
+                "left it; restore a snapshot (`restore <name> --confirm`) or, on a new "
+                "install, remove it",
+            )
+        )
+        return checks
     add(check_integrity(path))
     try:
         conn = _open_ro(path)
