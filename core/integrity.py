@@ -26,6 +26,7 @@ from core.backup import (
     readonly_uri,
     verify_snapshot,
 )
+from core.backup_temp import find_leftovers
 from core.database import BUSY_TIMEOUT_S
 from core.schema import SCHEMA_VERSION
 
@@ -242,6 +243,20 @@ def check_snapshot_files(backups_dir: Path, *, now: float, settle_s: float = 360
         more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
         return Check("snapshot_files", "warn", problems[0] + more)
     return Check("snapshot_files", "ok", f"{len(listed)} snapshot(s), each a matching pair")
+
+
+def check_backup_temp(backups_dir: Path) -> Check:
+    """Temp files that interrupted backups left behind (a killed one cannot clean up)."""
+    found = find_leftovers(backups_dir)
+    if not found.paths:
+        return Check("backup_temp", "ok", "no temp files of interrupted backups")
+    names = ", ".join(p.name for p in found.paths[:3]) + (" ..." if len(found.paths) > 3 else "")
+    return Check(
+        "backup_temp",
+        "warn",
+        f"{len(found.paths)} temp file(s) of interrupted backups, {found.size_bytes / 1e6:.1f} MB "
+        f"({names}); the next backup or `cleanup` removes them",
+    )
 
 
 def repair_fts(path: Path) -> None:

@@ -81,7 +81,9 @@ def test_snapshot_files_are_private_checksummed_and_listed(filled: Settings) -> 
     assert snap.size_bytes < snap.db_bytes  # compressed
     assert [s.name for s in list_snapshots(filled.backups_dir)] == ["one"]
     assert find_snapshot(filled.backups_dir, "one.db.gz") == snap
-    assert not [p for p in filled.backups_dir.iterdir() if p.name.startswith(".")]
+    dot_files = [p for p in filled.backups_dir.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in dot_files] == [".backup.lock"]  # no temp file left
+    assert dot_files[0].stat().st_mode & 0o077 == 0
     with pytest.raises(BackupFailed, match="already exists"):
         create_backup(filled.db_path, filled.backups_dir, name="one")
     with pytest.raises(InvalidName):
@@ -138,7 +140,7 @@ def test_an_interrupted_backup_leaves_nothing_behind(filled: Settings, phase: st
 
     with pytest.raises(KeyboardInterrupt):
         create_backup(filled.db_path, filled.backups_dir, name="cut", progress=interrupt)
-    assert list(filled.backups_dir.iterdir()) == []
+    assert [p.name for p in filled.backups_dir.iterdir()] == [".backup.lock"]
     assert list_snapshots(filled.backups_dir) == []
 
 
