@@ -108,11 +108,14 @@ def test_an_empty_database_file_is_refused_like_a_corrupt_one(tsettings: Setting
 
 
 @pytest.mark.slow
-def test_serve_by_hand_on_an_empty_database_refuses_and_leaves_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["serve", "supervise"])
+def test_serve_or_supervise_by_hand_on_an_empty_database_refuses_and_leaves_it(
+    tmp_path: Path, command: str
+) -> None:
     settings = make_settings(tmp_path, llm_base_url=dead_url())
     settings.data_dir.mkdir(parents=True, mode=0o700)
     settings.db_path.touch(mode=0o600)
-    result = run_cli(settings, "serve")
+    result = run_cli(settings, command)
     assert result.returncode == 3
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("vigil: error: "), result.stderr
