@@ -28,6 +28,7 @@ from core.cli_output import (
 from core.cli_views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
+from core.file_users import holders
 from core.integrity import (
     check_backup_temp,
     check_latest_backup,
@@ -77,6 +78,8 @@ def restore_cmd(
     target_path = user_path(target_path)
     snap = backups.find_snapshot(settings.backups_dir, name)
     with progress_bar(not as_json) as progress:
+        if target_path is not None:
+            restore.refuse_companion(target_path, settings.db_path)
         if target_path is not None and not restore.is_live_target(target_path, settings.db_path):
             result = restore.restore_to_file(
                 snap, target_path, overwrite=confirm, progress=progress
@@ -198,7 +201,9 @@ def validate(
     db = user_path(db)
     path = db if db is not None else settings.db_path
     running = db is None and (
-        restore.server_pid(settings.pid_file) is not None or server_answers(settings)
+        restore.server_pid(settings.pid_file) is not None
+        or bool(holders(settings.db_path))  # e.g. a server by hand on another port
+        or server_answers(settings)
     )
     if repair_fts_index:
         if running:

@@ -159,6 +159,16 @@ def is_live_target(target: Path, db_path: Path) -> bool:
     return same_file(target, db_path)
 
 
+def refuse_companion(target: Path, db_path: Path) -> None:
+    """The live database's -wal, -shm or -journal is never a restore target."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        if same_file(target, Path(f"{db_path}{suffix}")) and Path(f"{db_path}{suffix}").exists():
+            raise TargetUnwritable(
+                f"cannot restore to {target}: it is the live database's {suffix[1:]} file; "
+                f"restore onto {db_path} itself, or to another --target-path FILE"
+            )
+
+
 def _refuse_if_open(target: Path) -> None:
     pids = holders(target)
     if pids:

@@ -9,6 +9,7 @@ the target spelled absolute, relative, through a symlink and a hard link.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from core.restore import restore_live, restore_to_file
 from monitoring.supervision import StateFile
 from tests.fake_llm import FakeLLM, free_port
 from tests.processes import AUTH, MAIN, VigilProcess, query, vigil, vigil_env, wait_for
-from tests.tasks.conftest import rows
+from tests.tasks.conftest import rows, run_cli
 
 HOLD_OPEN = """
 import sqlite3, sys, time
@@ -150,6 +151,11 @@ def test_a_server_started_by_hand_is_seen_holding_the_file(tmp_path: Path, llm: 
             refused_in_one_line(result, f"pid {server.proc.pid} (")
             assert "main.py serve) has the database open" in result.stderr
             untouched(server.db, identity)
+        # validate sees it running the same way: no FTS check that takes the write lock
+        checks = json.loads(cli(other_port, tmp_path, "validate", "--json").stdout)["checks"]
+        assert "fts_content" not in {c["name"] for c in checks}
+        repair = cli(other_port, tmp_path, "validate", "--repair-fts")
+        assert repair.returncode == 1 and "stop the server" in repair.stderr
         chat(server, "still here")
 
 
@@ -219,3 +225,17 @@ def test_the_supervisor_lock_is_the_one_restore_looks_at(filled: Settings) -> No
         assert free is True
         assert StateFile(filled.data_dir / "supervisor.json").lock() is False  # none starts now
     assert restore_live(snap, filled.db_path, confirm=True, supervisor_lock=lock).kept_aside
+
+
+@pytest.mark.slow
+def test_the_live_databases_wal_is_not_a_target(filled: Settings) -> None:
+    assert run_cli(filled, "backup", "--name", "snap").returncode == 0
+    db = filled.db_path
+    subprocess.run([sys.executable, "-c", CRASH_WITH_WAL, str(db)], check=True, timeout=30)
+    wal = Path(f"{db}-wal")
+    before = wal.read_bytes()
+    result = run_cli(filled, "restore", "snap", "--target-path", str(wal), "--confirm")
+    assert result.returncode == 2, result.stderr
+    assert "it is the live database's wal file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert wal.read_bytes() == before
