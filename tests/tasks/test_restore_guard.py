@@ -25,7 +25,7 @@ from core.restarts import SUPERVISOR_LOCK
 from core.restore import restore_live, restore_to_file
 from monitoring.supervision import StateFile
 from tests.fake_llm import FakeLLM, free_port
-from tests.processes import AUTH, MAIN, VigilProcess, query, vigil, vigil_env, wait_for
+from tests.processes import AUTH, MAIN, ROOT, VigilProcess, query, vigil, vigil_env, wait_for
 from tests.tasks.conftest import rows, run_cli
 
 HOLD_OPEN = """
@@ -33,6 +33,15 @@ import sqlite3, sys, time
 conn = sqlite3.connect(sys.argv[1])
 conn.execute("SELECT count(*) FROM messages").fetchone()
 print("open", flush=True)
+time.sleep(120)
+"""
+
+HOLD_SUPERVISOR_LOCK = """
+import sys, time
+from pathlib import Path
+from monitoring.supervision import StateFile
+assert StateFile(Path(sys.argv[1])).lock()
+print("locked", flush=True)
 time.sleep(120)
 """
 
@@ -209,18 +218,25 @@ def test_a_process_holding_the_database_open_blocks_restore(filled: Settings) ->
     assert restore_live(snap, filled.db_path, confirm=True).messages == 300
 
 
+@pytest.mark.slow
 def test_the_supervisor_lock_is_the_one_restore_looks_at(filled: Settings) -> None:
     snap = create_backup(filled.db_path, filled.backups_dir, name="base")
     lock = filled.data_dir / SUPERVISOR_LOCK
-    state = StateFile(filled.data_dir / "supervisor.json")
-    assert state.lock()  # what a running supervisor holds for its whole life
-    with pytest.raises(ServerRunning, match="its supervisor holds the lock"):
-        restore_live(snap, filled.db_path, confirm=True, supervisor_lock=lock)
-    assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == 300
-    with exclusive_lock(lock) as free:
-        assert free is False
-    assert state._lock_fd is not None
-    os.close(state._lock_fd)  # the supervisor exits: the kernel drops its lock
+    # What a running supervisor holds for its whole life (monitoring's StateFile).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SUPERVISOR_LOCK, str(filled.data_dir / "supervisor.json")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(ServerRunning, match="its supervisor holds the lock"):
+            restore_live(snap, filled.db_path, confirm=True, supervisor_lock=lock)
+        assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == 300
+    finally:
+        holder.kill()  # kill -9: the kernel drops the lock
+        holder.wait(timeout=10)
     with exclusive_lock(lock) as free:
         assert free is True
         assert StateFile(filled.data_dir / "supervisor.json").lock() is False  # none starts now
