@@ -80,6 +80,12 @@ def supervise(
     from monitoring.supervisor import Supervisor
 
     settings = settings_or_exit()
+    from core.preflight import EXIT_CORRUPT, database_problem
+
+    problem = database_problem(settings)  # before RestartLog.prepare() would create tables
+    if problem:
+        typer.echo(f"vigil: error: {problem}", err=True)
+        raise typer.Exit(EXIT_CORRUPT)
     # Under systemd the journal gets the supervisor's decisions (restarts).
     console = sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
     start_process_logging(settings, rotates=frozenset(), console=console)

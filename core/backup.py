@@ -33,7 +33,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.database import BUSY_TIMEOUT_S
+from core.backup_temp import backup_running, sweep_leftovers, temp_path
+from core.database import BUSY_TIMEOUT_S, guard_stale_wal
 from core.errors import BadRequest, NotFound, StorageError, StorageFull, VigilError
 
 log = logging.getLogger(__name__)
@@ -158,6 +159,7 @@ def readonly_uri(path: Path) -> str:
 
 def open_readonly(path: Path, *, timeout: float = BUSY_TIMEOUT_S) -> sqlite3.Connection:
     """A plain read-only connection (autocommit: callers BEGIN explicitly)."""
+    guard_stale_wal(path)  # a replaced database's old WAL must not be read as this one's
     return sqlite3.connect(readonly_uri(path), uri=True, timeout=timeout, isolation_level=None)
 
 
@@ -219,8 +221,8 @@ def _compress(source: Path, target: Path, level: int, progress: Progress) -> tup
 
 
 def _write_manifest(snapshot: Snapshot) -> None:
-    # A dot-name ending in .tmp: never listed, and swept if a kill -9 leaves it.
-    tmp = snapshot.directory / f".{snapshot.name}{MANIFEST_SUFFIX}.tmp"
+    # A backup temp name: never listed, and swept if a kill -9 leaves it.
+    tmp = temp_path(snapshot.directory, snapshot.name, MANIFEST_SUFFIX)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -248,17 +250,6 @@ def _db_files(db_path: Path) -> list[Path]:
     return [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
 
 
-def sweep_leftovers(directory: Path, *, older_than_s: float = 3600.0) -> int:
-    """Remove temp files of backups that a killed process never finished."""
-    cutoff, removed = time.time() - older_than_s, 0
-    for path in directory.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-    return removed
-
-
 def ensure_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -283,24 +274,15 @@ def create_backup(
     created = time.time() if now is None else now
     name = check_name(name) if name else default_name(kind, created)
     ensure_dir(backups_dir)
-    sweep_leftovers(backups_dir)
-    if (backups_dir / (name + DATA_SUFFIX)).exists() or (
-        backups_dir / (name + MANIFEST_SUFFIX)
-    ).exists():
-        raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")
-    _check_space(db_path, backups_dir)
-    draft = Snapshot(name, created, kind, 0, 0, "", 0, 0, 0, 0.0, backups_dir)
-    try:
-        snapshot = _produce(db_path, draft, level, progress)
-    except BaseException as exc:
-        delete_snapshot(draft)  # never leave a half-made snapshot that looks complete
-        if isinstance(exc, sqlite3.Error):
-            raise BackupFailed(f"backup failed: {exc}") from exc
-        if isinstance(exc, OSError):
-            if exc.errno == 28:
-                raise StorageFull(f"backup failed: the disk is full in {backups_dir}") from exc
-            raise BackupFailed(f"backup failed: {exc.strerror or exc}") from exc
-        raise
+    swept = sweep_leftovers(backups_dir)  # before the space check: they may be huge
+    if swept.paths:
+        log.warning(
+            "removed %d temp file(s) of interrupted backups (%.1f MB)",
+            len(swept.paths),
+            swept.size_bytes / 1e6,
+        )
+    with backup_running(backups_dir):
+        snapshot = _create_locked(db_path, backups_dir, name, kind, created, level, progress)
     log.info(
         "backup %s: %d messages, %.1f MB -> %.1f MB in %.2f s",
         name,
@@ -312,11 +294,39 @@ def create_backup(
     return snapshot
 
 
+def _create_locked(
+    db_path: Path,
+    backups_dir: Path,
+    name: str,
+    kind: str,
+    created: float,
+    level: int,
+    progress: Progress,
+) -> Snapshot:
+    if (backups_dir / (name + DATA_SUFFIX)).exists() or (
+        backups_dir / (name + MANIFEST_SUFFIX)
+    ).exists():
+        raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")
+    _check_space(db_path, backups_dir)
+    draft = Snapshot(name, created, kind, 0, 0, "", 0, 0, 0, 0.0, backups_dir)
+    try:
+        return _produce(db_path, draft, level, progress)
+    except BaseException as exc:
+        delete_snapshot(draft)  # never leave a half-made snapshot that looks complete
+        if isinstance(exc, sqlite3.Error):
+            raise BackupFailed(f"backup failed: {exc}") from exc
+        if isinstance(exc, OSError):
+            if exc.errno == 28:
+                raise StorageFull(f"backup failed: the disk is full in {backups_dir}") from exc
+            raise BackupFailed(f"backup failed: {exc.strerror or exc}") from exc
+        raise
+
+
 def _produce(db_path: Path, draft: Snapshot, level: int, progress: Progress) -> Snapshot:
     """Copy, check, compress, describe and read back; temp files always removed."""
     started = time.monotonic()
-    copy = draft.directory / f".{draft.name}.db.tmp"
-    packed = draft.directory / f".{draft.name}.gz.tmp"
+    copy = temp_path(draft.directory, draft.name, ".db")
+    packed = temp_path(draft.directory, draft.name, DATA_SUFFIX)
     try:
         counts = _online_copy(db_path, copy, progress)
         progress("check", 0, 1)
@@ -324,7 +334,7 @@ def _produce(db_path: Path, draft: Snapshot, level: int, progress: Progress) -> 
         if problems:
             raise BackupFailed(
                 f"the copy failed its integrity check ({problems[0]}); the database itself "
-                "may be damaged: run `python main.py validate`"
+                "may be damaged: run `scripts/vigilctl validate`"
             )
         progress("check", 1, 1)
         digest, size = _compress(copy, packed, level, progress)

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 
 from core import backup as backups
-from core import maintenance, restore
+from core import backup_temp, maintenance, restore
 from core.cli_output import (
     JSON_OPT,
     cli_settings,
@@ -28,13 +28,16 @@ from core.cli_output import (
 from core.cli_views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
+from core.file_users import holders
 from core.integrity import (
+    check_backup_temp,
     check_latest_backup,
     check_snapshot_files,
     private_paths,
     repair_fts,
     validate_database,
 )
+from core.restarts import SUPERVISOR_LOCK
 from core.retention import RetentionPolicy, prune_snapshots
 
 
@@ -70,21 +73,23 @@ def restore_cmd(
     ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Restore a snapshot (live database: server stopped and --confirm)."""
+    """Restore a snapshot (the live database, by any path: server stopped and --confirm)."""
     settings = cli_settings()
     target_path = user_path(target_path)
     snap = backups.find_snapshot(settings.backups_dir, name)
     with progress_bar(not as_json) as progress:
         if target_path is not None:
+            restore.refuse_companion(target_path, settings.db_path)
+        if target_path is not None and not restore.is_live_target(target_path, settings.db_path):
             result = restore.restore_to_file(
                 snap, target_path, overwrite=confirm, progress=progress
             )
-        else:
+        else:  # the live database, whatever path named it
             result = restore.restore_live(
                 snap,
                 settings.db_path,
-                pid_file=settings.pid_file,
                 confirm=confirm,
+                supervisor_lock=settings.data_dir / SUPERVISOR_LOCK,
                 answering=lambda: server_answers(settings),
                 progress=progress,
             )
@@ -137,7 +142,7 @@ def cleanup(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would go."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Prune snapshots (retention policy, or --keep N) and old task records."""
+    """Prune snapshots (retention policy, or --keep N), backup temp files, old task records."""
     settings = cli_settings()
     if keep is not None and keep < 0:
         raise BadRequest(f"--keep must be 0 or more, got {keep}")
@@ -148,6 +153,13 @@ def cleanup(
         dry_run=dry_run,
     )
     report: dict[str, Any] = {"dry_run": dry_run, "snapshots_removed": [s.name for s in gone]}
+    temp = (
+        backup_temp.find_leftovers(settings.backups_dir)
+        if dry_run
+        else backup_temp.sweep_leftovers(settings.backups_dir)
+    )
+    report["backup_temp_removed"] = [p.name for p in temp.paths]
+    report["backup_temp_bytes"] = temp.size_bytes
     if settings.db_path.is_file() and not dry_run:
         conn = connect_sync(settings.db_path)
         try:
@@ -165,6 +177,11 @@ def cleanup(
         return
     verb = "would remove" if dry_run else "removed"
     typer.echo(f"{verb} {len(gone)} snapshot(s): {', '.join(report['snapshots_removed']) or '-'}")
+    if temp.paths:
+        typer.echo(
+            f"{verb} {len(temp.paths)} temp file(s) of interrupted backups "
+            f"({fmt_bytes(temp.size_bytes)})"
+        )
     if "task_records_removed" in report:
         typer.echo(f"removed {report['task_records_removed']} old task record(s)")
     if "messages_removed" in report:
@@ -184,7 +201,9 @@ def validate(
     db = user_path(db)
     path = db if db is not None else settings.db_path
     running = db is None and (
-        restore.server_pid(settings.pid_file) is not None or server_answers(settings)
+        restore.server_pid(settings.pid_file) is not None
+        or bool(holders(settings.db_path))  # e.g. a server by hand on another port
+        or server_answers(settings)
     )
     if repair_fts_index:
         if running:
@@ -195,8 +214,8 @@ def validate(
         if db is not None
         else private_paths(settings.data_dir, settings.db_path, settings.logs_dir)
     )
-    # + fts_content; permissions, backups, snapshot_files
-    steps = 4 + int(not running) + 3 * int(db is None)
+    # + fts_content; permissions, backups, snapshot_files, backup_temp
+    steps = 4 + int(not running) + 4 * int(db is None)
     with progress_bar(not as_json) as progress:
         done = [0]
 
@@ -209,6 +228,7 @@ def validate(
             now = time.time()
             checks.append(check_latest_backup(settings.backups_dir, now=now))
             checks.append(check_snapshot_files(settings.backups_dir, now=now))
+            checks.append(check_backup_temp(settings.backups_dir))
     if as_json:
         print_json(
             {

@@ -26,7 +26,8 @@ from core.backup import (
     readonly_uri,
     verify_snapshot,
 )
-from core.database import BUSY_TIMEOUT_S
+from core.backup_temp import find_leftovers
+from core.database import BUSY_TIMEOUT_S, guard_stale_wal
 from core.schema import SCHEMA_VERSION
 
 
@@ -45,6 +46,7 @@ class Check:
 
 
 def _open_ro(path: Path) -> sqlite3.Connection:
+    guard_stale_wal(path)
     return sqlite3.connect(readonly_uri(path), uri=True, timeout=BUSY_TIMEOUT_S)
 
 
@@ -84,6 +86,7 @@ def check_fts_rows(conn: sqlite3.Connection) -> Check:
 
 def check_fts_full(path: Path) -> Check:
     """FTS5's own check of the index against the messages (takes the write lock)."""
+    guard_stale_wal(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES('integrity-check', 1)")
@@ -165,6 +168,17 @@ def validate_database(
     if not path.is_file():
         add(Check("database", "fail", f"no database file at {path}"))
         return checks
+    if path.stat().st_size == 0:
+        add(
+            Check(
+                "database",
+                "fail",
+                f"{path} is empty (0 bytes), not a Vigil database: a failed copy may have "
+                "left it; restore a snapshot (`restore <name> --confirm`) or, on a new "
+                "install, remove it",
+            )
+        )
+        return checks
     add(check_integrity(path))
     try:
         conn = _open_ro(path)
@@ -233,8 +247,23 @@ def check_snapshot_files(backups_dir: Path, *, now: float, settle_s: float = 360
     return Check("snapshot_files", "ok", f"{len(listed)} snapshot(s), each a matching pair")
 
 
+def check_backup_temp(backups_dir: Path) -> Check:
+    """Temp files that interrupted backups left behind (a killed one cannot clean up)."""
+    found = find_leftovers(backups_dir)
+    if not found.paths:
+        return Check("backup_temp", "ok", "no temp files of interrupted backups")
+    names = ", ".join(p.name for p in found.paths[:3]) + (" ..." if len(found.paths) > 3 else "")
+    return Check(
+        "backup_temp",
+        "warn",
+        f"{len(found.paths)} temp file(s) of interrupted backups, {found.size_bytes / 1e6:.1f} MB "
+        f"({names}); the next backup or `cleanup` removes them",
+    )
+
+
 def repair_fts(path: Path) -> None:
     """Rebuild the full-text index from the messages table."""
+    guard_stale_wal(path)
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         conn.execute("INSERT INTO messages_fts(messages_fts) VALUES('rebuild')")

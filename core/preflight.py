@@ -3,9 +3,11 @@
 Seed 003's pre-flight, in order: report the Telegram auth state, recover
 database locks (a ``-wal``/``-shm`` left by a killed process is folded back by
 opening and checkpointing), a quick integrity check, then initialise or
-migrate the schema. A corrupt database is refused with a message naming
-``python main.py validate`` and ``python main.py restore``; it is never
-replaced or "repaired" here. ``release_locks`` is ``stop.sh``'s last step.
+migrate the schema. A corrupt database, and an empty (0-byte) one, which is
+what a failed copy leaves, is refused with a message naming
+``scripts/vigilctl validate`` and ``scripts/vigilctl restore``; it is never
+replaced or "repaired" here. Only a missing file is created.
+``release_locks`` is ``stop.sh``'s last step.
 ``database_problem`` is the read-only subset for ``python main.py serve``
 started by hand (without start.sh), so a corrupt database is one line on the
 console there too.
@@ -23,7 +25,7 @@ import typer
 
 from core.backup import readonly_uri
 from core.config import ConfigError, Settings
-from core.database import NewerSchema, connect_sync, migrate_sync
+from core.database import NewerSchema, connect_sync, guard_stale_wal, migrate_sync
 from core.schema import SCHEMA_VERSION
 from core.telegram_session import check_session_server, server_profile
 
@@ -50,13 +52,23 @@ class Report:
         self.lines.append(line)
 
 
-def _corrupt(path: Path, problem: str) -> PreflightError:
+def _corrupt(path: Path, problem: str, *, hint: str = "") -> PreflightError:
     return PreflightError(
         f"the database {path} looks corrupt ({problem}). It was left untouched. "
-        "Check it with 'python main.py validate', list snapshots with "
-        "'python main.py snapshots', then 'python main.py restore <name> --confirm' "
-        "(docs/operations.md, section 8.2)",
+        "Check it with 'scripts/vigilctl validate', list snapshots with "
+        "'scripts/vigilctl snapshots', then 'scripts/vigilctl restore <name> --confirm'"
+        f"{hint} (docs/operations.md, section 8.2)",
         EXIT_CORRUPT,
+    )
+
+
+def _empty(path: Path) -> PreflightError:
+    # A failed copy or restore leaves a 0-byte file; SQLite would open it as a
+    # new empty database and the history would silently start over.
+    return _corrupt(
+        path,
+        "the file is empty: 0 bytes",
+        hint="; if this is a new install with no history, remove the empty file instead",
     )
 
 
@@ -117,6 +129,8 @@ def _check_header(path: Path) -> None:
 
 def recover_and_check(path: Path, report: Report) -> None:
     """Fold a stale WAL back and run ``PRAGMA quick_check`` without changing data."""
+    for moved in guard_stale_wal(path):  # the old file's WAL, never folded into this one
+        report.say(f"database: kept {moved.name} aside (it belongs to a replaced database)")
     wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
     stale = [p.name for p in (wal, shm) if p.exists()]
     try:
@@ -145,7 +159,9 @@ def recover_and_check(path: Path, report: Report) -> None:
 
 def check_database(path: Path, report: Report) -> None:
     """Header, stale-lock recovery, quick check, then create or migrate the schema."""
-    if path.exists() and path.stat().st_size > 0:
+    if path.exists():
+        if path.stat().st_size == 0:
+            raise _empty(path)
         _check_header(path)
         recover_and_check(path, report)
     try:
@@ -174,15 +190,18 @@ def database_problem(settings: Settings, *, quick: bool = False) -> str | None:
 
     Read-only and cheap (header, schema, version; ``quick`` adds ``PRAGMA
     quick_check``), so ``serve`` can call it before uvicorn starts: the
-    lifespan's own failure only reaches logs/system.log. A missing or empty
-    file is fine (the server creates it); a locked one is left to the server.
-    A corrupt file gives start.sh's message (exit with ``EXIT_CORRUPT``).
+    lifespan's own failure only reaches logs/system.log. A missing file is
+    fine (the server creates it); a locked one is left to the server. A
+    corrupt or empty file gives start.sh's message (exit with ``EXIT_CORRUPT``).
     """
     path = settings.db_path
     try:
-        if not path.is_file() or path.stat().st_size == 0:
+        if not path.is_file():
             return None
+        if path.stat().st_size == 0:
+            return str(_empty(path))
         _check_header(path)
+        guard_stale_wal(path)
         conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=5.0)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -204,7 +223,7 @@ def database_problem(settings: Settings, *, quick: bool = False) -> str | None:
         return (
             f"the database {path} has schema version {version}, newer than this Vigil "
             f"({SCHEMA_VERSION}); upgrade Vigil or restore an older snapshot "
-            "('python main.py snapshots', then 'python main.py restore <name> --confirm')"
+            "('scripts/vigilctl snapshots', then 'scripts/vigilctl restore <name> --confirm')"
         )
     return None
 
@@ -241,6 +260,7 @@ def release_locks(settings: Settings) -> list[str]:
     """After every process is gone: checkpoint so no stale ``-wal`` stays behind."""
     done = []
     for path in (settings.db_path, settings.tasks_db_path):
+        guard_stale_wal(path)
         if not Path(f"{path}-wal").exists():
             continue
         try:

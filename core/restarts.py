@@ -47,6 +47,8 @@ COLUMNS = (
 )
 INSERT = f"INSERT INTO restarts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 STATE_FILE = "supervisor.json"
+# The supervisor's lifetime flock (monitoring.supervision.StateFile.lock takes it).
+SUPERVISOR_LOCK = STATE_FILE + ".lock"
 MAX_PENDING = 100
 
 

@@ -2,10 +2,17 @@
 
 Every restore first checks the snapshot's checksum, unpacks it next to the
 target, and runs ``PRAGMA integrity_check`` and a schema check on the result;
-only a copy that passes is renamed into place. Onto the live database the
-server must be stopped (``data/vigil.pid`` names no live Vigil process) and
-the operator must confirm; the current files are kept aside first, never
-deleted.
+only a copy that passes is renamed into place.
+
+The live database is the configured ``system.db`` whatever path names it
+(absolute, relative, a symlink, a hard link: one device/inode). Restoring
+onto it needs a stopped server and ``--confirm``, and the current files
+(database, ``-wal``, ``-shm``) are kept aside first, never deleted. "Stopped"
+is judged on what is true now (see core/file_users.py): nobody holds the
+supervisor's lock (restore holds it itself while it swaps files, so no
+supervisor starts meanwhile), no other process has the file open, and
+nothing answers on the server's port. Any other target that some process
+has open is refused too.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from core.backup import (
     verify_snapshot,
 )
 from core.errors import BadRequest, StorageError, StorageFull
+from core.file_users import describe_holders, exclusive_lock, holders, same_file
 from core.restarts import pid_alive
 from core.schema import SCHEMA_VERSION
 
@@ -71,15 +79,6 @@ def server_pid(pid_file: Path) -> int | None:
         if b"main.py" not in cmdline.read_bytes() and b"vigil" not in cmdline.read_bytes():
             return None
     return pid
-
-
-def _free_name(path: Path) -> Path:
-    """``path``, or ``path.N`` if taken: a kept-aside file is never overwritten."""
-    candidate, n = path, 1
-    while candidate.exists():
-        candidate = path.with_name(f"{path.name}.{n}")
-        n += 1
-    return candidate
 
 
 def _check_target(target: Path, *, overwrite: bool) -> None:
@@ -155,12 +154,46 @@ def _prepare(snapshot: Snapshot, target: Path, progress: Progress) -> tuple[Path
     return temp, messages
 
 
+def is_live_target(target: Path, db_path: Path) -> bool:
+    """Does ``target`` name the live database (same file, however it is spelled)?"""
+    return same_file(target, db_path)
+
+
+def refuse_companion(target: Path, db_path: Path) -> None:
+    """The live database's -wal, -shm or -journal is never a restore target."""
+    for suffix in ("-wal", "-shm", "-journal"):
+        if same_file(target, Path(f"{db_path}{suffix}")) and Path(f"{db_path}{suffix}").exists():
+            raise TargetUnwritable(
+                f"cannot restore to {target}: it is the live database's {suffix[1:]} file; "
+                f"restore onto {db_path} itself, or to another --target-path FILE"
+            )
+
+
+def _refuse_if_open(target: Path) -> None:
+    pids = holders(target)
+    if pids:
+        raise ServerRunning(
+            f"{target} is open in {describe_holders(pids)}; stop it first "
+            "(a Vigil with scripts/stop.sh), or restore to another --target-path FILE"
+        )
+
+
 def restore_to_file(
     snapshot: Snapshot, target: Path, *, overwrite: bool = False, progress: Progress = no_progress
 ) -> RestoreResult:
-    """Write the snapshot as a plain SQLite database at ``target``."""
+    """Write the snapshot as a plain SQLite database at ``target`` (not the live one).
+
+    Through a symlink the file it points to is replaced, not the link.
+    """
+    target = target.resolve()
     _check_target(target, overwrite=overwrite)
+    _refuse_if_open(target)
     temp, messages = _prepare(snapshot, target, progress)
+    try:
+        _refuse_if_open(target)  # someone may have opened it while we unpacked
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
     for stale in (Path(f"{target}-wal"), Path(f"{target}-shm")):
         stale.unlink(missing_ok=True)
     os.replace(temp, target)
@@ -168,52 +201,66 @@ def restore_to_file(
     return RestoreResult(target, snapshot.name, messages, [])
 
 
+def _running_reason(
+    db_path: Path, *, lock_free: bool, answering: Callable[[], bool] | None
+) -> str | None:
+    """Why the server counts as running, or None when it is stopped."""
+    if not lock_free:
+        return "its supervisor holds the lock"
+    pids = holders(db_path)
+    if pids:
+        return f"{describe_holders(pids)} has the database open"
+    if answering is not None and answering():
+        return "it answers on its port"  # e.g. a server of this process, or on another disk
+    return None
+
+
+def _refuse_if_running(
+    db_path: Path, *, lock_free: bool, answering: Callable[[], bool] | None
+) -> None:
+    reason = _running_reason(db_path, lock_free=lock_free, answering=answering)
+    if reason is not None:
+        raise ServerRunning(
+            f"the server is running ({reason}) and {db_path} is its live database; "
+            "stop it with scripts/stop.sh first, or restore to another --target-path FILE"
+        )
+
+
 def restore_live(
     snapshot: Snapshot,
     db_path: Path,
     *,
-    pid_file: Path,
     confirm: bool,
+    supervisor_lock: Path | None = None,
     answering: Callable[[], bool] | None = None,
     now: float | None = None,
     progress: Progress = no_progress,
 ) -> RestoreResult:
     """Replace ``db_path`` with the snapshot; the server must be stopped.
 
-    Running means: ``pid_file`` names a live Vigil process, or ``answering()``
-    (e.g. a GET of ``/health/live``) says a server without a PID file is up.
+    Running means: someone holds ``supervisor_lock`` (``data/supervisor.json.lock``),
+    another process has ``db_path`` open, or ``answering()`` (a GET of
+    ``/health/live``) says a server is up. The lock is held until the swap is
+    done; the open-file check is repeated just before it.
     """
-    pid = server_pid(pid_file)
-    if pid is None and answering is not None and answering():
-        pid = 0  # no PID file (e.g. `python main.py serve` by hand) but it answers
-    if pid is not None:
-        which = f"pid {pid}" if pid else "it answers on its port"
-        raise ServerRunning(
-            f"the server is running ({which}); stop it with scripts/stop.sh before "
-            "restoring onto the live database, or use --target-path FILE"
-        )
-    if not confirm:
-        raise ConfirmRequired(
-            f"restoring {snapshot.name!r} replaces {db_path}; add --confirm to proceed "
-            "(the current database is kept aside)"
-        )
-    if not db_path.parent.is_dir():
-        raise TargetUnwritable(f"cannot restore: directory {db_path.parent} does not exist")
-    _check_target(db_path, overwrite=True)
-    temp, messages = _prepare(snapshot, db_path, progress)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
-    aside: list[Path] = []
-    try:
-        for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
-            if path.exists():
-                # Kept byte for byte (WAL included): the operator may still need it.
-                moved = _free_name(path.with_name(f"{path.name}.before-restore-{stamp}"))
-                os.replace(path, moved)
-                aside.append(moved)
-        os.replace(temp, db_path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise StorageError(f"restore failed while swapping files: {exc}") from exc
+    db_path = db_path.resolve()  # through a symlink: the file itself is replaced
+    with exclusive_lock(supervisor_lock) as lock_free:
+        _refuse_if_running(db_path, lock_free=lock_free, answering=answering)
+        if not confirm:
+            raise ConfirmRequired(
+                f"restoring {snapshot.name!r} replaces {db_path}; add --confirm to proceed "
+                "(the current database is kept aside)"
+            )
+        if not db_path.parent.is_dir():
+            raise TargetUnwritable(f"cannot restore: directory {db_path.parent} does not exist")
+        _check_target(db_path, overwrite=True)
+        temp, messages = _prepare(snapshot, db_path, progress)
+        try:
+            _refuse_if_running(db_path, lock_free=True, answering=None)
+            aside = _swap(temp, db_path, now=now)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
     log.warning(
         "restored snapshot %s onto %s (%d messages); previous files kept as %s",
         snapshot.name,
@@ -222,3 +269,34 @@ def restore_live(
         ", ".join(p.name for p in aside) or "nothing (no database existed)",
     )
     return RestoreResult(db_path, snapshot.name, messages, aside)
+
+
+def _swap(temp: Path, db_path: Path, *, now: float | None) -> list[Path]:
+    """Keep the current database, -wal and -shm aside, then rename ``temp`` into place.
+
+    The kept files stay a set (``X.before-restore-T``, ``X.before-restore-T-wal``):
+    opening the kept database reads its WAL, so no committed row is left out.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    kept = _free_set(db_path.with_name(f"{db_path.name}.before-restore-{stamp}"))
+    aside: list[Path] = []
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            path = Path(f"{db_path}{suffix}")
+            if path.exists():
+                moved = Path(f"{kept}{suffix}")
+                os.replace(path, moved)
+                aside.append(moved)
+        os.replace(temp, db_path)
+    except OSError as exc:
+        raise StorageError(f"restore failed while swapping files: {exc}") from exc
+    return aside
+
+
+def _free_set(path: Path) -> Path:
+    """``path``, or ``path.N``, such that none of it, its -wal or -shm exists yet."""
+    candidate, n = path, 1
+    while any(Path(f"{candidate}{s}").exists() for s in ("", "-wal", "-shm")):
+        candidate = path.with_name(f"{path.name}.{n}")
+        n += 1
+    return candidate

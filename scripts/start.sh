@@ -3,7 +3,7 @@
 #  1. refuse if already running (PID file + process check; a stale PID file is removed)
 #  2. report the Telegram auth state
 #  3. recover database locks (stale -wal/-shm folded back by opening + checkpointing)
-#  4. quick integrity check (a corrupt database is refused, never replaced)
+#  4. quick integrity check (a corrupt or empty (0-byte) database is refused, never replaced)
 #  5. create or migrate the schema
 #  6. start the supervisor (server + Huey worker) detached from the terminal
 #  7. wait for /health, print the outcome, URLs and log locations

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from core import backup, maintenance
+from core import backup, backup_temp, maintenance
 from core.config import Settings
 from core.database import Database, connect_sync
 from core.retention import RetentionPolicy, prune_snapshots
@@ -37,8 +37,11 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
     with database(settings) as conn:
         deleted = maintenance.cleanup_old_tasks(conn, days=settings.task_retention_days)
         events = maintenance.cleanup_old_events(conn)
+    swept = backup_temp.sweep_leftovers(settings.backups_dir)
     return {
         "deleted": deleted,
+        "backup_temp_removed": len(swept.paths),
+        "backup_temp_bytes": swept.size_bytes,
         "days": settings.task_retention_days,
         "alerts_deleted": events["alerts"],
         "restarts_deleted": events["restarts"],

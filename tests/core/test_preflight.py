@@ -92,8 +92,20 @@ def test_a_corrupt_database_is_refused_and_left_untouched(tmp_path: Path, damage
 
     assert caught.value.exit_code == EXIT_CORRUPT
     message = str(caught.value)
-    assert "python main.py validate" in message and "restore" in message
+    assert "scripts/vigilctl validate" in message and "scripts/vigilctl restore" in message
     assert _digest(settings.db_path) == before
+
+
+def test_an_empty_database_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    settings.data_dir.mkdir(parents=True)
+    settings.db_path.touch()
+    with pytest.raises(PreflightError) as caught:
+        run_preflight(settings)
+    assert caught.value.exit_code == EXIT_CORRUPT
+    assert "empty: 0 bytes" in str(caught.value)
+    assert "scripts/vigilctl validate" in str(caught.value)
+    assert settings.db_path.stat().st_size == 0
 
 
 def test_a_newer_schema_is_refused(tmp_path: Path) -> None:

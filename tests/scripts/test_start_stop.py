@@ -145,10 +145,26 @@ def test_start_refuses_a_corrupt_database_and_leaves_it_untouched(
     result = run(install, env, "start.sh")
 
     assert result.returncode != 0
-    assert "corrupt" in result.stderr and "python main.py validate" in result.stderr
-    assert "restore" in result.stderr
+    assert "corrupt" in result.stderr and "scripts/vigilctl validate" in result.stderr
+    assert "scripts/vigilctl restore" in result.stderr
     assert hashlib.sha256(db.read_bytes()).hexdigest() == before
     assert not (install / "data" / "vigil.pid").exists()
+
+
+def test_start_refuses_an_empty_database_file(install: Path, env: dict[str, str]) -> None:
+    """A 0-byte system.db (what a failed copy leaves) is not a new install."""
+    db = install / "data" / "system.db"
+    db.parent.mkdir(mode=0o700, exist_ok=True)
+    db.touch(mode=0o600)
+
+    result = run(install, env, "start.sh")
+
+    assert result.returncode != 0
+    error = [line for line in result.stderr.splitlines() if "vigil: error: the database" in line]
+    assert len(error) == 1, result.stderr
+    assert "empty: 0 bytes" in error[0] and "scripts/vigilctl validate" in error[0]
+    assert "scripts/vigilctl restore <name> --confirm" in error[0]
+    assert db.stat().st_size == 0 and not (install / "data" / "vigil.pid").exists()
 
 
 def test_stop_kills_what_does_not_drain_within_its_timeout(

@@ -20,7 +20,8 @@ from core.backup import (
 )
 from core.config import Settings
 from core.integrity import check_fts_full, integrity_problems
-from core.restore import ConfirmRequired, ServerRunning, restore_live, restore_to_file
+from core.restarts import SUPERVISOR_LOCK
+from core.restore import ConfirmRequired, restore_live, restore_to_file
 from tests.tasks.conftest import fill, rows
 
 WRITER = """
@@ -80,7 +81,9 @@ def test_snapshot_files_are_private_checksummed_and_listed(filled: Settings) -> 
     assert snap.size_bytes < snap.db_bytes  # compressed
     assert [s.name for s in list_snapshots(filled.backups_dir)] == ["one"]
     assert find_snapshot(filled.backups_dir, "one.db.gz") == snap
-    assert not [p for p in filled.backups_dir.iterdir() if p.name.startswith(".")]
+    dot_files = [p for p in filled.backups_dir.iterdir() if p.name.startswith(".")]
+    assert [p.name for p in dot_files] == [".backup.lock"]  # no temp file left
+    assert dot_files[0].stat().st_mode & 0o077 == 0
     with pytest.raises(BackupFailed, match="already exists"):
         create_backup(filled.db_path, filled.backups_dir, name="one")
     with pytest.raises(InvalidName):
@@ -103,24 +106,22 @@ def test_a_damaged_snapshot_is_refused_and_nothing_is_written(
     assert not list(tmp_path.glob(".never.db*"))
 
 
-def test_restore_live_needs_a_stopped_server_and_confirmation(
+def test_restore_live_needs_confirmation_and_keeps_the_database_aside(
     filled: Settings, fake_server_process: subprocess.Popen[bytes]
 ) -> None:
     snap = create_backup(filled.db_path, filled.backups_dir, name="base")
     fill(filled.db_path, 50, chats=1, start=2e9)  # changes after the snapshot
     after = _max_id(filled.db_path)
-
+    # A PID file naming a live process that only looks like Vigil (a recycled
+    # pid) does not count as a running server: nothing holds the lock or the file.
     filled.pid_file.write_text(f"{fake_server_process.pid}\n")
-    with pytest.raises(ServerRunning, match="stop it"):
-        restore_live(snap, filled.db_path, pid_file=filled.pid_file, confirm=True)
+    lock = filled.data_dir / SUPERVISOR_LOCK
+
+    with pytest.raises(ConfirmRequired, match="--confirm"):
+        restore_live(snap, filled.db_path, supervisor_lock=lock, confirm=False)
     assert _max_id(filled.db_path) == after  # untouched
 
-    fake_server_process.kill()
-    fake_server_process.wait(timeout=10)  # the PID file is now stale
-    with pytest.raises(ConfirmRequired, match="--confirm"):
-        restore_live(snap, filled.db_path, pid_file=filled.pid_file, confirm=False)
-
-    result = restore_live(snap, filled.db_path, pid_file=filled.pid_file, confirm=True)
+    result = restore_live(snap, filled.db_path, supervisor_lock=lock, confirm=True)
     assert _max_id(filled.db_path) == 300
     assert result.kept_aside and result.kept_aside[0].name.startswith("system.db.before-restore-")
     assert _max_id(result.kept_aside[0]) == after  # the previous database, kept whole
@@ -139,13 +140,13 @@ def test_an_interrupted_backup_leaves_nothing_behind(filled: Settings, phase: st
 
     with pytest.raises(KeyboardInterrupt):
         create_backup(filled.db_path, filled.backups_dir, name="cut", progress=interrupt)
-    assert list(filled.backups_dir.iterdir()) == []
+    assert [p.name for p in filled.backups_dir.iterdir()] == [".backup.lock"]
     assert list_snapshots(filled.backups_dir) == []
 
 
 def test_two_restores_in_one_second_keep_both_previous_files(filled: Settings) -> None:
     snap = create_backup(filled.db_path, filled.backups_dir, name="base")
-    first = restore_live(snap, filled.db_path, pid_file=filled.pid_file, confirm=True, now=1e9)
-    second = restore_live(snap, filled.db_path, pid_file=filled.pid_file, confirm=True, now=1e9)
+    first = restore_live(snap, filled.db_path, confirm=True, now=1e9)
+    second = restore_live(snap, filled.db_path, confirm=True, now=1e9)
     assert first.kept_aside[0] != second.kept_aside[0]
     assert first.kept_aside[0].exists() and second.kept_aside[0].exists()

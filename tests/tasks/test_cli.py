@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,18 +64,11 @@ def test_unknown_chat_and_missing_backup(filled: Settings) -> None:
     one_line_error(result.stderr, "no snapshot named 'snapshot_19990101_000000'")
 
 
-def test_restore_without_confirm_and_onto_a_running_server(
-    filled: Settings, fake_server_process: subprocess.Popen[bytes]
-) -> None:
+def test_restore_without_confirm(filled: Settings) -> None:
     assert run_cli(filled, "backup", "--name", "safe").returncode == 0
     result = run_cli(filled, "restore", "safe")
     assert result.returncode == 2
     one_line_error(result.stderr, "add --confirm")
-
-    filled.pid_file.write_text(str(fake_server_process.pid))
-    result = run_cli(filled, "restore", "safe", "--confirm")
-    assert result.returncode == 1
-    one_line_error(result.stderr, f"the server is running (pid {fake_server_process.pid})")
     assert not list(filled.data_dir.glob("system.db.before-restore-*"))
 
 

@@ -17,7 +17,8 @@ import sys
 import time
 from pathlib import Path
 
-from core.backup import create_backup, list_snapshots, sweep_leftovers
+from core.backup import create_backup, list_snapshots
+from core.backup_temp import sweep_leftovers
 from core.config import Settings
 from tests.tasks.conftest import ROOT, fill, rows
 from tests.tasks.test_cli import _restore_logging, invoke  # noqa: F401 (fixture)
@@ -69,7 +70,8 @@ def test_cleanup_removes_the_renamed_pair_and_keeps_the_newest(tsettings: Settin
     result = invoke(tsettings, "cleanup", "--keep", "1", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["snapshots_removed"] == ["old"]
-    assert sorted(p.name for p in tsettings.backups_dir.iterdir()) == ["a.db.gz", "a.json"]
+    left = sorted(p.name for p in tsettings.backups_dir.iterdir() if p.name != ".backup.lock")
+    assert left == ["a.db.gz", "a.json"]
     assert [s.name for s in list_snapshots(tsettings.backups_dir)] == ["a"]
     checks = json.loads(invoke(tsettings, "validate", "--json").stdout)["checks"]
     assert {c["name"]: c["status"] for c in checks}["snapshot_files"] == "ok"
@@ -111,9 +113,8 @@ def test_a_manifest_temp_file_left_by_kill_9_is_swept(tmp_path: Path) -> None:
     )
     assert proc.returncode == -9, proc.stderr
     left = list(backups.iterdir())
-    assert len(left) == 1 and left[0].name.endswith(".tmp"), left
+    assert len(left) == 1 and left[0].name.startswith(".backup-tmp."), left
     assert list_snapshots(backups) == []
-    old = time.time() - 7200
-    os.utime(left[0], (old, old))
-    assert sweep_leftovers(backups) == 1
-    assert list(backups.iterdir()) == []
+    swept = sweep_leftovers(backups)  # its writer is dead: swept at once
+    assert swept.paths == left
+    assert [p.name for p in backups.iterdir()] == [".backup.lock"]

@@ -93,7 +93,7 @@ def test_prune_deletes_files_of_real_snapshots(tsettings: Settings) -> None:
     assert len(list_snapshots(tsettings.backups_dir)) == 4  # dry run deleted nothing
     prune_snapshots(tsettings.backups_dir, policy)
     assert [s.name for s in list_snapshots(tsettings.backups_dir)] == ["auto-3", "keepme"]
-    assert sorted(p.name for p in tsettings.backups_dir.iterdir()) == [
+    assert sorted(p.name for p in tsettings.backups_dir.iterdir() if p.name != ".backup.lock") == [
         "auto-3.db.gz",
         "auto-3.json",
         "keepme.db.gz",

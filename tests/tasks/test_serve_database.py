@@ -13,6 +13,8 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from core.config import Settings
 from core.database import connect_sync, migrate_sync
 from core.preflight import _has_auth_key, database_problem
@@ -33,15 +35,11 @@ def _digests(settings: Settings) -> dict[str, str]:
 def _assert_names_the_way_out(problem: str | None, path: Path) -> None:
     assert problem is not None
     assert "\n" not in problem and str(path) in problem
-    assert "python main.py validate" in problem and "python main.py restore" in problem
+    assert "scripts/vigilctl validate" in problem and "scripts/vigilctl restore" in problem
 
 
-def test_a_healthy_missing_or_empty_database_is_fine(tsettings: Settings) -> None:
+def test_a_healthy_or_missing_database_is_fine(tsettings: Settings) -> None:
     assert database_problem(tsettings) is None  # missing: the server creates it
-    tsettings.data_dir.mkdir(parents=True, exist_ok=True)
-    tsettings.db_path.touch()
-    assert database_problem(tsettings) is None  # empty: likewise
-    tsettings.db_path.unlink()
     fill(tsettings.db_path, 20)
     assert database_problem(tsettings) is None
     assert database_problem(tsettings, quick=True) is None
@@ -97,4 +95,33 @@ def test_serve_by_hand_on_a_corrupt_database_says_so_on_the_console(tmp_path: Pa
     assert result.returncode == 3
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("vigil: error: "), result.stderr
-    assert "python main.py validate" in lines[0]
+    assert "scripts/vigilctl validate" in lines[0]
+
+
+def test_an_empty_database_file_is_refused_like_a_corrupt_one(tsettings: Settings) -> None:
+    tsettings.data_dir.mkdir(parents=True)
+    tsettings.db_path.touch()
+    problem = database_problem(tsettings)
+    _assert_names_the_way_out(problem, tsettings.db_path)
+    assert problem is not None and "empty: 0 bytes" in problem
+    assert tsettings.db_path.stat().st_size == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["serve", "supervise"])
+def test_serve_or_supervise_by_hand_on_an_empty_database_refuses_and_leaves_it(
+    tmp_path: Path, command: str
+) -> None:
+    settings = make_settings(tmp_path, llm_base_url=dead_url())
+    settings.data_dir.mkdir(parents=True, mode=0o700)
+    settings.db_path.touch(mode=0o600)
+    result = run_cli(settings, command)
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vigil: error: "), result.stderr
+    assert "empty: 0 bytes" in lines[0] and "scripts/vigilctl restore" in lines[0]
+    assert settings.db_path.stat().st_size == 0
+    assert sorted(p.name for p in settings.data_dir.iterdir()) == ["system.db"]
+    validate = run_cli(settings, "validate", "--json")
+    assert validate.returncode == 1
+    assert "is empty (0 bytes)" in validate.stdout

@@ -74,7 +74,7 @@ def test_supervised_worker_and_operator_commands(filled: Settings, tmp_path: Pat
         assert run_cli(filled, "backup", "--name", "live").returncode == 0
         refused = run_cli(filled, "restore", "live", "--confirm")
         assert refused.returncode == 1
-        assert f"the server is running (pid {supervisor.pid})" in refused.stderr
+        assert "the server is running (its supervisor holds the lock)" in refused.stderr
     finally:
         supervisor.send_signal(signal.SIGTERM)
         _, stderr = supervisor.communicate(timeout=30)
