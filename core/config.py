@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=16000, ge=1, le=1_000_000)
     chat_queue_limit: int = Field(default=20, ge=1)
     debug_hooks: bool = False
+    max_connections: int | None = Field(default=None, ge=1)
+    http_keepalive_s: float = Field(default=5.0, gt=0, le=3600)
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
 
     # --- LLM ----------------------------------------------------------------
     llm_base_url: str = "http://127.0.0.1:11434/v1"
