@@ -32,7 +32,9 @@ def _low_nofile() -> None:
 
 
 @contextlib.contextmanager
-def low_fd_server(tmp_path: Path, **overrides: object) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def low_fd_server(
+    tmp_path: Path, **overrides: object
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     with FakeLLM() as llm:
         env = vigil_env(tmp_path, llm.url, **overrides)
         proc = subprocess.Popen(

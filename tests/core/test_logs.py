@@ -86,9 +86,7 @@ def test_non_owner_processes_follow_the_owners_rotation(tmp_path: Path, restore_
     assert "after the rotation" not in (tmp_path / "system.log.1").read_text()
 
 
-def test_identical_records_are_rate_limited_and_counted(
-    tmp_path: Path, restore_root: None
-) -> None:
+def test_identical_records_are_rate_limited_and_counted(tmp_path: Path, restore_root: None) -> None:
     setup_logging(tmp_path, console=False)
     log = logging.getLogger("vigil.flood")
     for _ in range(5000):
