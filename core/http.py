@@ -117,13 +117,19 @@ def is_admin_token(scheme: str, token: str, expected: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given, expected.encode("utf-8"))
 
 
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class BodyGuard:
-    """ASGI middleware for ``/api/``: the token is checked and the body size
-    bounded *before* anything reads the body.
+    """ASGI middleware for every route that may read a body (any method but
+    GET/HEAD/OPTIONS) and everything under ``/api/``: the token is checked and
+    the body size bounded *before* anything reads the body.
 
     FastAPI parses a JSON body before dependencies run, so without this an
     anonymous 300 MB POST is read into memory (past the restart threshold)
-    just to be answered 401. Chunked bodies are counted as they arrive.
+    just to be answered 401. Chunked bodies are counted as they arrive. Every
+    route that takes a body needs the admin token, so refusing an anonymous
+    one here changes no answer but the cost.
     """
 
     def __init__(self, app: Any, *, prefix: str = "/api/") -> None:
@@ -131,7 +137,9 @@ class BodyGuard:
         self.prefix = prefix
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or (
+            scope["method"] in BODYLESS_METHODS and not scope["path"].startswith(self.prefix)
+        ):
             await self.app(scope, receive, send)
             return
         runtime = scope["app"].state.vigil
