@@ -109,6 +109,9 @@ def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
         admission=admission,
         limiter=limiter,
         queue_limit=settings.chat_queue_limit,
+        operator_ids=frozenset(
+            [] if settings.telegram_admin_id is None else [str(settings.telegram_admin_id)]
+        ),
     )
     return Runtime(
         settings=settings,

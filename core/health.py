@@ -34,6 +34,7 @@ async def health_report(runtime: Any) -> dict[str, Any]:
         "url": runtime.llm.display_url,
         "model": runtime.llm.model,
         "detail": llm_status.detail,
+        "code": llm_status.code or None,
         "checked_at": llm_status.checked_at or None,
         "latency_ms": llm_status.latency_ms,
     }
