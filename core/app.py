@@ -51,6 +51,7 @@ class Runtime:
     started_monotonic: float = field(default_factory=time.monotonic)
     telegram: Any = None
     monitoring: Any = None
+    health: Any = None  # core.health_checks.HealthChecks, once the lifespan started it
     extras: dict[str, Any] = field(default_factory=dict)
 
     def telegram_state(self) -> str:
@@ -162,6 +163,7 @@ def create_app(
                 return health.status_line(await health.health_report(runtime))
 
             runtime.chat.status_line = _status
+            await health.start_health_checks(runtime, stack)
             stack.push_async_callback(runtime.chat.drain_background)
             probe = asyncio.ensure_future(_probe_loop(client, settings.llm_probe_interval_s))
             stack.callback(probe.cancel)

@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     max_connections: int | None = Field(default=None, ge=1)
     http_keepalive_s: float = Field(default=5.0, gt=0, le=3600)
     http_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    health_check_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    health_write_probe_after_s: float = Field(default=30.0, ge=0)
 
     # --- LLM ----------------------------------------------------------------
     llm_base_url: str = "http://127.0.0.1:11434/v1"
