@@ -159,7 +159,9 @@ class HealthChecks:
 
     def snapshot(self, now: float) -> tuple[str, list[str], dict[str, dict[str, Any]]]:
         """(worst status, reasons, per-check details with ``age_s``) of the latest run."""
-        status, reasons, details = "ok", [], {}
+        status = "ok"
+        reasons: list[str] = []
+        details: dict[str, dict[str, Any]] = {}
         for name, result in self.results.items():
             if STATUS_RANK[result.status] > STATUS_RANK[status]:
                 status = result.status
