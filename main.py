@@ -35,6 +35,16 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from None
 
 
+def exit_if_unwritable(settings: Settings) -> None:
+    """A data or logs directory Vigil cannot write: one line naming it and the fix."""
+    from core.permissions import EXIT_CONFIG, storage_problem
+
+    problem = storage_problem(settings)
+    if problem:
+        typer.echo(f"vigil: error: {problem}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+
+
 @cli.command()
 def serve(
     host: str = typer.Option(None, help="Bind address (default VIGIL_HOST, 127.0.0.1)."),
@@ -49,6 +59,7 @@ def serve(
     from core.telegram_cli import check_server_settings
 
     check_server_settings(settings)  # a bad VIGIL_TELEGRAM_SERVER[_KEY]: one line, exit 2
+    exit_if_unwritable(settings)  # a read-only data dir: one line about permissions, exit 78
     from core.preflight import EXIT_CORRUPT, database_problem
 
     problem = database_problem(settings)  # a corrupt or too new system.db: one line, exit 3
@@ -80,6 +91,7 @@ def supervise(
     from monitoring.supervisor import Supervisor
 
     settings = settings_or_exit()
+    exit_if_unwritable(settings)
     # Under systemd the journal gets the supervisor's decisions (restarts).
     console = sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
     start_process_logging(settings, rotates=frozenset(), console=console)
@@ -131,6 +143,15 @@ def shell_env() -> None:
     }
     for key, value in values.items():
         typer.echo(f"{key}={shlex.quote(str(value))}")
+
+
+@cli.command("prepare-dirs", hidden=True)
+def prepare_dirs() -> None:
+    """Create the data and logs directories (0700) or say in one line why they cannot be written."""
+    settings = settings_or_exit()
+    exit_if_unwritable(settings)
+    for directory in (settings.data_dir, settings.logs_dir):
+        os.chmod(directory, 0o700)
 
 
 @cli.command("wait-healthy", hidden=True)
@@ -202,7 +223,7 @@ def _register_operator_commands() -> None:
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):
 # ~70 ms less for every start and restart of the server and the supervisor.
-PROCESS_COMMANDS = frozenset({"serve", "supervise", "shell-env", "wait-healthy"})
+PROCESS_COMMANDS = frozenset({"serve", "supervise", "shell-env", "wait-healthy", "prepare-dirs"})
 
 if __name__ != "__main__":  # imported (tests, tools): the whole CLI
     _register_operator_commands()

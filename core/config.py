@@ -175,6 +175,7 @@ class Settings(BaseSettings):
     supervisor_flap_window_s: float = Field(default=300.0, gt=0)
     supervisor_watchdog_timeout_s: float = Field(default=30.0, gt=0)
     supervisor_stop_timeout_s: float = Field(default=10.0, gt=0)
+    supervisor_retry_failed_s: float = Field(default=300.0, gt=0)
 
     # --- tasks / backups ----------------------------------------------------
     huey_redis_url: str | None = None
