@@ -35,6 +35,14 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from None
 
 
+def exit_if_public_without_token(settings: Settings) -> None:
+    """A non-loopback bind needs a token the operator chose: one line naming it, exit 2."""
+    problem = settings.public_bind_problem()
+    if problem:
+        typer.echo(f"vigil: error: {problem}", err=True)
+        raise typer.Exit(2)
+
+
 def exit_if_unwritable(settings: Settings) -> None:
     """A data or logs directory Vigil cannot write: one line naming it and the fix."""
     from core.permissions import EXIT_CONFIG, storage_problem
@@ -70,6 +78,7 @@ def serve(
         settings.host = host
     if port:
         settings.port = port
+    exit_if_public_without_token(settings)
     # The server owns (rotates) system.log and telegram.log.
     start_process_logging(settings, rotates=frozenset({"system.log", "telegram.log"}))
     app = create_app(settings)
@@ -91,6 +100,7 @@ def supervise(
     from monitoring.supervisor import Supervisor
 
     settings = settings_or_exit()
+    exit_if_public_without_token(settings)
     exit_if_unwritable(settings)
     # Under systemd the journal gets the supervisor's decisions (restarts).
     console = sys.stderr.isatty() or "JOURNAL_STREAM" in os.environ
@@ -125,6 +135,17 @@ def supervise(
     raise typer.Exit(supervisor.run())
 
 
+def listen_address(settings: Settings) -> str:
+    """Where the server listens, as an operator reads it (start.sh prints it)."""
+    host = settings.host if ":" not in settings.host else f"[{settings.host.strip('[]')}]"
+    where = f"http://{host}:{settings.port}"
+    if settings.host in ("0.0.0.0", "::", ""):
+        return f"{where} (every network interface)"
+    if not settings.is_loopback_bind:
+        return f"{where} (reachable from the network)"
+    return f"{where} (this machine only)"
+
+
 @cli.command("shell-env", hidden=True)
 def shell_env() -> None:
     """Print validated paths for the shell scripts (KEY=value lines)."""
@@ -136,6 +157,7 @@ def shell_env() -> None:
         "VIGIL_LOGS_DIR": settings.logs_dir.resolve(),
         "VIGIL_PID_FILE": settings.pid_file.resolve(),
         "VIGIL_URL": settings.base_url,
+        "VIGIL_LISTEN": listen_address(settings),
         "VIGIL_DB": settings.db_path.resolve(),
         "VIGIL_TOKEN_FILE": settings.admin_token_file.resolve(),
         "VIGIL_LLM_URL": settings.llm_base_url,
@@ -147,8 +169,10 @@ def shell_env() -> None:
 
 @cli.command("prepare-dirs", hidden=True)
 def prepare_dirs() -> None:
-    """Create the data and logs directories (0700) or say in one line why they cannot be written."""
+    """start.sh's checks before anything starts: a public bind needs a token; the data and
+    logs directories are created (0700) or one line says why they cannot be written."""
     settings = settings_or_exit()
+    exit_if_public_without_token(settings)
     exit_if_unwritable(settings)
     for directory in (settings.data_dir, settings.logs_dir):
         os.chmod(directory, 0o700)

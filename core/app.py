@@ -26,7 +26,7 @@ from core.chat import ChatService
 from core.config import Settings, load_settings
 from core.context import ContextWindowManager
 from core.database import Database
-from core.http import BodyGuard, install_error_handlers
+from core.http import BodyGuard, TrustedHosts, install_error_handlers, trusted_host_patterns
 from core.llm import LLMClient, llm_from_settings
 from core.memory import ChatMemory
 
@@ -183,9 +183,14 @@ def create_app(
             yield
             log.info("Vigil shutting down")
 
-    app = FastAPI(title="Vigil", version=__version__, lifespan=lifespan)
+    docs: dict[str, Any] = {}
+    if not settings.public_docs:  # the API's map is not for the network to read
+        docs = {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="Vigil", version=__version__, lifespan=lifespan, **docs)
     install_error_handlers(app)
     app.add_middleware(BodyGuard)
+    # Outermost: a request for a foreign Host is refused before anything else.
+    app.add_middleware(TrustedHosts, allowed_hosts=trusted_host_patterns(settings.trusted_hosts))
     app.include_router(health.router)
     app.include_router(api.router)
     app.include_router(web.router)

@@ -82,7 +82,8 @@ def build_report(runtime: Any, checks: HealthChecks) -> dict[str, Any]:
     }
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])
+@router.get("/health")
+@router.head("/health", include_in_schema=False)  # monitoring tools probe with HEAD
 async def health(request: Request) -> Response:
     runtime = request.app.state.vigil
     if runtime.health is None:  # not started by the lifespan (embedded use)
@@ -114,7 +115,8 @@ def cached_body(runtime: Any, checks: HealthChecks) -> tuple[bytes, int]:
     return body, code
 
 
-@router.api_route("/health/live", methods=["GET", "HEAD"])
+@router.get("/health/live")
+@router.head("/health/live", include_in_schema=False)
 async def live(request: Request) -> JSONResponse:
     runtime = request.app.state.vigil
     return JSONResponse({"status": "alive", "pid": runtime.pid})

@@ -15,7 +15,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette._utils import parse_host_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from core.errors import Forbidden, TextTooLong, Unauthorized, VigilError
 
@@ -198,3 +200,39 @@ def _replay(body: bytes, receive: Any) -> Any:
         return await receive()  # then disconnects, as the app expects
 
     return replay
+
+
+class TrustedHosts(TrustedHostMiddleware):
+    """Starlette's Host check (``VIGIL_ALLOWED_HOSTS``), answering 400 in our JSON shape.
+
+    A page on another site can point its own DNS name at this server (DNS
+    rebinding) and read the open endpoints; its requests carry that name in
+    ``Host`` and are refused. IPv6 hosts match with or without brackets.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        raw = ""
+        for key, value in scope["headers"]:
+            if key == b"host":
+                raw = value.decode("latin-1")
+                break
+        parsed = parse_host_header(raw) if raw else None
+        host = parsed.host.lower().strip("[]") if parsed is not None else ""
+        if host and any(
+            host == pattern or (pattern.startswith("*") and host.endswith(pattern[1:]))
+            for pattern in self.allowed_hosts
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = {
+            "code": "invalid_host",
+            "message": f"Host {raw!r} is not served here; add it to VIGIL_ALLOWED_HOSTS",
+        }
+        await JSONResponse({"error": body}, status_code=400)(scope, receive, send)
+
+
+def trusted_host_patterns(hosts: list[str]) -> list[str]:
+    return [host.strip().lower().strip("[]") for host in hosts if host.strip()]

@@ -100,15 +100,21 @@ def guarded_protocol(*, limit: int, head_timeout_s: float) -> type[H11Protocol]:
 
         def data_received(self, data: bytes) -> None:
             super().data_received(data)
-            if self.conn.their_state is not h11.IDLE and self in guard.waiting:
-                self._head_seen()
+            if self.conn.their_state is not h11.IDLE:
+                if self in guard.waiting:
+                    self._head_seen()
+            elif self._head_timer is None and not self.transport.is_closing():
+                # Part of a head on a kept-alive connection: the bytes cancelled
+                # uvicorn's keep-alive timer, so the head deadline starts now.
+                self._wait_for_head(guard.head_timeout_s)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                # Idle keep-alive: uvicorn's timer closes it, but bytes trickling
-                # in cancel that timer; the head deadline still holds.
-                self._wait_for_head(self.timeout_keep_alive + guard.head_timeout_s)
+                # Idle keep-alive: uvicorn's own timer closes it if nothing comes.
+                # It may be dropped for a new connection; no timer of ours yet
+                # (one per request would cost every request).
+                guard.waiting[self] = None
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._head_seen()

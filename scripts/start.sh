@@ -41,7 +41,7 @@ if ! "$PY" main.py preflight; then
 fi
 
 # 6. the supervisor, in its own session (no terminal, its own process group)
-say "starting Vigil (supervisor: server + worker) on $VIGIL_URL"
+say "starting Vigil (supervisor: server + worker), listening on $VIGIL_LISTEN"
 setsid nohup "$PY" main.py supervise >> "$VIGIL_LOGS_DIR/stdout.log" 2>&1 < /dev/null 9>&- &
 pid=$!
 printf '%s\n' "$pid" > "$VIGIL_PID_FILE"

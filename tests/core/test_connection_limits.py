@@ -134,3 +134,28 @@ def test_slowloris_connection_is_closed_after_the_head_deadline(tmp_path: Path) 
         finally:
             silent.close()
         assert proc.poll() is None
+
+
+def test_slowloris_on_a_kept_alive_connection_is_closed_too(tmp_path: Path) -> None:
+    with low_fd_server(tmp_path, http_header_timeout_s=1, http_keepalive_s=1) as (proc, url):
+        port = int(url.rsplit(":", 1)[1])
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+            sock.sendall(b"GET /health/live HTTP/1.1\r\n")  # the next head, never finished
+
+            def closed() -> bool:
+                try:
+                    sock.sendall(b"X-a: b\r\n")  # bytes keep coming: no keep-alive timeout
+                    sock.settimeout(0.3)
+                    return sock.recv(1024) == b""
+                except TimeoutError:
+                    return False
+                except OSError:
+                    return True
+
+            wait_for(closed, 15, "the server to close the slow keep-alive connection", 0.2)
+        finally:
+            sock.close()
+        assert proc.poll() is None

@@ -96,3 +96,5 @@ def test_health_does_no_io_per_request(
     head = httpx.head(server.url + "/health")
     assert head.status_code == 200 and head.content == b""
     assert httpx.head(server.url + "/health/live").status_code == 200
+    metrics = httpx.head(server.url + "/metrics")
+    assert metrics.status_code == 200 and metrics.content == b""
