@@ -22,6 +22,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from core.errors import Forbidden, TextTooLong, Unauthorized, VigilError
 
 log = logging.getLogger(__name__)
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 NEEDS_TOKEN = (
     "this endpoint needs the admin token: send 'Authorization: Bearer <token>' "
     "(VIGIL_ADMIN_TOKEN, or the file data/admin_token)"
@@ -79,7 +80,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = str(exc.detail)
-        if exc.status_code == 404:
+        if exc.status_code == 400 and message == FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI's answer to a body json.loads cannot even decode (not UTF-8).
+            code, message = "invalid_json", "the request body is not valid JSON (send UTF-8)"
+        elif exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
         return JSONResponse(
             {"error": {"code": code, "message": message}},
