@@ -137,6 +137,8 @@ class HealthChecks:
         self.checks = default_checks() if checks is None else dict(checks)
         self.results: dict[str, CheckResult] = {}
         self.runs = 0
+        # Run after every round (monitoring turns findings into alerts).
+        self.after_round: list[Callable[[], Awaitable[None]]] = []
         # /health's encoded body and the inputs it was built from (core/health.py).
         self.encoded: tuple[tuple[Any, ...], bytes, int] | None = None
 
@@ -151,6 +153,11 @@ class HealthChecks:
                 result.status, result.reasons, result.details, time.monotonic()
             )
         self.runs += 1
+        for hook in self.after_round:
+            try:
+                await hook()
+            except Exception:  # loop boundary
+                log.exception("health check hook failed")
 
     async def loop(self) -> None:
         while True:

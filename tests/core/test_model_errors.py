@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,3 +120,30 @@ async def test_unreachable_model_gives_the_chatter_the_neutral_line(tmp_path: Pa
         await db.close()
     assert chatter.messages == [f"⚠️ {MODEL_DOWN_REPLY}"]
     assert result.error_code == "llm_unavailable"
+
+
+def test_a_failing_model_raises_one_alert_and_resolves_it(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    from tests.processes import wait_for
+
+    fake_llm.models_status, fake_llm.echo_auth = 503, True
+    settings = make_settings(
+        tmp_path, llm_base_url=fake_llm.url, llm_api_key=CANARY, health_check_interval_s=0.05
+    )
+    server = live_server_factory(settings)
+    server.call(lambda rt: rt.llm.probe())
+
+    def alert() -> Any:
+        return server.runtime.monitoring.active.get("llm_unreachable")
+
+    raised = wait_for(alert, 10, "the llm_unreachable alert")
+    assert raised.severity == "high" and CANARY not in raised.message
+    assert "llm_unavailable" in raised.message
+    status = server.client.get("/resources/status").text
+    assert "llm_unreachable" in status and CANARY not in status
+    fake_llm.models_status = 200
+    server.call(lambda rt: rt.llm.probe())
+    wait_for(lambda: alert() is None, 10, "the alert to resolve")
+    total = server.runtime.monitoring.raised_total["llm_unreachable"]
+    assert total == 1
