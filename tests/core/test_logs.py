@@ -112,3 +112,27 @@ def test_suppressed_count_reported_after_the_window() -> None:
     late = record()
     assert repeats.filter(late)
     assert "5 identical record(s) suppressed" in late.getMessage()
+
+
+def test_accept_errors_are_logged_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from core.serving import AcceptErrors
+
+    handler = AcceptErrors(interval_s=60)
+    loop = asyncio.new_event_loop()
+    try:
+        context = {
+            "message": "socket.accept() out of system resource",
+            "exception": OSError(24, "Too many open files"),
+        }
+        with caplog.at_level(logging.ERROR, logger="core.serving"):
+            for _ in range(500):
+                handler(loop, context)
+    finally:
+        loop.close()
+    lines = [r for r in caplog.records if r.name == "core.serving"]
+    assert len(lines) == 1 and "Too many open files" in lines[0].getMessage()
+    assert handler.total == 500 and handler.count == 499  # told at the next interval
