@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     http_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     health_check_interval_s: float = Field(default=5.0, gt=0, le=3600)
     health_write_probe_after_s: float = Field(default=30.0, ge=0)
+    health_write_error_hold_s: float = Field(default=60.0, ge=0)
     public_docs: bool = False
     allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

@@ -40,19 +40,22 @@ Check = Callable[[Any], Awaitable[CheckResult]]
 
 
 class DatabaseCheck:
-    """Readable (a cheap query), and writable: the last write did not fail.
+    """Readable (a cheap query), and writable: no write failed recently.
 
-    A recent failed write (``disk_full``, ``readonly``, ...) makes Vigil
-    degraded. When no write succeeded for ``VIGIL_HEALTH_WRITE_PROBE_AFTER_S``
-    a probe write decides: if it fails too, nothing can be written at all and
-    Vigil is unhealthy, re-probed every round until a write succeeds again.
+    A write that failed within ``VIGIL_HEALTH_WRITE_ERROR_HOLD_S`` makes Vigil
+    degraded with the error's code (``disk_full``, ``readonly``, ...), even if
+    a smaller write succeeded since (a nearly full disk takes some writes and
+    refuses others). When no write succeeded for
+    ``VIGIL_HEALTH_WRITE_PROBE_AFTER_S`` a probe write decides: if it fails
+    too, nothing can be written at all and Vigil is unhealthy, re-probed every
+    round until a write succeeds again.
     """
 
     def __init__(self) -> None:
         self.unwritable = False
 
     async def __call__(self, runtime: Any) -> CheckResult:
-        db = runtime.db
+        db, settings = runtime.db, runtime.settings
         started = time.perf_counter()
         try:
             await db.ping()
@@ -61,26 +64,27 @@ class DatabaseCheck:
             log.warning("health: the database cannot be read: %s", exc)
             return CheckResult("unhealthy", (code,), {"status": "error", "code": code})
         ok = {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-        error = last_write_failure(db)
-        if error is None:
-            self.unwritable = False
+        failed_at = getattr(db, "last_write_error_at", None)
+        if failed_at is None:
             return CheckResult("ok", (), ok)
-        age = time.monotonic() - db.last_write_error_at
-        if self.unwritable or age >= runtime.settings.health_write_probe_after_s:
+        error = db.last_write_error
+        age = time.monotonic() - failed_at
+        if self.unwritable or (
+            last_write_failure(db) is not None and age >= settings.health_write_probe_after_s
+        ):
             probe_error = await probe_write(db)
             self.unwritable = probe_error is not None
-            if probe_error is None:
-                return CheckResult("ok", (), ok)
-            error = probe_error
+            error = probe_error or error
+        if not self.unwritable and age >= settings.health_write_error_hold_s:
+            return CheckResult("ok", (), ok)  # recovered: nothing failed for a while
         code = str(getattr(error, "code", "storage_error"))
-        status = "unhealthy" if self.unwritable else "degraded"
         details = {
             **ok,
             "status": "error" if self.unwritable else "write_failing",
             "code": code,
             "write_error_age_s": round(age, 1),
         }
-        return CheckResult(status, (code,), details)
+        return CheckResult("unhealthy" if self.unwritable else "degraded", (code,), details)
 
 
 def last_write_failure(db: Any) -> Any:

@@ -31,7 +31,7 @@ def health(server: LiveServer) -> dict[str, Any]:
 def test_disk_full_is_degraded_and_recovers(
     tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
 ) -> None:
-    server = start(tmp_path, fake_llm, live_server_factory)
+    server = start(tmp_path, fake_llm, live_server_factory, health_write_error_hold_s=3)
     wait_for(lambda: health(server)["status"] == "healthy", 10, "a healthy start")
 
     async def fill(rt: Runtime) -> None:
@@ -62,7 +62,13 @@ def test_disk_full_is_degraded_and_recovers(
 def test_a_database_that_cannot_be_written_at_all_is_unhealthy(
     tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
 ) -> None:
-    server = start(tmp_path, fake_llm, live_server_factory, health_write_probe_after_s=0.2)
+    server = start(
+        tmp_path,
+        fake_llm,
+        live_server_factory,
+        health_write_probe_after_s=0.2,
+        health_write_error_hold_s=1,
+    )
     wait_for(lambda: health(server)["status"] == "healthy", 10, "a healthy start")
 
     async def readonly(rt: Runtime) -> None:
