@@ -35,6 +35,24 @@ def settings_or_exit() -> Settings:
         raise typer.Exit(2) from None
 
 
+def exit_if_public_without_token(settings: Settings) -> None:
+    """A non-loopback bind needs a token the operator chose: one line naming it, exit 2."""
+    problem = settings.public_bind_problem()
+    if problem:
+        typer.echo(f"vigil: error: {problem}", err=True)
+        raise typer.Exit(2)
+
+
+def exit_if_unwritable(settings: Settings) -> None:
+    """A data or logs directory Vigil cannot write: one line naming it and the fix."""
+    from core.permissions import EXIT_CONFIG, storage_problem
+
+    problem = storage_problem(settings)
+    if problem:
+        typer.echo(f"vigil: error: {problem}", err=True)
+        raise typer.Exit(EXIT_CONFIG)
+
+
 @cli.command()
 def serve(
     host: str = typer.Option(None, help="Bind address (default VIGIL_HOST, 127.0.0.1)."),
@@ -49,6 +67,7 @@ def serve(
     from core.telegram_cli import check_server_settings
 
     check_server_settings(settings)  # a bad VIGIL_TELEGRAM_SERVER[_KEY]: one line, exit 2
+    exit_if_unwritable(settings)  # a read-only data dir: one line about permissions, exit 78
     from core.preflight import EXIT_CORRUPT, database_problem
 
     problem = database_problem(settings)  # a corrupt or too new system.db: one line, exit 3
@@ -59,6 +78,7 @@ def serve(
         settings.host = host
     if port:
         settings.port = port
+    exit_if_public_without_token(settings)
     # The server owns (rotates) system.log and telegram.log.
     start_process_logging(settings, rotates=frozenset({"system.log", "telegram.log"}))
     app = create_app(settings)
@@ -80,6 +100,8 @@ def supervise(
     from monitoring.supervisor import Supervisor
 
     settings = settings_or_exit()
+    exit_if_public_without_token(settings)
+    exit_if_unwritable(settings)
     from core.preflight import EXIT_CORRUPT, database_problem
 
     problem = database_problem(settings)  # before RestartLog.prepare() would create tables
@@ -119,6 +141,17 @@ def supervise(
     raise typer.Exit(supervisor.run())
 
 
+def listen_address(settings: Settings) -> str:
+    """Where the server listens, as an operator reads it (start.sh prints it)."""
+    host = settings.host if ":" not in settings.host else f"[{settings.host.strip('[]')}]"
+    where = f"http://{host}:{settings.port}"
+    if settings.host in ("0.0.0.0", "::", ""):
+        return f"{where} (every network interface)"
+    if not settings.is_loopback_bind:
+        return f"{where} (reachable from the network)"
+    return f"{where} (this machine only)"
+
+
 @cli.command("shell-env", hidden=True)
 def shell_env() -> None:
     """Print validated paths for the shell scripts (KEY=value lines)."""
@@ -130,6 +163,7 @@ def shell_env() -> None:
         "VIGIL_LOGS_DIR": settings.logs_dir.resolve(),
         "VIGIL_PID_FILE": settings.pid_file.resolve(),
         "VIGIL_URL": settings.base_url,
+        "VIGIL_LISTEN": listen_address(settings),
         "VIGIL_DB": settings.db_path.resolve(),
         "VIGIL_TOKEN_FILE": settings.admin_token_file.resolve(),
         "VIGIL_LLM_URL": settings.llm_base_url,
@@ -137,6 +171,17 @@ def shell_env() -> None:
     }
     for key, value in values.items():
         typer.echo(f"{key}={shlex.quote(str(value))}")
+
+
+@cli.command("prepare-dirs", hidden=True)
+def prepare_dirs() -> None:
+    """start.sh's checks before anything starts: a public bind needs a token; the data and
+    logs directories are created (0700) or one line says why they cannot be written."""
+    settings = settings_or_exit()
+    exit_if_public_without_token(settings)
+    exit_if_unwritable(settings)
+    for directory in (settings.data_dir, settings.logs_dir):
+        os.chmod(directory, 0o700)
 
 
 @cli.command("wait-healthy", hidden=True)
@@ -208,7 +253,7 @@ def _register_operator_commands() -> None:
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):
 # ~70 ms less for every start and restart of the server and the supervisor.
-PROCESS_COMMANDS = frozenset({"serve", "supervise", "shell-env", "wait-healthy"})
+PROCESS_COMMANDS = frozenset({"serve", "supervise", "shell-env", "wait-healthy", "prepare-dirs"})
 
 if __name__ != "__main__":  # imported (tests, tools): the whole CLI
     _register_operator_commands()

@@ -1,6 +1,8 @@
 """Bench helper: serve Vigil with an instant in-process model, or a bare endpoint.
 
-``python bench/_turn_server.py vigil|bare PORT DATA_DIR``. The instant model is
+``python bench/_turn_server.py vigil|served|bare PORT DATA_DIR``. ``served`` is
+Vigil under the uvicorn configuration ``main.py serve`` uses (connection
+limits, request-head deadlines). The instant model is
 an ``httpx.MockTransport`` that answers every completion with a short SSE
 stream at once, so the figures measure Vigil's own work per turn.
 """
@@ -39,6 +41,10 @@ def instant_model(request: httpx.Request) -> httpx.Response:
 def bare_app() -> FastAPI:
     app = FastAPI()
 
+    @app.get("/bare")
+    async def bare() -> dict[str, Any]:
+        return {"status": "ok"}
+
     @app.post("/api/chats/{chat_id}/messages")
     async def echo(chat_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return {"chat_id": chat_id, "reply": "".join(ANSWER)}
@@ -66,6 +72,13 @@ def main() -> None:
             transport=httpx.MockTransport(instant_model),
         )
         app = create_app(settings, llm=llm)
+        if kind == "served":
+            from core.lifecycle import server_config
+            from core.serving import raise_fd_limit
+
+            settings.port = port
+            uvicorn.Server(server_config(app, settings, nofile=raise_fd_limit())).run()
+            return
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

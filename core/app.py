@@ -26,7 +26,7 @@ from core.chat import ChatService
 from core.config import Settings, load_settings
 from core.context import ContextWindowManager
 from core.database import Database
-from core.http import BodyGuard, install_error_handlers
+from core.http import BodyGuard, TrustedHosts, install_error_handlers, trusted_host_patterns
 from core.llm import LLMClient, llm_from_settings
 from core.memory import ChatMemory
 
@@ -51,6 +51,7 @@ class Runtime:
     started_monotonic: float = field(default_factory=time.monotonic)
     telegram: Any = None
     monitoring: Any = None
+    health: Any = None  # core.health_checks.HealthChecks, once the lifespan started it
     extras: dict[str, Any] = field(default_factory=dict)
 
     def telegram_state(self) -> str:
@@ -109,6 +110,9 @@ def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
         admission=admission,
         limiter=limiter,
         queue_limit=settings.chat_queue_limit,
+        operator_ids=frozenset(
+            [] if settings.telegram_admin_id is None else [str(settings.telegram_admin_id)]
+        ),
     )
     return Runtime(
         settings=settings,
@@ -159,6 +163,7 @@ def create_app(
                 return health.status_line(await health.health_report(runtime))
 
             runtime.chat.status_line = _status
+            await health.start_health_checks(runtime, stack)
             stack.push_async_callback(runtime.chat.drain_background)
             probe = asyncio.ensure_future(_probe_loop(client, settings.llm_probe_interval_s))
             stack.callback(probe.cancel)
@@ -178,9 +183,14 @@ def create_app(
             yield
             log.info("Vigil shutting down")
 
-    app = FastAPI(title="Vigil", version=__version__, lifespan=lifespan)
+    docs: dict[str, Any] = {}
+    if not settings.public_docs:  # the API's map is not for the network to read
+        docs = {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="Vigil", version=__version__, lifespan=lifespan, **docs)
     install_error_handlers(app)
     app.add_middleware(BodyGuard)
+    # Outermost: a request for a foreign Host is refused before anything else.
+    app.add_middleware(TrustedHosts, allowed_hosts=trusted_host_patterns(settings.trusted_hosts))
     app.include_router(health.router)
     app.include_router(api.router)
     app.include_router(web.router)

@@ -36,6 +36,14 @@ HELP_TEXT = (
     "/retry — write the last answer again"
 )
 STOPPED = "⏹ Stopped."
+# What a chatter sees when the model fails: the details (URL, HTTP status, the
+# setting to fix) are for the operator, in logs, /health and the admin's chat.
+MODEL_DOWN_REPLY = (
+    "I can't reach my language model right now; the operator has been told. "
+    "Please try again in a minute."
+)
+# Channels whose every user is the operator (the local API needs the admin token).
+OPERATOR_CHANNELS = frozenset({"local"})
 
 
 @dataclass
@@ -73,6 +81,7 @@ class ChatService:
         limiter: AdjustableLimiter,
         queue_limit: int = 20,
         status_line: Callable[[], Awaitable[str]] | None = None,
+        operator_ids: frozenset[str] = frozenset(),
     ) -> None:
         self.memory = memory
         self.context = context
@@ -81,6 +90,7 @@ class ChatService:
         self.limiter = limiter
         self.queue_limit = queue_limit
         self.status_line = status_line
+        self.operator_ids = operator_ids
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -168,6 +178,12 @@ class ChatService:
         entry[1].cancel()
         return True
 
+    def is_operator(self, msg: IncomingMessage, channel: Channel) -> bool:
+        """The operator gets the model's failure in detail; chatters a neutral line."""
+        return channel.name in OPERATOR_CHANNELS or (
+            msg.user_id is not None and msg.user_id in self.operator_ids
+        )
+
     def pending(self, chat_id: str) -> int:
         slot = self._slots.get(chat_id)
         return slot.users if slot else 0
@@ -207,8 +223,9 @@ class ChatService:
             return await self._stopped(msg, streamer, user_id)
         except LLMError as exc:
             self.stats.failed += 1
-            log.warning("chat %s: model failed: %s", msg.chat_id, exc.code)
-            ids = await self._deliver(msg.chat_id, streamer, f"⚠️ {exc.message}")
+            log.warning("chat %s: model failed: %s: %s", msg.chat_id, exc.code, exc.message)
+            shown = exc.message if self.is_operator(msg, channel) else MODEL_DOWN_REPLY
+            ids = await self._deliver(msg.chat_id, streamer, f"⚠️ {shown}")
             return TurnResult(
                 msg.chat_id, streamer.text, user_id, None, error_code=exc.code, sent_ids=ids
             )

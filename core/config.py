@@ -10,6 +10,7 @@ test enforces that).
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -103,6 +104,14 @@ class Settings(BaseSettings):
     max_message_chars: int = Field(default=16000, ge=1, le=1_000_000)
     chat_queue_limit: int = Field(default=20, ge=1)
     debug_hooks: bool = False
+    max_connections: int | None = Field(default=None, ge=1)
+    http_keepalive_s: float = Field(default=5.0, gt=0, le=3600)
+    http_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    health_check_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    health_write_probe_after_s: float = Field(default=30.0, ge=0)
+    health_write_error_hold_s: float = Field(default=60.0, ge=0)
+    public_docs: bool = False
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- LLM ----------------------------------------------------------------
     llm_base_url: str = "http://127.0.0.1:11434/v1"
@@ -170,6 +179,7 @@ class Settings(BaseSettings):
     supervisor_flap_window_s: float = Field(default=300.0, gt=0)
     supervisor_watchdog_timeout_s: float = Field(default=30.0, gt=0)
     supervisor_stop_timeout_s: float = Field(default=10.0, gt=0)
+    supervisor_retry_failed_s: float = Field(default=300.0, gt=0)
 
     # --- tasks / backups ----------------------------------------------------
     huey_redis_url: str | None = None
@@ -206,6 +216,13 @@ class Settings(BaseSettings):
     @field_validator("telegram_allowed_users", mode="before")
     @classmethod
     def _split_users(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
@@ -324,6 +341,39 @@ class Settings(BaseSettings):
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
+
+    @property
+    def is_loopback_bind(self) -> bool:
+        """True when only this machine can reach the server (127.0.0.0/8, ::1, localhost)."""
+        host = self.host.strip("[]").lower()
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False  # a host name: whatever it resolves to, treat it as public
+
+    @property
+    def trusted_hosts(self) -> list[str]:
+        """Host header values the server answers (``VIGIL_ALLOWED_HOSTS``).
+
+        The host of ``base_url`` (what the supervisor's watchdog and the CLI
+        use) is always included: refusing it would get the server killed.
+        """
+        local = urllib.parse.urlsplit(self.base_url).hostname or "127.0.0.1"
+        listed = self.allowed_hosts or [self.host.strip("[]"), "localhost", "127.0.0.1", "::1"]
+        return list(dict.fromkeys([*listed, local]))
+
+    def public_bind_problem(self) -> str | None:
+        """One line when the server would be reachable from the network with no chosen token."""
+        if self.is_loopback_bind:
+            return None
+        if self.admin_token is not None and self.admin_token.get_secret_value().strip():
+            return None
+        return (
+            f"VIGIL_HOST={self.host} is reachable from the network: set VIGIL_ADMIN_TOKEN "
+            "to a long random secret first (e.g. openssl rand -hex 24), or bind 127.0.0.1"
+        )
 
     @property
     def telegram_configured(self) -> bool:

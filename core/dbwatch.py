@@ -77,8 +77,13 @@ async def on_replaced(runtime: Any, how: str) -> None:
     monitoring = runtime.monitoring
     if monitoring is not None:
         try:
-            await monitoring.raise_alert(
-                "database_replaced", "critical", f"{detail}; writes are refused", ACTION
+            await monitoring.condition(
+                "database_replaced",
+                True,
+                alert_type="database_replaced",
+                severity="critical",
+                message=f"{detail}; writes are refused",
+                action=ACTION,
             )
         except Exception:  # the restart below matters more than the alert
             log.exception("could not raise the database_replaced alert")

@@ -1,39 +1,50 @@
 """Health endpoints: ``/health`` (readiness, seed 003's shape) and ``/health/live``.
 
 ``/health/live`` checks no dependency (Kubernetes' rule): it answers while the
-event loop runs. ``/health`` checks the database and reports the model and
-Telegram; a down model only makes Vigil ``degraded``, never ``unhealthy``.
+event loop runs. ``/health`` reports the latest background checks (database
+reads and writes, supervised children; see ``core/health_checks.py``) with
+their age, plus the model and Telegram; it does no I/O per request. A down
+model only makes Vigil ``degraded``; a database that cannot be written at all
+or a drain makes it ``unhealthy`` (HTTP 503).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from core import __version__
-from core.restarts import read_supervisor_state
+from core.health_checks import HealthChecks
 
 router = APIRouter(tags=["health"])
 
 
 async def health_report(runtime: Any) -> dict[str, Any]:
-    """The /health body; also used by /status and the CLI."""
-    started = time.perf_counter()
-    try:
-        await runtime.db.ping()
-        database = {"status": "ok", "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
-    except Exception as exc:  # any storage failure makes us unhealthy, reported not raised
-        database = {"status": "error", "detail": str(exc)[:200]}
+    """The /health body; also used by /status and the CLI. No I/O when the
+    background checks run (the server); otherwise they run once here."""
+    checks = runtime.health
+    if checks is None:
+        checks = HealthChecks(runtime, interval_s=runtime.settings.health_check_interval_s)
+        await checks.run_once()
+    return build_report(runtime, checks)
+
+
+def build_report(runtime: Any, checks: HealthChecks) -> dict[str, Any]:
+    """The latest background results plus what is known in memory (model, Telegram, load)."""
+    worst, found, details = checks.snapshot(time.monotonic())
     llm_status = runtime.llm.status
     llm = {
         "status": llm_status.state,
         "url": runtime.llm.display_url,
         "model": runtime.llm.model,
         "detail": llm_status.detail,
+        "code": llm_status.code or None,
         "checked_at": llm_status.checked_at or None,
         "latency_ms": llm_status.latency_ms,
     }
@@ -42,64 +53,87 @@ async def health_report(runtime: Any) -> dict[str, Any]:
     reasons: list[str] = []
     if llm["status"] != "ok":
         status = "degraded"
-        reasons.append(f"llm {llm['status']}")
+        reasons.append(f"llm_{llm['status']}")
     if telegram not in ("connected", "not_configured"):
         status = "degraded"
         reasons.append(f"telegram {telegram}")
     if runtime.admission.throttled:
         status = "degraded"
         reasons.append("throttled")
-    for name in failed_children(runtime.settings.data_dir):
-        status = "degraded"  # e.g. the worker hit the flap limit: no backups any more
-        reasons.append(f"{name} failed (restart limit reached; see /restart/status)")
-    replaced = runtime.db.check_file()
-    if replaced is not None:
-        database = {"status": "replaced", "detail": f"system.db was {replaced} under the server"}
+    if worst == "degraded":
+        status = "degraded"
+    reasons.extend(found)
+    if runtime.db.replaced is not None and "database_replaced" not in found:
+        # Seen by a write since the last round: known in memory, no I/O needed.
+        worst, found = "unhealthy", [*found, "database_replaced"]
+        details = {**details, "database": {"status": "replaced", "code": "database_replaced"}}
+    if worst == "unhealthy":
         status = "unhealthy"
-        reasons.append("database_replaced")
-    elif database["status"] != "ok":
-        status = "unhealthy"
-        reasons.append("database error")
     if runtime.admission.draining:
         status = "unhealthy"
         reasons.append(f"draining ({runtime.admission.drain_reason})")
+    database = details.get("database", {}).get("status", "unknown")
     return {
         "status": status,
         "telegram": telegram,
-        "database": database["status"],
+        "database": database,
         "llm": llm["status"],
         "uptime_s": round(time.monotonic() - runtime.started_monotonic, 1),
         "version": __version__,
         "reasons": reasons,
         "in_flight_turns": runtime.admission.in_flight,
-        "checks": {"database": database, "llm": llm},
+        "checks": {**details, "llm": llm},
     }
 
 
-def failed_children(data_dir: Path) -> list[str]:
-    """Children the supervisor gave up on (flap limit), when we run under it."""
-    state = read_supervisor_state(data_dir)
-    children = state.get("children") if state.get("supervised") else None
-    if not isinstance(children, dict):
-        return []
-    return sorted(
-        name
-        for name, child in children.items()
-        if isinstance(child, dict) and child.get("state") == "failed"
-    )
-
-
 @router.get("/health")
-async def health(request: Request) -> JSONResponse:
-    report = await health_report(request.app.state.vigil)
+@router.head("/health", include_in_schema=False)  # monitoring tools probe with HEAD
+async def health(request: Request) -> Response:
+    runtime = request.app.state.vigil
+    if runtime.health is None:  # not started by the lifespan (embedded use)
+        report = await health_report(runtime)
+        return JSONResponse(report, status_code=503 if report["status"] == "unhealthy" else 200)
+    body, code = cached_body(runtime, runtime.health)
+    return Response(body, status_code=code, media_type="application/json")
+
+
+def cached_body(runtime: Any, checks: HealthChecks) -> tuple[bytes, int]:
+    """The encoded report, rebuilt when anything in it changes or every 0.1 s (the ages)."""
+    admission = runtime.admission
+    key = (
+        checks.runs,
+        id(runtime.llm.status),
+        runtime.telegram_state(),
+        admission.throttled,
+        admission.draining,
+        admission.in_flight,
+        runtime.db.replaced,
+        int(time.monotonic() * 10),
+    )
+    hit = checks.encoded
+    if hit is not None and hit[0] == key:
+        return hit[1], hit[2]
+    report = build_report(runtime, checks)
+    body = json.dumps(report, separators=(",", ":")).encode()
     code = 503 if report["status"] == "unhealthy" else 200
-    return JSONResponse(report, status_code=code)
+    checks.encoded = (key, body, code)
+    return body, code
 
 
 @router.get("/health/live")
-async def live(request: Request) -> dict[str, Any]:
+@router.head("/health/live", include_in_schema=False)
+async def live(request: Request) -> JSONResponse:
     runtime = request.app.state.vigil
-    return {"status": "alive", "pid": runtime.pid}
+    return JSONResponse({"status": "alive", "pid": runtime.pid})
+
+
+async def start_health_checks(runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+    """The first round runs before the server answers; then every interval."""
+    checks = HealthChecks(runtime, interval_s=runtime.settings.health_check_interval_s)
+    await checks.run_once()
+    runtime.health = checks
+    task = asyncio.ensure_future(checks.loop())
+    stack.callback(task.cancel)
 
 
 def status_line(report: dict[str, Any]) -> str:

@@ -15,11 +15,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette._utils import parse_host_header
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from core.errors import Forbidden, TextTooLong, Unauthorized, VigilError
 
 log = logging.getLogger(__name__)
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 NEEDS_TOKEN = (
     "this endpoint needs the admin token: send 'Authorization: Bearer <token>' "
     "(VIGIL_ADMIN_TOKEN, or the file data/admin_token)"
@@ -77,7 +80,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = str(exc.detail)
-        if exc.status_code == 404:
+        if exc.status_code == 400 and message == FASTAPI_BODY_PARSE_ERROR:
+            # FastAPI's answer to a body json.loads cannot even decode (not UTF-8).
+            code, message = "invalid_json", "the request body is not valid JSON (send UTF-8)"
+        elif exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
         return JSONResponse(
             {"error": {"code": code, "message": message}},
@@ -117,13 +123,19 @@ def is_admin_token(scheme: str, token: str, expected: str) -> bool:
     return scheme.lower() == "bearer" and hmac.compare_digest(given, expected.encode("utf-8"))
 
 
+BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class BodyGuard:
-    """ASGI middleware for ``/api/``: the token is checked and the body size
-    bounded *before* anything reads the body.
+    """ASGI middleware for every route that may read a body (any method but
+    GET/HEAD/OPTIONS) and everything under ``/api/``: the token is checked and
+    the body size bounded *before* anything reads the body.
 
     FastAPI parses a JSON body before dependencies run, so without this an
     anonymous 300 MB POST is read into memory (past the restart threshold)
-    just to be answered 401. Chunked bodies are counted as they arrive.
+    just to be answered 401. Chunked bodies are counted as they arrive. Every
+    route that takes a body needs the admin token, so refusing an anonymous
+    one here changes no answer but the cost.
     """
 
     def __init__(self, app: Any, *, prefix: str = "/api/") -> None:
@@ -131,7 +143,9 @@ class BodyGuard:
         self.prefix = prefix
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(self.prefix):
+        if scope["type"] != "http" or (
+            scope["method"] in BODYLESS_METHODS and not scope["path"].startswith(self.prefix)
+        ):
             await self.app(scope, receive, send)
             return
         runtime = scope["app"].state.vigil
@@ -190,3 +204,39 @@ def _replay(body: bytes, receive: Any) -> Any:
         return await receive()  # then disconnects, as the app expects
 
     return replay
+
+
+class TrustedHosts(TrustedHostMiddleware):
+    """Starlette's Host check (``VIGIL_ALLOWED_HOSTS``), answering 400 in our JSON shape.
+
+    A page on another site can point its own DNS name at this server (DNS
+    rebinding) and read the open endpoints; its requests carry that name in
+    ``Host`` and are refused. IPv6 hosts match with or without brackets.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        raw = ""
+        for key, value in scope["headers"]:
+            if key == b"host":
+                raw = value.decode("latin-1")
+                break
+        parsed = parse_host_header(raw) if raw else None
+        host = parsed.host.lower().strip("[]") if parsed is not None else ""
+        if host and any(
+            host == pattern or (pattern.startswith("*") and host.endswith(pattern[1:]))
+            for pattern in self.allowed_hosts
+        ):
+            await self.app(scope, receive, send)
+            return
+        body = {
+            "code": "invalid_host",
+            "message": f"Host {raw!r} is not served here; add it to VIGIL_ALLOWED_HOSTS",
+        }
+        await JSONResponse({"error": body}, status_code=400)(scope, receive, send)
+
+
+def trusted_host_patterns(hosts: list[str]) -> list[str]:
+    return [host.strip().lower().strip("[]") for host in hosts if host.strip()]

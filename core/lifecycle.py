@@ -28,6 +28,7 @@ from core.config import Settings
 from core.errors import StorageError
 from core.restarts import record_async, record_pending, save_pending_record
 from core.sdnotify import SdNotifier
+from core.serving import AcceptErrors, connection_limit, guarded_protocol, raise_fd_limit
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,7 @@ class VigilServer(uvicorn.Server):
             self.should_exit = self.force_exit = True
 
     async def startup(self, sockets: Any = None) -> None:
+        asyncio.get_running_loop().set_exception_handler(AcceptErrors())
         await super().startup(sockets=sockets)
         lifecycle = self._lifecycle()
         if self.started and lifecycle is not None:
@@ -245,17 +247,32 @@ class VigilServer(uvicorn.Server):
 
 def run_server(app: FastAPI, settings: Settings) -> int:
     """Serve until the lifecycle says stop; returns the process exit code."""
-    config = uvicorn.Config(
+    config = server_config(app, settings, nofile=raise_fd_limit())
+    server = VigilServer(config, app)
+    server.run()
+    if not server.started:
+        return 1
+    return server.exit_code
+
+
+def server_config(app: FastAPI, settings: Settings, *, nofile: int) -> uvicorn.Config:
+    """uvicorn as Vigil runs it: connections capped to the fd budget, heads on a deadline."""
+    limit = connection_limit(settings.max_connections, nofile)
+    log.info(
+        "serving at most %d connections (open-file limit %d); request heads within %g s",
+        limit,
+        nofile,
+        settings.http_header_timeout_s,
+    )
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_config=None,
         access_log=False,
         workers=1,
+        http=guarded_protocol(limit=limit, head_timeout_s=settings.http_header_timeout_s),
+        limit_concurrency=limit,
+        timeout_keep_alive=max(1, round(settings.http_keepalive_s)),
         timeout_graceful_shutdown=int(settings.supervisor_stop_timeout_s) or 1,
     )
-    server = VigilServer(config, app)
-    server.run()
-    if not server.started:
-        return 1
-    return server.exit_code

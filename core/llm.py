@@ -3,7 +3,10 @@
 The only module that speaks HTTP to the model. It streams with SSE, retries
 connection errors, 429 and 5xx *before the first token* with backoff (honouring
 Retry-After), and turns every httpx/JSON failure into ``LLMUnavailable``,
-``LLMTimeout`` or ``LLMBadResponse`` whose message is fit to show a chatter.
+``LLMTimeout`` or ``LLMBadResponse``. Their messages are Vigil's own words
+(for the operator: URL, HTTP status, the setting to fix); the model server's
+error body never goes into one, since a server may echo the request's
+``Authorization`` header. The body is logged, with the API key masked.
 """
 
 from __future__ import annotations
@@ -37,9 +40,10 @@ FIX_HINT = (
 @dataclass(slots=True)
 class LLMStatus:
     state: str = "unknown"  # unknown | ok | unreachable | error
-    detail: str = ""
+    detail: str = ""  # Vigil's own words, never the model server's
     checked_at: float = 0.0
     latency_ms: float | None = None
+    code: str = ""  # a stable error code (llm_unavailable, llm_timeout, ...) when failing
 
 
 class LLMClient:
@@ -69,8 +73,10 @@ class LLMClient:
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         headers = {"Accept": "text/event-stream"}
+        self._secret = ""
         if api_key is not None and api_key.get_secret_value():
-            headers["Authorization"] = f"Bearer {api_key.get_secret_value()}"
+            self._secret = api_key.get_secret_value()
+            headers["Authorization"] = f"Bearer {self._secret}"
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             headers=headers,
@@ -120,29 +126,33 @@ class LLMClient:
                     attempt += 1
                     await self._backoff(attempt, None)
                     continue
-                self._fail("unreachable", str(exc) or type(exc).__name__)
-                raise LLMUnavailable(
+                error: LLMError = LLMUnavailable(
                     f"The language model is not reachable at {self.display_url} "
                     f"({_reason(exc)}). {FIX_HINT}",
                     url=self.display_url,
-                ) from exc
+                )
+                self._fail("unreachable", _reason(exc), error.code)
+                raise error from exc
             except httpx.TimeoutException as exc:
-                self._fail("error", "timeout")
+                self._fail("error", "timeout", LLMTimeout.code)
                 raise LLMTimeout(
                     f"The language model at {self.display_url} stopped answering for "
                     f"{self.timeout_s:g} s. Try again, or raise VIGIL_LLM_TIMEOUT_S.",
                     url=self.display_url,
                 ) from exc
             except httpx.HTTPError as exc:
-                self._fail("error", str(exc))
+                reason = _reason(exc)
+                self._fail("error", reason, LLMUnavailable.code)
                 raise LLMUnavailable(
                     f"The connection to the language model at {self.display_url} failed "
-                    f"({_reason(exc)}). Try again in a moment.",
+                    f"({reason}). Try again in a moment.",
                     url=self.display_url,
                 ) from exc
             except LLMError as exc:
                 self._fail(
-                    "unreachable" if isinstance(exc, LLMUnavailable) else "error", exc.message
+                    "unreachable" if isinstance(exc, LLMUnavailable) else "error",
+                    exc.message,
+                    exc.code,
                 )
                 raise
 
@@ -171,9 +181,10 @@ class LLMClient:
                 break
             chunk = _loads(data)
             if isinstance(chunk, dict) and "error" in chunk:
+                self._log_upstream("an error in the stream", _error_text(chunk["error"]))
                 raise LLMBadResponse(
-                    f"The language model at {self.display_url} reported an error: "
-                    f"{_error_text(chunk['error'])}",
+                    f"The language model at {self.display_url} reported an error in the middle "
+                    "of its answer (the model server's text is in logs/system.log).",
                     url=self.display_url,
                 )
             delta = _content_of(chunk, streaming=True)
@@ -204,12 +215,14 @@ class LLMClient:
         try:
             response = await self._client.get(f"{self.base_url}/models", timeout=timeout_s)
         except httpx.HTTPError as exc:
-            self._fail("unreachable", _reason(exc))
+            self._fail("unreachable", _reason(exc), LLMUnavailable.code)
             return self.status
         if response.status_code in (401, 403):
-            self._fail("error", "the API key was rejected; set VIGIL_LLM_API_KEY")
+            self._fail(
+                "error", "the API key was rejected; set VIGIL_LLM_API_KEY", LLMUnavailable.code
+            )
         elif response.status_code >= 500:
-            self._fail("error", f"HTTP {response.status_code}")
+            self._fail("error", f"HTTP {response.status_code}", LLMUnavailable.code)
         else:  # 2xx, or a 404 from servers without /models: reachable either way
             self._mark("ok", "", started)
         return self.status
@@ -219,9 +232,15 @@ class LLMClient:
             state, detail, time.time(), round((time.monotonic() - started) * 1000, 1)
         )
 
-    def _fail(self, state: str, detail: str) -> None:
+    def _fail(self, state: str, detail: str, code: str = LLMError.code) -> None:
         self.failures += 1
-        self.status = LLMStatus(state, detail, time.time(), None)
+        self.status = LLMStatus(state, detail, time.time(), None, code)
+
+    def _log_upstream(self, what: str, text: str) -> None:
+        """The model server's own words: logs only, the API key masked."""
+        if self._secret:
+            text = text.replace(self._secret, "***")
+        log.warning("model server at %s sent %s: %.300s", self.display_url, what, text)
 
     async def _backoff(self, attempt: int, response: httpx.Response | None) -> None:
         self.retries += 1
@@ -234,7 +253,8 @@ class LLMClient:
         await asyncio.sleep(delay)
 
     def _http_error(self, status: int, body: str) -> LLMError:
-        detail = _error_text(_safe_json(body)) or body[:200]
+        self._log_upstream(f"HTTP {status}", _error_text(_safe_json(body)) or body[:300])
+        detail = "its own text is in logs/system.log"
         if status in (401, 403):
             return LLMUnavailable(
                 f"The language model at {self.display_url} rejected the API key (HTTP {status}). "
@@ -245,21 +265,21 @@ class LLMClient:
         if status == 404:
             return LLMUnavailable(
                 f"The language model at {self.display_url} does not know model '{self.model}' or "
-                f"the URL is wrong (HTTP 404: {detail}). Check VIGIL_LLM_MODEL and that "
+                f"the URL is wrong (HTTP 404; {detail}). Check VIGIL_LLM_MODEL and that "
                 "VIGIL_LLM_BASE_URL ends in /v1.",
                 url=self.display_url,
                 http_status=status,
             )
         if status in RETRY_STATUSES:
             return LLMUnavailable(
-                f"The language model at {self.display_url} is failing (HTTP {status}: {detail}). "
+                f"The language model at {self.display_url} is failing (HTTP {status}; {detail}). "
                 "Try again in a moment.",
                 url=self.display_url,
                 http_status=status,
             )
         return LLMBadResponse(
             f"The language model at {self.display_url} refused the request "
-            f"(HTTP {status}: {detail}).",
+            f"(HTTP {status}; {detail}).",
             url=self.display_url,
             http_status=status,
         )
@@ -311,10 +331,13 @@ def _reason(exc: BaseException) -> str:
         return "connection refused"
     if any("name or service not known" in t or "nodename nor servname" in t for t in chain):
         return "unknown host"
-    text = str(exc)
+    if any("reset by peer" in t or "errno 104" in t for t in chain):
+        return "connection reset by the model server"
     if isinstance(exc, httpx.ConnectTimeout):
         return "connect timeout"
-    return text[:120] or type(exc).__name__
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the model server closed the connection mid-answer"
+    return type(exc).__name__
 
 
 def _loads(data: str) -> Any:

@@ -17,8 +17,9 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from core.config import Settings
@@ -64,6 +65,59 @@ class RedactSecrets(logging.Filter):
                     text = text.replace(secret, "***")
                 record.exc_info, record.exc_text = None, text
         return True
+
+
+class RateLimitRepeats(logging.Filter):
+    """Let at most ``burst`` identical records through per ``window_s``.
+
+    Identical: same logger, level, message text and exception type. An attack
+    that makes the server log the same error thousands of times a second must
+    not rotate the earlier logs (the evidence) away. The first record after a
+    window with suppressions says how many were dropped.
+    """
+
+    MAX_KEYS = 4096
+
+    def __init__(
+        self, *, burst: int = 10, window_s: float = 60.0, clock: Any = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.burst = burst
+        self.window_s = window_s
+        self.clock = clock
+        self._seen: dict[tuple[Any, ...], list[float]] = {}  # key -> [window start, count]
+        self.suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # One instance serves every handler: decide once per record.
+        decided = getattr(record, "_vigil_passes", None)
+        if decided is None:
+            decided = self._decide(record)
+            record._vigil_passes = decided
+        return bool(decided)
+
+    def _decide(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        key = (record.name, record.levelno, record.getMessage(), exc)
+        now = self.clock()
+        entry = self._seen.get(key)
+        if entry is None or now - entry[0] >= self.window_s:
+            dropped = int(entry[1]) - self.burst if entry is not None else 0
+            if len(self._seen) >= self.MAX_KEYS:
+                self._seen.clear()
+            self._seen[key] = [now, 1.0]
+            if dropped > 0:
+                record.msg, record.args = (
+                    f"{record.getMessage()} [{dropped} identical record(s) suppressed in the "
+                    f"previous {self.window_s:g} s]",
+                    (),
+                )
+            return True
+        entry[1] += 1
+        if entry[1] <= self.burst:
+            return True
+        self.suppressed += 1
+        return False
 
 
 class JsonFormatter(logging.Formatter):
@@ -115,6 +169,7 @@ def setup_logging(
     os.chmod(logs_dir, 0o700)
     formatter: logging.Formatter = JsonFormatter() if json_lines else logging.Formatter(FORMAT)
     redact = RedactSecrets(secrets or [])
+    repeats = RateLimitRepeats()
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -126,11 +181,13 @@ def setup_logging(
         stream.setFormatter(formatter)
         handlers.append(stream)
     for handler in handlers:
+        handler.addFilter(repeats)
         handler.addFilter(redact)
         root.addHandler(handler)
     for filename, prefixes in SUBSYSTEM_FILES.items():
         handler = _file_handler(logs_dir / filename, formatter, rotate=filename in rotates)
         handler.addFilter(PrefixFilter(prefixes))
+        handler.addFilter(repeats)
         handler.addFilter(redact)
         root.addHandler(handler)
     for noisy in ("httpx", "httpcore", "aiosqlite", "telethon.network"):

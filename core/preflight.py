@@ -282,6 +282,12 @@ def register(cli: typer.Typer, settings_or_exit: Callable[[], Settings]) -> None
     def preflight() -> None:
         """Start-up checks (telegram state, stale locks, integrity, schema)."""
         settings = settings_or_exit()
+        from core.permissions import EXIT_CONFIG, storage_problem
+
+        unwritable = storage_problem(settings)  # permissions first: not "corrupt ... restore"
+        if unwritable:
+            typer.echo(f"vigil: error: {unwritable}", err=True)
+            raise typer.Exit(EXIT_CONFIG)
         try:
             report = run_preflight(settings)
         except PreflightError as exc:

@@ -94,10 +94,22 @@ class RestartLog:
             event.backoff_s,
         )
 
-    def alert(self, alert_type: str, message: str) -> None:
-        """A critical alert row, for the dashboard and /resources/status history."""
+    def alert(self, alert_type: str, message: str, event: str = "raised") -> None:
+        """A critical alert row, for the dashboard and /resources/status history.
+
+        ``event="resolved"`` closes the open rows of that type for the child
+        named first in ``message``.
+        """
         conn = connect_sync(self.db_path, create=False)
         try:
+            if event == "resolved":
+                child = message.split(" ", 1)[0]
+                conn.execute(
+                    "UPDATE alerts SET resolved_at = ? WHERE alert_type = ? "
+                    "AND resolved_at IS NULL AND message LIKE ?",
+                    (time.time(), alert_type, child + " %"),
+                )
+                return
             conn.execute(
                 "INSERT INTO alerts (alert_type, severity, message, recommended_action, raised_at)"
                 " VALUES (?, 'critical', ?, ?, ?)",

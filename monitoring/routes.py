@@ -84,6 +84,7 @@ async def resources_cleanup(request: Request, aggressive: bool = False) -> dict[
 
 
 @router.get("/metrics")
+@router.head("/metrics", include_in_schema=False)  # monitoring tools probe with HEAD
 async def metrics(request: Request) -> Response:
     runtime = request.app.state.vigil
     system = runtime.monitoring

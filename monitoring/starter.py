@@ -126,6 +126,8 @@ async def start_monitoring(app: Any, runtime: Any, stack: contextlib.AsyncExitSt
         system.thresholds.hard_restart_mb,
         "governor on" if runtime.settings.governor_enabled else "governor disabled",
     )
+    if runtime.health is not None:  # the operator is told what /health reports
+        runtime.health.after_round.append(lambda: report_conditions(system, runtime))
     if not runtime.settings.governor_enabled:
         return
     _keep_history(system, runtime.settings, stack)
@@ -182,3 +184,37 @@ def _keep_history(
             log.warning("could not save the resource history: %s", exc)
 
     stack.callback(save)  # runs after the loops are cancelled (LIFO)
+
+
+async def report_conditions(system: IntegratedMonitoringSystem, runtime: Any) -> None:
+    """After each round of health checks: alerts for a failing model and failing writes.
+
+    The texts are Vigil's own (``LLMStatus.detail``, the storage error codes),
+    never the model server's error body.
+    """
+    llm = runtime.llm
+    status = llm.status
+    await system.condition(
+        "llm_unreachable",
+        status.state in ("unreachable", "error"),
+        alert_type="llm_unreachable",
+        severity="high",
+        message=(
+            f"the language model at {llm.display_url} is failing "
+            f"({status.code or status.state}: {status.detail}); chatters get a short "
+            "'try again in a minute' reply"
+        ),
+        action="check the model server and VIGIL_LLM_BASE_URL / VIGIL_LLM_MODEL / "
+        "VIGIL_LLM_API_KEY; logs/system.log has its own error text",
+    )
+    database = runtime.health.results.get("database")
+    failing = database is not None and database.status != "ok"
+    code = database.reasons[0] if failing and database.reasons else "storage_error"
+    await system.condition(
+        "database_writes",
+        failing,
+        alert_type="database_write_failing",
+        severity="critical",
+        message=f"writes to the database fail ({code}); new messages cannot be stored",
+        action="free disk space or fix the data directory's permissions (see /health)",
+    )

@@ -30,6 +30,10 @@ from core.config import Settings
 # Exit code of a child that asks to be restarted (the governor, /restart/force,
 # a scheduled restart): sysexits' EX_TEMPFAIL, "try again later".
 RESTART_REQUESTED = 75
+# A child that exits with one of these has a configuration or permission
+# problem (2: a bad setting, 78: sysexits' EX_CONFIG, e.g. a read-only data
+# directory): retried every ``retry_failed_s``, never a crash loop.
+CONFIG_EXITS = frozenset({2, 78})
 PR_SET_PDEATHSIG = 1
 log = logging.getLogger("monitoring.supervisor")
 
@@ -46,6 +50,7 @@ class Policy:
     watchdog_timeout_s: float = 30.0
     stop_timeout_s: float = 10.0
     grace_s: float = 300.0
+    retry_failed_s: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -58,6 +63,7 @@ class Policy:
             watchdog_timeout_s=settings.supervisor_watchdog_timeout_s,
             stop_timeout_s=settings.supervisor_stop_timeout_s,
             grace_s=settings.restart_grace_s,
+            retry_failed_s=settings.supervisor_retry_failed_s,
         )
 
     @property
@@ -173,13 +179,15 @@ class ChildState:
     watchdog_fired: bool = False
     live_seen: bool = False
     last_exit: dict[str, Any] | None = None
+    alerted: str | None = None  # the critical alert raised and not yet resolved
 
     def public(self, now_mono: float, policy: Policy) -> dict[str, Any]:
         window = [t for t in self.restarts if now_mono - t <= policy.flap_window_s]
         return {
             "state": self.state,
             "pid": self.pid,
-            "is_live": self.live_seen if self.spec.live_url else None,
+            # A child with no process (failed, backoff) is never live.
+            "is_live": (self.live_seen and self.pid is not None) if self.spec.live_url else None,
             "started_at": self.started_at or None,
             "attempt": self.attempt,
             "restarts_in_window": len(window),
@@ -188,6 +196,7 @@ class ChildState:
             "backoff_s": self.backoff_s,
             "next_start_at": self.next_start_at,
             "last_exit": self.last_exit,
+            "alert": self.alerted,
         }
 
 
@@ -300,7 +309,7 @@ class StateFile:
         os.replace(tmp, self.path)  # readers never see half a file
 
 
-def webhook_alerter(url: str, *, timeout_s: float = 5.0) -> Callable[[str, str], None]:
+def webhook_alerter(url: str, *, timeout_s: float = 5.0) -> Callable[..., None]:
     """Send the supervisor's critical alerts to ``VIGIL_ALERT_WEBHOOK_URL``.
 
     The same body shape as the governor's webhook (``source``, ``event``,
@@ -308,11 +317,11 @@ def webhook_alerter(url: str, *, timeout_s: float = 5.0) -> Callable[[str, str],
     waits on the network.
     """
 
-    def send(alert_type: str, message: str) -> None:
+    def send(alert_type: str, message: str, event: str = "raised") -> None:
         now = time.time()
         body = {
             "source": "vigil-supervisor",
-            "event": "raised",
+            "event": event,
             "alert": {
                 "alert_type": alert_type,
                 "severity": "critical",

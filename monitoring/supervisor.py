@@ -4,8 +4,11 @@
 in the background, systemd runs it as the service's main process). It has no
 event loop of its own to hang: one plain loop spawns the children, reaps
 them, restarts them with exponential backoff, stops restarting a child that
-flaps (marked failed, critical alert, the others keep running), and SIGKILLs a
-server whose ``/health/live`` stopped answering. Every decision is logged and
+flaps (marked failed, one critical alert, the others keep running; it is
+tried again every ``VIGIL_SUPERVISOR_RETRY_FAILED_S`` and the alert resolved
+once it runs healthy), retries a child that exits with a configuration or
+permission problem (exit 2 or 78) just as slowly, and SIGKILLs a server whose
+``/health/live`` stopped answering. Every decision is logged and
 every restart is handed to ``record`` (the ``restarts`` table). Exit code 75
 from a child means "restart requested": no backoff penalty.
 
@@ -26,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from monitoring.supervision import (
+    CONFIG_EXITS,
     RESTART_REQUESTED,
     ChildSpec,
     ChildState,
@@ -42,8 +46,13 @@ from monitoring.supervision import (
 log = logging.getLogger(__name__)
 
 Recorder = Callable[[RestartEvent], None]
-Alerter = Callable[[str, str], None]
+# alert(alert_type, message, event="raised" | "resolved")
+Alerter = Callable[..., None]
+Spawner = Callable[..., Any]  # subprocess.Popen, or a stand-in with poll/kill/send_signal/wait
 STARTUP_ALLOWANCE_S = 30.0
+# A child retried after the flap limit counts as healthy again after this long
+# (and, when watched, once /health/live answered).
+HEALTHY_AFTER_S = 30.0
 START_AFTER_MAX_S = 15.0
 
 
@@ -59,6 +68,8 @@ class Supervisor:
         record: Recorder | None = None,
         alerts: list[Alerter] | None = None,
         tick_s: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        spawn: Spawner = subprocess.Popen,
     ) -> None:
         self.policy = policy
         self.children = [ChildState(spec) for spec in children]
@@ -66,8 +77,10 @@ class Supervisor:
         self.record = record or (lambda event: None)
         self.alerts = list(alerts or [])
         self.tick_s = tick_s
+        self.clock = clock
+        self.spawn = spawn
         self.started_at = time.time()
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._procs: dict[str, Any] = {}
         self._stop_signal: int | None = None
         self._signals = 0
         self._next_live_check = 0.0
@@ -88,7 +101,7 @@ class Supervisor:
             self.policy.flap_window_s,
             self.policy.watchdog_timeout_s,
         )
-        started = time.monotonic()
+        started = self.clock()
         for child in self.children:
             if child.spec.start_after is None:
                 self._spawn(child)
@@ -97,7 +110,7 @@ class Supervisor:
                 child.state, child.next_start_mono = "waiting", started + START_AFTER_MAX_S
         self._write_state()
         while self._stop_signal is None:
-            self.tick(time.monotonic())
+            self.tick(self.clock())
             time.sleep(self.tick_s)
         self._shutdown()
         return 0
@@ -124,6 +137,8 @@ class Supervisor:
                     self._watchdog(child, proc, now)
             elif self._is_due(child, now):
                 self._spawn(child)
+            if child.alerted and self._is_healthy(child, now):
+                self._resolve(child)
 
     # --- children ---------------------------------------------------------------
     def _spawn(self, child: ChildState) -> None:
@@ -135,7 +150,7 @@ class Supervisor:
             env.pop("WATCHDOG_USEC", None)
         env.update(child.spec.env or {})
         try:
-            proc = subprocess.Popen(
+            proc = self.spawn(
                 child.spec.argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -143,10 +158,10 @@ class Supervisor:
             )
         except OSError as exc:
             log.error("cannot start %s (%s): %s", child.spec.name, child.spec.argv[0], exc)
-            child.started_mono = time.monotonic()
+            child.started_mono = self.clock()
             self._on_exit(child, 127, child.started_mono)
             return
-        now = time.monotonic()
+        now = self.clock()
         self._procs[child.spec.name] = proc
         child.pid, child.state = proc.pid, "running"
         child.started_mono, child.started_at = now, time.time()
@@ -156,7 +171,7 @@ class Supervisor:
         self._write_state()
 
     def _is_due(self, child: ChildState, now: float) -> bool:
-        if child.state == "backoff":
+        if child.state in ("backoff", "failed"):  # failed: the slow retry
             return now >= child.next_start_mono
         if child.state == "waiting":
             after = child.spec.start_after
@@ -179,6 +194,9 @@ class Supervisor:
             child.state = "stopped"
             log.info("%s exited (%s) during shutdown", child.spec.name, describe_exit(code))
             self._write_state()
+            return
+        if code in CONFIG_EXITS and not child.watchdog_fired:
+            self._retry_slowly(child, code, uptime, now)
             return
         planned = code in (0, RESTART_REQUESTED) and not child.watchdog_fired
         reason = "watchdog" if child.watchdog_fired else ("crash" if not planned else "")
@@ -219,22 +237,65 @@ class Supervisor:
         self._write_state()
 
     def _fail(self, child: ChildState, code: int, uptime: float) -> None:
-        child.state, child.next_start_at = "failed", None
+        retry = self.policy.retry_failed_s
+        self._schedule(child, "failed", retry)
         message = (
             f"{child.spec.name} restarted {self.policy.flap_max} times within "
             f"{self.policy.flap_window_s:g} s and exited again ({describe_exit(code)}); "
-            "it will not be restarted until the supervisor is restarted"
+            f"it is tried again every {retry:g} s (VIGIL_SUPERVISOR_RETRY_FAILED_S)"
         )
         log.critical("flap limit: %s", message)
         if child.last_exit is not None:
             child.last_exit["reason"] = "flap_limit"
-        self._record(child, "flap_limit", code, uptime, backoff=None, detail=message)
-        for alert in self.alerts:  # each on its own: a full disk must not stop the webhook
-            with logged("raising the flap-limit alert"):
-                alert("restart_flap_limit", message)
+        self._record(child, "flap_limit", code, uptime, backoff=retry, detail=message)
+        self._raise(child, "restart_flap_limit", message)
         self._write_state()
 
-    def _watchdog(self, child: ChildState, proc: subprocess.Popen[bytes], now: float) -> None:
+    def _retry_slowly(self, child: ChildState, code: int, uptime: float, now: float) -> None:
+        """Exit 2/78: the setup (settings, permissions) must be fixed; looping will not help."""
+        retry = self.policy.retry_failed_s
+        self._schedule(child, "backoff", retry)
+        message = (
+            f"{child.spec.name} exited with a configuration or permission problem "
+            f"({describe_exit(code)}; its message is in logs/system.log or stdout.log); "
+            f"trying again in {retry:g} s"
+        )
+        log.error("%s", message)
+        if child.last_exit is not None:
+            child.last_exit["reason"] = "config_error"
+        self._record(child, "config_error", code, uptime, backoff=retry, detail=message)
+        self._raise(child, "restart_config_error", message)
+        self._write_state()
+
+    def _schedule(self, child: ChildState, state: str, delay: float) -> None:
+        child.state, child.backoff_s = state, delay
+        child.next_start_mono = self.clock() + delay
+        child.next_start_at = time.time() + delay
+
+    def _raise(self, child: ChildState, alert_type: str, message: str) -> None:
+        """One critical alert per episode; resolved once the child runs healthy."""
+        if child.alerted:
+            return
+        child.alerted = alert_type
+        for alert in self.alerts:  # each on its own: a full disk must not stop the webhook
+            with logged(f"raising the {alert_type} alert"):
+                alert(alert_type, message)
+
+    def _is_healthy(self, child: ChildState, now: float) -> bool:
+        if child.state != "running" or now - child.started_mono < HEALTHY_AFTER_S:
+            return False
+        return child.live_seen or child.spec.live_url is None
+
+    def _resolve(self, child: ChildState) -> None:
+        alert_type, child.alerted = child.alerted, None
+        message = f"{child.spec.name} runs again (up {HEALTHY_AFTER_S:g} s)"
+        log.warning("%s: %s resolved", message, alert_type)
+        for alert in self.alerts:
+            with logged(f"resolving the {alert_type} alert"):
+                alert(alert_type, message, event="resolved")
+        self._write_state()
+
+    def _watchdog(self, child: ChildState, proc: Any, now: float) -> None:
         url = child.spec.live_url
         if url is None or child.watchdog_fired:
             return
@@ -312,14 +373,14 @@ class Supervisor:
         name = signal.Signals(self._stop_signal or signal.SIGTERM).name
         log.info("supervisor stopping (%s): asking children to finish", name)
         for child in self.children:
-            if child.state in ("backoff", "waiting"):
+            if child.state in ("backoff", "waiting", "failed"):
                 child.state = "stopped"
         for proc in self._procs.values():
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + self.policy.grace_s + self.policy.stop_timeout_s
-        while self._procs and time.monotonic() < deadline:
-            self.tick(time.monotonic())
+        deadline = self.clock() + self.policy.grace_s + self.policy.stop_timeout_s
+        while self._procs and self.clock() < deadline:
+            self.tick(self.clock())
             time.sleep(self.tick_s)
         for name, proc in list(self._procs.items()):
             log.warning("%s (pid %d) still running after the grace period: SIGKILL", name, proc.pid)
@@ -332,7 +393,7 @@ class Supervisor:
 
     # --- state file ----------------------------------------------------------------
     def snapshot(self, *, stopped: bool = False) -> dict[str, Any]:
-        now = time.monotonic()
+        now = self.clock()
         return {
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -345,6 +406,7 @@ class Supervisor:
                 "flap_max": self.policy.flap_max,
                 "flap_window_s": self.policy.flap_window_s,
                 "watchdog_timeout_s": self.policy.watchdog_timeout_s,
+                "retry_failed_s": self.policy.retry_failed_s,
             },
             "children": {c.spec.name: c.public(now, self.policy) for c in self.children},
         }

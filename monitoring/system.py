@@ -226,27 +226,27 @@ class IntegratedMonitoringSystem:
         self.raised_total[alert.alert_type] += 1
         self.dispatcher.notify("raised", alert)
 
-    async def raise_alert(
-        self, alert_type: str, severity: str, message: str, recommended_action: str
-    ) -> PerformanceAlert:
-        """Raise an alert found outside the governor's rules (e.g. a replaced database).
-
-        Stored and notified like the governor's own; it stays active until
-        the process ends (the next start closes it as stale).
-        """
-        now = self.clock()
-        alert = PerformanceAlert(
-            alert_type=alert_type,
-            severity=severity,
-            message=message,
-            timestamp=now,
-            resource_snapshot=self.latest(),
-            recommended_action=recommended_action,
-            key=alert_type,
-        )
-        if alert.key not in self.active:
+    async def condition(
+        self,
+        key: str,
+        active: bool,
+        *,
+        alert_type: str,
+        severity: str,
+        message: str,
+        action: str,
+    ) -> None:
+        """An alert for a condition outside the resource rules (the model down, writes
+        failing): raised once while ``active``, resolved when it is not any more."""
+        if active and key not in self.active:
+            alert = PerformanceAlert(
+                alert_type, severity, message, self.clock(), self.latest(), action, key=key
+            )
+            log.warning("alert %s: %s", alert_type, message)
             await self._raise(alert)
-        return self.active[alert.key]
+        elif not active and key in self.active:
+            log.warning("alert %s resolved", alert_type)
+            await self._resolve(key)
 
     async def close_stale(self, now: float) -> list[PerformanceAlert]:
         """Close the alerts a previous process left open and notify "resolved" for them."""

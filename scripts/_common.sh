@@ -47,6 +47,14 @@ ensure_venv() {
 }
 
 # load_env: validated settings as shell variables (fails with one line on a bad setting).
+# lock_scripts: fd 9 on data/.scripts.lock (mode 0600), for flock.
+lock_scripts() {
+    local lock="$VIGIL_DATA_DIR/.scripts.lock"
+    (umask 077 && : >> "$lock") 2>/dev/null || true
+    chmod 600 "$lock" 2>/dev/null || true
+    exec 9>> "$lock"
+}
+
 load_env() {
     local out
     out="$("$PY" main.py shell-env)" || exit 2

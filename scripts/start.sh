@@ -13,11 +13,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 ensure_venv requirements.txt
 load_env
-mkdir -p "$VIGIL_DATA_DIR" "$VIGIL_LOGS_DIR"
-chmod 700 "$VIGIL_DATA_DIR" "$VIGIL_LOGS_DIR"
+# The data and logs directories (0700), or one line on why they cannot be written.
+"$PY" main.py prepare-dirs || exit $?
 
 # One start/stop at a time for this data directory (fd 9 is not passed on).
-exec 9> "$VIGIL_DATA_DIR/.scripts.lock"
+lock_scripts
 flock -n 9 || die "another start.sh or stop.sh is running for $VIGIL_DATA_DIR"
 
 # 1. already running?
@@ -41,7 +41,7 @@ if ! "$PY" main.py preflight; then
 fi
 
 # 6. the supervisor, in its own session (no terminal, its own process group)
-say "starting Vigil (supervisor: server + worker) on $VIGIL_URL"
+say "starting Vigil (supervisor: server + worker), listening on $VIGIL_LISTEN"
 setsid nohup "$PY" main.py supervise >> "$VIGIL_LOGS_DIR/stdout.log" 2>&1 < /dev/null 9>&- &
 pid=$!
 printf '%s\n' "$pid" > "$VIGIL_PID_FILE"

@@ -13,7 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 [ -x "$PY" ] || { say "not installed (.venv missing); nothing to stop"; exit 0; }
 load_env
 [ -d "$VIGIL_DATA_DIR" ] || { say "not running (no data directory)"; exit 0; }
-exec 9> "$VIGIL_DATA_DIR/.scripts.lock"
+lock_scripts
 flock -w 5 9 || die "another start.sh or stop.sh is running for $VIGIL_DATA_DIR"
 
 pid="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"

@@ -12,6 +12,11 @@ behaviour, and can be changed while it runs:
 - ``garbage``: send a malformed SSE line instead of JSON
 - ``no_choices``: send JSON chunks without ``choices``
 - ``plain_json``: ignore ``stream`` and answer with one JSON body
+- ``echo_auth``: failures (``fail_times``) and ``models_status`` errors echo
+  the request's ``Authorization`` header in their error body, as some
+  servers do (the API key must never travel further)
+- ``stream_error``: send an SSE ``error`` chunk (echoing the header too)
+- ``reset_after_chunks``: reset the connection (RST) after N chunks
 - ``refuse``: not a behaviour of this server; stop it, or point clients at
   ``dead_url()`` for a port where nothing listens.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -73,6 +79,9 @@ class FakeLLM:
         self.no_choices = False
         self.plain_json = False
         self.models_status = 200
+        self.echo_auth = False
+        self.stream_error = False
+        self.reset_after_chunks: int | None = None
         self.requests: list[dict[str, Any]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -91,7 +100,10 @@ class FakeLLM:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
-                    fake._send_json(self, fake.models_status, {"data": [{"id": "fake"}]})
+                    body: Any = {"data": [{"id": "fake"}]}
+                    if fake.models_status >= 400:
+                        body = fake.error_body(self)
+                    fake._send_json(self, fake.models_status, body)
                 else:
                     fake._send_json(self, 404, {"error": {"message": "not found"}})
 
@@ -135,6 +147,12 @@ class FakeLLM:
         words = text.split(" ")
         return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
+    def error_body(self, handler: BaseHTTPRequestHandler) -> dict[str, Any]:
+        message = "scripted failure"
+        if self.echo_auth:
+            message += f"; you sent Authorization: {handler.headers.get('Authorization')}"
+        return {"error": {"message": message}}
+
     def _send_json(self, handler: BaseHTTPRequestHandler, status: int, body: Any) -> None:
         data = json.dumps(body).encode()
         handler.send_response(status)
@@ -147,7 +165,7 @@ class FakeLLM:
         if self.fail_times != 0:
             if self.fail_times > 0:
                 self.fail_times -= 1
-            self._send_json(handler, self.fail_status, {"error": {"message": "scripted failure"}})
+            self._send_json(handler, self.fail_status, self.error_body(handler))
             return
         text = self.answer_for(body.get("messages", []))
         if self.plain_json or not body.get("stream"):
@@ -169,7 +187,18 @@ class FakeLLM:
             write(b"data: {this is not json\n\n")
             handler.wfile.flush()
             return
+        if self.stream_error:
+            write(f"data: {json.dumps(self.error_body(handler))}\n\n".encode())
+            handler.wfile.flush()
+            return
         for index, piece in enumerate(self.chunks(text)):
+            if self.reset_after_chunks is not None and index == self.reset_after_chunks:
+                handler.wfile.flush()
+                handler.connection.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                )
+                handler.connection.close()  # SO_LINGER 0: the peer sees a reset
+                return
             if self.stall_after_chunks is not None and index == self.stall_after_chunks:
                 handler.wfile.flush()
                 time.sleep(self.stall_s)

@@ -37,14 +37,23 @@ def test_bad_bodies(
     assert mentions in error["message"]
 
 
-def test_malformed_json(live_server: LiveServer) -> None:
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"text": "unterminated',
+        b'{"text": "\xff\xfe not UTF-8"}',  # invalid UTF-8 inside a JSON string
+        b"\xc3\x28",
+    ],
+)
+def test_malformed_json(live_server: LiveServer, raw: bytes) -> None:
     response = live_server.client.post(
         "/api/chats/demo/messages",
-        content=b'{"text": "unterminated',
+        content=raw,
         headers={"content-type": "application/json"},
     )
     assert response.status_code == 400
     assert error_of(response)["code"] == "invalid_json"
+    assert "JSON" in error_of(response)["message"]
 
 
 def test_oversized_text_names_the_limit(live_server: LiveServer) -> None:

@@ -14,17 +14,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, make_settings
+from tests.fake_llm import FakeLLM
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 
 @pytest.mark.timeout(300)
-def test_no_endpoint_answers_with_a_server_error(live_server: LiveServer, tmp_path: Path) -> None:
+def test_no_endpoint_answers_with_a_server_error(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    # The API map is off by default (VIGIL_PUBLIC_DOCS): on for the fuzzer.
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, public_docs=True)
+    live_server = live_server_factory(settings)
     live_server.chat("fuzz", "some history to page through")
     for seed in (20261121, 4242):
         result = fuzz(live_server, tmp_path, seed)

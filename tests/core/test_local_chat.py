@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -155,20 +158,35 @@ def test_retry_over_the_local_api_returns_the_new_reply(
     assert [m["content"] for m in history] == ["a better joke", "tell me a joke"]
 
 
-def test_health_is_degraded_while_a_supervised_child_has_failed(live_server: LiveServer) -> None:
+def test_health_is_degraded_while_a_supervised_child_has_failed(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
     # Found in review: a worker stopped by the flap limit (no more backups) left
     # /health "healthy". The state file is the supervisor's (our parent here).
-    import json
     import os
 
-    state = {
+    from tests.conftest import make_settings
+    from tests.processes import wait_for
+
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, health_check_interval_s=0.05)
+    live_server = live_server_factory(settings)
+    state: dict[str, Any] = {
         "pid": os.getppid(),
         "children": {"server": {"state": "running"}, "worker": {"state": "failed"}},
     }
     (live_server.settings.data_dir / "supervisor.json").write_text(json.dumps(state))
-    body = httpx.get(live_server.url + "/health").json()
-    assert body["status"] == "degraded"
-    assert any(r.startswith("worker failed") for r in body["reasons"])
+
+    def reasons() -> list[str]:
+        return list(httpx.get(live_server.url + "/health").json()["reasons"])
+
+    wait_for(lambda: "worker_failed" in reasons(), 10, "worker_failed in /health")
+    assert httpx.get(live_server.url + "/health").json()["status"] == "degraded"
+    state["children"]["worker"] = {"state": "backoff", "restarts_in_window": 3}
+    (live_server.settings.data_dir / "supervisor.json").write_text(json.dumps(state))
+    wait_for(lambda: "worker_flapping" in reasons(), 10, "worker_flapping in /health")
+    state["children"]["worker"] = {"state": "running", "restarts_in_window": 0}
+    (live_server.settings.data_dir / "supervisor.json").write_text(json.dumps(state))
+    wait_for(lambda: not any("worker" in r for r in reasons()), 10, "the worker reason to clear")
     state["children"]["worker"]["state"] = "running"
     (live_server.settings.data_dir / "supervisor.json").write_text(json.dumps(state))
     assert not any("failed" in r for r in httpx.get(live_server.url + "/health").json()["reasons"])

@@ -84,3 +84,55 @@ def test_non_owner_processes_follow_the_owners_rotation(tmp_path: Path, restore_
     log.info("after the rotation")
     assert "after the rotation" in (tmp_path / "system.log").read_text()
     assert "after the rotation" not in (tmp_path / "system.log.1").read_text()
+
+
+def test_identical_records_are_rate_limited_and_counted(tmp_path: Path, restore_root: None) -> None:
+    setup_logging(tmp_path, console=False)
+    log = logging.getLogger("vigil.flood")
+    for _ in range(5000):
+        log.error("accept failed: Too many open files")
+    log.warning("a different line")
+    text = (tmp_path / "system.log").read_text()
+    assert text.count("accept failed") == 10  # the burst, then nothing
+    assert "a different line" in text
+
+
+def test_suppressed_count_reported_after_the_window() -> None:
+    from core.logs import RateLimitRepeats
+
+    now = [0.0]
+    repeats = RateLimitRepeats(burst=2, window_s=10, clock=lambda: now[0])
+
+    def record() -> logging.LogRecord:
+        return logging.LogRecord("x", logging.ERROR, __file__, 1, "same %s", ("text",), None)
+
+    passed = [repeats.filter(record()) for _ in range(7)]
+    assert passed == [True, True, False, False, False, False, False]
+    now[0] = 11.0
+    late = record()
+    assert repeats.filter(late)
+    assert "5 identical record(s) suppressed" in late.getMessage()
+
+
+def test_accept_errors_are_logged_once_per_interval_with_a_count(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import asyncio
+
+    from core.serving import AcceptErrors
+
+    handler = AcceptErrors(interval_s=60)
+    loop = asyncio.new_event_loop()
+    try:
+        context = {
+            "message": "socket.accept() out of system resource",
+            "exception": OSError(24, "Too many open files"),
+        }
+        with caplog.at_level(logging.ERROR, logger="core.serving"):
+            for _ in range(500):
+                handler(loop, context)
+    finally:
+        loop.close()
+    lines = [r for r in caplog.records if r.name == "core.serving"]
+    assert len(lines) == 1 and "Too many open files" in lines[0].getMessage()
+    assert handler.total == 500 and handler.count == 499  # told at the next interval

@@ -96,6 +96,9 @@ def test_start_refuses_a_second_time_and_stop_leaves_nothing_behind(
     assert "removing stale PID file" in started.stdout
     assert "telegram: not configured" in started.stdout
     assert "/health" in started.stdout and "logs/system.log" in started.stdout
+    assert (install / "data" / ".scripts.lock").stat().st_mode & 0o777 == 0o600
+    listen = f"listening on http://127.0.0.1:{env['VIGIL_PORT']} (this machine only)"
+    assert listen in started.stdout
     supervisor = int((install / "data" / "vigil.pid").read_text())
     url = f"http://127.0.0.1:{env['VIGIL_PORT']}"
     assert httpx.get(f"{url}/health", timeout=5).status_code == 200
