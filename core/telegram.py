@@ -34,7 +34,13 @@ from core.telegram_client import (
     translate,
 )
 from core.telegram_format import Entity
-from core.telegram_session import ServerProfile, TelegramUnauthorized, marker_path, write_marker
+from core.telegram_session import (
+    ServerProfile,
+    TelegramTimeout,
+    TelegramUnauthorized,
+    marker_path,
+    write_marker,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,6 +73,7 @@ class TelegramGateway:
         self.last_call_ok_at: float | None = None
         self.last_error: str | None = None
         self.reconnects = 0
+        self.timeouts = 0
         self.flood_waits = 0
         self.flood_wait_s = 0.0
         self.last_flood_at: float | None = None
@@ -123,10 +130,11 @@ class TelegramGateway:
     async def _connect(self) -> bool:
         self._set_state("connecting")
         try:
-            await self.client.connect()
-            authorized = await self.client.is_user_authorized()
-        except (*TRANSPORT_ERRORS, errors.RPCError) as exc:
-            self._fail("disconnected", f"connect failed: {type(exc).__name__}: {exc}"[:300])
+            await self.call(self.client.connect())
+            authorized = await self.call(self.client.is_user_authorized())
+        except ChannelError as exc:
+            if self.state != "unauthorized":
+                self._fail("disconnected", f"connect failed: {exc.message}"[:300])
             return False
         if not authorized and not await self._sign_in_bot():
             return False
@@ -174,7 +182,7 @@ class TelegramGateway:
 
     async def _probe(self) -> None:
         try:
-            await self.call(self.client.get_me())
+            await self.call(self.client.get_me(), timeout=self.settings.telegram_probe_timeout_s)
         except RateLimited:
             pass  # a flood wait proves the connection works
         except ChannelError as exc:
@@ -194,27 +202,46 @@ class TelegramGateway:
         self._set_state(state)
 
     # --- every raw call --------------------------------------------------------
-    async def call(self, request: Awaitable[T]) -> T:
-        """Await one Telethon call; errors come out as ours, figures are kept."""
+    async def call(self, request: Awaitable[T], *, timeout: float | None = None) -> T:
+        """Await one Telethon call within its deadline; errors come out as ours.
+
+        Telethon can leave a call waiting for good (one started during its
+        reconnect window never completes once it gives up reconnecting), so
+        every call is cancelled after ``timeout`` (default
+        ``VIGIL_TELEGRAM_CALL_TIMEOUT_S``) and raises :class:`TelegramTimeout`.
+        """
+        limit = self.settings.telegram_call_timeout_s if timeout is None else timeout
         try:
-            result = await request
+            async with asyncio.timeout(limit) as deadline:
+                result = await request
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise self._translated(exc) from exc
+            self.timeouts += 1
+            self.last_error = f"Telegram call timed out after {limit:g} s"
+            log.warning("Telegram: %s", self.last_error)
+            raise TelegramTimeout(self.last_error, timeout_s=limit) from None
         except errors.MessageNotModifiedError:
             self.not_modified += 1  # the channel prevents these; harmless if one slips
             return None  # type: ignore[return-value]
         except (*TRANSPORT_ERRORS, errors.RPCError) as exc:
-            error = translate(exc)
-            if isinstance(error, RateLimited):
-                self.flood_waits += 1
-                self.flood_wait_s += error.retry_after
-                self.last_flood_at = self.clock()
-                log.info("Telegram flood wait of %.0f s", error.retry_after)
-            elif isinstance(error, TelegramUnauthorized):
-                self._fail("unauthorized", error.message)
-            elif not isinstance(exc, errors.RPCError):
-                self.last_error = error.message
-            raise error from exc
+            raise self._translated(exc) from exc
         self.last_call_ok_at = self.clock()
         return result
+
+    def _translated(self, exc: BaseException) -> Exception:
+        """Telethon's error as ours, with the figures kept."""
+        error = translate(exc)
+        if isinstance(error, RateLimited):
+            self.flood_waits += 1
+            self.flood_wait_s += error.retry_after
+            self.last_flood_at = self.clock()
+            log.info("Telegram flood wait of %.0f s", error.retry_after)
+        elif isinstance(error, TelegramUnauthorized):
+            self._fail("unauthorized", error.message)
+        elif not isinstance(exc, errors.RPCError):
+            self.last_error = error.message
+        return error
 
     async def send_text(self, peer: int, text: str, entities: list[Entity]) -> int:
         message = await self.call(
@@ -314,6 +341,7 @@ class TelegramGateway:
             "last_call_ok_at": self.last_call_ok_at,
             "last_error": self.last_error,
             "reconnects": self.reconnects,
+            "timeouts": self.timeouts,
             "flood_waits": {
                 "count": self.flood_waits,
                 "seconds": round(self.flood_wait_s, 1),

@@ -36,6 +36,13 @@ class TelegramUnauthorized(ChannelError):
     status = 503
 
 
+class TelegramTimeout(ChannelError):
+    """A Telegram call passed its deadline (it was cancelled; the connection is suspect)."""
+
+    code = "telegram_timeout"
+    status = 504
+
+
 class SessionBusy(ChannelError):
     """Another process holds the Telegram session."""
 
