@@ -43,9 +43,9 @@ async def health_report(runtime: Any) -> dict[str, Any]:
     if llm["status"] != "ok":
         status = "degraded"
         reasons.append(f"llm {llm['status']}")
-    if telegram not in ("connected", "not_configured"):
+    if telegram not in ("connected", "not_configured", "starting"):
         status = "degraded"
-        reasons.append(f"telegram {telegram}")
+        reasons.append(f"telegram_{telegram}")
     if runtime.admission.throttled:
         status = "degraded"
         reasons.append("throttled")

@@ -51,14 +51,15 @@ def install_commands(chat: ChatService) -> None:
     chat.commands.setdefault("retry", retry)
 
 
-def _client_for(settings: Settings, injected: Any, profile: Any) -> Any:
+def _client_factory(settings: Settings, injected: Any, profile: Any) -> Any:
+    """What builds a (fresh) client; None when a ready client was injected."""
     if injected is None:
         from core.telegram_client import make_client
 
-        return make_client(settings, profile)
+        return lambda: make_client(settings, profile)
     if hasattr(injected, "send_message"):
-        return injected  # a ready client (FakeTelegram)
-    return injected(settings, profile)  # a factory
+        return None  # a ready client (FakeTelegram): it reconnects, never replaced
+    return lambda: injected(settings, profile)
 
 
 def telegram_starter(injected: Any = None) -> Any:
@@ -79,8 +80,12 @@ def telegram_starter(injected: Any = None) -> Any:
         lock = SessionLock(settings.session_path)
         lock.acquire("the Vigil server")
         stack.callback(lock.release)
+        factory = _client_factory(settings, injected, profile)
         gateway = TelegramGateway(
-            settings, _client_for(settings, injected, profile), profile=profile
+            settings,
+            injected if factory is None else factory(),
+            profile=profile,
+            factory=factory,
         )
         scheduler = EditScheduler(edits_per_s=settings.telegram_global_edits_per_s)
         channel = TelegramChannel(

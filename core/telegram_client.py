@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from telethon import TelegramClient, errors, types
+from telethon import __version__ as telethon_version
 from telethon.crypto import rsa as telethon_rsa
+from telethon.tl.alltlobjects import LAYER
 
 from core.config import Settings
 from core.errors import ChannelError, RateLimited, VigilError
@@ -29,6 +31,14 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     errors.TypeNotFoundError,
     errors.BadMessageError,
 )
+
+
+class TelegramIncompatible(ChannelError):
+    """The server speaks another MTProto API layer than our Telethon."""
+
+    code = "telegram_incompatible"
+
+
 _ENTITY_TYPES: dict[str, Any] = {
     "bold": types.MessageEntityBold,
     "italic": types.MessageEntityItalic,
@@ -81,8 +91,19 @@ def to_tl_entities(entities: list[Entity]) -> list[Any]:
     return out
 
 
+def is_receiving_updates(client: Any) -> bool:
+    """Telethon's update task is alive (it dies on some errors, leaving the socket open)."""
+    handle = getattr(client, "_updates_handle", None)
+    return handle is not None and not handle.done()
+
+
 def translate(exc: BaseException) -> VigilError:
     """A Telethon (or network) error as one of ours; the original is the cause."""
+    if isinstance(exc, errors.TypeNotFoundError):
+        return TelegramIncompatible(
+            f"the Telegram server speaks another protocol layer: it sent a type that "
+            f"Telethon {telethon_version} (API layer {LAYER}) does not know"
+        )
     if isinstance(exc, errors.FloodError):
         seconds = float(getattr(exc, "seconds", 0) or 5)
         return RateLimited(f"Telegram asked to wait {seconds:.0f} s", retry_after=seconds)

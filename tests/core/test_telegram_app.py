@@ -91,7 +91,8 @@ def test_private_chat_gets_a_streamed_answer_and_status_tells_the_truth(tg: Tg) 
     assert status["state"] == "connected"
     assert status["account"] == {"id": 777, "username": "VigilBot", "is_bot": True}
     assert status["initialized"] is True
-    assert status["last_event_at"] is not None
+    assert status["last_update_at"] is not None
+    assert status["last_ok_call_at"] is not None and status["last_error"] is None
     assert status["server"]["server"] == "production"
     assert tg.server.client.get("/health").json()["telegram"] == "connected"
     history = tg.server.call(lambda rt: rt.memory.history("tg:42", limit=10))
