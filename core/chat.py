@@ -175,9 +175,19 @@ class ChatService:
     # --- one turn ---------------------------------------------------------------
     async def _turn(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
         author = msg.display_name if msg.is_group else None
-        user_turn = await self.memory.append(
-            msg.chat_id, "user", clean_text(msg.text), author=author, external_id=msg.external_id
-        )
+        # A turn cut short by a restart is run again for the same channel message:
+        # its stored question is answered, not stored twice.
+        user_turn = None
+        if msg.external_id is not None:
+            user_turn = await self.memory.find_external(msg.chat_id, msg.external_id)
+        if user_turn is None:
+            user_turn = await self.memory.append(
+                msg.chat_id,
+                "user",
+                clean_text(msg.text),
+                author=author,
+                external_id=msg.external_id,
+            )
         return await self._answer(msg, channel, user_turn.id)
 
     async def _pump(self, messages: list[dict[str, str]], streamer: StreamingOptimizer) -> None:

@@ -216,7 +216,10 @@ class TelegramGateway:
             return False
         self._connected(me)
         if self.on_connected is not None:
-            await self.on_connected()
+            try:
+                await self.on_connected()
+            except Exception:  # a loop boundary: the connection itself is fine
+                log.exception("Telegram: the after-connect hook failed")
         return True
 
     def _connected(self, me: Any) -> None:

@@ -72,8 +72,9 @@ def telegram_starter(injected: Any = None) -> Any:
             log.info("Telegram not configured; the local chat channel still works")
             return
         from core.telegram import TelegramGateway
-        from core.telegram_bot import TelegramBot
+        from core.telegram_bot import REFUSALS_REMEMBERED, TelegramBot
         from core.telegram_channel import TelegramChannel
+        from core.telegram_ledger import InboundLedger, RefusalMemory
 
         profile = server_profile(settings)  # ConfigError: one line naming the variable
         check_session_server(settings.session_path, profile)
@@ -87,6 +88,8 @@ def telegram_starter(injected: Any = None) -> Any:
             profile=profile,
             factory=factory,
         )
+        refusals = RefusalMemory(runtime.db, limit=REFUSALS_REMEMBERED)
+        await refusals.load()
         scheduler = EditScheduler(edits_per_s=settings.telegram_global_edits_per_s)
         channel = TelegramChannel(
             gateway,
@@ -102,8 +105,12 @@ def telegram_starter(injected: Any = None) -> Any:
             debounce_s=settings.telegram_paste_debounce_s,
             max_message_chars=settings.max_message_chars,
             account=gateway,
+            ledger=InboundLedger(runtime.db),
+            refusals=refusals,
+            catch_up_max_age_s=settings.telegram_catch_up_max_age_s,
         )
         gateway.on_message = bot.on_message
+        gateway.on_connected = bot.on_connected
         runtime.telegram = gateway
         runtime.extras.update(telegram_bot=bot, telegram_channel=channel)
         await gateway.start()

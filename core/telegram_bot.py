@@ -11,6 +11,12 @@ never reaches the model; the paste buffer stops keeping text past that limit,
 so memory stays bounded however long the paste. Busy and draining turns get
 a polite reply with the wait. Decisions are pure functions; the bot only
 carries them out and runs each turn as its own task.
+
+With an :class:`~core.telegram_ledger.InboundLedger` every message is stored
+before anything is done with it and settled with its outcome: a replayed
+update is not answered again, a turn cut short is answered at the next start,
+and a message older than ``catch_up_max_age_s`` (it waited while Vigil was
+down) is stored, not answered — the chat gets one short notice instead.
 """
 
 from __future__ import annotations
@@ -19,15 +25,19 @@ import asyncio
 import logging
 import math
 import re
+import time
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.channel import Channel, IncomingMessage
 from core.chat import ChatService, parse_command
 from core.errors import Busy, Draining, VigilError
 from core.telegram_channel import chat_key
+
+if TYPE_CHECKING:
+    from core.telegram_ledger import InboundLedger, RefusalMemory
 
 # Named below core.telegram so the records also reach logs/telegram.log.
 log = logging.getLogger("core.telegram.bot")
@@ -40,6 +50,10 @@ REFUSAL = (
 MEDIA_REPLY = "I can only read text for now — please send your question as a message."
 BUSY_REPLY = "⏳ I'm busy right now; please try again in {seconds} s."
 DRAINING_REPLY = "🔄 I'm restarting; back in a moment — please send that again shortly."
+STALE_REPLY = (
+    "I was offline when you wrote to me more than {age} ago, so I have not answered "
+    "what you sent then. If you still need an answer, please send it again."
+)
 FAILED_REPLY = "⚠️ Something went wrong on my side; the operator can find it in the logs."
 TOO_LONG_REPLY = "That message is {length} characters; the limit is {limit}."
 DEFAULT_MAX_CHARS = 16000  # Settings.max_message_chars' default
@@ -65,6 +79,8 @@ class TgMessage:
     date: float = 0.0
     # Set when the paste buffer cut the text: the length of the whole paste.
     full_length: int = 0
+    # The other pieces of a paste joined into this message (their Telegram ids).
+    part_ids: tuple[int, ...] = ()
 
     @property
     def length(self) -> int:
@@ -134,7 +150,7 @@ class PasteBuffer:
         held = self._pending.pop(key, None)
         if held is not None:
             self.joined += 1
-            msg = _join(held.msg, msg.text, self.max_chars)
+            msg = _join(held.msg, msg, self.max_chars)
         if is_piece and self.debounce_s > 0:
             self._pending[key] = _Pending(msg, now + self.debounce_s)
             return []
@@ -157,13 +173,24 @@ class PasteBuffer:
         return True
 
 
-def _join(held: TgMessage, text: str, max_chars: int) -> TgMessage:
+def _join(held: TgMessage, piece: TgMessage, max_chars: int) -> TgMessage:
+    text, parts = piece.text, (*held.part_ids, piece.message_id)
     length = held.length + 1 + len(text)
     if length <= max_chars:
-        return replace(held, text=held.text + "\n" + text)
+        return replace(held, text=held.text + "\n" + text, part_ids=parts)
     # Past the limit the paste is refused anyway: keep its length, not its text.
     kept = held.text if held.full_length else (held.text + "\n" + text)[:max_chars]
-    return replace(held, text=kept, full_length=length)
+    return replace(held, text=kept, full_length=length, part_ids=parts)
+
+
+def is_stale(msg: TgMessage, now: float, max_age_s: float) -> bool:
+    """Sent longer ago than the catch-up limit (it waited while Vigil was down)."""
+    return msg.date > 0 and now - msg.date > max_age_s
+
+
+def stale_notice(max_age_s: float) -> str:
+    age = f"{max_age_s / 3600:g} h" if max_age_s >= 3600 else f"{max_age_s / 60:g} min"
+    return STALE_REPLY.format(age=age)
 
 
 class RecentKeys:
@@ -204,6 +231,10 @@ class TelegramBot:
         debounce_s: float,
         max_message_chars: int = DEFAULT_MAX_CHARS,
         account: Any = None,
+        ledger: InboundLedger | None = None,
+        refusals: RefusalMemory | None = None,
+        catch_up_max_age_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.chat = chat
         self.channel = channel
@@ -212,9 +243,19 @@ class TelegramBot:
         self.max_message_chars = max_message_chars
         self.paste = PasteBuffer(debounce_s=debounce_s, max_chars=max_message_chars)
         self.account = account  # anything with .account -> {"username": ...}
+        self.ledger = ledger
+        self.catch_up_max_age_s = catch_up_max_age_s
+        self.clock = clock
         # Strangers already told once; bounded, as anyone can message a bot.
-        self.refused = RecentKeys(REFUSALS_REMEMBERED)
+        self.refusals = refusals
+        self.refused = RecentKeys(REFUSALS_REMEMBERED)  # used when nothing is persisted
         self.ignored = 0
+        self.replayed = 0  # updates seen before (Telethon's catch-up replays), not answered
+        self.stale = 0
+        self.resumed = 0
+        self._stale_told: dict[int, float] = {}
+        self._admitted = RecentKeys(REFUSALS_REMEMBERED)  # (chat, id) stored by this process
+        self._resumed_once = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -222,22 +263,59 @@ class TelegramBot:
         info = getattr(self.account, "account", None) or {}
         return info.get("username")
 
+    @property
+    def refused_count(self) -> int:
+        return self.refusals.size if self.refusals is not None else len(self.refused)
+
     async def on_message(self, msg: TgMessage) -> None:
         if msg.is_edit:
             if not self.paste.replace_edited(msg):
                 log.debug("chat %s: edit of message %s ignored", msg.chat_id, msg.message_id)
             return
+        if self.ledger is not None:
+            if not await self.ledger.admit(msg):  # committed before anything is done
+                self.replayed += 1
+                log.info("chat %s: message %s seen before; not answered again", *_key(msg))
+                return
+            self._admitted.add(_key(msg))
+        await self._route(msg)
+
+    async def on_connected(self) -> None:
+        """After the first connect: answer what a cut-short turn left pending."""
+        if self._resumed_once or self.ledger is None:
+            return
+        self._resumed_once = True
+        await self.ledger.prune()
+        for msg in await self.ledger.pending():
+            if _key(msg) in self._admitted:
+                continue  # arrived live in this run: already on its way
+            if await self.ledger.is_answered_in_history(msg):
+                await self.ledger.settle(msg, "answered")  # only the settling was lost
+                continue
+            self.resumed += 1
+            log.info("chat %s: answering message %s left pending by the last run", *_key(msg))
+            await self._route(msg)
+
+    async def _route(self, msg: TgMessage) -> None:
         continues_paste = self.paste.is_holding(msg.chat_id, msg.sender_id)
         if not continues_paste and not is_addressed(msg, self.my_username):
             self.ignored += 1
+            await self._settle(msg, "ignored")
             return
         if not is_allowed(msg, self.allowed, self.admin_id):
             await self._refuse(msg)
+            await self._settle(msg, "refused")
+            return
+        if is_stale(msg, self.clock(), self.catch_up_max_age_s):
+            await self._tell_stale(msg)
+            await self._settle(msg, "stale")
             return
         if msg.has_media:
             await self._say(msg.chat_id, MEDIA_REPLY)
+            await self._settle(msg, "answered")
             return
         if not strip_mention(msg.text, self.my_username):
+            await self._settle(msg, "ignored")
             return
         if parse_command(msg.text)[0] is not None:
             self._spawn(msg)  # commands skip the paste buffer: /cancel must be instant
@@ -252,12 +330,32 @@ class TelegramBot:
         for ready in self.paste.due(asyncio.get_running_loop().time()):
             self._spawn(ready)
 
-    async def _refuse(self, msg: TgMessage) -> None:
-        key = (msg.chat_id, msg.sender_id)
-        log.info("chat %s: refused user %s (not on the allow-list)", msg.chat_id, msg.sender_id)
-        if not self.refused.add(key):
+    async def _settle(self, msg: TgMessage, status: str) -> None:
+        if self.ledger is None:
             return
-        await self._say(msg.chat_id, REFUSAL.format(user_id=msg.sender_id))
+        try:
+            await self.ledger.settle(msg, status)
+        except Exception:  # the outcome happened; at worst it is settled at the next start
+            log.exception("chat %s: could not settle message %s", *_key(msg))
+
+    async def _tell_stale(self, msg: TgMessage) -> None:
+        """One notice per chat (again only after the catch-up limit has passed)."""
+        self.stale += 1
+        log.info("chat %s: message %s is too old to answer (sent while offline)", *_key(msg))
+        now = self.clock()
+        if now - self._stale_told.get(msg.chat_id, -math.inf) <= self.catch_up_max_age_s:
+            return
+        self._stale_told[msg.chat_id] = now
+        await self._say(msg.chat_id, stale_notice(self.catch_up_max_age_s))
+
+    async def _refuse(self, msg: TgMessage) -> None:
+        log.info("chat %s: refused user %s (not on the allow-list)", msg.chat_id, msg.sender_id)
+        if self.refusals is not None:
+            is_new = await self.refusals.add(msg.chat_id, msg.sender_id)
+        else:
+            is_new = self.refused.add((msg.chat_id, msg.sender_id))
+        if is_new:
+            await self._say(msg.chat_id, REFUSAL.format(user_id=msg.sender_id))
 
     def _spawn(self, msg: TgMessage) -> None:
         task = asyncio.ensure_future(self._turn(msg))
@@ -265,6 +363,11 @@ class TelegramBot:
         task.add_done_callback(self._tasks.discard)
 
     async def _turn(self, msg: TgMessage) -> None:
+        await self._answer(msg)
+        # Cancelled turns (a forced stop) never get here: they stay pending.
+        await self._settle(msg, "answered")
+
+    async def _answer(self, msg: TgMessage) -> None:
         text = strip_mention(msg.text, self.my_username)
         length = max(len(text), msg.full_length)
         if length > self.max_message_chars:
@@ -302,7 +405,7 @@ class TelegramBot:
             log.warning("chat %s: could not reply: %s", peer, exc)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Let turns in flight finish (bounded), then cancel the rest."""
+        """Let turns in flight finish (bounded), then cancel the rest (they stay pending)."""
         for held in self.paste.due(math.inf):  # a paste still being joined is answered too
             self._spawn(held)
         if self._tasks:
@@ -310,3 +413,7 @@ class TelegramBot:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _key(msg: TgMessage) -> tuple[int, int]:
+    return (msg.chat_id, msg.message_id)

@@ -60,6 +60,10 @@ def make_client(settings: Settings, profile: ServerProfile) -> TelegramClient:
         connection_retries=3,
         retry_delay=2,
         auto_reconnect=True,
+        timeout=min(10, int(settings.telegram_call_timeout_s) or 1),  # per network request
+        # Fetch what was missed while down (from the session's saved update
+        # state) on every connect; the inbound ledger drops what was seen before.
+        catch_up=True,
         base_logger="telethon",
     )
     client.parse_mode = None  # we always pass formatting entities ourselves
