@@ -326,10 +326,16 @@ class TelegramGateway:
             self.last_error = error.message
         return error
 
-    async def send_text(self, peer: int, text: str, entities: list[Entity]) -> int:
+    async def send_text(
+        self, peer: int, text: str, entities: list[Entity], *, reply_to: int | None = None
+    ) -> int:
         message = await self.call(
             self.client.send_message(
-                peer, text, formatting_entities=to_tl_entities(entities), link_preview=False
+                peer,
+                text,
+                formatting_entities=to_tl_entities(entities),
+                link_preview=False,
+                reply_to=reply_to,
             )
         )
         self._sent.append((peer, message.id))

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from core.channel import Channel, IncomingMessage
 from core.chat import ChatService, parse_command
 from core.errors import Busy, Draining, VigilError
-from core.telegram_channel import chat_key
+from core.lifecycle import STOP_REASONS
+from core.telegram_channel import REPLY_TO, chat_key
 
 if TYPE_CHECKING:
     from core.telegram_ledger import InboundLedger, RefusalMemory
@@ -49,7 +50,10 @@ REFUSAL = (
 )
 MEDIA_REPLY = "I can only read text for now — please send your question as a message."
 BUSY_REPLY = "⏳ I'm busy right now; please try again in {seconds} s."
-DRAINING_REPLY = "🔄 I'm restarting; back in a moment — please send that again shortly."
+# Said while the server drains; the message stays pending in the ledger and is
+# answered after the next start (or gets the stale notice if that is too late).
+DRAINING_REPLY = "🔄 I'm restarting; I'll answer this as soon as I'm back."
+STOPPING_REPLY = "🔌 I'm going offline for now; I'll answer this when I'm back online."
 STALE_REPLY = (
     "I was offline when you wrote to me more than {age} ago, so I have not answered "
     "what you sent then. If you still need an answer, please send it again."
@@ -116,9 +120,13 @@ def is_addressed(msg: TgMessage, my_username: str | None) -> bool:
 
 
 def strip_mention(text: str, my_username: str | None) -> str:
+    """The text without our @mention, leaving no double space where it was."""
     if not my_username:
         return text.strip()
-    return re.sub(rf"@{re.escape(my_username)}\b", "", text, flags=re.IGNORECASE).strip()
+    name = rf"@{re.escape(my_username)}\b"
+    text = re.sub(rf"(?im)^[ \t]*{name}[ \t]*", "", text)  # at a line start: and the gap after
+    text = re.sub(rf"(?i)[ \t]*{name}", "", text)  # elsewhere: and the gap before
+    return text.strip()
 
 
 @dataclass
@@ -363,18 +371,21 @@ class TelegramBot:
         task.add_done_callback(self._tasks.discard)
 
     async def _turn(self, msg: TgMessage) -> None:
-        await self._answer(msg)
-        # Cancelled turns (a forced stop) never get here: they stay pending.
-        await self._settle(msg, "answered")
+        if msg.is_group:  # this task's context: the answer replies to the question
+            REPLY_TO.set(msg.message_id)
+        # Cancelled turns (a forced stop) never settle: they stay pending.
+        if await self._answer(msg):
+            await self._settle(msg, "answered")
 
-    async def _answer(self, msg: TgMessage) -> None:
+    async def _answer(self, msg: TgMessage) -> bool:
+        """Run the turn; False when it is left for after the restart."""
         text = strip_mention(msg.text, self.my_username)
         length = max(len(text), msg.full_length)
         if length > self.max_message_chars:
             log.info("chat %s: message of %d characters refused as too long", msg.chat_id, length)
             limit = self.max_message_chars
             await self._say(msg.chat_id, TOO_LONG_REPLY.format(length=length, limit=limit))
-            return
+            return True
         incoming = IncomingMessage(
             chat_id=chat_key(msg.chat_id),
             text=text,
@@ -387,8 +398,10 @@ class TelegramBot:
         )
         try:
             await self.chat.handle(incoming, self.channel)
-        except Draining:
-            await self._say(msg.chat_id, DRAINING_REPLY)
+        except Draining as exc:
+            stopping = exc.fields.get("reason") in STOP_REASONS
+            await self._say(msg.chat_id, STOPPING_REPLY if stopping else DRAINING_REPLY)
+            return self.ledger is None  # without a ledger nothing would answer it later
         except Busy as exc:
             await self._say(msg.chat_id, BUSY_REPLY.format(seconds=max(1, round(exc.retry_after))))
         except VigilError as exc:
@@ -397,6 +410,7 @@ class TelegramBot:
         except Exception:  # a loop boundary: one broken turn must not stop the bot
             log.exception("chat %s: turn failed", msg.chat_id)
             await self._say(msg.chat_id, FAILED_REPLY)
+        return True
 
     async def _say(self, peer: int, text: str) -> None:
         try:

@@ -4,16 +4,19 @@ Telegram history through the chat API, refusals across a restart, and the cosmet
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 from telethon.sessions import SQLiteSession
 
+from core.api import CHAT_ID_RE, STORED_CHAT_ID_RE
 from core.app import create_app
+from core.telegram_bot import DRAINING_REPLY, STOPPING_REPLY
 from core.telegram_session import check_session_server, marker_path, server_profile
 from tests.conftest import LiveServer, make_settings
-from tests.core.test_telegram_app import ADA, EVE, settle, tg_settings, wait_until
+from tests.core.test_telegram_app import ADA, BOB, EVE, settle, tg_settings, wait_until
 from tests.fake_llm import FakeLLM
 from tests.fake_telegram import FakeTelegram
 
@@ -102,3 +105,68 @@ def test_a_stranger_is_refused_once_also_across_a_restart(
         server.stop()
     assert len(fake.texts(66)) == 1 and "allow-list" in fake.texts(66)[0]
     assert fake_llm.requests == []
+
+
+def test_the_docs_name_chats_the_way_the_api_lists_them() -> None:
+    root = Path(__file__).resolve().parents[2]
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    named = [
+        chat_id
+        for path in docs
+        for chat_id in re.findall(r"--chat[ =](\S+)|/api/chats/([^/\s]+)/", path.read_text())
+    ]
+    ids = [i for a, b in named if not (i := a or b).isupper() and "ID" not in i and "{" not in i]
+    assert "tg:123456" in ids
+    assert all(STORED_CHAT_ID_RE.match(i) or CHAT_ID_RE.match(i) for i in ids), ids
+
+
+def test_group_answers_reply_to_the_question_private_ones_do_not(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    fake = FakeTelegram()
+    server: LiveServer = live_server_factory(tg_settings(tmp_path, fake_llm), telegram=fake)
+    wait_until(lambda: server.runtime.telegram.state == "connected")
+    group = -100123
+    fake_llm.reply = "a long answer " * 400  # split into two messages
+    question = server.call(
+        lambda rt: fake.deliver("@VigilBot explain", chat_id=group, group=True, sender=ADA)
+    )
+    server.call(lambda rt: fake.deliver("and you?", chat_id=42, sender=ADA))
+    server.call(settle)
+    answers = fake.sent[group]
+    assert len(answers) == 2
+    assert [m.reply_to_msg_id for m in answers] == [question.id, question.id]
+    assert [m.reply_to_msg_id for m in fake.sent[42]] == [None, None]
+
+
+def test_a_stop_says_offline_a_restart_says_restarting_and_both_answer_later(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    settings = tg_settings(tmp_path, fake_llm)
+    fake = FakeTelegram()
+    server: LiveServer = live_server_factory(settings, telegram=fake.factory)
+    wait_until(lambda: server.runtime.telegram.state == "connected")
+    server.runtime.admission.start_draining(reason="signal")  # what scripts/stop.sh causes
+    server.call(lambda rt: fake.deliver("are you there?", chat_id=42, sender=ADA))
+    server.call(settle)
+    server.runtime.admission.start_draining(reason="scheduled")  # a restart
+    server.call(lambda rt: fake.deliver("and now?", chat_id=43, sender=BOB))
+    server.call(settle)
+    assert fake.texts(42) == [STOPPING_REPLY] and fake.texts(43) == [DRAINING_REPLY]
+    assert "restarting" not in STOPPING_REPLY
+    server.stop()
+    again: LiveServer = live_server_factory(settings, telegram=fake.factory)
+    wait_until(lambda: len(fake.texts(42)) == 2 and len(fake.texts(43)) == 2)
+    again.call(settle)
+    assert fake.texts(42)[1] == "echo: are you there?"
+    assert fake.texts(43)[1] == "echo: and now?"
+
+
+def test_the_docs_name_the_telethon_version_and_layer_a_custom_server_needs() -> None:
+    from telethon import __version__ as telethon_version
+    from telethon.tl.alltlobjects import LAYER
+
+    root = Path(__file__).resolve().parents[2]
+    docs = " ".join((root / "docs" / "telegram.md").read_text().split())
+    assert f"Telethon {telethon_version}, which speaks MTProto API layer {LAYER}" in docs
+    assert f"telethon=={telethon_version}" in (root / "requirements.txt").read_text()

@@ -221,3 +221,19 @@ def test_health_is_degraded_with_its_reason_while_deaf_or_disconnected(
 
 async def _kill_updates(fake: FakeTelegram) -> None:
     fake.current.kill_updates()
+
+
+async def test_another_protocol_layer_is_incompatible_not_unreachable(tmp_path: Path) -> None:
+    from telethon import __version__ as telethon_version
+    from telethon import errors
+    from telethon.tl.alltlobjects import LAYER
+
+    fake = FakeTelegram()
+    fake.fail("connect", errors.TypeNotFoundError(0x1CB5C415, b""))
+    gateway = TelegramGateway(gateway_settings(tmp_path), fake, profile=ServerProfile())
+    await gateway.start()
+    await reach(lambda: gateway.state == "incompatible")
+    error = gateway.status()["last_error"]
+    assert f"Telethon {telethon_version} (API layer {LAYER})" in error
+    assert "unreachable" not in error
+    await gateway.stop()

@@ -98,7 +98,15 @@ def test_groups_answer_mentions_replies_and_our_commands_only() -> None:
     assert not is_addressed(msg("/help@OtherBot", **group), "VigilBot")
     assert not is_addressed(msg("/", **group), "VigilBot")
     assert strip_mention("@VigilBot what now?", "VigilBot") == "what now?"
-    assert strip_mention("ask @vigilbot, please", "VigilBot") == "ask , please"
+    assert strip_mention("ask @vigilbot, please", "VigilBot") == "ask, please"
+
+
+def test_removing_a_mention_leaves_no_double_space() -> None:
+    assert strip_mention("what is @VigilBot two plus two", "VigilBot") == "what is two plus two"
+    assert strip_mention("thanks @VigilBot", "VigilBot") == "thanks"
+    assert strip_mention("first line\n@VigilBot  second", "VigilBot") == "first line\nsecond"
+    assert strip_mention("keep  this  spacing @VigilBot", "VigilBot") == "keep  this  spacing"
+    assert strip_mention("mail @VigilBotter", "VigilBot") == "mail @VigilBotter"
 
 
 def test_refused_strangers_are_remembered_up_to_a_bound_oldest_first_out() -> None:

@@ -96,6 +96,10 @@ def test_start_refuses_a_second_time_and_stop_leaves_nothing_behind(
     assert "removing stale PID file" in started.stdout
     assert "telegram: not configured" in started.stdout
     assert "/health" in started.stdout and "logs/system.log" in started.stdout
+    # The token was set in the environment: no pointer to a file that does not exist.
+    assert "token: the VIGIL_ADMIN_TOKEN you set" in started.stdout
+    assert "admin_token" not in started.stdout
+    assert (install / "logs" / "stdout.log").stat().st_mode & 0o777 == 0o600
     supervisor = int((install / "data" / "vigil.pid").read_text())
     url = f"http://127.0.0.1:{env['VIGIL_PORT']}"
     assert httpx.get(f"{url}/health", timeout=5).status_code == 200
