@@ -30,7 +30,6 @@ from telethon import errors, events, functions, types
 
 from core.config import Settings
 from core.errors import ChannelError, RateLimited
-from core.telegram_bot import TgMessage
 from core.telegram_client import (
     TRANSPORT_ERRORS,
     TelegramIncompatible,
@@ -41,6 +40,7 @@ from core.telegram_client import (
 )
 from core.telegram_format import Entity
 from core.telegram_liveness import START_GRACE_S, STATES, TICK_S, Signals, judge, next_backoff
+from core.telegram_rules import TgMessage
 from core.telegram_session import (
     ServerProfile,
     TelegramTimeout,

@@ -27,7 +27,7 @@ STATES = (
 )
 START_GRACE_S = 15.0  # how long a normal start may take before "connecting" is reported
 TICK_S = 1.0  # how often the cheap signals are looked at
-MAX_BACKOFF_S = 60.0
+MAX_BACKOFF_S = 8.0  # a server that is back is found within seconds (target: reply <= 10 s)
 INCOMPATIBLE_BACKOFF_S = 600.0  # another server layer will not change in seconds
 
 

@@ -150,3 +150,17 @@ def test_the_real_client_catches_up_and_has_deadlines(tmp_path: Path) -> None:
             client.session.close()
 
     asyncio.run(build())
+
+
+def test_an_update_delivered_twice_is_answered_once(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    fake = FakeTelegram()
+    server = start(live_server_factory, quick(tmp_path, fake_llm), fake)
+    deliver(server, fake, "only once please")
+    server.call(settle)
+    fake.session.pts -= 1  # Telegram sends the last update again (a getDifference overlap)
+    deliver(server, fake, "and this one")
+    server.call(settle)
+    assert fake.texts(42) == ["echo: only once please", "echo: and this one"]
+    assert server.client.get("/telegram/status").json()["chats"]["replayed_updates"] == 1
