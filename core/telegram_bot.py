@@ -146,11 +146,13 @@ class TelegramBot:
         await self._route(msg)
 
     async def on_connected(self) -> None:
-        """After the first connect: answer what a cut-short turn left pending."""
-        if self._resumed_once or self.ledger is None:
+        """After each connect: prune the ledger; after the first, answer what is pending."""
+        if self.ledger is None:
+            return
+        await self.ledger.prune()
+        if self._resumed_once:
             return
         self._resumed_once = True
-        await self.ledger.prune()
         for msg in await self.ledger.pending():
             if _key(msg) in self._admitted:
                 continue  # arrived live in this run: already on its way

@@ -11,7 +11,9 @@ Telethon-free. A message is keyed by (chat, Telegram message id) and stored
 - a message older than ``VIGIL_TELEGRAM_CATCH_UP_MAX_AGE_S`` when it arrives
   is stored ``stale`` and not answered.
 
-Settled rows are pruned after ``KEEP_SETTLED_S``; the strangers already
+The text of a message that was not for us (``ignored``, ``refused``) is
+dropped when it is settled. Settled rows are pruned after ``KEEP_SETTLED_S``
+(at every connect); the strangers already
 refused are kept here too (bounded), so a restart does not refuse them again.
 """
 
@@ -75,10 +77,12 @@ class InboundLedger:
             raise ValueError(f"status must be one of {SETTLED}")
         ids = (msg.message_id, *msg.part_ids)
         async with self.db.transaction() as conn:
+            # What was not for us (a group's chatter, a stranger) is not kept.
             await conn.executemany(
-                "UPDATE telegram_inbound SET status = ?, settled_at = ?"
+                "UPDATE telegram_inbound SET status = ?, settled_at = ?,"
+                " payload = CASE WHEN ? IN ('ignored', 'refused') THEN '' ELSE payload END"
                 " WHERE chat_id = ? AND message_id = ? AND status = 'pending'",
-                [(status, self.clock(), msg.chat_id, mid) for mid in ids],
+                [(status, self.clock(), status, msg.chat_id, mid) for mid in ids],
             )
 
     async def pending(self) -> list[TgMessage]:

@@ -128,6 +128,12 @@ def test_messages_older_than_the_catch_up_limit_are_stored_not_answered(
         "answered",
     ]
     assert len(fake_llm.requests) == 1
+    kept = server.runtime.db.read_now("SELECT status, payload FROM telegram_inbound")
+    assert {r["status"]: bool(r["payload"]) for r in kept} == {
+        "stale": True,  # stored, not answered
+        "answered": True,
+        "refused": False,  # a stranger's text is not kept
+    }
 
 
 def test_the_real_client_catches_up_and_has_deadlines(tmp_path: Path) -> None:
