@@ -104,14 +104,16 @@ def dead_to_degraded(llm: FakeLLM, mode: str, probe_interval: float) -> float:
         server = start(settings_for(Path(tmp), llm, probe_interval), fake)
         try:
             time.sleep(random.uniform(0, min(probe_interval, 10)))  # a random phase
+            # Every mode holds the rebuild (connect hangs), so the verdict stays visible.
             if mode == "dropped":
+                fake.server.hang("connect")
                 fake.current.drop()
             elif mode == "deaf":
-                fake.server.hang("connect")  # hold the rebuild so the verdict stays visible
+                fake.server.hang("connect")
                 fake.current.kill_updates()
             else:  # hanging: every call waits for ever, the socket claims to be up
                 fake.server.hang("get_me", "send_message", "connect")
-            return wait_for(lambda: degraded(server), step=0.05)
+            return wait_for(lambda: degraded(server), limit=probe_interval + 60, step=0.05)
         finally:
             fake.server.unhang()
             server.stop()
@@ -145,7 +147,12 @@ def sent_while_down(llm: FakeLLM, *, cut_mid_turn: bool) -> dict[str, int]:
             def answered() -> int:
                 return sum(1 for chat, reply in expected if reply in fake.texts(chat))
 
-            wait_for(lambda: answered() == len(expected), limit=120)
+            try:
+                wait_for(lambda: answered() == len(expected), limit=120)
+            except TimeoutError:
+                missing = [(c, r) for c, r in expected if r not in fake.texts(c)]
+                print("missing", missing, {c: fake.texts(c) for c, _ in missing})
+                raise
             time.sleep(2.0)  # let any duplicate land
             counts = [fake.texts(chat).count(reply) for chat, reply in expected]
             return {
@@ -173,18 +180,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--probe-interval", type=float, default=60.0)
+    parser.add_argument("--skip-back", action="store_true", help="skip the first figure")
     args = parser.parse_args()
     random.seed(11)
     with FakeLLM() as llm:
-        back = server_back_to_reply(llm, args.trials, args.probe_interval)
-        print(f"server back -> first reply: {describe(back)}")
+        if not args.skip_back:
+            back = server_back_to_reply(llm, args.trials, args.probe_interval)
+            print(f"server back -> first reply: {describe(back)}", flush=True)
         for mode in ("dropped", "deaf", "hanging"):
             runs = [dead_to_degraded(llm, mode, args.probe_interval) for _ in range(args.trials)]
-            print(f"dead ({mode}) -> /health degraded: {describe(runs)}")
+            print(f"dead ({mode}) -> /health degraded: {describe(runs)}", flush=True)
         for cut in (False, True):
             label = "with a turn cut short + all updates replayed" if cut else "plain restart"
             counts = sent_while_down(llm, cut_mid_turn=cut)
-            print(f"sent while down -> answered ({label}): {counts}")
+            print(f"sent while down -> answered ({label}): {counts}", flush=True)
 
 
 if __name__ == "__main__":
