@@ -138,7 +138,12 @@ class TelegramBot:
                 log.debug("chat %s: edit of message %s ignored", msg.chat_id, msg.message_id)
             return
         if self.ledger is not None:
-            if not await self.ledger.admit(msg):  # committed before anything is done
+            try:
+                is_new = await self.ledger.admit(msg)  # committed before anything is done
+            except Exception:  # storage failing: still answer (or fail politely) this once
+                log.exception("chat %s: message %s could not be stored in the ledger", *_key(msg))
+                is_new = True
+            if not is_new:
                 self.replayed += 1
                 log.info("chat %s: message %s seen before; not answered again", *_key(msg))
                 return

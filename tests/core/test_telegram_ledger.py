@@ -176,3 +176,14 @@ def test_an_update_delivered_twice_is_answered_once(
     server.call(settle)
     assert fake.texts(42) == ["echo: only once please", "echo: and this one"]
     assert server.client.get("/telegram/status").json()["chats"]["replayed_updates"] == 1
+
+
+def test_a_ledger_that_cannot_be_written_does_not_swallow_the_message(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    fake = FakeTelegram()
+    server = start(live_server_factory, quick(tmp_path, fake_llm), fake)
+    server.call(lambda rt: rt.db.write("DROP TABLE telegram_inbound"))
+    deliver(server, fake, "still answered?")
+    server.call(settle)
+    assert fake.texts(42) == ["echo: still answered?"]
