@@ -34,6 +34,7 @@ from core.telegram_client import (
     TRANSPORT_ERRORS,
     TelegramIncompatible,
     apply_server,
+    incoming_message,
     is_receiving_updates,
     to_tl_entities,
     translate,
@@ -374,40 +375,17 @@ class TelegramGateway:
         # Telethon swallows handler errors, so this is a loop boundary: log them.
         self.last_update_at = self.clock()
         try:
-            msg = await self._extract(event, is_edit=is_edit)
+            msg = await incoming_message(
+                event,
+                is_edit=is_edit,
+                my_username=(self.account or {}).get("username") or "",
+                replies_to_me=self._replies_to_me,
+                now=self.clock(),
+            )
             if msg is not None and self.on_message is not None:
                 await self.on_message(msg)
         except Exception:
             log.exception("Telegram update in chat %s failed", getattr(event, "chat_id", "?"))
-
-    async def _extract(self, event: Any, *, is_edit: bool) -> TgMessage | None:
-        message = event.message
-        if event.is_channel and not event.is_group:
-            return None  # broadcast channels are not conversations
-        sender = await event.get_sender()
-        if getattr(sender, "bot", False):
-            return None  # never talk to other bots (reply loops)
-        text = message.message or ""
-        me = (self.account or {}).get("username") or ""
-        mentions = bool(getattr(message, "mentioned", False)) or (
-            bool(me) and f"@{me.lower()}" in text.lower()
-        )
-        return TgMessage(
-            chat_id=int(event.chat_id),
-            message_id=int(message.id),
-            text=text,
-            sender_id=event.sender_id,
-            username=getattr(sender, "username", None),
-            display_name=_display_name(sender),
-            is_private=bool(event.is_private),
-            is_group=bool(event.is_group),
-            mentions_me=mentions,
-            replies_to_me=await self._replies_to_me(event) if event.is_group else False,
-            has_media=message.media is not None
-            and not isinstance(message.media, types.MessageMediaWebPage),
-            is_edit=is_edit,
-            date=message.date.timestamp() if message.date else self.clock(),
-        )
 
     async def _replies_to_me(self, event: Any) -> bool:
         reply_to = event.message.reply_to_msg_id
@@ -441,11 +419,3 @@ class TelegramGateway:
             },
             "server": self.profile.as_dict(),
         }
-
-
-def _display_name(sender: Any) -> str | None:
-    if sender is None:
-        return None
-    parts = [getattr(sender, "first_name", None), getattr(sender, "last_name", None)]
-    name = " ".join(p for p in parts if p) or getattr(sender, "title", None)
-    return name or getattr(sender, "username", None)

@@ -7,6 +7,7 @@ our own types and errors.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telethon import TelegramClient, errors, types
@@ -18,6 +19,7 @@ from core.config import Settings
 from core.errors import ChannelError, RateLimited, VigilError
 from core.telegram_channel import EntitiesRejected, MessageTooLong
 from core.telegram_format import Entity
+from core.telegram_rules import TgMessage
 from core.telegram_session import ServerProfile, TelegramUnauthorized, prepare_session_file
 
 # What a dead or broken connection raises (besides RPC errors, which are Telegram's answers).
@@ -93,6 +95,51 @@ def to_tl_entities(entities: list[Entity]) -> list[Any]:
         elif e.kind in _ENTITY_TYPES:
             out.append(_ENTITY_TYPES[e.kind](e.offset, e.length))
     return out
+
+
+async def incoming_message(
+    event: Any,
+    *,
+    is_edit: bool,
+    my_username: str,
+    replies_to_me: Callable[[Any], Awaitable[bool]],
+    now: float,
+) -> TgMessage | None:
+    """A Telethon NewMessage/MessageEdited event as our TgMessage (None: not for us)."""
+    message = event.message
+    if event.is_channel and not event.is_group:
+        return None  # broadcast channels are not conversations
+    sender = await event.get_sender()
+    if getattr(sender, "bot", False):
+        return None  # never talk to other bots (reply loops)
+    text = message.message or ""
+    mentions = bool(getattr(message, "mentioned", False)) or (
+        bool(my_username) and f"@{my_username.lower()}" in text.lower()
+    )
+    return TgMessage(
+        chat_id=int(event.chat_id),
+        message_id=int(message.id),
+        text=text,
+        sender_id=event.sender_id,
+        username=getattr(sender, "username", None),
+        display_name=_display_name(sender),
+        is_private=bool(event.is_private),
+        is_group=bool(event.is_group),
+        mentions_me=mentions,
+        replies_to_me=await replies_to_me(event) if event.is_group else False,
+        has_media=message.media is not None
+        and not isinstance(message.media, types.MessageMediaWebPage),
+        is_edit=is_edit,
+        date=message.date.timestamp() if message.date else now,
+    )
+
+
+def _display_name(sender: Any) -> str | None:
+    if sender is None:
+        return None
+    parts = [getattr(sender, "first_name", None), getattr(sender, "last_name", None)]
+    name = " ".join(p for p in parts if p) or getattr(sender, "title", None)
+    return name or getattr(sender, "username", None)
 
 
 def is_receiving_updates(client: Any) -> bool:
