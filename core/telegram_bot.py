@@ -236,7 +236,7 @@ class TelegramBot:
 
     async def _turn(self, msg: TgMessage) -> None:
         if msg.is_group:  # this task's context: the answer replies to the question
-            REPLY_TO.set(msg.message_id)
+            REPLY_TO.set((msg.chat_id, msg.message_id))
         # Cancelled turns (a forced stop) never settle: they stay pending.
         if await self._answer(msg):
             await self._settle(msg, "answered")

@@ -26,9 +26,10 @@ log = logging.getLogger("core.telegram.channel")
 TELEGRAM_LIMIT = 4096  # UTF-16 code units per message
 CHAT_PREFIX = "tg:"
 _REMEMBERED = 4096  # last rendered text per message, for the no-empty-edit check
-# The message a turn answers, set by the bot for the turn's task (groups only):
-# every message of the answer is sent as a reply to it.
-REPLY_TO: ContextVar[int | None] = ContextVar("telegram_reply_to", default=None)
+# (chat, message) a turn answers, set by the bot for the turn's task (groups
+# only): every message of the answer in that chat is sent as a reply to it;
+# anything else sent from the same task (an alert to the admin) is not.
+REPLY_TO: ContextVar[tuple[int, int] | None] = ContextVar("telegram_reply_to", default=None)
 
 
 class EntitiesRejected(ChannelError):
@@ -121,7 +122,8 @@ class TelegramChannel:
         peer = peer_of(chat_id)
         shown, entities = self._render(text, plain=False)
         plain = False
-        reply_to = REPLY_TO.get()
+        target = REPLY_TO.get()
+        reply_to = target[1] if target is not None and target[0] == peer else None
         try:
             message_id = await self.api.send_text(peer, shown, entities, reply_to=reply_to)
         except (EntitiesRejected, MessageTooLong) as exc:

@@ -186,3 +186,23 @@ def test_only_the_gateway_boundary_imports_telethon() -> None:
             if any(n == "telethon" or n.startswith("telethon.") for n in names):
                 importers.add(path.relative_to(root).as_posix())
     assert importers == allowed
+
+
+async def test_only_the_answers_chat_gets_the_reply_to() -> None:
+    from core.streaming import EditScheduler
+    from core.telegram_channel import REPLY_TO, TelegramChannel
+
+    sent: list[tuple[int, int | None]] = []
+
+    class Api:
+        async def send_text(
+            self, peer: int, text: str, entities: list[Entity], *, reply_to: int | None = None
+        ) -> int:
+            sent.append((peer, reply_to))
+            return len(sent)
+
+    channel = TelegramChannel(Api(), scheduler=EditScheduler(edits_per_s=1000))  # type: ignore[arg-type]
+    REPLY_TO.set((-100123, 7))  # a group turn's task...
+    await channel.send("tg:-100123", "the answer")
+    await channel.send("tg:42", "an alert to the admin, sent from the same task")
+    assert sent == [(-100123, 7), (42, None)]
