@@ -238,3 +238,43 @@ async def test_another_protocol_layer_is_incompatible_not_unreachable(tmp_path: 
     assert f"Telethon {telethon_version} (API layer {LAYER})" in error
     assert "unreachable" not in error
     await gateway.stop()
+
+
+@pytest.mark.slow
+async def test_the_real_client_against_a_server_that_never_answers(tmp_path: Path) -> None:
+    """Real Telethon, a loopback TCP server that accepts and then says nothing: the
+    deadline cancels the connect, fresh clients are built, nothing hangs."""
+    from core.telegram_client import make_client
+    from core.telegram_session import server_profile
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    settings = make_settings(
+        tmp_path,
+        telegram_api_id=1,
+        telegram_api_hash="h",
+        telegram_server=f"2@127.0.0.1:{port}",
+        telegram_call_timeout_s=1.0,
+        telegram_probe_timeout_s=0.5,
+    )
+    profile = server_profile(settings)
+    gateway = TelegramGateway(
+        settings,
+        make_client(settings, profile),
+        profile=profile,
+        factory=lambda: make_client(settings, profile),
+    )
+    await gateway.start()
+    await reach(lambda: gateway.clients_built >= 2, limit=20)
+    assert gateway.state == "disconnected"
+    assert gateway.status()["last_error"] == "connect failed: Telegram call timed out after 1 s"
+    assert accepted  # the client did reach the server
+    await asyncio.wait_for(gateway.stop(), 10)
+    server.close()
+    for writer in accepted:
+        writer.close()
