@@ -168,6 +168,9 @@ def shell_env() -> None:
         "VIGIL_TOKEN_FILE": settings.admin_token_file.resolve(),
         "VIGIL_LLM_URL": settings.llm_base_url,
         "VIGIL_TELEGRAM_CONFIGURED": "1" if settings.telegram_configured else "0",
+        "VIGIL_TOKEN_SET": "1"
+        if settings.admin_token is not None and settings.admin_token.get_secret_value()
+        else "0",
     }
     for key, value in values.items():
         typer.echo(f"{key}={shlex.quote(str(value))}")

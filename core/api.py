@@ -25,6 +25,8 @@ from core.http import check_admin
 
 MAX_SQL_INT = 2**63 - 1  # SQLite's INTEGER range; larger numbers are refused with a 422
 CHAT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# A full id as GET /api/chats lists it: "local:<id>" or "tg:<Telegram chat id>".
+STORED_CHAT_ID_RE = re.compile(r"^(local:[A-Za-z0-9_.-]{1,64}|tg:-?[0-9]{1,20})$")
 LOCAL_PREFIX = "local:"
 
 router = APIRouter(prefix="/api", tags=["local chat"], dependencies=[Depends(check_admin)])
@@ -85,6 +87,19 @@ def local_chat_id(chat_id: str) -> str:
             chat_id=chat_id[:80],
         )
     return LOCAL_PREFIX + chat_id
+
+
+def stored_chat_id(chat_id: str) -> str:
+    """Any id ``GET /api/chats`` lists (``tg:777006``), or a local chat's own id."""
+    if ":" not in chat_id:
+        return local_chat_id(chat_id)
+    if not STORED_CHAT_ID_RE.match(chat_id):
+        raise InvalidChatId(
+            "chat id must be a local id (1-64 characters of letters, digits, '_', '-' or '.') "
+            "or a full id as GET /api/chats lists it, such as local:notes or tg:123456",
+            chat_id=chat_id[:80],
+        )
+    return chat_id
 
 
 ChatIdPath = Annotated[str, Path(description="1-64 of [A-Za-z0-9_.-]")]
@@ -203,7 +218,7 @@ async def get_messages(
     role: Annotated[str | None, Query(pattern="^(user|assistant|system)$")] = None,
 ) -> dict[str, Any]:
     memory = request.app.state.vigil.memory
-    full_id = local_chat_id(chat_id)
+    full_id = stored_chat_id(chat_id)
     chat = await memory.chat(full_id)
     turns = await memory.history(full_id, limit=limit, before=before, role=role)
     return {
@@ -217,7 +232,7 @@ async def get_messages(
 @router.delete("/chats/{chat_id}/context")
 async def reset_context(request: Request, chat_id: ChatIdPath) -> dict[str, Any]:
     runtime = request.app.state.vigil
-    full_id = local_chat_id(chat_id)
+    full_id = stored_chat_id(chat_id)
     chat = await runtime.memory.chat(full_id)
     await runtime.chat.reset(full_id)  # waits for a turn running in this chat
     return {"chat_id": chat_id, "reset": True, "history_kept": chat["message_count"]}

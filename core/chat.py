@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from core.admission import AdjustableLimiter, Admission
-from core.channel import Channel, IncomingMessage, TurnResult
+from core.channel import Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
 from core.llm import LLMClient
@@ -191,10 +191,27 @@ class ChatService:
     # --- one turn ---------------------------------------------------------------
     async def _turn(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
         author = msg.display_name if msg.is_group else None
-        user_turn = await self.memory.append(
-            msg.chat_id, "user", clean_text(msg.text), author=author, external_id=msg.external_id
-        )
-        return await self._answer(msg, channel, user_turn.id)
+        # A turn cut short by a restart is run again for the same channel message:
+        # its stored question is answered, not stored twice, and the prompt ends
+        # with it even if later messages of the chat were stored meanwhile.
+        user_turn: Turn | None = None
+        later: tuple[int, ...] = ()
+        if msg.external_id is not None:
+            stored = await self.memory.find_external(msg.chat_id, msg.external_id)
+            if stored is not None:
+                window = await self.memory.window(msg.chat_id)
+                if any(t.id == stored.id for t in window.turns):  # else: folded, store again
+                    user_turn = stored
+                    later = tuple(t.id for t in window.turns if t.id > stored.id)
+        if user_turn is None:
+            user_turn = await self.memory.append(
+                msg.chat_id,
+                "user",
+                clean_text(msg.text),
+                author=author,
+                external_id=msg.external_id,
+            )
+        return await self._answer(msg, channel, user_turn.id, exclude=later)
 
     async def _pump(self, messages: list[dict[str, str]], streamer: StreamingOptimizer) -> None:
         try:

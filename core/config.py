@@ -143,6 +143,9 @@ class Settings(BaseSettings):
     telegram_global_edits_per_s: float = Field(default=20.0, gt=0)
     telegram_paste_debounce_s: float = Field(default=0.8, ge=0)
     telegram_probe_interval_s: float = Field(default=60.0, gt=0)
+    telegram_call_timeout_s: float = Field(default=30.0, gt=0)
+    telegram_probe_timeout_s: float = Field(default=4.0, gt=0)
+    telegram_catch_up_max_age_s: float = Field(default=3600.0, gt=0)
     telegram_server: str | None = None
     telegram_server_key: Path | None = None
     telegram_test_mode: bool = False

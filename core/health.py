@@ -54,9 +54,9 @@ def build_report(runtime: Any, checks: HealthChecks) -> dict[str, Any]:
     if llm["status"] != "ok":
         status = "degraded"
         reasons.append(f"llm_{llm['status']}")
-    if telegram not in ("connected", "not_configured"):
+    if telegram not in ("connected", "not_configured", "starting"):
         status = "degraded"
-        reasons.append(f"telegram {telegram}")
+        reasons.append(f"telegram_{telegram}")
     if runtime.admission.throttled:
         status = "degraded"
         reasons.append("throttled")

@@ -146,6 +146,15 @@ class ChatMemory:
             self._windows.move_to_end(chat_id)
         return turn
 
+    async def find_external(self, chat_id: str, external_id: str) -> Turn | None:
+        """The user message a channel delivered with this id (None: not stored yet)."""
+        row = await self.db.fetchone(
+            f"SELECT {_TURN_COLUMNS} FROM messages"
+            " WHERE chat_id = ? AND external_id = ? AND role = 'user' ORDER BY id DESC LIMIT 1",
+            (chat_id, external_id),
+        )
+        return None if row is None else _turn(row)
+
     async def fold(self, chat_id: str, *, upto_id: int, summary: str) -> None:
         """Record that turns up to ``upto_id`` now live in ``summary``."""
         await self.db.write(

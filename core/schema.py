@@ -107,6 +107,33 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX alerts_raised_at ON alerts (raised_at);
     """,
+    # 3: the Telegram inbound ledger (each message answered exactly once) and the
+    #    strangers already refused; user turns found again by their Telegram id
+    """
+    CREATE TABLE telegram_inbound (
+        chat_id INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        sender_id INTEGER,
+        sent_at REAL NOT NULL,
+        received_at REAL NOT NULL,
+        status TEXT NOT NULL
+            CHECK (status IN ('pending', 'answered', 'ignored', 'refused', 'stale')),
+        settled_at REAL,
+        payload TEXT NOT NULL,
+        PRIMARY KEY (chat_id, message_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX telegram_inbound_pending ON telegram_inbound (received_at)
+        WHERE status = 'pending';
+    CREATE TABLE telegram_refusals (
+        chat_id INTEGER NOT NULL,
+        user_id INTEGER NOT NULL,
+        refused_at REAL NOT NULL,
+        PRIMARY KEY (chat_id, user_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX telegram_refusals_at ON telegram_refusals (refused_at);
+    CREATE INDEX messages_external_id ON messages (chat_id, external_id)
+        WHERE external_id IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -51,14 +51,15 @@ def install_commands(chat: ChatService) -> None:
     chat.commands.setdefault("retry", retry)
 
 
-def _client_for(settings: Settings, injected: Any, profile: Any) -> Any:
+def _client_factory(settings: Settings, injected: Any, profile: Any) -> Any:
+    """What builds a (fresh) client; None when a ready client was injected."""
     if injected is None:
         from core.telegram_client import make_client
 
-        return make_client(settings, profile)
+        return lambda: make_client(settings, profile)
     if hasattr(injected, "send_message"):
-        return injected  # a ready client (FakeTelegram)
-    return injected(settings, profile)  # a factory
+        return None  # a ready client (FakeTelegram): it reconnects, never replaced
+    return lambda: injected(settings, profile)
 
 
 def telegram_starter(injected: Any = None) -> Any:
@@ -71,17 +72,24 @@ def telegram_starter(injected: Any = None) -> Any:
             log.info("Telegram not configured; the local chat channel still works")
             return
         from core.telegram import TelegramGateway
-        from core.telegram_bot import TelegramBot
+        from core.telegram_bot import REFUSALS_REMEMBERED, TelegramBot
         from core.telegram_channel import TelegramChannel
+        from core.telegram_ledger import InboundLedger, RefusalMemory
 
         profile = server_profile(settings)  # ConfigError: one line naming the variable
         check_session_server(settings.session_path, profile)
         lock = SessionLock(settings.session_path)
         lock.acquire("the Vigil server")
         stack.callback(lock.release)
+        factory = _client_factory(settings, injected, profile)
         gateway = TelegramGateway(
-            settings, _client_for(settings, injected, profile), profile=profile
+            settings,
+            injected if factory is None else factory(),
+            profile=profile,
+            factory=factory,
         )
+        refusals = RefusalMemory(runtime.db, limit=REFUSALS_REMEMBERED)
+        await refusals.load()
         scheduler = EditScheduler(edits_per_s=settings.telegram_global_edits_per_s)
         channel = TelegramChannel(
             gateway,
@@ -97,8 +105,12 @@ def telegram_starter(injected: Any = None) -> Any:
             debounce_s=settings.telegram_paste_debounce_s,
             max_message_chars=settings.max_message_chars,
             account=gateway,
+            ledger=InboundLedger(runtime.db),
+            refusals=refusals,
+            catch_up_max_age_s=settings.telegram_catch_up_max_age_s,
         )
         gateway.on_message = bot.on_message
+        gateway.on_connected = bot.on_connected
         runtime.telegram = gateway
         runtime.extras.update(telegram_bot=bot, telegram_channel=channel)
         await gateway.start()

@@ -80,6 +80,8 @@ async def login(
     try:
         apply_server(client, profile)
         await client.connect()
+        # The key exchange made the session this server's, whether sign-in succeeds or not.
+        write_marker(session_path, profile)
         if await client.is_user_authorized():
             return "already logged in as " + describe(await client.get_me())
         if bot_token:

@@ -11,6 +11,12 @@ never reaches the model; the paste buffer stops keeping text past that limit,
 so memory stays bounded however long the paste. Busy and draining turns get
 a polite reply with the wait. Decisions are pure functions; the bot only
 carries them out and runs each turn as its own task.
+
+With an :class:`~core.telegram_ledger.InboundLedger` every message is stored
+before anything is done with it and settled with its outcome: a replayed
+update is not answered again, a turn cut short is answered at the next start,
+and a message older than ``catch_up_max_age_s`` (it waited while Vigil was
+down) is stored, not answered — the chat gets one short notice instead.
 """
 
 from __future__ import annotations
@@ -18,176 +24,62 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
-from collections import OrderedDict
-from collections.abc import Hashable
-from dataclasses import dataclass, replace
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from core.channel import Channel, IncomingMessage
 from core.chat import ChatService, parse_command
 from core.errors import Busy, Draining, VigilError
-from core.telegram_channel import chat_key
+from core.lifecycle import STOP_REASONS
+from core.telegram_channel import REPLY_TO, chat_key
+from core.telegram_rules import (
+    DEFAULT_MAX_CHARS,
+    LONG_PART,
+    STALE_REPLY,
+    PasteBuffer,
+    RecentKeys,
+    TgMessage,
+    is_addressed,
+    is_allowed,
+    is_stale,
+    normalize_allowed,
+    stale_notice,
+    strip_mention,
+)
+
+if TYPE_CHECKING:
+    from core.telegram_ledger import InboundLedger, RefusalMemory
 
 # Named below core.telegram so the records also reach logs/telegram.log.
 log = logging.getLogger("core.telegram.bot")
+__all__ = [  # the pure parts live in core.telegram_rules; importable from here too
+    "DEFAULT_MAX_CHARS",
+    "LONG_PART",
+    "STALE_REPLY",
+    "PasteBuffer",
+    "RecentKeys",
+    "TelegramBot",
+    "TgMessage",
+    "is_addressed",
+    "is_allowed",
+    "normalize_allowed",
+    "strip_mention",
+]
 
-LONG_PART = 3000  # a message this long may be a piece of a split paste
 REFUSAL = (
     "Sorry, I only answer people on my allow-list. If you should be on it, ask the "
     "owner to add your user id {user_id}."
 )
 MEDIA_REPLY = "I can only read text for now — please send your question as a message."
 BUSY_REPLY = "⏳ I'm busy right now; please try again in {seconds} s."
-DRAINING_REPLY = "🔄 I'm restarting; back in a moment — please send that again shortly."
+# Said while the server drains; the message stays pending in the ledger and is
+# answered after the next start (or gets the stale notice if that is too late).
+DRAINING_REPLY = "🔄 I'm restarting; I'll answer this as soon as I'm back."
+STOPPING_REPLY = "🔌 I'm going offline for now; I'll answer this when I'm back online."
 FAILED_REPLY = "⚠️ Something went wrong on my side; the operator can find it in the logs."
 TOO_LONG_REPLY = "That message is {length} characters; the limit is {limit}."
-DEFAULT_MAX_CHARS = 16000  # Settings.max_message_chars' default
 REFUSALS_REMEMBERED = 10_000  # (chat, stranger) pairs; the oldest is forgotten first
-
-
-@dataclass(frozen=True, slots=True)
-class TgMessage:
-    """One incoming Telegram message, already stripped of Telethon types."""
-
-    chat_id: int
-    message_id: int
-    text: str
-    sender_id: int | None
-    username: str | None = None
-    display_name: str | None = None
-    is_private: bool = True
-    is_group: bool = False
-    mentions_me: bool = False
-    replies_to_me: bool = False
-    has_media: bool = False
-    is_edit: bool = False
-    date: float = 0.0
-    # Set when the paste buffer cut the text: the length of the whole paste.
-    full_length: int = 0
-
-    @property
-    def length(self) -> int:
-        """Characters the chatter sent (more than ``text`` holds if it was cut)."""
-        return max(len(self.text), self.full_length)
-
-
-# --- pure decisions ----------------------------------------------------------------
-def normalize_allowed(entries: list[str]) -> frozenset[str]:
-    return frozenset(e.strip().lstrip("@").lower() for e in entries if e.strip().lstrip("@"))
-
-
-def is_allowed(msg: TgMessage, allowed: frozenset[str], admin_id: int | None) -> bool:
-    """Admin always; else the allow-list by id or username (empty: admin only)."""
-    if admin_id is not None and msg.sender_id == admin_id:
-        return True
-    if msg.sender_id is not None and str(msg.sender_id) in allowed:
-        return True
-    return bool(msg.username) and str(msg.username).lower() in allowed
-
-
-def is_addressed(msg: TgMessage, my_username: str | None) -> bool:
-    """Private chats always; groups on a mention, a reply to us, or our command."""
-    if not msg.is_group:
-        return True
-    if msg.mentions_me or msg.replies_to_me:
-        return True
-    head = msg.text.strip().split(maxsplit=1)[0] if msg.text.strip() else ""
-    if not head.startswith("/") or len(head) < 2:
-        return False
-    _, _, target = head.partition("@")
-    return not target or (my_username or "").lower() == target.lower()
-
-
-def strip_mention(text: str, my_username: str | None) -> str:
-    if not my_username:
-        return text.strip()
-    return re.sub(rf"@{re.escape(my_username)}\b", "", text, flags=re.IGNORECASE).strip()
-
-
-@dataclass
-class _Pending:
-    msg: TgMessage
-    deadline: float
-
-
-class PasteBuffer:
-    """Joins the pieces of a long paste; pure (the caller passes ``now``).
-
-    Text past ``max_chars`` is not kept: the paste is over the limit anyway
-    and will be refused, so only its length is counted from there on.
-    """
-
-    def __init__(
-        self, *, debounce_s: float, long_chars: int = LONG_PART, max_chars: int = DEFAULT_MAX_CHARS
-    ) -> None:
-        self.debounce_s = debounce_s
-        self.long_chars = long_chars
-        self.max_chars = max_chars
-        self._pending: dict[tuple[int, int | None], _Pending] = {}
-        self.joined = 0
-
-    def add(self, msg: TgMessage, now: float) -> list[TgMessage]:
-        """Messages ready to answer now (the new one may be held back)."""
-        key = (msg.chat_id, msg.sender_id)
-        is_piece = len(msg.text) >= self.long_chars  # a short part ends the paste
-        held = self._pending.pop(key, None)
-        if held is not None:
-            self.joined += 1
-            msg = _join(held.msg, msg.text, self.max_chars)
-        if is_piece and self.debounce_s > 0:
-            self._pending[key] = _Pending(msg, now + self.debounce_s)
-            return []
-        return [msg]
-
-    def due(self, now: float) -> list[TgMessage]:
-        ready = [k for k, p in self._pending.items() if p.deadline <= now]
-        return [self._pending.pop(k).msg for k in ready]
-
-    def is_holding(self, chat_id: int, sender_id: int | None) -> bool:
-        """A piece of this sender's paste waits (its continuation needs no mention)."""
-        return (chat_id, sender_id) in self._pending
-
-    def replace_edited(self, msg: TgMessage) -> bool:
-        """An edit of a message still held back replaces its text (True if it was held)."""
-        held = self._pending.get((msg.chat_id, msg.sender_id))
-        if held is None or held.msg.message_id != msg.message_id:
-            return False
-        held.msg = replace(held.msg, text=msg.text)
-        return True
-
-
-def _join(held: TgMessage, text: str, max_chars: int) -> TgMessage:
-    length = held.length + 1 + len(text)
-    if length <= max_chars:
-        return replace(held, text=held.text + "\n" + text)
-    # Past the limit the paste is refused anyway: keep its length, not its text.
-    kept = held.text if held.full_length else (held.text + "\n" + text)[:max_chars]
-    return replace(held, text=kept, full_length=length)
-
-
-class RecentKeys:
-    """A set remembering at most ``limit`` keys, forgetting the least recently seen."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()
-
-    def add(self, key: Hashable) -> bool:
-        """Remember ``key``; True if it was new."""
-        if key in self._keys:
-            self._keys.move_to_end(key)
-            return False
-        self._keys[key] = None
-        while len(self._keys) > self.limit:
-            self._keys.popitem(last=False)
-        return True
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._keys
-
-    def __len__(self) -> int:
-        return len(self._keys)
 
 
 # --- the bot ------------------------------------------------------------------------
@@ -204,6 +96,10 @@ class TelegramBot:
         debounce_s: float,
         max_message_chars: int = DEFAULT_MAX_CHARS,
         account: Any = None,
+        ledger: InboundLedger | None = None,
+        refusals: RefusalMemory | None = None,
+        catch_up_max_age_s: float = 3600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.chat = chat
         self.channel = channel
@@ -212,9 +108,19 @@ class TelegramBot:
         self.max_message_chars = max_message_chars
         self.paste = PasteBuffer(debounce_s=debounce_s, max_chars=max_message_chars)
         self.account = account  # anything with .account -> {"username": ...}
+        self.ledger = ledger
+        self.catch_up_max_age_s = catch_up_max_age_s
+        self.clock = clock
         # Strangers already told once; bounded, as anyone can message a bot.
-        self.refused = RecentKeys(REFUSALS_REMEMBERED)
+        self.refusals = refusals
+        self.refused = RecentKeys(REFUSALS_REMEMBERED)  # used when nothing is persisted
         self.ignored = 0
+        self.replayed = 0  # updates seen before (Telethon's catch-up replays), not answered
+        self.stale = 0
+        self.resumed = 0
+        self._stale_told: dict[int, float] = {}
+        self._admitted = RecentKeys(REFUSALS_REMEMBERED)  # (chat, id) stored by this process
+        self._resumed_once = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -222,22 +128,66 @@ class TelegramBot:
         info = getattr(self.account, "account", None) or {}
         return info.get("username")
 
+    @property
+    def refused_count(self) -> int:
+        return self.refusals.size if self.refusals is not None else len(self.refused)
+
     async def on_message(self, msg: TgMessage) -> None:
         if msg.is_edit:
             if not self.paste.replace_edited(msg):
                 log.debug("chat %s: edit of message %s ignored", msg.chat_id, msg.message_id)
             return
+        if self.ledger is not None:
+            try:
+                is_new = await self.ledger.admit(msg)  # committed before anything is done
+            except Exception:  # storage failing: still answer (or fail politely) this once
+                log.exception("chat %s: message %s could not be stored in the ledger", *_key(msg))
+                is_new = True
+            if not is_new:
+                self.replayed += 1
+                log.info("chat %s: message %s seen before; not answered again", *_key(msg))
+                return
+            self._admitted.add(_key(msg))
+        await self._route(msg)
+
+    async def on_connected(self) -> None:
+        """After each connect: prune the ledger; after the first, answer what is pending."""
+        if self.ledger is None:
+            return
+        await self.ledger.prune()
+        if self._resumed_once:
+            return
+        self._resumed_once = True
+        for msg in await self.ledger.pending():
+            if _key(msg) in self._admitted:
+                continue  # arrived live in this run: already on its way
+            if await self.ledger.is_answered_in_history(msg):
+                await self.ledger.settle(msg, "answered")  # only the settling was lost
+                continue
+            self.resumed += 1
+            log.info("chat %s: answering message %s left pending by the last run", *_key(msg))
+            await self._route(msg)
+
+    async def _route(self, msg: TgMessage) -> None:
         continues_paste = self.paste.is_holding(msg.chat_id, msg.sender_id)
         if not continues_paste and not is_addressed(msg, self.my_username):
             self.ignored += 1
+            await self._settle(msg, "ignored")
             return
         if not is_allowed(msg, self.allowed, self.admin_id):
             await self._refuse(msg)
+            await self._settle(msg, "refused")
+            return
+        if is_stale(msg, self.clock(), self.catch_up_max_age_s):
+            await self._tell_stale(msg)
+            await self._settle(msg, "stale")
             return
         if msg.has_media:
             await self._say(msg.chat_id, MEDIA_REPLY)
+            await self._settle(msg, "answered")
             return
         if not strip_mention(msg.text, self.my_username):
+            await self._settle(msg, "ignored")
             return
         if parse_command(msg.text)[0] is not None:
             self._spawn(msg)  # commands skip the paste buffer: /cancel must be instant
@@ -252,12 +202,32 @@ class TelegramBot:
         for ready in self.paste.due(asyncio.get_running_loop().time()):
             self._spawn(ready)
 
-    async def _refuse(self, msg: TgMessage) -> None:
-        key = (msg.chat_id, msg.sender_id)
-        log.info("chat %s: refused user %s (not on the allow-list)", msg.chat_id, msg.sender_id)
-        if not self.refused.add(key):
+    async def _settle(self, msg: TgMessage, status: str) -> None:
+        if self.ledger is None:
             return
-        await self._say(msg.chat_id, REFUSAL.format(user_id=msg.sender_id))
+        try:
+            await self.ledger.settle(msg, status)
+        except Exception:  # the outcome happened; at worst it is settled at the next start
+            log.exception("chat %s: could not settle message %s", *_key(msg))
+
+    async def _tell_stale(self, msg: TgMessage) -> None:
+        """One notice per chat (again only after the catch-up limit has passed)."""
+        self.stale += 1
+        log.info("chat %s: message %s is too old to answer (sent while offline)", *_key(msg))
+        now = self.clock()
+        if now - self._stale_told.get(msg.chat_id, -math.inf) <= self.catch_up_max_age_s:
+            return
+        self._stale_told[msg.chat_id] = now
+        await self._say(msg.chat_id, stale_notice(self.catch_up_max_age_s))
+
+    async def _refuse(self, msg: TgMessage) -> None:
+        log.info("chat %s: refused user %s (not on the allow-list)", msg.chat_id, msg.sender_id)
+        if self.refusals is not None:
+            is_new = await self.refusals.add(msg.chat_id, msg.sender_id)
+        else:
+            is_new = self.refused.add((msg.chat_id, msg.sender_id))
+        if is_new:
+            await self._say(msg.chat_id, REFUSAL.format(user_id=msg.sender_id))
 
     def _spawn(self, msg: TgMessage) -> None:
         task = asyncio.ensure_future(self._turn(msg))
@@ -265,13 +235,21 @@ class TelegramBot:
         task.add_done_callback(self._tasks.discard)
 
     async def _turn(self, msg: TgMessage) -> None:
+        if msg.is_group:  # this task's context: the answer replies to the question
+            REPLY_TO.set((msg.chat_id, msg.message_id))
+        # Cancelled turns (a forced stop) never settle: they stay pending.
+        if await self._answer(msg):
+            await self._settle(msg, "answered")
+
+    async def _answer(self, msg: TgMessage) -> bool:
+        """Run the turn; False when it is left for after the restart."""
         text = strip_mention(msg.text, self.my_username)
         length = max(len(text), msg.full_length)
         if length > self.max_message_chars:
             log.info("chat %s: message of %d characters refused as too long", msg.chat_id, length)
             limit = self.max_message_chars
             await self._say(msg.chat_id, TOO_LONG_REPLY.format(length=length, limit=limit))
-            return
+            return True
         incoming = IncomingMessage(
             chat_id=chat_key(msg.chat_id),
             text=text,
@@ -284,8 +262,10 @@ class TelegramBot:
         )
         try:
             await self.chat.handle(incoming, self.channel)
-        except Draining:
-            await self._say(msg.chat_id, DRAINING_REPLY)
+        except Draining as exc:
+            stopping = exc.fields.get("reason") in STOP_REASONS
+            await self._say(msg.chat_id, STOPPING_REPLY if stopping else DRAINING_REPLY)
+            return self.ledger is None  # without a ledger nothing would answer it later
         except Busy as exc:
             await self._say(msg.chat_id, BUSY_REPLY.format(seconds=max(1, round(exc.retry_after))))
         except VigilError as exc:
@@ -294,6 +274,7 @@ class TelegramBot:
         except Exception:  # a loop boundary: one broken turn must not stop the bot
             log.exception("chat %s: turn failed", msg.chat_id)
             await self._say(msg.chat_id, FAILED_REPLY)
+        return True
 
     async def _say(self, peer: int, text: str) -> None:
         try:
@@ -302,7 +283,7 @@ class TelegramBot:
             log.warning("chat %s: could not reply: %s", peer, exc)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        """Let turns in flight finish (bounded), then cancel the rest."""
+        """Let turns in flight finish (bounded), then cancel the rest (they stay pending)."""
         for held in self.paste.due(math.inf):  # a paste still being joined is answered too
             self._spawn(held)
         if self._tasks:
@@ -310,3 +291,7 @@ class TelegramBot:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _key(msg: TgMessage) -> tuple[int, int]:
+    return (msg.chat_id, msg.message_id)

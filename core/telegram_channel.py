@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from contextvars import ContextVar
 from typing import Protocol
 
 from core.errors import ChannelError
@@ -25,6 +26,10 @@ log = logging.getLogger("core.telegram.channel")
 TELEGRAM_LIMIT = 4096  # UTF-16 code units per message
 CHAT_PREFIX = "tg:"
 _REMEMBERED = 4096  # last rendered text per message, for the no-empty-edit check
+# (chat, message) a turn answers, set by the bot for the turn's task (groups
+# only): every message of the answer in that chat is sent as a reply to it;
+# anything else sent from the same task (an alert to the admin) is not.
+REPLY_TO: ContextVar[tuple[int, int] | None] = ContextVar("telegram_reply_to", default=None)
 
 
 class EntitiesRejected(ChannelError):
@@ -40,7 +45,9 @@ class MessageTooLong(ChannelError):
 class TelegramApi(Protocol):
     """The gateway calls the channel needs; errors are already ours."""
 
-    async def send_text(self, peer: int, text: str, entities: list[Entity]) -> int: ...
+    async def send_text(
+        self, peer: int, text: str, entities: list[Entity], *, reply_to: int | None = None
+    ) -> int: ...
 
     async def edit_text(
         self, peer: int, message_id: int, text: str, entities: list[Entity]
@@ -115,14 +122,16 @@ class TelegramChannel:
         peer = peer_of(chat_id)
         shown, entities = self._render(text, plain=False)
         plain = False
+        target = REPLY_TO.get()
+        reply_to = target[1] if target is not None and target[0] == peer else None
         try:
-            message_id = await self.api.send_text(peer, shown, entities)
+            message_id = await self.api.send_text(peer, shown, entities, reply_to=reply_to)
         except (EntitiesRejected, MessageTooLong) as exc:
             log.info("chat %s: %s; sending as plain text", chat_id, exc.code)
             self.plain_fallbacks += 1
             plain = True
             shown, entities = self._render(text, plain=True)
-            message_id = await self.api.send_text(peer, shown, entities)
+            message_id = await self.api.send_text(peer, shown, entities, reply_to=reply_to)
         key = (peer, message_id)
         if plain:
             self._plain_only.add(key)

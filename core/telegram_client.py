@@ -7,15 +7,19 @@ our own types and errors.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from telethon import TelegramClient, errors, types
+from telethon import __version__ as telethon_version
 from telethon.crypto import rsa as telethon_rsa
+from telethon.tl.alltlobjects import LAYER
 
 from core.config import Settings
 from core.errors import ChannelError, RateLimited, VigilError
 from core.telegram_channel import EntitiesRejected, MessageTooLong
 from core.telegram_format import Entity
+from core.telegram_rules import TgMessage
 from core.telegram_session import ServerProfile, TelegramUnauthorized, prepare_session_file
 
 # What a dead or broken connection raises (besides RPC errors, which are Telegram's answers).
@@ -29,6 +33,14 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     errors.TypeNotFoundError,
     errors.BadMessageError,
 )
+
+
+class TelegramIncompatible(ChannelError):
+    """The server speaks another MTProto API layer than our Telethon."""
+
+    code = "telegram_incompatible"
+
+
 _ENTITY_TYPES: dict[str, Any] = {
     "bold": types.MessageEntityBold,
     "italic": types.MessageEntityItalic,
@@ -50,6 +62,10 @@ def make_client(settings: Settings, profile: ServerProfile) -> TelegramClient:
         connection_retries=3,
         retry_delay=2,
         auto_reconnect=True,
+        timeout=min(10, int(settings.telegram_call_timeout_s) or 1),  # per network request
+        # Fetch what was missed while down (from the session's saved update
+        # state) on every connect; the inbound ledger drops what was seen before.
+        catch_up=True,
         base_logger="telethon",
     )
     client.parse_mode = None  # we always pass formatting entities ourselves
@@ -81,8 +97,64 @@ def to_tl_entities(entities: list[Entity]) -> list[Any]:
     return out
 
 
+async def incoming_message(
+    event: Any,
+    *,
+    is_edit: bool,
+    my_username: str,
+    replies_to_me: Callable[[Any], Awaitable[bool]],
+    now: float,
+) -> TgMessage | None:
+    """A Telethon NewMessage/MessageEdited event as our TgMessage (None: not for us)."""
+    message = event.message
+    if event.is_channel and not event.is_group:
+        return None  # broadcast channels are not conversations
+    sender = await event.get_sender()
+    if getattr(sender, "bot", False):
+        return None  # never talk to other bots (reply loops)
+    text = message.message or ""
+    mentions = bool(getattr(message, "mentioned", False)) or (
+        bool(my_username) and f"@{my_username.lower()}" in text.lower()
+    )
+    return TgMessage(
+        chat_id=int(event.chat_id),
+        message_id=int(message.id),
+        text=text,
+        sender_id=event.sender_id,
+        username=getattr(sender, "username", None),
+        display_name=_display_name(sender),
+        is_private=bool(event.is_private),
+        is_group=bool(event.is_group),
+        mentions_me=mentions,
+        replies_to_me=await replies_to_me(event) if event.is_group else False,
+        has_media=message.media is not None
+        and not isinstance(message.media, types.MessageMediaWebPage),
+        is_edit=is_edit,
+        date=message.date.timestamp() if message.date else now,
+    )
+
+
+def _display_name(sender: Any) -> str | None:
+    if sender is None:
+        return None
+    parts = [getattr(sender, "first_name", None), getattr(sender, "last_name", None)]
+    name = " ".join(p for p in parts if p) or getattr(sender, "title", None)
+    return name or getattr(sender, "username", None)
+
+
+def is_receiving_updates(client: Any) -> bool:
+    """Telethon's update task is alive (it dies on some errors, leaving the socket open)."""
+    handle = getattr(client, "_updates_handle", None)
+    return handle is not None and not handle.done()
+
+
 def translate(exc: BaseException) -> VigilError:
     """A Telethon (or network) error as one of ours; the original is the cause."""
+    if isinstance(exc, errors.TypeNotFoundError):
+        return TelegramIncompatible(
+            f"the Telegram server speaks another protocol layer: it sent a type that "
+            f"Telethon {telethon_version} (API layer {LAYER}) does not know"
+        )
     if isinstance(exc, errors.FloodError):
         seconds = float(getattr(exc, "seconds", 0) or 5)
         return RateLimited(f"Telegram asked to wait {seconds:.0f} s", retry_after=seconds)

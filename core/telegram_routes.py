@@ -24,7 +24,10 @@ def telegram_status(runtime: Any) -> dict[str, Any]:
     if bot is not None:
         body["chats"] = {
             "ignored_group_messages": bot.ignored,
-            "refused_users": len(bot.refused),
+            "refused_users": bot.refused_count,
+            "replayed_updates": bot.replayed,
+            "stale_messages": bot.stale,
+            "resumed_turns": bot.resumed,
             "joined_pastes": bot.paste.joined,
             "turns_in_flight": len(bot._tasks),
         }

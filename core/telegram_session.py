@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,13 @@ class TelegramUnauthorized(ChannelError):
 
     code = "telegram_unauthorized"
     status = 503
+
+
+class TelegramTimeout(ChannelError):
+    """A Telegram call passed its deadline (it was cancelled; the connection is suspect)."""
+
+    code = "telegram_timeout"
+    status = 504
 
 
 class SessionBusy(ChannelError):
@@ -144,9 +152,33 @@ def session_server(session_path: Path) -> str | None:
         return "production"  # sessions made before the marker existed used production
 
 
+def stored_address(session_path: Path) -> tuple[str, int] | None:
+    """The server address Telethon stored in the session file (None: none, or unreadable)."""
+    try:
+        uri = f"file:{session_path}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=1)) as conn:
+            row = conn.execute("SELECT server_address, port FROM sessions LIMIT 1").fetchone()
+    except sqlite3.Error:
+        return None
+    return None if row is None or not row[0] else (str(row[0]), int(row[1]))
+
+
 def check_session_server(session_path: Path, profile: ServerProfile) -> None:
-    """Refuse a session made for another server, with what to do about it."""
+    """Refuse a session made for another server, with what to do about it.
+
+    A session without its marker (one whose first sign-in failed before the
+    marker was written at connect) is judged by the address stored in it.
+    """
     recorded = session_server(session_path)
+    if (
+        recorded is not None
+        and recorded != profile.label
+        and not marker_path(session_path).exists()
+        and profile.is_custom
+        and stored_address(session_path) == (profile.host, profile.port)
+    ):
+        write_marker(session_path, profile)  # it was made for this server after all
+        recorded = profile.label
     if recorded is not None and recorded != profile.label:
         raise ConfigError(
             f"{session_path} was created for Telegram server {recorded}, but the configured "

@@ -42,6 +42,8 @@ fi
 
 # 6. the supervisor, in its own session (no terminal, its own process group)
 say "starting Vigil (supervisor: server + worker), listening on $VIGIL_LISTEN"
+(umask 077 && : >> "$VIGIL_LOGS_DIR/stdout.log")  # private like the other logs
+chmod 600 "$VIGIL_LOGS_DIR/stdout.log"
 setsid nohup "$PY" main.py supervise >> "$VIGIL_LOGS_DIR/stdout.log" 2>&1 < /dev/null 9>&- &
 pid=$!
 printf '%s\n' "$pid" > "$VIGIL_PID_FILE"
@@ -76,6 +78,11 @@ else:
 PYEOF
 say "running, supervisor pid $pid (PID file $VIGIL_PID_FILE)"
 say "  health:      $VIGIL_URL/health   restarts: $VIGIL_URL/restart/status"
-say "  chat API:    $VIGIL_URL/api/chats/<chat>/messages (token in $VIGIL_TOKEN_FILE)"
+if [ "${VIGIL_TOKEN_SET:-0}" = 1 ]; then
+    token_hint="token: the VIGIL_ADMIN_TOKEN you set"
+else
+    token_hint="token in $VIGIL_TOKEN_FILE"
+fi
+say "  chat API:    $VIGIL_URL/api/chats/<chat>/messages ($token_hint)"
 say "  logs:        $VIGIL_LOGS_DIR/system.log (also tasks.log, telegram.log, stdout.log)"
 say "  stop with:   scripts/stop.sh"

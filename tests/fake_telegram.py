@@ -14,6 +14,19 @@ password), ``send_code_request``, ``log_out``, ``get_me``, ``send_message``,
 ``edit_message``, ``get_input_entity``, ``__call__`` (``SetTypingRequest``),
 ``add_event_handler``, and ``session.set_dc``. Updates are delivered with
 :meth:`FakeTelegram.deliver`.
+
+Telegram's side lives in a :class:`FakeServer` that several clients can share:
+the gateway may throw a client away and build a fresh one (``fake.factory``
+hands out the first client, then fresh ones on the same server and session).
+The server keeps an update log; a client whose update task is alive gets new
+updates at once, the others get what they missed on connect when built with
+``catch_up=True`` (as Telethon does from the session's saved update state).
+The connection can be broken the ways a real one breaks: the server goes
+down (:meth:`FakeServer.go_down`), a call hangs forever (:meth:`FakeServer.hang`,
+as Telethon does when called during its reconnect window), the connection
+drops (:meth:`FakeTelegram.drop`) or the update task dies
+(:meth:`FakeTelegram.kill_updates`); updates can be replayed
+(``session.pts = 0``).
 """
 
 from __future__ import annotations
@@ -81,7 +94,7 @@ class FakeEvent:
 
 
 class FakeSession:
-    """The part of Telethon's session the gateway touches."""
+    """The part of Telethon's session the gateway touches (plus the saved update state)."""
 
     def __init__(self) -> None:
         self.dc_id = 2
@@ -89,10 +102,57 @@ class FakeSession:
         self.port = 443
         self.auth_key: Any = None
         self.set_dc_calls: list[tuple[int, str, int]] = []
+        self.pts = 0  # updates up to here were seen (Telethon saves this on disconnect)
 
     def set_dc(self, dc_id: int, server_address: str, port: int) -> None:
         self.set_dc_calls.append((dc_id, server_address, port))
         self.dc_id, self.server_address, self.port = dc_id, server_address, port
+
+
+@dataclass
+class _Update:
+    event: FakeEvent
+    is_edit: bool
+
+
+class FakeServer:
+    """Telegram's side: messages, the update log, and the ways it can fail."""
+
+    def __init__(self, *, me: FakeUser, bot_token: str | None, authorized: bool) -> None:
+        self.me = me
+        self.bot_token = bot_token
+        self.authorized = authorized
+        self.messages: dict[tuple[int, int], FakeMessage] = {}
+        self.sent: dict[int, list[FakeMessage]] = defaultdict(list)
+        self.typing: list[int] = []
+        self.updates: list[_Update] = []
+        self.clients: list[FakeTelegram] = []
+        self.ids = itertools.count(1000)
+        self.is_down = False
+        self.hanging: set[str] = set()
+        self.hung_calls = 0
+
+    def go_down(self) -> None:
+        """The server stops answering: connections drop, connects fail."""
+        self.is_down = True
+        for client in self.clients:
+            client.drop()
+
+    def come_back(self) -> None:
+        self.is_down = False
+
+    def hang(self, *methods: str) -> None:
+        """Calls of these methods never return (until :meth:`unhang`)."""
+        self.hanging.update(methods)
+
+    def unhang(self) -> None:
+        self.hanging.clear()
+
+    async def publish(self, update: _Update) -> None:
+        self.updates.append(update)
+        for client in list(self.clients):
+            if client.is_receiving():
+                await client.dispatch_pending()
 
 
 class FakeTelegram:
@@ -106,62 +166,164 @@ class FakeTelegram:
         bot_token: str | None = None,
         phone_code: str = "12345",
         password: str | None = None,
+        server: FakeServer | None = None,
+        session: FakeSession | None = None,
+        catch_up: bool = True,
     ) -> None:
-        self.me = me or FakeUser(id=777, username="VigilBot", first_name="Vigil", bot=True)
-        self.authorized = authorized
-        self.bot_token = bot_token
+        self.server = server or FakeServer(
+            me=me or FakeUser(id=777, username="VigilBot", first_name="Vigil", bot=True),
+            bot_token=bot_token,
+            authorized=authorized,
+        )
+        self.server.clients.append(self)
         self.phone_code = phone_code
         self.password = password
-        self.session = FakeSession()
+        self.catch_up = catch_up
+        self.session = session or FakeSession()
         self.connected = False
         self.connect_error: BaseException | None = None
         self.calls: list[tuple[str, Any]] = []
         self.handlers: list[tuple[Any, Any]] = []
-        self.messages: dict[tuple[int, int], FakeMessage] = {}
-        self.sent: dict[int, list[FakeMessage]] = defaultdict(list)
-        self.typing: list[int] = []
         self.key_fingerprints_at_connect: list[set[int]] = []
         self.dc_at_connect: list[tuple[int, str, int]] = []
         self.not_modified_raised = 0
+        self.fresh_clients: list[FakeTelegram] = []
+        self._updates_handle: asyncio.Task[None] | None = None
         self._failures: dict[str, list[BaseException]] = defaultdict(list)
-        self._ids = itertools.count(1000)
         self._sent_code = False
+        self._dispatching = False
+        self._handed_out = False
+
+    # Telegram's state, shared by every client of the server.
+    @property
+    def me(self) -> FakeUser:
+        return self.server.me
+
+    @property
+    def bot_token(self) -> str | None:
+        return self.server.bot_token
+
+    @property
+    def authorized(self) -> bool:
+        return self.server.authorized
+
+    @authorized.setter
+    def authorized(self, value: bool) -> None:
+        self.server.authorized = value
+
+    @property
+    def messages(self) -> dict[tuple[int, int], FakeMessage]:
+        return self.server.messages
+
+    @property
+    def sent(self) -> dict[int, list[FakeMessage]]:
+        return self.server.sent
+
+    @property
+    def typing(self) -> list[int]:
+        return self.server.typing
 
     # --- scripting -----------------------------------------------------------
     def fail(self, method: str, *exceptions: BaseException) -> None:
         """The next calls of ``method`` raise these exceptions, in order."""
         self._failures[method].extend(exceptions)
 
-    def _maybe_fail(self, method: str, args: Any = None) -> None:
+    async def _enter(self, method: str, args: Any = None) -> None:
         self.calls.append((method, args))
+        if method in self.server.hanging:
+            self.server.hung_calls += 1
+            await asyncio.Future()  # never resolved: only a deadline gets the caller out
         if self._failures.get(method):
             raise self._failures[method].pop(0)
+
+    def factory(self, settings: Any, profile: Any) -> FakeTelegram:
+        """A client factory: this client first, then fresh ones on the same server."""
+        if not self._handed_out:
+            self._handed_out = True
+            return self
+        fresh = FakeTelegram(server=self.server, session=self.session, catch_up=self.catch_up)
+        fresh.phone_code, fresh.password = self.phone_code, self.password
+        self.fresh_clients.append(fresh)
+        return fresh
+
+    @property
+    def current(self) -> FakeTelegram:
+        """The newest client built by :meth:`factory` (this one if none)."""
+        return self.fresh_clients[-1] if self.fresh_clients else self
+
+    def drop(self) -> None:
+        """The connection drops (Telethon's ``is_connected()`` turns False)."""
+        self.connected = False
+        self._stop_updates()
+
+    def kill_updates(self) -> None:
+        """Telethon's update task dies (the connection itself stays up)."""
+        self._stop_updates()
+
+    def _stop_updates(self) -> None:
+        if self._updates_handle is not None and not self._updates_handle.done():
+            self._updates_handle.cancel()
+
+    def is_receiving(self) -> bool:
+        return (
+            self.connected and self._updates_handle is not None and not self._updates_handle.done()
+        )
 
     # --- connection and account ----------------------------------------------
     async def connect(self) -> None:
         self.key_fingerprints_at_connect.append(set(telethon_rsa._server_keys))
         s = self.session
         self.dc_at_connect.append((s.dc_id, s.server_address, s.port))
-        self._maybe_fail("connect")
+        await self._enter("connect")
         if self.connect_error is not None:
             raise self.connect_error
+        if self.server.is_down:
+            raise ConnectionError("Connection to Telegram failed 3 time(s)")
         self.connected = True
         if s.auth_key is None:
             s.auth_key = object()  # a key exchange happened
+        if not self.catch_up:
+            s.pts = len(self.server.updates)  # without catch-up, the past is skipped
+        self._updates_handle = asyncio.ensure_future(self._update_loop())
+
+    async def _update_loop(self) -> None:
+        await asyncio.sleep(0)
+        await self.dispatch_pending()
+        await asyncio.Future()  # runs until cancelled (dropped or killed)
+
+    async def dispatch_pending(self) -> None:
+        """Hand the handlers every update past the session's saved state."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self.is_receiving() and self.session.pts < len(self.server.updates):
+                update = self.server.updates[self.session.pts]
+                self.session.pts += 1
+                wanted = events.MessageEdited if update.is_edit else events.NewMessage
+                for callback, builder in list(self.handlers):
+                    if type(builder) is wanted:
+                        await callback(update.event)
+        finally:
+            self._dispatching = False
 
     async def disconnect(self) -> None:
         self.calls.append(("disconnect", None))
-        self.connected = False
+        self.drop()
 
     def is_connected(self) -> bool:
         return self.connected
 
+    def _require_connection(self) -> None:
+        if not self.connected or self.server.is_down:
+            raise ConnectionError("Cannot send requests while disconnected")
+
     async def is_user_authorized(self) -> bool:
-        self._maybe_fail("is_user_authorized")
+        await self._enter("is_user_authorized")
         return self.authorized
 
     async def send_code_request(self, phone: str) -> Any:
-        self._maybe_fail("send_code_request", phone)
+        await self._enter("send_code_request", phone)
         self._sent_code = True
         return type("SentCode", (), {"phone_code_hash": "hash"})()
 
@@ -174,7 +336,7 @@ class FakeTelegram:
         bot_token: str | None = None,
         phone_code_hash: str | None = None,
     ) -> FakeUser:
-        self._maybe_fail("sign_in", {"phone": phone, "bot": bot_token is not None})
+        await self._enter("sign_in", {"phone": phone, "bot": bot_token is not None})
         if bot_token is not None:
             if bot_token != self.bot_token:
                 raise errors.AccessTokenInvalidError(request=None)
@@ -190,22 +352,20 @@ class FakeTelegram:
         return self.me
 
     async def log_out(self) -> bool:
-        self._maybe_fail("log_out")
+        await self._enter("log_out")
         self.authorized = False
         return True
 
     async def get_me(self) -> FakeUser:
-        self._maybe_fail("get_me")
-        if not self.connected:
-            raise ConnectionError("Cannot send requests while disconnected")
+        await self._enter("get_me")
+        self._require_connection()
         if not self.authorized:
             raise errors.AuthKeyUnregisteredError(request=None)
         return self.me
 
     # --- messages ---------------------------------------------------------------
     def _check(self, text: str) -> str:
-        if not self.connected:
-            raise ConnectionError("Cannot send requests while disconnected")
+        self._require_connection()
         stripped = text.strip()
         if not stripped:
             raise errors.MessageEmptyError(request=None)
@@ -220,11 +380,18 @@ class FakeTelegram:
         *,
         formatting_entities: list[Any] | None = None,
         link_preview: bool = True,
+        reply_to: int | None = None,
     ) -> FakeMessage:
-        self._maybe_fail("send_message", (entity, message))
+        await self._enter("send_message", (entity, message))
         text = self._check(message)
         sent = FakeMessage(
-            next(self._ids), entity, text, self.me.id, list(formatting_entities or []), _fake=self
+            next(self.server.ids),
+            entity,
+            text,
+            self.me.id,
+            list(formatting_entities or []),
+            reply_to_msg_id=reply_to,
+            _fake=self,
         )
         self.messages[(entity, sent.id)] = sent
         self.sent[entity].append(sent)
@@ -239,7 +406,7 @@ class FakeTelegram:
         formatting_entities: list[Any] | None = None,
         link_preview: bool = True,
     ) -> FakeMessage:
-        self._maybe_fail("edit_message", (entity, message, text))
+        await self._enter("edit_message", (entity, message, text))
         stripped = self._check(text)
         stored = self.messages.get((entity, message))
         if stored is None:
@@ -257,7 +424,8 @@ class FakeTelegram:
 
     async def __call__(self, request: Any) -> Any:
         name = type(request).__name__
-        self._maybe_fail(name)
+        await self._enter(name)
+        self._require_connection()
         if isinstance(request, functions.messages.SetTypingRequest):
             self.typing.append(request.peer)
             return True
@@ -278,10 +446,15 @@ class FakeTelegram:
         reply_to: int | None = None,
         media: Any = None,
         edit_of: int | None = None,
+        date: dt.datetime | None = None,
     ) -> FakeMessage:
-        """Deliver a new message (or an edit of ``edit_of``) to the handlers."""
+        """A chatter sends a message (or an edit of ``edit_of``).
+
+        It reaches the handlers at once if a client is receiving; otherwise it
+        waits in the server's update log for a catch-up.
+        """
         sender = sender or FakeUser(id=chat_id if chat_id > 0 else 42, username="ada")
-        message_id = edit_of if edit_of is not None else next(self._ids)
+        message_id = edit_of if edit_of is not None else next(self.server.ids)
         msg = FakeMessage(
             message_id,
             chat_id,
@@ -292,12 +465,11 @@ class FakeTelegram:
             media=media,
             _fake=self,
         )
+        if date is not None:
+            msg.date = date
         self.messages[(chat_id, message_id)] = msg
-        wanted = events.MessageEdited if edit_of is not None else events.NewMessage
         event = FakeEvent(msg, chat_id, not group, group, False, sender.id, sender)
-        for callback, builder in list(self.handlers):
-            if type(builder) is wanted:
-                await callback(event)
+        await self.server.publish(_Update(event, edit_of is not None))
         return msg
 
     def texts(self, chat_id: int) -> list[str]:

@@ -91,7 +91,8 @@ def test_private_chat_gets_a_streamed_answer_and_status_tells_the_truth(tg: Tg) 
     assert status["state"] == "connected"
     assert status["account"] == {"id": 777, "username": "VigilBot", "is_bot": True}
     assert status["initialized"] is True
-    assert status["last_event_at"] is not None
+    assert status["last_update_at"] is not None
+    assert status["last_ok_call_at"] is not None and status["last_error"] is None
     assert status["server"]["server"] == "production"
     assert tg.server.client.get("/health").json()["telegram"] == "connected"
     history = tg.server.call(lambda rt: rt.memory.history("tg:42", limit=10))
@@ -129,10 +130,10 @@ def test_strangers_get_one_polite_refusal_and_no_model_call(tg: Tg, fake_llm: Fa
 
 def test_the_memory_of_refused_strangers_is_bounded(tg: Tg, fake_llm: FakeLLM) -> None:
     bot = tg.server.runtime.extras["telegram_bot"]
-    bot.refused.limit = 2  # the default is 10 000 pairs
+    bot.refusals.limit = 2  # the default is 10 000 pairs
     for user_id in (60, 61, 62, 62):
         tg.say("hi", chat_id=user_id, sender=FakeUser(id=user_id, username=f"u{user_id}"))
-    assert len(bot.refused) == 2
+    assert bot.refused_count == 2
     assert [len(tg.fake.texts(u)) for u in (60, 61, 62)] == [1, 1, 1]
     assert tg.status()["chats"]["refused_users"] == 2
     assert fake_llm.requests == []

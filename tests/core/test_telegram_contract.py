@@ -9,6 +9,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from telethon import TelegramClient, errors, events, types
@@ -19,6 +20,7 @@ from core.streaming import EditScheduler, StreamingOptimizer
 from core.telegram import TelegramGateway
 from core.telegram_bot import TgMessage
 from core.telegram_channel import TelegramChannel
+from core.telegram_client import incoming_message
 from core.telegram_session import ServerProfile
 from tests.conftest import make_settings
 from tests.fake_telegram import FakeTelegram
@@ -138,6 +140,16 @@ async def test_the_gateway_reads_real_telethon_events(tmp_path: Path) -> None:
     gateway = TelegramGateway(make_settings(tmp_path), FakeTelegram(), profile=ServerProfile())
     gateway.account = {"id": 777, "username": "VigilBot", "is_bot": True}
     now = dt.datetime.now(dt.UTC)
+
+    async def extract(event: Any, *, is_edit: bool) -> TgMessage | None:
+        return await incoming_message(
+            event,
+            is_edit=is_edit,
+            my_username="VigilBot",
+            replies_to_me=gateway._replies_to_me,
+            now=now.timestamp(),
+        )
+
     ada = types.User(id=42, first_name="Ada", last_name="L", username="ada", access_hash=1)
     robot = types.User(id=50, first_name="R", username="robot", bot=True, access_hash=2)
     group = types.Channel(
@@ -150,7 +162,7 @@ async def test_the_gateway_reads_real_telethon_events(tmp_path: Path) -> None:
     def message(peer: object, text: str, **kw: object) -> types.Message:
         return types.Message(id=9, peer_id=peer, date=now, message=text, **kw)
 
-    private = await gateway._extract(
+    private = await extract(
         real_event(message(types.PeerUser(42), "hi", from_id=types.PeerUser(42)), ada),
         is_edit=False,
     )
@@ -164,7 +176,7 @@ async def test_the_gateway_reads_real_telethon_events(tmp_path: Path) -> None:
         is_private=True,
         date=now.timestamp(),
     )
-    in_group = await gateway._extract(
+    in_group = await extract(
         real_event(
             message(types.PeerChannel(123), "@vigilbot hello", from_id=types.PeerUser(42)),
             ada,
@@ -178,7 +190,7 @@ async def test_the_gateway_reads_real_telethon_events(tmp_path: Path) -> None:
         True,
         True,
     )
-    photo = await gateway._extract(
+    photo = await extract(
         real_event(
             message(
                 types.PeerUser(42), "", from_id=types.PeerUser(42), media=types.MessageMediaPhoto()
@@ -189,6 +201,6 @@ async def test_the_gateway_reads_real_telethon_events(tmp_path: Path) -> None:
     )
     assert photo is not None and photo.has_media
     from_bot = real_event(message(types.PeerUser(50), "loop?", from_id=types.PeerUser(50)), robot)
-    assert await gateway._extract(from_bot, is_edit=False) is None
+    assert await extract(from_bot, is_edit=False) is None
     post = real_event(message(types.PeerChannel(124), "news", post=True), news)
-    assert await gateway._extract(post, is_edit=False) is None
+    assert await extract(post, is_edit=False) is None

@@ -98,7 +98,15 @@ def test_groups_answer_mentions_replies_and_our_commands_only() -> None:
     assert not is_addressed(msg("/help@OtherBot", **group), "VigilBot")
     assert not is_addressed(msg("/", **group), "VigilBot")
     assert strip_mention("@VigilBot what now?", "VigilBot") == "what now?"
-    assert strip_mention("ask @vigilbot, please", "VigilBot") == "ask , please"
+    assert strip_mention("ask @vigilbot, please", "VigilBot") == "ask, please"
+
+
+def test_removing_a_mention_leaves_no_double_space() -> None:
+    assert strip_mention("what is @VigilBot two plus two", "VigilBot") == "what is two plus two"
+    assert strip_mention("thanks @VigilBot", "VigilBot") == "thanks"
+    assert strip_mention("first line\n@VigilBot  second", "VigilBot") == "first line\nsecond"
+    assert strip_mention("keep  this  spacing @VigilBot", "VigilBot") == "keep  this  spacing"
+    assert strip_mention("mail @VigilBotter", "VigilBot") == "mail @VigilBotter"
 
 
 def test_refused_strangers_are_remembered_up_to_a_bound_oldest_first_out() -> None:
@@ -178,3 +186,23 @@ def test_only_the_gateway_boundary_imports_telethon() -> None:
             if any(n == "telethon" or n.startswith("telethon.") for n in names):
                 importers.add(path.relative_to(root).as_posix())
     assert importers == allowed
+
+
+async def test_only_the_answers_chat_gets_the_reply_to() -> None:
+    from core.streaming import EditScheduler
+    from core.telegram_channel import REPLY_TO, TelegramChannel
+
+    sent: list[tuple[int, int | None]] = []
+
+    class Api:
+        async def send_text(
+            self, peer: int, text: str, entities: list[Entity], *, reply_to: int | None = None
+        ) -> int:
+            sent.append((peer, reply_to))
+            return len(sent)
+
+    channel = TelegramChannel(Api(), scheduler=EditScheduler(edits_per_s=1000))  # type: ignore[arg-type]
+    REPLY_TO.set((-100123, 7))  # a group turn's task...
+    await channel.send("tg:-100123", "the answer")
+    await channel.send("tg:42", "an alert to the admin, sent from the same task")
+    assert sent == [(-100123, 7), (42, None)]

@@ -99,6 +99,10 @@ def test_start_refuses_a_second_time_and_stop_leaves_nothing_behind(
     assert (install / "data" / ".scripts.lock").stat().st_mode & 0o777 == 0o600
     listen = f"listening on http://127.0.0.1:{env['VIGIL_PORT']} (this machine only)"
     assert listen in started.stdout
+    # The token was set in the environment: no pointer to a file that does not exist.
+    assert "token: the VIGIL_ADMIN_TOKEN you set" in started.stdout
+    assert "admin_token" not in started.stdout
+    assert (install / "logs" / "stdout.log").stat().st_mode & 0o777 == 0o600
     supervisor = int((install / "data" / "vigil.pid").read_text())
     url = f"http://127.0.0.1:{env['VIGIL_PORT']}"
     assert httpx.get(f"{url}/health", timeout=5).status_code == 200
