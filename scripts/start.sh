@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start Vigil in the background, following seed 003's start-up procedure:
+# Start Vigil in the background (docs/operations.md, "Start-up"):
 #  1. refuse if already running (PID file + process check; a stale PID file is removed)
 #  2. report the Telegram auth state
 #  3. recover database locks (stale -wal/-shm folded back by opening + checkpointing)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stop Vigil, following seed 003's shutdown procedure:
+# Stop Vigil gracefully (docs/operations.md, "Shutdown"):
 #  1. SIGTERM to the supervisor: it drains the server (replies in flight finish, up to
 #     VIGIL_RESTART_GRACE_S), stops the worker, records the stop
 #  2. bounded wait (grace + VIGIL_SUPERVISOR_STOP_TIMEOUT_S + 5 s, or VIGIL_STOP_TIMEOUT)

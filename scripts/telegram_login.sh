@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Log Vigil's Telegram account in (seed 003: scripts/telegram_login.sh).
+# Log Vigil's Telegram account in.
 #   scripts/telegram_login.sh                 user account: phone, code, 2FA password
 #   scripts/telegram_login.sh --bot-token T   a bot (or set VIGIL_TELEGRAM_BOT_TOKEN)
 # Needs VIGIL_TELEGRAM_API_ID and VIGIL_TELEGRAM_API_HASH; refuses while the server

@@ -1,4 +1,4 @@
-"""Logging: seed 003's format and files, rotation settings, secrets never written."""
+"""Logging: the format and files, rotation settings, secrets never written."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 7: Telegram's test environment and custom MTProto servers."""
+"""Telegram's test environment and custom MTProto servers."""
 
 from __future__ import annotations
 

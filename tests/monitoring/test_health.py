@@ -1,4 +1,4 @@
-"""SPEC's health score formula, per-signal states and recommendation texts."""
+"""The health score formula, per-signal states and recommendation texts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.monitoring.helpers import snap
         (69, 25.5, 0.12, 0.4 * 0 + 0.3 * 69.4 + 0.3 * 88),  # 1.5 x 69 % > 100: memory part 0
     ],
 )
-def test_the_health_score_is_specs_weighted_sum(
+def test_the_health_score_is_the_weighted_sum(
     memory: float, cpu: float, load: float, score: float
 ) -> None:
     assert calculate_health_score(memory, cpu, load) == pytest.approx(score)

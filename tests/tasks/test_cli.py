@@ -1,6 +1,6 @@
 """The operator CLI: bad inputs give one clear line and a non-zero exit.
 
-The cases the issue names run ``python main.py`` as a real process; the rest
+The main cases run ``python main.py`` as a real process; the rest
 use Typer's CliRunner on main.py's app (same code, faster).
 """
 

@@ -1,4 +1,4 @@
-"""Periodic schedules: seed 003's defaults, overrides, and clear errors."""
+"""Periodic schedules: the defaults, overrides, and clear errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tasks.schedule import DEFAULT_SCHEDULE, resolve_schedule
 from tests.tasks.conftest import MAIN, cli_env
 
 
-def test_defaults_follow_seed_003() -> None:
+def test_default_schedules() -> None:
     schedule = resolve_schedule({})
     assert set(schedule) == set(DEFAULT_SCHEDULE)
     backup, vacuum, cleanup = schedule["backup"], schedule["vacuum"], schedule["cleanup_old_tasks"]
