@@ -166,7 +166,7 @@ def sent_while_down(llm: FakeLLM, *, cut_mid_turn: bool) -> dict[str, int]:
 
 
 async def _crash(runtime: Any) -> None:
-    bot = runtime.extras["telegram_bot"]
+    bot = runtime.telegram_bot
     for task in list(bot._tasks):
         task.cancel()
     await asyncio.gather(*bot._tasks, return_exceptions=True)

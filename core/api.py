@@ -20,8 +20,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from core.channel import IncomingMessage, Turn, TurnResult
-from core.errors import BadRequest, Busy, EmptyText, InvalidChatId, TextTooLong, VigilError
+from core.errors import BadRequest, EmptyText, InvalidChatId, TextTooLong, VigilError
 from core.http import check_admin
+from core.runtime import Runtime, RuntimeDep
 
 MAX_SQL_INT = 2**63 - 1  # SQLite's INTEGER range; larger numbers are refused with a 422
 CHAT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -127,7 +128,7 @@ def result_json(chat_id: str, result: TurnResult) -> dict[str, Any]:
     }
 
 
-def _validate_text(request: Request, body: MessageIn) -> str:
+def _validate_text(runtime: Runtime, body: MessageIn) -> str:
     text = body.text.strip()
     if not text:
         raise EmptyText("text must not be empty")
@@ -138,7 +139,7 @@ def _validate_text(request: Request, body: MessageIn) -> str:
             "text is not valid Unicode (it holds an unpaired UTF-16 surrogate such as \\ud800)",
             field="text",
         ) from None
-    limit = request.app.state.vigil.settings.max_message_chars
+    limit = runtime.settings.max_message_chars
     if len(body.text) > limit:
         raise TextTooLong(
             f"text is {len(body.text)} characters; the limit is {limit} (VIGIL_MAX_MESSAGE_CHARS)",
@@ -148,10 +149,11 @@ def _validate_text(request: Request, body: MessageIn) -> str:
 
 
 @router.post("/chats/{chat_id}/messages")
-async def post_message(request: Request, chat_id: ChatIdPath, body: MessageIn) -> Any:
-    runtime = request.app.state.vigil
+async def post_message(
+    request: Request, runtime: RuntimeDep, chat_id: ChatIdPath, body: MessageIn
+) -> Any:
     full_id = local_chat_id(chat_id)
-    text = _validate_text(request, body)
+    text = _validate_text(runtime, body)
     msg = IncomingMessage(
         chat_id=full_id,
         text=text,
@@ -166,16 +168,9 @@ async def post_message(request: Request, chat_id: ChatIdPath, body: MessageIn) -
         result = await runtime.chat.handle(msg, reply)
         return result_json(chat_id, result)
     # Refuse with 429/503 before the stream starts (not as an event in a 200 stream).
-    runtime.admission.check()
-    if runtime.chat.pending(full_id) >= runtime.chat.queue_limit:
-        raise Busy(
-            f"too many messages waiting in this chat (limit {runtime.chat.queue_limit})",
-            retry_after=5,
-        )
+    runtime.chat.check_admission(full_id)
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    task = asyncio.ensure_future(runtime.chat.handle(msg, LocalReply(events)))
-    runtime.chat._background.add(task)
-    task.add_done_callback(runtime.chat._background.discard)
+    task = runtime.chat.handle_in_background(msg, LocalReply(events))
     return StreamingResponse(
         _sse(chat_id, task, events),
         media_type="text/event-stream",
@@ -211,13 +206,13 @@ async def _sse(
 
 @router.get("/chats/{chat_id}/messages")
 async def get_messages(
-    request: Request,
+    runtime: RuntimeDep,
     chat_id: ChatIdPath,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     before: Annotated[int | None, Query(ge=1, le=MAX_SQL_INT)] = None,
     role: Annotated[str | None, Query(pattern="^(user|assistant|system)$")] = None,
 ) -> dict[str, Any]:
-    memory = request.app.state.vigil.memory
+    memory = runtime.memory
     full_id = stored_chat_id(chat_id)
     chat = await memory.chat(full_id)
     turns = await memory.history(full_id, limit=limit, before=before, role=role)
@@ -230,8 +225,7 @@ async def get_messages(
 
 
 @router.delete("/chats/{chat_id}/context")
-async def reset_context(request: Request, chat_id: ChatIdPath) -> dict[str, Any]:
-    runtime = request.app.state.vigil
+async def reset_context(runtime: RuntimeDep, chat_id: ChatIdPath) -> dict[str, Any]:
     full_id = stored_chat_id(chat_id)
     chat = await runtime.memory.chat(full_id)
     await runtime.chat.reset(full_id)  # waits for a turn running in this chat
@@ -240,21 +234,21 @@ async def reset_context(request: Request, chat_id: ChatIdPath) -> dict[str, Any]
 
 @router.get("/chats")
 async def list_chats(
-    request: Request,
+    runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_SQL_INT)] = 0,
 ) -> dict[str, Any]:
-    chats = await request.app.state.vigil.memory.chats(limit=limit, offset=offset)
+    chats = await runtime.memory.chats(limit=limit, offset=offset)
     return {"chats": chats}
 
 
 @router.get("/search")
 async def search(
-    request: Request,
+    runtime: RuntimeDep,
     q: Annotated[str, Query(min_length=1, max_length=500)],
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
 ) -> dict[str, Any]:
-    hits = await request.app.state.vigil.memory.search(q, limit=limit)
+    hits = await runtime.memory.search(q, limit=limit)
     return {
         "query": q,
         "results": [

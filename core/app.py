@@ -14,7 +14,6 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,35 +28,10 @@ from core.database import Database
 from core.http import BodyGuard, TrustedHosts, install_error_handlers, trusted_host_patterns
 from core.llm import LLMClient, llm_from_settings
 from core.memory import ChatMemory
+from core.runtime import QueueDepth, Runtime
+from core.sdnotify import SdNotifier
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Runtime:
-    """Everything the routes and background loops share (``app.state.vigil``)."""
-
-    settings: Settings
-    db: Database
-    memory: ChatMemory
-    context: ContextWindowManager
-    llm: LLMClient
-    chat: ChatService
-    admission: Admission
-    limiter: AdjustableLimiter
-    admin_token: str
-    pid: int = field(default_factory=os.getpid)
-    started_at: float = field(default_factory=time.time)
-    started_monotonic: float = field(default_factory=time.monotonic)
-    telegram: Any = None
-    monitoring: Any = None
-    health: Any = None  # core.health_checks.HealthChecks, once the lifespan started it
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    def telegram_state(self) -> str:
-        if self.telegram is None:
-            return "not_configured"
-        return str(self.telegram.state)
 
 
 def resolve_admin_token(settings: Settings) -> str:
@@ -87,7 +61,16 @@ async def _probe_loop(llm: LLMClient, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
+def build_runtime(
+    settings: Settings,
+    db: Database,
+    llm: LLMClient,
+    *,
+    exit_hook: Callable[[int], None] | None = None,
+    notifier: SdNotifier | None = None,
+    queue_depth: QueueDepth | None = None,
+) -> Runtime:
+    """Every shared part, wired once; the restart hook exists from the start."""
     memory = ChatMemory(
         db,
         cache_chats=settings.context_cache_chats,
@@ -103,6 +86,12 @@ def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
     )
     admission = Admission()
     limiter = AdjustableLimiter(settings.llm_concurrency)
+    runtime: Runtime | None = None
+
+    async def status_line() -> str:  # the /status command; runtime is set below
+        assert runtime is not None
+        return health.status_line(await health.health_report(runtime))
+
     chat = ChatService(
         memory,
         context,
@@ -113,8 +102,10 @@ def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
         operator_ids=frozenset(
             [] if settings.telegram_admin_id is None else [str(settings.telegram_admin_id)]
         ),
+        status_line=status_line,
     )
-    return Runtime(
+    started = time.monotonic()
+    runtime = Runtime(
         settings=settings,
         db=db,
         memory=memory,
@@ -124,7 +115,18 @@ def build_runtime(settings: Settings, db: Database, llm: LLMClient) -> Runtime:
         admission=admission,
         limiter=limiter,
         admin_token=resolve_admin_token(settings),
+        lifecycle=lifecycle.Lifecycle(
+            settings,
+            admission,
+            db,
+            started_monotonic=started,
+            exit_hook=exit_hook,
+            notifier=notifier,
+        ),
+        started_monotonic=started,
+        queue_depth=queue_depth,
     )
+    return runtime
 
 
 def make_llm(settings: Settings) -> LLMClient:
@@ -156,13 +158,15 @@ def create_app(
             client = llm or make_llm(settings)
             if llm is None:
                 stack.push_async_callback(client.aclose)
-            runtime = build_runtime(settings, db, client)
+            runtime = build_runtime(
+                settings,
+                db,
+                client,
+                exit_hook=getattr(app.state, "exit_hook", None),
+                notifier=SdNotifier.from_environ(os.environ),
+                queue_depth=_queue_depth(settings),
+            )
             app.state.vigil = runtime
-
-            async def _status() -> str:
-                return health.status_line(await health.health_report(runtime))
-
-            runtime.chat.status_line = _status
             await health.start_health_checks(runtime, stack)
             stack.push_async_callback(runtime.chat.drain_background)
             probe = asyncio.ensure_future(_probe_loop(client, settings.llm_probe_interval_s))
@@ -200,6 +204,15 @@ def create_app(
 
     app.include_router(monitoring_router)
     return app
+
+
+def _queue_depth(settings: Settings) -> QueueDepth | None:
+    """The Huey queue's pending/scheduled counts (tasks/ is wired in here, nowhere else)."""
+    try:
+        from tasks.queue import queue_depth
+    except ImportError:
+        return None
+    return lambda: queue_depth(settings)
 
 
 def _default_starters(telegram: Any) -> list[Starter]:

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from core.admission import AdjustableLimiter, Admission
 from core.channel import Channel, IncomingMessage, Turn, TurnResult
@@ -93,7 +94,7 @@ class ChatService:
         self.operator_ids = operator_ids
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
-        self._background: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
         # chat id -> (streamer, task pumping the model) of the reply being written
         self._pumps: dict[str, tuple[StreamingOptimizer, asyncio.Future[None]]] = {}
         self.commands: dict[str, CommandHandler] = {
@@ -113,6 +114,25 @@ class ChatService:
         async with self._exclusive(msg.chat_id):
             return await self._turn(msg, channel)
 
+    def check_admission(self, chat_id: str) -> None:
+        """Raise ``Busy``/``Draining`` if a new turn in this chat would be refused now."""
+        self.admission.check()
+        if self.pending(chat_id) >= self.queue_limit:
+            self.stats.rejected += 1
+            raise Busy(
+                f"too many messages waiting in this chat (limit {self.queue_limit})",
+                retry_after=5,
+            )
+
+    def handle_in_background(
+        self, msg: IncomingMessage, channel: Channel
+    ) -> asyncio.Task[TurnResult]:
+        """``handle`` as a task the service owns (drained at shutdown), for streaming."""
+        task: asyncio.Task[TurnResult] = asyncio.ensure_future(self.handle(msg, channel))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
     @contextlib.asynccontextmanager
     async def _exclusive(self, chat_id: str) -> AsyncIterator[None]:
         """Admission, then this chat's turn lock (one turn at a time per chat).
@@ -121,13 +141,7 @@ class ChatService:
         waits behind another turn of the same chat: a graceful restart drains
         queued turns too, not only the running one.
         """
-        self.admission.check()
-        if self.pending(chat_id) >= self.queue_limit:
-            self.stats.rejected += 1
-            raise Busy(
-                f"too many messages waiting in this chat (limit {self.queue_limit})",
-                retry_after=5,
-            )
+        self.check_admission(chat_id)
         with self.admission.turn():
             async with self._chat_lock(chat_id):
                 yield

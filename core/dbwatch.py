@@ -21,7 +21,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ ACTION = (
 )
 
 
-async def watch_database(runtime: Any, *, interval: float = CHECK_INTERVAL_S) -> str:
+async def watch_database(runtime: Runtime, *, interval: float = CHECK_INTERVAL_S) -> str:
     """Check until the file changes; then alert, restart, and return how it changed."""
     db = runtime.db
     while True:
@@ -70,7 +73,7 @@ async def rescue_deleted(db: Any) -> str:
     return "its content was copied back from the server's open file"
 
 
-async def on_replaced(runtime: Any, how: str) -> None:
+async def on_replaced(runtime: Runtime, how: str) -> None:
     detail = f"{runtime.db.path} was {how} while the server was running"
     if how == "deleted":
         detail += "; " + await rescue_deleted(runtime.db)
@@ -87,14 +90,12 @@ async def on_replaced(runtime: Any, how: str) -> None:
             )
         except Exception:  # the restart below matters more than the alert
             log.exception("could not raise the database_replaced alert")
-    hook = runtime.extras.get("request_restart")
-    if hook is None:
-        log.critical("%s; no restart path in this process: restart Vigil by hand", detail)
-        return
-    hook("database_replaced", detail)
+    runtime.request_restart("database_replaced", detail)
 
 
-async def start_database_watch(app: Any, runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+async def start_database_watch(
+    app: Any, runtime: Runtime, stack: contextlib.AsyncExitStack
+) -> None:
     """Starter: run the watch for the server's lifetime."""
     task = asyncio.ensure_future(watch_database(runtime))
 

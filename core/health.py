@@ -16,16 +16,17 @@ import json
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from core import __version__
 from core.health_checks import HealthChecks
+from core.runtime import Runtime, RuntimeDep
 
 router = APIRouter(tags=["health"])
 
 
-async def health_report(runtime: Any) -> dict[str, Any]:
+async def health_report(runtime: Runtime) -> dict[str, Any]:
     """The /health body; also used by /status and the CLI. No I/O when the
     background checks run (the server); otherwise they run once here."""
     checks = runtime.health
@@ -35,7 +36,7 @@ async def health_report(runtime: Any) -> dict[str, Any]:
     return build_report(runtime, checks)
 
 
-def build_report(runtime: Any, checks: HealthChecks) -> dict[str, Any]:
+def build_report(runtime: Runtime, checks: HealthChecks) -> dict[str, Any]:
     """The latest background results plus what is known in memory (model, Telegram, load)."""
     worst, found, details = checks.snapshot(time.monotonic())
     llm_status = runtime.llm.status
@@ -88,8 +89,7 @@ def build_report(runtime: Any, checks: HealthChecks) -> dict[str, Any]:
 
 @router.get("/health")
 @router.head("/health", include_in_schema=False)  # monitoring tools probe with HEAD
-async def health(request: Request) -> Response:
-    runtime = request.app.state.vigil
+async def health(runtime: RuntimeDep) -> Response:
     if runtime.health is None:  # not started by the lifespan (embedded use)
         report = await health_report(runtime)
         return JSONResponse(report, status_code=503 if report["status"] == "unhealthy" else 200)
@@ -97,7 +97,7 @@ async def health(request: Request) -> Response:
     return Response(body, status_code=code, media_type="application/json")
 
 
-def cached_body(runtime: Any, checks: HealthChecks) -> tuple[bytes, int]:
+def cached_body(runtime: Runtime, checks: HealthChecks) -> tuple[bytes, int]:
     """The encoded report, rebuilt when anything in it changes or every 0.1 s (the ages)."""
     admission = runtime.admission
     key = (
@@ -122,12 +122,11 @@ def cached_body(runtime: Any, checks: HealthChecks) -> tuple[bytes, int]:
 
 @router.get("/health/live")
 @router.head("/health/live", include_in_schema=False)
-async def live(request: Request) -> JSONResponse:
-    runtime = request.app.state.vigil
+async def live(runtime: RuntimeDep) -> JSONResponse:
     return JSONResponse({"status": "alive", "pid": runtime.pid})
 
 
-async def start_health_checks(runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+async def start_health_checks(runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
     """The first round runs before the server answers; then every interval."""
     checks = HealthChecks(runtime, interval_s=runtime.settings.health_check_interval_s)
     await checks.run_once()

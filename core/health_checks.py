@@ -15,9 +15,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.restarts import read_supervisor_state
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ class DatabaseCheck:
     def __init__(self) -> None:
         self.unwritable = False
 
-    async def __call__(self, runtime: Any) -> CheckResult:
+    async def __call__(self, runtime: Runtime) -> CheckResult:
         db, settings = runtime.db, runtime.settings
         replaced = db.check_file()  # one stat; writes check it too
         if replaced is not None:
@@ -74,7 +77,7 @@ class DatabaseCheck:
         failed_at = getattr(db, "last_write_error_at", None)
         if failed_at is None:
             return CheckResult("ok", (), ok)
-        error = db.last_write_error
+        error: Exception | None = db.last_write_error
         age = time.monotonic() - failed_at
         if self.unwritable or (
             last_write_failure(db) is not None and age >= settings.health_write_probe_after_s
@@ -115,7 +118,7 @@ async def probe_write(db: Any) -> Exception | None:
     return None
 
 
-async def check_children(runtime: Any) -> CheckResult:
+async def check_children(runtime: Runtime) -> CheckResult:
     """Children of the supervisor that failed (flap limit) or keep restarting."""
     state = await asyncio.to_thread(read_supervisor_state, runtime.settings.data_dir)
     children = state.get("children") if state.get("supervised") else None
@@ -141,7 +144,7 @@ class HealthChecks:
     """Runs the checks every ``interval_s`` and keeps the latest results."""
 
     def __init__(
-        self, runtime: Any, *, interval_s: float, checks: dict[str, Check] | None = None
+        self, runtime: Runtime, *, interval_s: float, checks: dict[str, Check] | None = None
     ) -> None:
         self.runtime = runtime
         self.interval_s = interval_s

@@ -5,7 +5,7 @@ request, ``POST /restart/force``, a scheduled restart, SIGTERM/SIGINT. It
 turns readiness unhealthy at once (new turns get 503 + Retry-After), lets
 replies in flight finish for up to ``restart_grace_s``, flushes the WAL,
 writes the restart record and makes the process exit with 75 (restart me) or
-0 (stop). Other subsystems reach it through ``runtime.extras["request_restart"]``
+0 (stop). Other subsystems reach it through ``runtime.request_restart``
 (a ``(reason, detail) -> bool`` callable).
 """
 
@@ -19,16 +19,21 @@ import signal
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import FastAPI
 
+from core.admission import Admission
 from core.config import Settings
+from core.database import Database
 from core.errors import StorageError
 from core.restarts import record_async, record_pending, save_pending_record
 from core.sdnotify import SdNotifier
 from core.serving import AcceptErrors, connection_limit, guarded_protocol, raise_fd_limit
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +71,21 @@ class Lifecycle:
 
     def __init__(
         self,
-        runtime: Any,
+        settings: Settings,
+        admission: Admission,
+        db: Database,
         *,
+        started_monotonic: float,
         exit_hook: Callable[[int], None] | None = None,
         notifier: SdNotifier | None = None,
     ) -> None:
-        self.runtime = runtime
+        self.settings = settings
+        self.admission = admission
+        self.db = db
+        self.started_monotonic = started_monotonic
         self.exit_hook = exit_hook
         self.notifier = notifier or SdNotifier(None)
-        self.grace_s: float = runtime.settings.restart_grace_s
+        self.grace_s: float = settings.restart_grace_s
         self.state = "running"  # running -> draining -> exiting
         self.reason = ""
         self.detail = ""
@@ -108,7 +119,7 @@ class Lifecycle:
         self.state, self.reason, self.detail = "draining", reason, detail
         self.requested_at = time.time()
         self.exit_code = 0 if reason in STOP_REASONS else RESTART_REQUESTED
-        self.runtime.admission.start_draining(reason=reason, retry_after=RETRY_AFTER_S)
+        self.admission.start_draining(reason=reason, retry_after=RETRY_AFTER_S)
         # No STOPPING=1: the service is the supervisor, which outlives this
         # server on a restart; systemd knows about a stop because it asked.
         what = "stop" if self.exit_code == 0 else "restart"
@@ -118,7 +129,7 @@ class Lifecycle:
             "stop" if self.exit_code == 0 else "restart",
             reason,
             f": {detail}" if detail else "",
-            self.runtime.admission.in_flight,
+            self.admission.in_flight,
             self.grace_s,
         )
         self._task = asyncio.get_running_loop().create_task(self._drain())
@@ -126,7 +137,7 @@ class Lifecycle:
 
     async def _drain(self) -> None:
         started = time.monotonic()
-        admission = self.runtime.admission
+        admission = self.admission
         idle = asyncio.ensure_future(admission.wait_idle(self.grace_s))
         hurry = asyncio.ensure_future(self._hurry.wait())
         await asyncio.wait({idle, hurry}, return_when=asyncio.FIRST_COMPLETED)
@@ -141,7 +152,7 @@ class Lifecycle:
             log.warning("%s: %d turn(s) still in flight", why, admission.in_flight)
         self.state = "exiting"
         with contextlib.suppress(Exception):
-            await self.runtime.db.checkpoint("PASSIVE")
+            await self.db.checkpoint("PASSIVE")
         detail = f"drained in {waited:.1f} s"
         if not is_idle:
             cut = f"{admission.in_flight} turn(s) in flight cut"
@@ -153,20 +164,20 @@ class Lifecycle:
             reason=self.reason,
             exit_code=self.exit_code,
             signal=None,
-            uptime_s=round(time.monotonic() - self.runtime.started_monotonic, 1),
+            uptime_s=round(time.monotonic() - self.started_monotonic, 1),
             last_rss_mb=_rss_mb(),
             attempt=None,
             backoff_s=None,
             detail="; ".join(p for p in (self.detail, detail) if p),
         )
         try:
-            if self.runtime.db.replaced is not None:
+            if self.db.replaced is not None:
                 # The open file is gone from the path, and this process must not
                 # open the new one while it holds the old: the next server
                 # records this restart (data/restart_pending.json).
-                save_pending_record(self.runtime.settings.data_dir, event)
+                save_pending_record(self.settings.data_dir, event)
             else:
-                await record_async(self.runtime.db, event)
+                await record_async(self.db, event)
         except (StorageError, OSError) as exc:  # full disk: the exit must still happen
             log.warning("could not record the restart: %s", exc)
         except Exception:  # the exit must happen whatever went wrong
@@ -184,21 +195,16 @@ class Lifecycle:
             "detail": self.detail or None,
             "requested_at": self.requested_at,
             "exit_code": self.exit_code,
-            "in_flight_turns": self.runtime.admission.in_flight,
+            "in_flight_turns": self.admission.in_flight,
             "grace_s": self.grace_s,
         }
 
 
-async def start_lifecycle(app: FastAPI, runtime: Any, stack: contextlib.AsyncExitStack) -> None:
-    """Starter: the Lifecycle, the restart hook, and the systemd watchdog pings."""
-    notifier = SdNotifier.from_environ(os.environ)
-    lifecycle = Lifecycle(
-        runtime, exit_hook=getattr(app.state, "exit_hook", None), notifier=notifier
-    )
-    runtime.extras["lifecycle"] = lifecycle
-    runtime.extras["request_restart"] = lifecycle.request_restart
-    await record_pending(runtime.db, runtime.settings.data_dir)
+async def start_lifecycle(app: FastAPI, runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
+    """Starter: the previous server's pending restart record, the systemd watchdog pings."""
+    notifier = runtime.lifecycle.notifier
     stack.callback(notifier.close)
+    await record_pending(runtime.db, runtime.settings.data_dir)
     if notifier.watchdog_s:
         pinger = asyncio.ensure_future(notifier.watchdog_loop())
         stack.callback(pinger.cancel)
@@ -219,7 +225,7 @@ class VigilServer(uvicorn.Server):
 
     def _lifecycle(self) -> Lifecycle | None:
         runtime = getattr(self.app.state, "vigil", None)
-        return None if runtime is None else runtime.extras.get("lifecycle")
+        return None if runtime is None else runtime.lifecycle
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Deliberately not uvicorn's: it would re-raise the signal after serve()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.errors import NotFound, VigilError
 from core.http import check_admin
 from core.restarts import counts_since, history, read_supervisor_state
+from core.runtime import Runtime, RuntimeDep
 
 router = APIRouter(tags=["restart"])
 
@@ -40,7 +41,7 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="seconds")
 
 
-def _config(runtime: Any, supervisor: dict[str, Any]) -> dict[str, Any]:
+def _config(runtime: Runtime, supervisor: dict[str, Any]) -> dict[str, Any]:
     s = runtime.settings
     return {
         "enabled": bool(supervisor.get("supervised")),
@@ -62,24 +63,23 @@ def _config(runtime: Any, supervisor: dict[str, Any]) -> dict[str, Any]:
 
 @router.get("/restart/status")
 async def restart_status(
-    request: Request,
+    runtime: RuntimeDep,
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    runtime = request.app.state.vigil
     supervisor = read_supervisor_state(runtime.settings.data_dir)
     total, entries = await history(runtime.db, limit=limit, offset=offset)
     for entry in entries:
         entry["at_iso"] = _iso(entry["at"])
-    lifecycle = runtime.extras.get("lifecycle")
-    scheduler = runtime.extras.get("auto_restart")
+    lifecycle = runtime.lifecycle
+    scheduler = runtime.scheduled_restarts
     scheduled = scheduler.status() if scheduler is not None else None
     children = supervisor.get("children", {})
     for child in children.values():
         child["next_start_at_iso"] = _iso(child.get("next_start_at"))
     return {
         "auto_restart": _config(runtime, supervisor),
-        "server": lifecycle.status() if lifecycle is not None else {"state": "running"},
+        "server": lifecycle.status(),
         "uptime_s": round(time.monotonic() - runtime.started_monotonic, 1),
         "next_scheduled_restart": scheduled["next_at_iso"] if scheduled else None,
         "scheduled_restart": scheduled,
@@ -94,9 +94,8 @@ async def restart_status(
 
 
 @router.post("/restart/force", dependencies=[Depends(check_admin)], status_code=202)
-async def restart_force(request: Request, body: ForceIn | None = None) -> JSONResponse:
-    runtime = request.app.state.vigil
-    lifecycle = runtime.extras["lifecycle"]
+async def restart_force(runtime: RuntimeDep, body: ForceIn | None = None) -> JSONResponse:
+    lifecycle = runtime.lifecycle
     detail = body.detail if body is not None else ""
     in_flight = runtime.admission.in_flight
     # Read before the restart starts: nothing after request_restart may fail.
@@ -122,9 +121,9 @@ async def restart_force(request: Request, body: ForceIn | None = None) -> JSONRe
 
 @router.post("/debug/block", dependencies=[Depends(check_admin)], include_in_schema=False)
 async def debug_block(
-    request: Request, seconds: Annotated[float, Query(gt=0, le=600)] = 5.0
+    request: Request, runtime: RuntimeDep, seconds: Annotated[float, Query(gt=0, le=600)] = 5.0
 ) -> dict[str, Any]:
-    if not request.app.state.vigil.settings.debug_hooks:
+    if not runtime.settings.debug_hooks:
         raise NotFound(f"no such endpoint: POST {request.url.path}")
     # Blocking the loop is the whole point of this hook (watchdog tests).
     time.sleep(seconds)  # noqa: ASYNC251

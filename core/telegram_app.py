@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
@@ -22,6 +22,9 @@ from core.chat import ChatService
 from core.config import Settings
 from core.streaming import EditScheduler
 from core.telegram_session import SessionLock, check_session_server, server_profile
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 log = logging.getLogger("core.telegram.app")
 
@@ -65,7 +68,7 @@ def _client_factory(settings: Settings, injected: Any, profile: Any) -> Any:
 def telegram_starter(injected: Any = None) -> Any:
     """The starter for ``_default_starters``; ``injected`` is a client or factory."""
 
-    async def start(app: FastAPI, runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+    async def start(app: FastAPI, runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
         install_commands(runtime.chat)
         settings: Settings = runtime.settings
         if injected is None and not settings.telegram_configured:
@@ -112,7 +115,7 @@ def telegram_starter(injected: Any = None) -> Any:
         gateway.on_message = bot.on_message
         gateway.on_connected = bot.on_connected
         runtime.telegram = gateway
-        runtime.extras.update(telegram_bot=bot, telegram_channel=channel)
+        runtime.telegram_bot, runtime.telegram_channel = bot, channel
         await gateway.start()
         stack.push_async_callback(gateway.stop)
         stack.push_async_callback(bot.stop)  # runs first: turns finish, then disconnect

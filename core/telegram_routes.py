@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
+
+from core.runtime import Runtime, RuntimeDep
 
 router = APIRouter(tags=["telegram"])
 
 
-def telegram_status(runtime: Any) -> dict[str, Any]:
+def telegram_status(runtime: Runtime) -> dict[str, Any]:
     gateway = runtime.telegram
     if gateway is None:
         return {
@@ -19,8 +21,8 @@ def telegram_status(runtime: Any) -> dict[str, Any]:
             "detail": "set VIGIL_TELEGRAM_API_ID and VIGIL_TELEGRAM_API_HASH (docs/telegram.md)",
         }
     body: dict[str, Any] = gateway.status()
-    bot = runtime.extras.get("telegram_bot")
-    channel = runtime.extras.get("telegram_channel")
+    bot = runtime.telegram_bot
+    channel = runtime.telegram_channel
     if bot is not None:
         body["chats"] = {
             "ignored_group_messages": bot.ignored,
@@ -45,5 +47,5 @@ def telegram_status(runtime: Any) -> dict[str, Any]:
 
 
 @router.get("/telegram/status")
-async def status(request: Request) -> dict[str, Any]:
-    return telegram_status(request.app.state.vigil)
+async def status(runtime: RuntimeDep) -> dict[str, Any]:
+    return telegram_status(runtime)

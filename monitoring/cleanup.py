@@ -14,11 +14,14 @@ import gc
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from monitoring.limits import MB
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def estimate_window_bytes(window: Any) -> int:
 class RuntimeEffects:
     """What the governor can do to the server, over the runtime's public APIs."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.settings = runtime.settings
         self.configured_limit = int(runtime.limiter.configured)
@@ -159,7 +162,7 @@ class RuntimeEffects:
         }
 
     def sessions(self, now: float) -> list[dict[str, Any]]:
-        rows = []
+        rows: list[dict[str, Any]] = []
         for window in self.runtime.memory.cached_chats():
             rows.append(
                 {

@@ -9,7 +9,7 @@ are refreshed by the route just before the scrape is rendered.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,6 +17,9 @@ from prometheus_client.registry import Collector
 
 from monitoring.limits import MB
 from monitoring.rules import RULES
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 
 def _gauge(name: str, doc: str, value: float, **labels: str) -> GaugeMetricFamily:
@@ -39,7 +42,7 @@ def _quantile(values: list[float], q: float) -> float:
 class VigilCollector(Collector):
     """Reads turns, LLM, admission and governor state from the runtime."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
     def collect(self) -> Iterator[Metric]:
@@ -150,7 +153,7 @@ class VigilCollector(Collector):
         yield queue
 
 
-def build_registry(runtime: Any) -> CollectorRegistry:
+def build_registry(runtime: Runtime) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)

@@ -16,7 +16,10 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from core.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +146,16 @@ class AutoRestartManager:
         }
 
 
-def start_auto_restart(app: Any, runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+def start_auto_restart(app: Any, runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
     """Starter (after the server's lifecycle starter): the schedule loop."""
-    request = runtime.extras.get("request_restart")
-    if request is None:
-        log.warning("no restart hook in the runtime; scheduled restarts are off")
-        return
+    request = runtime.request_restart
     manager = AutoRestartManager(
         runtime.settings.restart_schedule,
         max_postpone_s=runtime.settings.restart_schedule_max_postpone_s,
         in_flight=lambda: int(runtime.admission.in_flight),
         request_restart=request,
     )
-    runtime.extras["auto_restart"] = manager
+    runtime.scheduled_restarts = manager
     if manager.next_at is not None:
         log.info("scheduled restart daily at %s (next %s)", manager.schedule, manager.next_at)
         task = asyncio.ensure_future(manager.run())

@@ -93,11 +93,11 @@ async def metrics(request: Request) -> Response:
             await system.refresh_counters()
         except VigilError as exc:
             log.warning("metrics: database counters unavailable: %s", exc.message)
-    registry = runtime.extras.get("metrics_registry")
+    registry = runtime.metrics_registry
     if registry is None:
         from monitoring.metrics import build_registry
 
-        registry = runtime.extras["metrics_registry"] = build_registry(runtime)
+        registry = runtime.metrics_registry = build_registry(runtime)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

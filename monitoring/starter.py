@@ -14,8 +14,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import VigilError
 from monitoring.cleanup import RuntimeEffects
@@ -27,6 +26,9 @@ from monitoring.rules import Thresholds
 from monitoring.store import AlertStore
 from monitoring.system import IntegratedMonitoringSystem
 
+if TYPE_CHECKING:
+    from core.runtime import Runtime
+
 log = logging.getLogger(__name__)
 TELEGRAM_ALERT_INTERVAL_S = 60.0
 HISTORY_FILE = "resource_history.json"
@@ -36,7 +38,7 @@ RESTART_MEMORY_S = 1800.0
 class _TelegramAlerts:
     """Finds a way to reach the Telegram admin chat once Telegram is up."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.notifier: TelegramNotifier | None = None
 
@@ -48,7 +50,7 @@ class _TelegramAlerts:
             return None
         send = getattr(gateway, "notify_admin", None)
         admin = self.runtime.settings.telegram_admin_id
-        channel = self.runtime.extras.get("telegram_channel")  # the Telegram Channel adapter
+        channel = self.runtime.telegram_channel  # the Telegram Channel adapter
         channel_send = getattr(channel, "send", None)
         if send is None and admin is not None and channel_send is not None:
 
@@ -62,7 +64,7 @@ class _TelegramAlerts:
 
 
 def build_monitoring(
-    runtime: Any, *, probe: LoopLagProbe | None = None
+    runtime: Runtime, *, probe: LoopLagProbe | None = None
 ) -> IntegratedMonitoringSystem:
     settings = runtime.settings
     effects = RuntimeEffects(runtime)
@@ -85,18 +87,9 @@ def build_monitoring(
         effects=effects,
         store=AlertStore(runtime.db),
         dispatcher=AlertDispatcher(webhook=webhook, telegram=_TelegramAlerts(runtime)),
-        restart_hook=lambda: runtime.extras.get("request_restart"),
-        queue_depth=_queue_depth(settings),
+        restart_hook=runtime.request_restart,
+        queue_depth=runtime.queue_depth,
     )
-
-
-def _queue_depth(settings: Any) -> Callable[[], dict[str, Any]] | None:
-    """The Huey queue's pending/scheduled counts, if the task queue is installed."""
-    try:
-        from tasks.queue import queue_depth
-    except ImportError:
-        return None
-    return lambda: queue_depth(settings)
 
 
 async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -105,12 +98,12 @@ async def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def start_monitoring(app: Any, runtime: Any, stack: contextlib.AsyncExitStack) -> None:
+async def start_monitoring(app: Any, runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
     """Starter: ``runtime.monitoring``, the metrics registry, and the governor loops."""
     probe = LoopLagProbe()
     system = build_monitoring(runtime, probe=probe)
     runtime.monitoring = system
-    runtime.extras["metrics_registry"] = build_registry(runtime)
+    runtime.metrics_registry = build_registry(runtime)
     stack.push_async_callback(system.dispatcher.drain)  # also the stale "resolved" events
     stale = await system.close_stale(time.time())
     if stale:
@@ -186,7 +179,7 @@ def _keep_history(
     stack.callback(save)  # runs after the loops are cancelled (LIFO)
 
 
-async def report_conditions(system: IntegratedMonitoringSystem, runtime: Any) -> None:
+async def report_conditions(system: IntegratedMonitoringSystem, runtime: Runtime) -> None:
     """After each round of health checks: alerts for a failing model and failing writes.
 
     The texts are Vigil's own (``LLMStatus.detail``, the storage error codes),
@@ -207,9 +200,9 @@ async def report_conditions(system: IntegratedMonitoringSystem, runtime: Any) ->
         action="check the model server and VIGIL_LLM_BASE_URL / VIGIL_LLM_MODEL / "
         "VIGIL_LLM_API_KEY; logs/system.log has its own error text",
     )
-    database = runtime.health.results.get("database")
+    database = runtime.health.results.get("database") if runtime.health is not None else None
     failing = database is not None and database.status != "ok"
-    code = database.reasons[0] if failing and database.reasons else "storage_error"
+    code = database.reasons[0] if database is not None and database.reasons else "storage_error"
     await system.condition(
         "database_writes",
         failing,

@@ -7,10 +7,10 @@ only does it. Health checks (log line, database counters) run every
 cache trimming) every ``VIGIL_GOVERNOR_OPTIMIZE_INTERVAL_S``, routine cleanup
 (idle sessions out of memory) every ``VIGIL_GOVERNOR_CLEANUP_INTERVAL_S``.
 
-Restart requests go through one hook, ``request_restart(reason, detail)``
-(``immediate=True`` for the hard limit), looked up at call time in
-``runtime.extras["request_restart"]`` so the server's graceful restart path
-can install it in any order; every request is also recorded here and shown.
+Restart requests go through one hook, ``request_restart(reason, detail,
+immediate=)`` (``immediate=True`` for the hard limit): the server's graceful
+restart path, given at construction (``runtime.request_restart``); every
+request is also recorded here and shown.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from core.errors import VigilError
+from core.runtime import RestartHook
 from monitoring.alerts import PerformanceAlert
 from monitoring.cleanup import RuntimeEffects
 from monitoring.governor import (
@@ -47,19 +48,6 @@ from monitoring.snapshot import ResourceSnapshot
 from monitoring.store import AlertStore
 
 log = logging.getLogger(__name__)
-
-RestartHook = Callable[..., Any]
-
-
-def _call_hook(hook: RestartHook, reason: str, detail: str, *, immediate: bool) -> Any:
-    """``immediate=True`` only for the hard limit; a two-argument hook still works."""
-    if not immediate:
-        return hook(reason, detail)
-    try:
-        return hook(reason, detail, immediate=True)
-    except TypeError:
-        return hook(reason, detail)
-
 
 NOTIFY_STALE = frozenset({"medium", "high", "critical"})
 
@@ -98,7 +86,7 @@ class IntegratedMonitoringSystem:
         effects: RuntimeEffects,
         store: AlertStore | None = None,
         dispatcher: AlertDispatcher | None = None,
-        restart_hook: Callable[[], RestartHook | None] = lambda: None,
+        restart_hook: RestartHook | None = None,
         source: Callable[[], ResourceSnapshot] | None = None,
         clock: Callable[[], float] = time.time,
         queue_depth: Callable[[], dict[str, Any]] | None = None,
@@ -287,12 +275,11 @@ class IntegratedMonitoringSystem:
 
     def request_restart(self, reason: str, detail: str, *, immediate: bool = False) -> bool:
         """Record a restart request and pass it to the restart hook, if one is set."""
-        hook = self.restart_hook()
+        hook = self.restart_hook
         accepted: bool | None = None
         if hook is not None:
             try:
-                result = _call_hook(hook, reason, detail, immediate=immediate)
-                accepted = bool(result) if result is not None else True
+                accepted = bool(hook(reason, detail, immediate=immediate))
             except Exception:  # the hook is someone else's code; never crash the loop
                 log.exception("restart hook failed for %s", reason)
                 accepted = False

@@ -206,7 +206,7 @@ def test_the_governor_hook_restarts_immediately_without_waiting_for_turns(
     assert stream.first_delta.wait(10)
 
     async def request(runtime: Any) -> bool:
-        hook = runtime.extras["request_restart"]
+        hook = runtime.request_restart
         with pytest.raises(ValueError):
             hook("because", "not a known reason")
         return bool(hook("governor_memory", "rss 1012 MB", immediate=True))
@@ -246,7 +246,7 @@ def test_a_stop_during_a_restart_drain_turns_it_into_a_stop(
     assert stream.first_delta.wait(10)
 
     async def restart_then_stop(runtime: Any) -> tuple[bool, bool]:
-        lifecycle = runtime.extras["lifecycle"]
+        lifecycle = runtime.lifecycle
         return lifecycle.request_restart("forced"), lifecycle.request_restart("signal", "SIGTERM")
 
     assert live_server.call(restart_then_stop) == (True, False)
@@ -258,7 +258,7 @@ def test_a_stop_during_a_restart_drain_turns_it_into_a_stop(
     )
     assert stream.done is not None  # the reply still finished
     assert rows[0]["exit_code"] == 0
-    assert live_server.runtime.extras["lifecycle"].exit_code == 0
+    assert live_server.runtime.lifecycle.exit_code == 0
 
 
 @pytest.mark.slow

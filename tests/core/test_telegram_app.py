@@ -43,7 +43,7 @@ def tg_settings(tmp_path: Path, fake_llm: FakeLLM, **overrides: Any) -> Settings
 
 async def settle(runtime: Any) -> None:
     """Wait until every Telegram turn (and held-back paste) is done."""
-    bot = runtime.extras["telegram_bot"]
+    bot = runtime.telegram_bot
     for _ in range(2000):
         if not bot._tasks and not bot.paste._pending:
             return
@@ -129,7 +129,7 @@ def test_strangers_get_one_polite_refusal_and_no_model_call(tg: Tg, fake_llm: Fa
 
 
 def test_the_memory_of_refused_strangers_is_bounded(tg: Tg, fake_llm: FakeLLM) -> None:
-    bot = tg.server.runtime.extras["telegram_bot"]
+    bot = tg.server.runtime.telegram_bot
     bot.refusals.limit = 2  # the default is 10 000 pairs
     for user_id in (60, 61, 62, 62):
         tg.say("hi", chat_id=user_id, sender=FakeUser(id=user_id, username=f"u{user_id}"))

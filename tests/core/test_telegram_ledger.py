@@ -103,7 +103,7 @@ def test_a_turn_cut_short_by_a_restart_is_answered_once_and_replays_are_not(
 
 async def _crash_turns(runtime: Any) -> None:
     """What a crash does to a turn: it stops where it is (no reply, nothing settled)."""
-    bot = runtime.extras["telegram_bot"]
+    bot = runtime.telegram_bot
     for task in list(bot._tasks):
         task.cancel()
     await asyncio.gather(*bot._tasks, return_exceptions=True)

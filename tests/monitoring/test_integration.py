@@ -89,7 +89,7 @@ def test_memory_alert_cleanup_and_restart_request_end_to_end(
     assert body["health"]["signals"]["memory"] == "warning"
 
     # the server's graceful restart path took the request (embedded: it stays drained)
-    lifecycle = server.runtime.extras["lifecycle"]
+    lifecycle = server.runtime.lifecycle
     assert lifecycle.reason == "governor_memory"
     assert server.chat("demo", "are you there?").status_code == 503
 

@@ -90,12 +90,12 @@ async def test_telegram_alerts_reach_the_admin_chat_through_the_channel() -> Non
             return "1"
 
     runtime = SimpleNamespace(
-        telegram=None, extras={}, settings=SimpleNamespace(telegram_admin_id=42)
+        telegram=None, telegram_channel=None, settings=SimpleNamespace(telegram_admin_id=42)
     )
     find = _TelegramAlerts(runtime)
     assert find() is None  # Telegram not configured: no notifier
     runtime.telegram = object()
-    runtime.extras["telegram_channel"] = Channel()
+    runtime.telegram_channel = Channel()
     notifier = find()
     assert notifier is not None and find() is notifier
     assert await notifier.send("raised", alert("critical", "memory_critical"))

@@ -58,7 +58,7 @@ async def make_system(tmp_path: Path, feed: Feed, hook: Any) -> tuple[Any, Datab
         thresholds=th,
         effects=RecordingEffects(),  # type: ignore[arg-type]
         store=AlertStore(db),
-        restart_hook=lambda: hook,
+        restart_hook=hook,
         source=feed.source,
         clock=lambda: feed.now,
     )
@@ -143,7 +143,7 @@ async def test_stale_governor_alerts_are_closed_at_start_the_supervisors_are_sho
 async def test_a_failing_restart_hook_is_recorded_not_raised(tmp_path: Path) -> None:
     feed = Feed()
 
-    def broken(reason: str, detail: str = "") -> bool:
+    def broken(reason: str, detail: str = "", *, immediate: bool = False) -> bool:
         raise RuntimeError("boom")
 
     system, db = await make_system(tmp_path, feed, broken)
