@@ -30,7 +30,7 @@ def test_files_format_and_rotation(tmp_path: Path, restore_root: None) -> None:
     setup_logging(tmp_path, console=False)
     logging.getLogger("core.app").info("started %s", "ok")
     logging.getLogger("core.telegram").warning("flood wait %d s", 3)
-    logging.getLogger("core.telegram_bot").info("refused a stranger")
+    logging.getLogger("core.telegram.bot").info("refused a stranger")
     logging.getLogger("tasks.queue").info("backup done")
     system = (tmp_path / "system.log").read_text()
     assert " - core.app - INFO - started ok" in system

@@ -14,9 +14,9 @@ from telethon import errors, types
 
 from core.channel import IncomingMessage, TurnResult
 from core.config import Settings
-from core.telegram_app import NOTHING_TO_RETRY, RETRY_NOT_SHOWN, install_commands
-from core.telegram_bot import MEDIA_REPLY
-from core.telegram_session import SessionBusy, SessionLock
+from core.telegram.app import NOTHING_TO_RETRY, RETRY_NOT_SHOWN, install_commands
+from core.telegram.bot import MEDIA_REPLY
+from core.telegram.session import SessionBusy, SessionLock
 from tests.conftest import LiveServer, make_settings
 from tests.fake_llm import FakeLLM
 from tests.fake_telegram import FakeTelegram, FakeUser

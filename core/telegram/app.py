@@ -21,7 +21,7 @@ from core.channel import Channel, IncomingMessage, TurnResult
 from core.chat import ChatService
 from core.config import Settings
 from core.streaming import EditScheduler
-from core.telegram_session import SessionLock, check_session_server, server_profile
+from core.telegram.session import SessionLock, check_session_server, server_profile
 
 log = logging.getLogger("core.telegram.app")
 
@@ -54,7 +54,7 @@ def install_commands(chat: ChatService) -> None:
 def _client_factory(settings: Settings, injected: Any, profile: Any) -> Any:
     """What builds a (fresh) client; None when a ready client was injected."""
     if injected is None:
-        from core.telegram_client import make_client
+        from core.telegram.client import make_client
 
         return lambda: make_client(settings, profile)
     if hasattr(injected, "send_message"):
@@ -71,10 +71,10 @@ def telegram_starter(injected: Any = None) -> Any:
         if injected is None and not settings.telegram_configured:
             log.info("Telegram not configured; the local chat channel still works")
             return
-        from core.telegram import TelegramGateway
-        from core.telegram_bot import REFUSALS_REMEMBERED, TelegramBot
-        from core.telegram_channel import TelegramChannel
-        from core.telegram_ledger import InboundLedger, RefusalMemory
+        from core.telegram.bot import REFUSALS_REMEMBERED, TelegramBot
+        from core.telegram.channel import TelegramChannel
+        from core.telegram.gateway import TelegramGateway
+        from core.telegram.ledger import InboundLedger, RefusalMemory
 
         profile = server_profile(settings)  # ConfigError: one line naming the variable
         check_session_server(settings.session_path, profile)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.database import Database
-from core.telegram_rules import TgMessage
+from core.telegram.rules import TgMessage
 
 log = logging.getLogger("core.telegram.ledger")
 
