@@ -23,7 +23,7 @@ from core.config import Settings
 from core.streaming import EditScheduler
 from core.telegram.session import SessionLock, check_session_server, server_profile
 
-log = logging.getLogger("core.telegram.app")
+log = logging.getLogger(__name__)
 
 NOTHING_TO_RETRY = "Nothing to retry yet."
 RETRY_NOT_SHOWN = "⚠️ I could not show the new answer here; please send /retry again."

@@ -51,8 +51,7 @@ from core.telegram.rules import (
 if TYPE_CHECKING:
     from core.telegram.ledger import InboundLedger, RefusalMemory
 
-# Named below core.telegram so the records also reach logs/telegram.log.
-log = logging.getLogger("core.telegram.bot")
+log = logging.getLogger(__name__)
 __all__ = [  # the pure parts live in core.telegram.rules; importable from here too
     "DEFAULT_MAX_CHARS",
     "LONG_PART",

@@ -20,8 +20,7 @@ from core.errors import ChannelError
 from core.streaming import EditScheduler, utf16_len
 from core.telegram.format import Entity, render
 
-# Named below core.telegram so the records also reach logs/telegram.log.
-log = logging.getLogger("core.telegram.channel")
+log = logging.getLogger(__name__)
 
 TELEGRAM_LIMIT = 4096  # UTF-16 code units per message
 CHAT_PREFIX = "tg:"

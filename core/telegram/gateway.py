@@ -1,4 +1,4 @@
-"""The Telegram gateway; with client.py and auth.py the first Telethon users.
+"""The Telegram gateway; with client.py and auth.py the Telethon users of this package.
 
 :class:`TelegramGateway` owns one Telethon client at a time: it pins the
 server and registers its key before each connect, connects in the background
