@@ -164,30 +164,6 @@ def test_an_edit_of_a_held_message_replaces_its_text() -> None:
     assert [m.text for m in paste.due(now=1.0)] == ["corrected long text"]
 
 
-def test_only_the_telegram_package_imports_telethon() -> None:
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[3]
-    importers = set()
-    for path in [
-        root / "main.py",
-        *root.glob("core/**/*.py"),
-        *root.glob("monitoring/**/*.py"),
-        *root.glob("tasks/**/*.py"),
-    ]:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            if any(n == "telethon" or n.startswith("telethon.") for n in names):
-                importers.add(path.relative_to(root).as_posix())
-    assert importers  # the walk found the gateway
-    assert all(p.startswith("core/telegram/") for p in importers), importers
-
-
 async def test_only_the_answers_chat_gets_the_reply_to() -> None:
     from core.streaming import EditScheduler
     from core.telegram.channel import REPLY_TO, TelegramChannel
