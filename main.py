@@ -64,7 +64,7 @@ def serve(
     from core.logs import start_process_logging
 
     settings = settings_or_exit()
-    from core.telegram_cli import check_server_settings
+    from core.telegram.cli import check_server_settings
 
     check_server_settings(settings)  # a bad VIGIL_TELEGRAM_SERVER[_KEY]: one line, exit 2
     exit_if_unwritable(settings)  # a read-only data dir: one line about permissions, exit 78
@@ -235,10 +235,11 @@ def wait_healthy(
 
 
 def _register_modules() -> None:
-    from core import preflight, telegram_cli
+    from core import preflight
+    from core.telegram import cli as telegram_cli
 
     preflight.register(cli, settings_or_exit)
-    telegram_cli.register(cli, settings_or_exit)  # issue 3: telegram-login / telegram-logout
+    telegram_cli.register(cli, settings_or_exit)  # telegram-login / telegram-logout
 
 
 _register_modules()

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from core import __version__, api, health, lifecycle, restart_routes, telegram_routes, web
+from core import __version__, api, health, lifecycle, restart_routes, web
 from core.admission import AdjustableLimiter, Admission
 from core.chat import ChatService
 from core.config import Settings, load_settings
@@ -30,6 +30,7 @@ from core.llm import LLMClient, llm_from_settings
 from core.memory import ChatMemory
 from core.runtime import QueueDepth, Runtime
 from core.sdnotify import SdNotifier
+from core.telegram import routes as telegram_routes
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +219,7 @@ def _queue_depth(settings: Settings) -> QueueDepth | None:
 def _default_starters(telegram: Any) -> list[Starter]:
     """Telegram and monitoring plug in here (their issues)."""
     from core.dbwatch import start_database_watch
-    from core.telegram_app import telegram_starter
+    from core.telegram.app import telegram_starter
     from monitoring.restart import start_auto_restart
     from monitoring.starter import start_monitoring
 

@@ -37,6 +37,9 @@ HELP_TEXT = (
     "/retry — write the last answer again"
 )
 STOPPED = "⏹ Stopped."
+NOTHING_TO_CANCEL = "Nothing is being written right now."
+NOTHING_TO_RETRY = "Nothing to retry yet."
+RETRY_NOT_SHOWN = "⚠️ I could not show the new answer here; please send /retry again."
 # What a chatter sees when the model fails: the details (URL, HTTP status, the
 # setting to fix) are for the operator, in logs, /health and the admin's chat.
 MODEL_DOWN_REPLY = (
@@ -103,6 +106,8 @@ class ChatService:
             "reset": self._cmd_reset,
             "status": self._cmd_status,
             "summary": self._cmd_summary,
+            "cancel": self._cmd_cancel,
+            "retry": self._cmd_retry,
         }
         self.help_text = HELP_TEXT
 
@@ -358,6 +363,32 @@ class ChatService:
                 "in my context."
             )
         return "What I remember of earlier in this chat:\n" + window.summary
+
+    async def _cmd_cancel(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        if self.cancel(msg.chat_id):
+            return ""  # the stopped reply itself says so
+        return NOTHING_TO_CANCEL
+
+    async def _cmd_retry(
+        self, msg: IncomingMessage, channel: Channel, args: str
+    ) -> str | TurnResult:
+        result = await self.retry(msg, channel)
+        if result is not None and result.error_code:
+            log.info("chat %s: /retry failed: %s", msg.chat_id, result.error_code)
+        return retry_reply(result)
+
+
+def retry_reply(result: TurnResult | None) -> str | TurnResult:
+    """What ``/retry`` answers, given what :meth:`ChatService.retry` returned.
+
+    The retried turn streamed its own reply (or the model's error) into the chat
+    already; returning it gives the local API its reply and error code.
+    """
+    if result is None:
+        return NOTHING_TO_RETRY
+    if not result.sent_ids and not result.cancelled:
+        return RETRY_NOT_SHOWN  # the channel lost the reply: the chatter saw nothing
+    return result
 
 
 def clean_text(text: str) -> str:

@@ -28,6 +28,8 @@ FORMAT = "%(asctime)s - %(name)s - %(levelname)s - %(message)s"
 MAX_BYTES = 10 * 1024 * 1024
 BACKUPS = 3
 # Loggers whose names start with one of these prefixes also go to the file.
+# Every module logs as ``__name__``, so a package's prefix catches all its modules
+# (``core.telegram`` for ``core.telegram.gateway``, ``core.telegram.bot``, ...).
 SUBSYSTEM_FILES = {
     "telegram.log": ("core.telegram", "telethon"),
     "tasks.log": ("tasks", "huey", "core.backup", "core.maintenance", "core.restore"),
@@ -35,7 +37,7 @@ SUBSYSTEM_FILES = {
 
 
 class PrefixFilter(logging.Filter):
-    """Pass records of loggers named by any of the prefixes (``core.telegram*``)."""
+    """Pass records of loggers named by any of the prefixes (``core.telegram.*``)."""
 
     def __init__(self, prefixes: tuple[str, ...]) -> None:
         super().__init__()

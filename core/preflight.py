@@ -27,7 +27,7 @@ from core.backup import readonly_uri
 from core.config import ConfigError, Settings
 from core.database import NewerSchema, connect_sync, guard_stale_wal, migrate_sync
 from core.schema import SCHEMA_VERSION
-from core.telegram_session import check_session_server, server_profile
+from core.telegram.session import check_session_server, server_profile
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 

@@ -34,9 +34,9 @@ if TYPE_CHECKING:
     from core.lifecycle import Lifecycle
     from core.llm import LLMClient
     from core.memory import ChatMemory
-    from core.telegram import TelegramGateway
-    from core.telegram_bot import TelegramBot
-    from core.telegram_channel import TelegramChannel
+    from core.telegram.bot import TelegramBot
+    from core.telegram.channel import TelegramChannel
+    from core.telegram.gateway import TelegramGateway
 
 
 class RestartHook(Protocol):

@@ -34,5 +34,8 @@ say "ruff check"
 "$VENV/bin/ruff" format --check . >/dev/null || die "ruff format would change files; run .venv/bin/ruff format ."
 say "mypy"
 "$VENV/bin/mypy"
+say "import contracts"
+contracts="$("$VENV/bin/lint-imports" --no-cache 2>&1)" \
+    || { printf '%s\n' "$contracts"; die "import contracts broken (pyproject.toml [tool.importlinter])"; }
 say "pytest"
 exec "$VENV/bin/python" -m pytest "$@"

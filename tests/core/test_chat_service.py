@@ -11,8 +11,16 @@ import pytest
 from core.admission import AdjustableLimiter, Admission
 from core.api import LocalReply
 from core.app import build_runtime
-from core.channel import IncomingMessage
-from core.chat import ChatService, parse_command
+from core.channel import IncomingMessage, TurnResult
+from core.chat import (
+    NOTHING_TO_CANCEL,
+    NOTHING_TO_RETRY,
+    RETRY_NOT_SHOWN,
+    STOPPED,
+    ChatService,
+    parse_command,
+    retry_reply,
+)
 from core.database import Database
 from core.errors import Busy, Draining
 from core.llm import LLMClient
@@ -263,3 +271,58 @@ async def test_big_context_limits_survive_a_window_rebuild(tmp_path: Path) -> No
     finally:
         await llm.aclose()
         await db.close()
+
+
+async def test_cancel_and_retry_work_on_the_local_channel(
+    service: ChatService, fake_llm: FakeLLM
+) -> None:
+    # No channel's starter ran (build_runtime only): the commands are ChatService's own.
+    said = await service.handle(msg("local:cr", "/cancel"), LocalReply())
+    assert said.command == "cancel" and said.reply == NOTHING_TO_CANCEL
+    said = await service.handle(msg("local:cr", "/retry"), LocalReply())
+    assert said.command == "retry" and said.reply == NOTHING_TO_RETRY
+
+    await service.handle(msg("local:cr", "tell me a joke"), LocalReply())
+    fake_llm.reply = "a better joke"
+    redone = await service.handle(msg("local:cr", "/retry"), LocalReply())
+    assert redone.command == "retry" and redone.reply == "a better joke"
+    history = await service.memory.history("local:cr", limit=10)
+    assert [t.content for t in reversed(history)] == ["tell me a joke", "a better joke"]
+
+    fake_llm.reply = " ".join(f"word{i}" for i in range(400))
+    fake_llm.token_delay_s = 0.01
+    events: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+    streaming = LocalReply(events)
+    turn = asyncio.ensure_future(service.handle(msg("local:cr", "a long story"), streaming))
+    while (await events.get())[0] != "delta":
+        pass  # the reply is being written
+    stop = await service.handle(msg("local:cr", "/cancel"), LocalReply())
+    assert stop.command == "cancel" and stop.reply == "" and not stop.sent_ids
+    stopped = await turn
+    assert stopped.cancelled and streaming.text.endswith(STOPPED)
+    assert "word399" not in streaming.text
+
+
+SHOWN = "the retry's own TurnResult"
+
+
+@pytest.mark.parametrize(
+    ("result", "said"),
+    [
+        (None, NOTHING_TO_RETRY),
+        (TurnResult("tg:1", "new", 1, 2, sent_ids=("9",)), SHOWN),
+        (
+            TurnResult("tg:1", "⚠️ down", 1, None, error_code="llm_unavailable", sent_ids=("9",)),
+            SHOWN,
+        ),
+        (TurnResult("tg:1", "new", 1, 2, sent_ids=()), RETRY_NOT_SHOWN),  # delivery failed
+        (TurnResult("tg:1", "⏹ Stopped.", 1, None, cancelled=True), SHOWN),
+    ],
+)
+def test_the_retry_command_answers_with_what_retry_returned(
+    result: TurnResult | None, said: str
+) -> None:
+    # Shown already: the result itself comes back (ChatService sends nothing more
+    # for a TurnResult; the local API gets the new reply and its error code).
+    outcome = retry_reply(result)
+    assert outcome is result if said is SHOWN else outcome == said

@@ -30,7 +30,7 @@ def test_files_format_and_rotation(tmp_path: Path, restore_root: None) -> None:
     setup_logging(tmp_path, console=False)
     logging.getLogger("core.app").info("started %s", "ok")
     logging.getLogger("core.telegram").warning("flood wait %d s", 3)
-    logging.getLogger("core.telegram_bot").info("refused a stranger")
+    logging.getLogger("core.telegram.bot").info("refused a stranger")
     logging.getLogger("tasks.queue").info("backup done")
     system = (tmp_path / "system.log").read_text()
     assert " - core.app - INFO - started ok" in system
@@ -45,6 +45,27 @@ def test_files_format_and_rotation(tmp_path: Path, restore_root: None) -> None:
         if isinstance(h, logging.handlers.RotatingFileHandler)
     ]
     assert rotating and rotating[0].maxBytes == 10 * 1024 * 1024 and rotating[0].backupCount == 3
+
+
+def test_every_telegram_module_logs_to_telegram_log(tmp_path: Path, restore_root: None) -> None:
+    import importlib
+    import pkgutil
+
+    import core.telegram
+
+    setup_logging(tmp_path, console=False)
+    loggers = []
+    for info in pkgutil.iter_modules(core.telegram.__path__, "core.telegram."):
+        module = importlib.import_module(info.name)
+        if isinstance(getattr(module, "log", None), logging.Logger):
+            loggers.append(module.log)
+    assert len(loggers) >= 5  # gateway, app, bot, channel, ledger
+    for logger in loggers:
+        assert logger.name.startswith("core.telegram.")
+        logger.warning("hello from %s", logger.name)
+    telegram = (tmp_path / "telegram.log").read_text()
+    for logger in loggers:
+        assert f"hello from {logger.name}" in telegram
 
 
 def test_secrets_are_redacted_everywhere(tmp_path: Path, restore_root: None) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 
 from core.config import ConfigError, Settings
-from core.telegram_session import (
+from core.telegram.session import (
     ServerProfile,
     SessionBusy,
     SessionLock,
@@ -52,7 +52,7 @@ def _prepare(settings: Settings, *, check_server: bool = True) -> ServerProfile:
 
 
 def _default_factory(settings: Settings, profile: ServerProfile) -> Any:
-    from core.telegram_client import make_client
+    from core.telegram.client import make_client
 
     return make_client(settings, profile)
 
@@ -65,7 +65,7 @@ def run_login(
     factory: ClientFactory = _default_factory,
 ) -> str:
     """Log in; returns the success line or raises CliFailure."""
-    from core.telegram_auth import LoginError, login
+    from core.telegram.auth import LoginError, login
 
     profile = _prepare(settings)
     token = bot_token
@@ -90,7 +90,7 @@ def run_logout(
     settings: Settings, *, local: bool, factory: ClientFactory = _default_factory
 ) -> str:
     """Log out at Telegram (unless ``local``) and delete the session files."""
-    from core.telegram_auth import LoginError, logout
+    from core.telegram.auth import LoginError, logout
 
     if not settings.session_path.exists() or settings.session_path.stat().st_size == 0:
         delete_session_files(settings.session_path)

@@ -1,7 +1,7 @@
 """The Telegram ``Channel``: formatting, plain-text fallback, no empty edits.
 
 Telethon-free: it talks to the gateway through the small :class:`TelegramApi`
-protocol (``core/telegram.py`` implements it and translates Telethon's errors
+protocol (``core/telegram/gateway.py`` implements it and translates Telethon's errors
 into ours). Text is rendered from Markdown to Telegram entities; when
 Telegram rejects the entities the same message is sent as plain text from
 then on. Telegram strips surrounding whitespace and refuses an edit that
@@ -18,10 +18,9 @@ from typing import Protocol
 
 from core.errors import ChannelError
 from core.streaming import EditScheduler, utf16_len
-from core.telegram_format import Entity, render
+from core.telegram.format import Entity, render
 
-# Named below core.telegram so the records also reach logs/telegram.log.
-log = logging.getLogger("core.telegram.channel")
+log = logging.getLogger(__name__)
 
 TELEGRAM_LIMIT = 4096  # UTF-16 code units per message
 CHAT_PREFIX = "tg:"

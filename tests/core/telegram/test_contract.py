@@ -17,11 +17,11 @@ from telethon import TelegramClient, errors, events, types
 from core.api import LocalReply
 from core.channel import Channel
 from core.streaming import EditScheduler, StreamingOptimizer
-from core.telegram import TelegramGateway
-from core.telegram_bot import TgMessage
-from core.telegram_channel import TelegramChannel
-from core.telegram_client import incoming_message
-from core.telegram_session import ServerProfile
+from core.telegram.bot import TgMessage
+from core.telegram.channel import TelegramChannel
+from core.telegram.client import incoming_message
+from core.telegram.gateway import TelegramGateway
+from core.telegram.session import ServerProfile
 from tests.conftest import make_settings
 from tests.fake_telegram import FakeTelegram
 

@@ -1,7 +1,6 @@
-"""Telegram's place in the app lifespan: one starter, plus ``/cancel`` and ``/retry``.
+"""Telegram's place in the app lifespan: one starter.
 
-:func:`telegram_starter` returns the starter for ``core/app.py``. It always
-registers ``/cancel`` and ``/retry`` (they work on every channel); it starts
+:func:`telegram_starter` returns the starter for ``core/app.py``. It starts
 the gateway when Telegram is configured or when a client (or a client
 factory) was injected with ``create_app(telegram=...)`` — that is how tests
 run the full app against ``tests/fake_telegram.FakeTelegram``. Without
@@ -17,47 +16,20 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 
-from core.channel import Channel, IncomingMessage, TurnResult
-from core.chat import ChatService
 from core.config import Settings
 from core.streaming import EditScheduler
-from core.telegram_session import SessionLock, check_session_server, server_profile
+from core.telegram.session import SessionLock, check_session_server, server_profile
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
 
-log = logging.getLogger("core.telegram.app")
-
-NOTHING_TO_RETRY = "Nothing to retry yet."
-RETRY_NOT_SHOWN = "⚠️ I could not show the new answer here; please send /retry again."
-
-
-def install_commands(chat: ChatService) -> None:
-    async def cancel(msg: IncomingMessage, channel: Channel, args: str) -> str:
-        if chat.cancel(msg.chat_id):
-            return ""  # the stopped reply itself says so
-        return "Nothing is being written right now."
-
-    async def retry(msg: IncomingMessage, channel: Channel, args: str) -> str | TurnResult:
-        # The retried turn streamed its own reply (or the model's error) into the
-        # chat already; returning it gives the local API its reply and error code.
-        result = await chat.retry(msg, channel)
-        if result is None:
-            return NOTHING_TO_RETRY
-        if result.error_code:
-            log.info("chat %s: /retry failed: %s", msg.chat_id, result.error_code)
-        if not result.sent_ids and not result.cancelled:
-            return RETRY_NOT_SHOWN  # the channel lost the reply: the chatter saw nothing
-        return result
-
-    chat.commands.setdefault("cancel", cancel)
-    chat.commands.setdefault("retry", retry)
+log = logging.getLogger(__name__)
 
 
 def _client_factory(settings: Settings, injected: Any, profile: Any) -> Any:
     """What builds a (fresh) client; None when a ready client was injected."""
     if injected is None:
-        from core.telegram_client import make_client
+        from core.telegram.client import make_client
 
         return lambda: make_client(settings, profile)
     if hasattr(injected, "send_message"):
@@ -69,15 +41,14 @@ def telegram_starter(injected: Any = None) -> Any:
     """The starter for ``_default_starters``; ``injected`` is a client or factory."""
 
     async def start(app: FastAPI, runtime: Runtime, stack: contextlib.AsyncExitStack) -> None:
-        install_commands(runtime.chat)
         settings: Settings = runtime.settings
         if injected is None and not settings.telegram_configured:
             log.info("Telegram not configured; the local chat channel still works")
             return
-        from core.telegram import TelegramGateway
-        from core.telegram_bot import REFUSALS_REMEMBERED, TelegramBot
-        from core.telegram_channel import TelegramChannel
-        from core.telegram_ledger import InboundLedger, RefusalMemory
+        from core.telegram.bot import REFUSALS_REMEMBERED, TelegramBot
+        from core.telegram.channel import TelegramChannel
+        from core.telegram.gateway import TelegramGateway
+        from core.telegram.ledger import InboundLedger, RefusalMemory
 
         profile = server_profile(settings)  # ConfigError: one line naming the variable
         check_session_server(settings.session_path, profile)

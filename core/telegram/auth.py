@@ -1,4 +1,4 @@
-"""Log a Telegram account in or out (a Telethon boundary module, like core/telegram.py).
+"""Log a Telegram account in or out (a Telethon boundary module, like core/telegram/gateway.py).
 
 Used only by ``python main.py telegram-login`` / ``telegram-logout`` while the
 server is stopped (the CLI holds the session lock). Every Telethon error
@@ -12,8 +12,8 @@ from typing import Any
 
 from telethon import errors
 
-from core.telegram_client import TRANSPORT_ERRORS, apply_server
-from core.telegram_session import ServerProfile, write_marker
+from core.telegram.client import TRANSPORT_ERRORS, apply_server
+from core.telegram.session import ServerProfile, write_marker
 
 Ask = Callable[[str, bool], str]  # (prompt, is_secret) -> answer
 

@@ -13,10 +13,10 @@ from telethon.sessions import SQLiteSession
 
 from core.api import CHAT_ID_RE, STORED_CHAT_ID_RE
 from core.app import create_app
-from core.telegram_bot import DRAINING_REPLY, STOPPING_REPLY
-from core.telegram_session import check_session_server, marker_path, server_profile
+from core.telegram.bot import DRAINING_REPLY, STOPPING_REPLY
+from core.telegram.session import check_session_server, marker_path, server_profile
 from tests.conftest import LiveServer, make_settings
-from tests.core.test_telegram_app import ADA, BOB, EVE, settle, tg_settings, wait_until
+from tests.core.telegram.test_app import ADA, BOB, EVE, settle, tg_settings, wait_until
 from tests.fake_llm import FakeLLM
 from tests.fake_telegram import FakeTelegram
 
@@ -108,7 +108,7 @@ def test_a_stranger_is_refused_once_also_across_a_restart(
 
 
 def test_the_docs_name_chats_the_way_the_api_lists_them() -> None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
     named = [
         chat_id
@@ -166,7 +166,7 @@ def test_the_docs_name_the_telethon_version_and_layer_a_custom_server_needs() ->
     from telethon import __version__ as telethon_version
     from telethon.tl.alltlobjects import LAYER
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     docs = " ".join((root / "docs" / "telegram.md").read_text().split())
     assert f"Telethon {telethon_version}, which speaks MTProto API layer {LAYER}" in docs
     assert f"telethon=={telethon_version}" in (root / "requirements.txt").read_text()

@@ -15,9 +15,9 @@ from telethon.crypto import rsa as telethon_rsa
 
 from core.app import create_app
 from core.config import ConfigError, load_settings
-from core.telegram import TelegramGateway
-from core.telegram_cli import CliFailure, run_login
-from core.telegram_session import (
+from core.telegram.cli import CliFailure, run_login
+from core.telegram.gateway import TelegramGateway
+from core.telegram.session import (
     TEST_SERVER,
     ServerProfile,
     check_session_server,
@@ -187,7 +187,7 @@ def test_the_app_and_the_login_refuse_a_session_of_another_server(tmp_path: Path
 
 
 def test_the_real_client_keeps_its_session_private(tmp_path: Path) -> None:
-    from core.telegram_client import make_client
+    from core.telegram.client import make_client
 
     settings = make_settings(tmp_path, telegram_api_id=1, telegram_api_hash="h")
 
@@ -203,7 +203,7 @@ def test_the_real_client_keeps_its_session_private(tmp_path: Path) -> None:
 def test_serve_stops_with_one_line_for_a_bad_key_or_another_servers_session(
     tmp_path: Path,
 ) -> None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
     env.update(
         VIGIL_DATA_DIR=str(tmp_path / "data"),

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 from telethon import errors, types
 
-from core.channel import IncomingMessage, TurnResult
+from core.chat import NOTHING_TO_CANCEL, NOTHING_TO_RETRY
 from core.config import Settings
-from core.telegram_app import NOTHING_TO_RETRY, RETRY_NOT_SHOWN, install_commands
-from core.telegram_bot import MEDIA_REPLY
-from core.telegram_session import SessionBusy, SessionLock
+from core.telegram.bot import MEDIA_REPLY
+from core.telegram.session import SessionBusy, SessionLock
 from tests.conftest import LiveServer, make_settings
 from tests.fake_llm import FakeLLM
 from tests.fake_telegram import FakeTelegram, FakeUser
@@ -228,7 +227,7 @@ def test_cancel_stops_the_reply_being_streamed(tg: Tg, fake_llm: FakeLLM) -> Non
     stored = tg.server.call(lambda rt: rt.memory.last_turn("tg:42", "assistant"))
     assert stored is not None and "⏹" not in stored.content
     tg.say("/cancel", chat_id=42)
-    assert tg.fake.texts(42)[-1] == "Nothing is being written right now."
+    assert tg.fake.texts(42)[-1] == NOTHING_TO_CANCEL == "Nothing is being written right now."
 
 
 def test_retry_writes_the_last_answer_again(tg: Tg, fake_llm: FakeLLM) -> None:
@@ -261,43 +260,6 @@ def test_a_retry_the_model_fails_shows_its_error_and_nothing_more(
     texts = tg.fake.texts(42)
     assert len(texts) == 2 and texts[0] == "first answer"
     assert texts[1].startswith("⚠️")  # the streamer showed the model's error; no extra message
-
-
-SHOWN = "the retry's own TurnResult"
-
-
-class RetryingChat:
-    """Stands in for ChatService: ``retry`` returns a scripted TurnResult."""
-
-    def __init__(self, result: TurnResult | None) -> None:
-        self.result = result
-        self.commands: dict[str, Any] = {}
-
-    async def retry(self, msg: IncomingMessage, channel: Any) -> TurnResult | None:
-        return self.result
-
-
-@pytest.mark.parametrize(
-    ("result", "said"),
-    [
-        (None, NOTHING_TO_RETRY),
-        (TurnResult("tg:1", "new", 1, 2, sent_ids=("9",)), SHOWN),
-        (
-            TurnResult("tg:1", "⚠️ down", 1, None, error_code="llm_unavailable", sent_ids=("9",)),
-            SHOWN,
-        ),
-        (TurnResult("tg:1", "new", 1, 2, sent_ids=()), RETRY_NOT_SHOWN),  # delivery failed
-        (TurnResult("tg:1", "⏹ Stopped.", 1, None, cancelled=True), SHOWN),
-    ],
-)
-def test_the_retry_command_uses_what_retry_returned(result: TurnResult | None, said: str) -> None:
-    chat = RetryingChat(result)
-    install_commands(chat)  # type: ignore[arg-type]
-    msg = IncomingMessage(chat_id="tg:1", text="/retry")
-    outcome = asyncio.run(chat.commands["retry"](msg, None, ""))
-    # Shown already: the result itself comes back (ChatService sends nothing more
-    # for a TurnResult; the local API gets the new reply and its error code).
-    assert outcome is result if said is SHOWN else outcome == said
 
 
 def test_flood_wait_mid_stream_is_waited_out_and_the_final_text_lands(

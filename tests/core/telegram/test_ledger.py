@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from core.telegram_bot import STALE_REPLY
-from core.telegram_session import server_profile
+from core.telegram.bot import STALE_REPLY
+from core.telegram.session import server_profile
 from tests.conftest import LiveServer, make_settings
-from tests.core.test_telegram_app import ADA, EVE, settle, tg_settings, wait_until
+from tests.core.telegram.test_app import ADA, EVE, settle, tg_settings, wait_until
 from tests.fake_llm import FakeLLM
 from tests.fake_telegram import FakeTelegram
 
@@ -143,7 +143,7 @@ def test_messages_older_than_the_catch_up_limit_are_stored_not_answered(
 
 
 def test_the_real_client_catches_up_and_has_deadlines(tmp_path: Path) -> None:
-    from core.telegram_client import make_client
+    from core.telegram.client import make_client
 
     settings = make_settings(
         tmp_path, telegram_api_id=1, telegram_api_hash="h", telegram_call_timeout_s=30

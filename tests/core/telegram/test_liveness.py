@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from core.telegram import TelegramGateway
-from core.telegram_bot import TgMessage
-from core.telegram_liveness import Signals, judge, next_backoff
-from core.telegram_session import ServerProfile, TelegramTimeout
+from core.telegram.bot import TgMessage
+from core.telegram.gateway import TelegramGateway
+from core.telegram.liveness import Signals, judge, next_backoff
+from core.telegram.session import ServerProfile, TelegramTimeout
 from tests.conftest import LiveServer, make_settings
-from tests.core.test_telegram_app import tg_settings, wait_until
+from tests.core.telegram.test_app import tg_settings, wait_until
 from tests.fake_llm import FakeLLM
 from tests.fake_telegram import FakeTelegram
 
@@ -244,8 +244,8 @@ async def test_another_protocol_layer_is_incompatible_not_unreachable(tmp_path: 
 async def test_the_real_client_against_a_server_that_never_answers(tmp_path: Path) -> None:
     """Real Telethon, a loopback TCP server that accepts and then says nothing: the
     deadline cancels the connect, fresh clients are built, nothing hangs."""
-    from core.telegram_client import make_client
-    from core.telegram_session import server_profile
+    from core.telegram.client import make_client
+    from core.telegram.session import server_profile
 
     accepted: list[asyncio.StreamWriter] = []
 

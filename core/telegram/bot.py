@@ -12,7 +12,7 @@ so memory stays bounded however long the paste. Busy and draining turns get
 a polite reply with the wait. Decisions are pure functions; the bot only
 carries them out and runs each turn as its own task.
 
-With an :class:`~core.telegram_ledger.InboundLedger` every message is stored
+With an :class:`~core.telegram.ledger.InboundLedger` every message is stored
 before anything is done with it and settled with its outcome: a replayed
 update is not answered again, a turn cut short is answered at the next start,
 and a message older than ``catch_up_max_age_s`` (it waited while Vigil was
@@ -32,8 +32,8 @@ from core.channel import Channel, IncomingMessage
 from core.chat import ChatService, parse_command
 from core.errors import Busy, Draining, VigilError
 from core.lifecycle import STOP_REASONS
-from core.telegram_channel import REPLY_TO, chat_key
-from core.telegram_rules import (
+from core.telegram.channel import REPLY_TO, chat_key
+from core.telegram.rules import (
     DEFAULT_MAX_CHARS,
     LONG_PART,
     STALE_REPLY,
@@ -49,11 +49,10 @@ from core.telegram_rules import (
 )
 
 if TYPE_CHECKING:
-    from core.telegram_ledger import InboundLedger, RefusalMemory
+    from core.telegram.ledger import InboundLedger, RefusalMemory
 
-# Named below core.telegram so the records also reach logs/telegram.log.
-log = logging.getLogger("core.telegram.bot")
-__all__ = [  # the pure parts live in core.telegram_rules; importable from here too
+log = logging.getLogger(__name__)
+__all__ = [  # the pure parts live in core.telegram.rules; importable from here too
     "DEFAULT_MAX_CHARS",
     "LONG_PART",
     "STALE_REPLY",

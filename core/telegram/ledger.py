@@ -27,9 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 from core.database import Database
-from core.telegram_rules import TgMessage
+from core.telegram.rules import TgMessage
 
-log = logging.getLogger("core.telegram.ledger")
+log = logging.getLogger(__name__)
 
 SETTLED = ("answered", "ignored", "refused", "stale")
 KEEP_SETTLED_S = 30 * 86400.0  # far beyond any update Telegram would replay

