@@ -1,6 +1,6 @@
 """What the operator commands show: status gathering, tables, summaries.
 
-Kept apart from ``core/cli.py`` (argument handling) so each stays small.
+Kept apart from ``core/cli/commands.py`` (argument handling) so each stays small.
 Nothing here opens the Telegram session; the server is asked over HTTP.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 
 from core.backup import Snapshot, list_snapshots
-from core.cli_output import clip, fmt_age, fmt_bytes, fmt_time, show_table
+from core.cli.output import clip, fmt_age, fmt_bytes, fmt_time, show_table
 from core.config import Settings
 from core.database import Database, connect_sync
 from core.errors import LLMError, NotFound

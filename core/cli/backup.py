@@ -14,7 +14,7 @@ import typer
 
 from core import backup as backups
 from core import backup_temp, maintenance, restore
-from core.cli_output import (
+from core.cli.output import (
     JSON_OPT,
     cli_settings,
     fail,
@@ -25,7 +25,7 @@ from core.cli_output import (
     require_db,
     user_path,
 )
-from core.cli_views import render_snapshots, render_validate, server_answers
+from core.cli.views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
 from core.file_users import holders
