@@ -30,7 +30,13 @@ BACKUPS = 3
 # Loggers whose names start with one of these prefixes also go to the file.
 SUBSYSTEM_FILES = {
     "telegram.log": ("core.telegram", "telethon"),
-    "tasks.log": ("tasks", "huey", "core.backup", "core.maintenance", "core.restore"),
+    "tasks.log": (
+        "tasks",
+        "huey",
+        "core.backups.backup",
+        "core.maintenance",
+        "core.backups.restore",
+    ),
 }
 
 

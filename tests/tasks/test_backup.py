@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.backup import (
+from core.backups.backup import (
     BackupFailed,
     InvalidName,
     SnapshotDamaged,
@@ -18,10 +18,10 @@ from core.backup import (
     list_snapshots,
     verify_snapshot,
 )
+from core.backups.integrity import check_fts_full, integrity_problems
+from core.backups.restore import ConfirmRequired, restore_live, restore_to_file
 from core.config import Settings
-from core.integrity import check_fts_full, integrity_problems
 from core.restarts import SUPERVISOR_LOCK
-from core.restore import ConfirmRequired, restore_live, restore_to_file
 from tests.tasks.conftest import fill, rows
 
 WRITER = """

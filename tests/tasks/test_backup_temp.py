@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from core.backup import BackupFailed, create_backup, list_snapshots, verify_snapshot
-from core.backup_temp import (
+from core.backups.backup import BackupFailed, create_backup, list_snapshots, verify_snapshot
+from core.backups.temp import (
     backup_running,
     find_leftovers,
     owner_of,

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from core.backup import create_backup, list_snapshots
+from core.backups.backup import create_backup, list_snapshots
 from core.config import Settings
 from core.database import connect_sync
 from tasks import jobs

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from core.backups.integrity import validate_database
 from core.config import Settings
 from core.database import connect_sync
-from core.integrity import validate_database
 from core.maintenance import (
     BATCH,
     cleanup_old_events,

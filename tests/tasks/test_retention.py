@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from core.backup import Snapshot, create_backup, list_snapshots
+from core.backups.backup import Snapshot, create_backup, list_snapshots
+from core.backups.retention import RetentionPolicy, plan_retention, prune_snapshots, select_prunable
 from core.config import Settings
-from core.retention import RetentionPolicy, plan_retention, prune_snapshots, select_prunable
 from tests.tasks.conftest import fill
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from core.backup import create_backup, integrity_problems, readonly_uri
+from core.backups.backup import create_backup, integrity_problems, readonly_uri
+from core.backups.integrity import validate_database
+from core.backups.restore import restore_to_file
 from core.config import Settings
-from core.integrity import validate_database
-from core.restore import restore_to_file
 from core.schema import SCHEMA_VERSION
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url
