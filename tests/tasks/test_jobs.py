@@ -12,7 +12,7 @@ from core.database import connect_sync
 from tasks import jobs
 from tests.conftest import make_settings
 from tests.fake_llm import FakeLLM, dead_url
-from tests.tasks.conftest import fill, rows
+from tests.operator_cli import fill, rows
 
 
 def _overflow(settings: Settings, chat_id: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from core.config import ConfigError, Settings
 from tasks.schedule import DEFAULT_SCHEDULE, resolve_schedule
-from tests.tasks.conftest import MAIN, cli_env
+from tests.operator_cli import MAIN, cli_env
 
 
 def test_defaults_follow_seed_003() -> None:

@@ -13,7 +13,7 @@ import httpx
 
 from core.config import Settings
 from tasks.schedule import DEFAULT_SCHEDULE
-from tests.tasks.conftest import MAIN, cli_env, rows, run_cli
+from tests.operator_cli import MAIN, cli_env, rows, run_cli
 
 
 def _wait(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]

@@ -23,7 +23,7 @@ from tasks.queue import build_queue
 from tasks.schedule import DEFAULT_SCHEDULE
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url, free_port
-from tests.tasks.conftest import MAIN, cli_env, fill, rows
+from tests.operator_cli import MAIN, cli_env, fill, rows
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -25,8 +25,8 @@ from core.config import Settings
 from core.restarts import SUPERVISOR_LOCK
 from monitoring.supervision import StateFile
 from tests.fake_llm import FakeLLM, free_port
+from tests.operator_cli import rows, run_cli
 from tests.processes import AUTH, MAIN, ROOT, VigilProcess, query, vigil, vigil_env, wait_for
-from tests.tasks.conftest import rows, run_cli
 
 HOLD_OPEN = """
 import sqlite3, sys, time

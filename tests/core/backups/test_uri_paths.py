@@ -21,7 +21,7 @@ from core.config import Settings
 from core.schema import SCHEMA_VERSION
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url
-from tests.tasks.conftest import fill, run_cli
+from tests.operator_cli import fill, run_cli
 
 ODD = "hash#dir?q=1%20x"
 

@@ -22,7 +22,7 @@ from core.backups.integrity import check_fts_full, integrity_problems
 from core.backups.restore import ConfirmRequired, restore_live, restore_to_file
 from core.config import Settings
 from core.restarts import SUPERVISOR_LOCK
-from tests.tasks.conftest import fill, rows
+from tests.operator_cli import fill, rows
 
 WRITER = """
 import sqlite3, sys, time

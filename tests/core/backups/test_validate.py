@@ -11,7 +11,7 @@ from pathlib import Path
 from core.backups.backup import create_backup
 from core.backups.integrity import check_latest_backup, private_paths, repair_fts, validate_database
 from core.config import Settings
-from tests.tasks.conftest import fill
+from tests.operator_cli import fill
 
 
 def _statuses(checks: list) -> dict[str, str]:

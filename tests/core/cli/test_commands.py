@@ -1,16 +1,13 @@
 """The operator CLI: bad inputs give one clear line and a non-zero exit.
 
-The cases the issue names run ``python main.py`` as a real process; the rest
+The restore and missing-input cases run ``python main.py`` as a real process; the rest
 use Typer's CliRunner on main.py's app (same code, faster).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +17,7 @@ from typer.testing import CliRunner
 from core.config import Settings
 from core.database import connect_sync
 from main import cli
-from tests.tasks.conftest import cli_env, fill, rows, run_cli
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging and the umask like any entry point; undo both."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    umask = os.umask(0o022)
-    os.umask(umask)
-    yield
-    os.umask(umask)
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-
-
-def invoke(settings: Settings, *args: str) -> Any:
-    return CliRunner().invoke(cli, list(args), env=cli_env(settings), catch_exceptions=False)
+from tests.operator_cli import cli_env, fill, invoke, rows, run_cli
 
 
 def one_line_error(text: str, expected: str) -> None:

@@ -28,8 +28,8 @@ from core.backups.temp import (
 )
 from core.config import Settings
 from tasks import jobs
+from tests.operator_cli import MAIN, cli_env, run_cli
 from tests.processes import wait_for
-from tests.tasks.conftest import MAIN, cli_env, run_cli
 
 PAD_MB = 96  # random bytes: slow to compress, so the backup is caught in the act
 

@@ -21,7 +21,7 @@ from core.preflight import _has_auth_key, database_problem
 from core.schema import SCHEMA_VERSION
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url
-from tests.tasks.conftest import fill, run_cli
+from tests.operator_cli import fill, run_cli
 
 
 def _digests(settings: Settings) -> dict[str, str]:

@@ -21,7 +21,7 @@ from core.maintenance import (
     record_running,
     vacuum_if_worthwhile,
 )
-from tests.tasks.conftest import fill
+from tests.operator_cli import fill
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 

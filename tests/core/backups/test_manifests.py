@@ -20,8 +20,7 @@ from pathlib import Path
 from core.backups.backup import create_backup, list_snapshots
 from core.backups.temp import sweep_leftovers
 from core.config import Settings
-from tests.tasks.conftest import ROOT, fill, rows
-from tests.tasks.test_cli import _restore_logging, invoke  # noqa: F401 (fixture)
+from tests.operator_cli import ROOT, fill, invoke, restore_logging, rows  # noqa: F401 (autouse fixture)
 
 
 def _rename(backups: Path, old: str, new: str) -> None:
