@@ -87,6 +87,7 @@ def test_the_session_check_works_in_a_dir_with_hash_and_question_mark(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tg#x?y"]
 
 
+@pytest.mark.slow
 def test_serve_by_hand_on_a_corrupt_database_says_so_on_the_console(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, llm_base_url=dead_url())
     settings.data_dir.mkdir(parents=True, mode=0o700)

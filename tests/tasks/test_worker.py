@@ -79,6 +79,7 @@ def _add_old_record(settings: Settings) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_worker_runs_enqueued_and_periodic_tasks(tmp_path: Path, backend: str | None) -> None:
     settings = make_settings(tmp_path, llm_base_url=dead_url(), huey_redis_url=backend)
     fill(settings.db_path, 100)

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from core.backups.backup import create_backup, list_snapshots
 from core.backups.temp import sweep_leftovers
 from core.config import Settings
@@ -101,6 +103,7 @@ backup._write_manifest(snap)
 """
 
 
+@pytest.mark.slow
 def test_a_manifest_temp_file_left_by_kill_9_is_swept(tmp_path: Path) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()

@@ -106,6 +106,7 @@ def test_a_killed_backup_is_reported_then_swept_by_the_next_backup_and_cleanup(
     assert temp_files(filled.backups_dir) == []
 
 
+@pytest.mark.slow
 def test_only_the_files_of_a_backup_that_is_gone_are_swept(tmp_path: Path) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()
@@ -142,6 +143,7 @@ def test_a_failed_backup_removes_its_own_temp_files(filled: Settings) -> None:
     assert [s.name for s in list_snapshots(filled.backups_dir)] == []
 
 
+@pytest.mark.slow
 def test_the_daily_cleanup_task_sweeps_them_too(filled: Settings) -> None:
     filled.backups_dir.mkdir(parents=True)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -43,6 +43,7 @@ def test_readonly_uri_percent_encodes_the_path(tmp_path: Path) -> None:
     assert "hash%23dir%3Fq%3D1%2520x" in uri
 
 
+@pytest.mark.slow
 def test_backup_and_validate_cli_in_a_dir_with_hash_and_question_mark(
     odd: Settings, tmp_path: Path
 ) -> None:

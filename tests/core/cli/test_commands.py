@@ -28,6 +28,7 @@ def one_line_error(text: str, expected: str) -> None:
 
 
 # --- real processes -----------------------------------------------------------------
+@pytest.mark.slow
 def test_unknown_chat_and_missing_backup(filled: Settings) -> None:
     result = run_cli(filled, "history", "--chat", "local:nobody")
     assert result.returncode == 1
@@ -38,6 +39,7 @@ def test_unknown_chat_and_missing_backup(filled: Settings) -> None:
     one_line_error(result.stderr, "no snapshot named 'snapshot_19990101_000000'")
 
 
+@pytest.mark.slow
 def test_restore_without_confirm(filled: Settings) -> None:
     assert run_cli(filled, "backup", "--name", "safe").returncode == 0
     result = run_cli(filled, "restore", "safe")
@@ -46,6 +48,7 @@ def test_restore_without_confirm(filled: Settings) -> None:
     assert not list(filled.data_dir.glob("system.db.before-restore-*"))
 
 
+@pytest.mark.slow
 def test_restore_to_an_unwritable_target(filled: Settings, tmp_path: Path) -> None:
     assert run_cli(filled, "backup", "--name", "safe").returncode == 0
     a_file = tmp_path / "plain-file"
@@ -60,6 +63,7 @@ def test_restore_to_an_unwritable_target(filled: Settings, tmp_path: Path) -> No
         one_line_error(result.stderr, expected)
 
 
+@pytest.mark.slow
 def test_restore_to_a_target_path_writes_a_plain_database(filled: Settings, tmp_path: Path) -> None:
     assert run_cli(filled, "backup", "--name", "safe").returncode == 0
     target = tmp_path / "copy.db"
