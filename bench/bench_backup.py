@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import DEFAULT_DB, ensure
-from core.backup import create_backup
+from core.backups.backup import create_backup
 
 
 def timed(fn) -> tuple[float, object]:  # type: ignore[no-untyped-def]

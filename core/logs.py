@@ -32,7 +32,13 @@ BACKUPS = 3
 # (``core.telegram`` for ``core.telegram.gateway``, ``core.telegram.bot``, ...).
 SUBSYSTEM_FILES = {
     "telegram.log": ("core.telegram", "telethon"),
-    "tasks.log": ("tasks", "huey", "core.backup", "core.maintenance", "core.restore"),
+    "tasks.log": (
+        "tasks",
+        "huey",
+        "core.backups.backup",
+        "core.maintenance",
+        "core.backups.restore",
+    ),
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import typer
 
-from core.backup import readonly_uri
+from core.backups.backup import readonly_uri
 from core.config import ConfigError, Settings
 from core.database import NewerSchema, connect_sync, guard_stale_wal, migrate_sync
 from core.schema import SCHEMA_VERSION

@@ -14,10 +14,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from core import backup, backup_temp, maintenance
+from core import maintenance
+from core.backups import backup
+from core.backups import temp as backup_temp
+from core.backups.retention import RetentionPolicy, prune_snapshots
 from core.config import Settings
 from core.database import Database, connect_sync
-from core.retention import RetentionPolicy, prune_snapshots
 
 log = logging.getLogger(__name__)
 

@@ -6,13 +6,13 @@ import os
 import time
 from pathlib import Path
 
-from core.backup import create_backup, list_snapshots
+from core.backups.backup import create_backup, list_snapshots
 from core.config import Settings
 from core.database import connect_sync
 from tasks import jobs
 from tests.conftest import make_settings
 from tests.fake_llm import FakeLLM, dead_url
-from tests.tasks.conftest import fill, rows
+from tests.operator_cli import fill, rows
 
 
 def _overflow(settings: Settings, chat_id: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from core.config import ConfigError, Settings
 from tasks.schedule import DEFAULT_SCHEDULE, resolve_schedule
-from tests.tasks.conftest import MAIN, cli_env
+from tests.operator_cli import MAIN, cli_env
 
 
 def test_default_schedules() -> None:
@@ -53,6 +53,7 @@ def test_bad_schedules_name_the_problem(overrides: dict[str, str], expected: str
     assert expected in str(info.value)
 
 
+@pytest.mark.slow
 def test_the_worker_refuses_a_bad_schedule_in_one_line(tsettings: Settings) -> None:
     tsettings.db_path.parent.mkdir(parents=True, exist_ok=True)
     result = subprocess.run(

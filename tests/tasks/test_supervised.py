@@ -10,10 +10,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from core.config import Settings
 from tasks.schedule import DEFAULT_SCHEDULE
-from tests.tasks.conftest import MAIN, cli_env, rows, run_cli
+from tests.operator_cli import MAIN, cli_env, rows, run_cli
 
 
 def _wait(predicate, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
@@ -32,6 +33,7 @@ def _healthy(settings: Settings) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_supervised_worker_and_operator_commands(filled: Settings, tmp_path: Path) -> None:
     schedule = {name: "off" for name in DEFAULT_SCHEDULE}
     schedule["maintenance"] = "* * * * *"

@@ -23,7 +23,7 @@ from tasks.queue import build_queue
 from tasks.schedule import DEFAULT_SCHEDULE
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url, free_port
-from tests.tasks.conftest import MAIN, cli_env, fill, rows
+from tests.operator_cli import MAIN, cli_env, fill, rows
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -79,6 +79,7 @@ def _add_old_record(settings: Settings) -> None:
     conn.close()
 
 
+@pytest.mark.slow
 def test_worker_runs_enqueued_and_periodic_tasks(tmp_path: Path, backend: str | None) -> None:
     settings = make_settings(tmp_path, llm_base_url=dead_url(), huey_redis_url=backend)
     fill(settings.db_path, 100)

@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from core.backup import ServerRunning, create_backup
+from core.backups.backup import ServerRunning, create_backup
+from core.backups.file_users import exclusive_lock, holders, same_file
+from core.backups.restore import restore_live, restore_to_file
 from core.config import Settings
-from core.file_users import exclusive_lock, holders, same_file
 from core.restarts import SUPERVISOR_LOCK
-from core.restore import restore_live, restore_to_file
 from monitoring.supervision import StateFile
 from tests.fake_llm import FakeLLM, free_port
+from tests.operator_cli import rows, run_cli
 from tests.processes import AUTH, MAIN, ROOT, VigilProcess, query, vigil, vigil_env, wait_for
-from tests.tasks.conftest import rows, run_cli
 
 HOLD_OPEN = """
 import sqlite3, sys, time

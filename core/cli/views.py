@@ -1,6 +1,6 @@
 """What the operator commands show: status gathering, tables, summaries.
 
-Kept apart from ``core/cli.py`` (argument handling) so each stays small.
+Kept apart from ``core/cli/commands.py`` (argument handling) so each stays small.
 Nothing here opens the Telegram session; the server is asked over HTTP.
 """
 
@@ -14,16 +14,16 @@ from typing import Any
 
 import httpx
 
-from core.backup import Snapshot, list_snapshots
-from core.cli_output import clip, fmt_age, fmt_bytes, fmt_time, show_table
+from core.backups.backup import Snapshot, list_snapshots
+from core.backups.integrity import Check
+from core.backups.restore import server_pid
+from core.cli.output import clip, fmt_age, fmt_bytes, fmt_time, show_table
 from core.config import Settings
 from core.database import Database, connect_sync
 from core.errors import LLMError, NotFound
-from core.integrity import Check
 from core.maintenance import database_summary
 from core.restarts import pid_alive as server_pid_alive
 from core.restarts import read_supervisor_state
-from core.restore import server_pid
 
 
 def _get_json(url: str, timeout: float = 2.0) -> Any:

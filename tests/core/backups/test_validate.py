@@ -8,10 +8,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-from core.backup import create_backup
+from core.backups.backup import create_backup
+from core.backups.integrity import check_latest_backup, private_paths, repair_fts, validate_database
 from core.config import Settings
-from core.integrity import check_latest_backup, private_paths, repair_fts, validate_database
-from tests.tasks.conftest import fill
+from tests.operator_cli import fill
 
 
 def _statuses(checks: list) -> dict[str, str]:

@@ -21,7 +21,7 @@ from core.preflight import _has_auth_key, database_problem
 from core.schema import SCHEMA_VERSION
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url
-from tests.tasks.conftest import fill, run_cli
+from tests.operator_cli import fill, run_cli
 
 
 def _digests(settings: Settings) -> dict[str, str]:
@@ -87,6 +87,7 @@ def test_the_session_check_works_in_a_dir_with_hash_and_question_mark(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tg#x?y"]
 
 
+@pytest.mark.slow
 def test_serve_by_hand_on_a_corrupt_database_says_so_on_the_console(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, llm_base_url=dead_url())
     settings.data_dir.mkdir(parents=True, mode=0o700)

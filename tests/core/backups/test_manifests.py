@@ -17,11 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-from core.backup import create_backup, list_snapshots
-from core.backup_temp import sweep_leftovers
+import pytest
+
+from core.backups.backup import create_backup, list_snapshots
+from core.backups.temp import sweep_leftovers
 from core.config import Settings
-from tests.tasks.conftest import ROOT, fill, rows
-from tests.tasks.test_cli import _restore_logging, invoke  # noqa: F401 (fixture)
+from tests.operator_cli import ROOT, fill, invoke, restore_logging, rows  # noqa: F401 (autouse fixture)
 
 
 def _rename(backups: Path, old: str, new: str) -> None:
@@ -94,7 +95,7 @@ def test_validate_flags_half_pairs(tsettings: Settings) -> None:
 KILL_IN_MANIFEST_WRITE = """
 import os, signal, sys, time
 from pathlib import Path
-from core import backup
+from core.backups import backup
 
 snap = backup.Snapshot("killed", time.time(), "manual", 1, 1, "x", 1, 0, 0, 0.0, Path(sys.argv[1]))
 os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # die with the temp file written
@@ -102,6 +103,7 @@ backup._write_manifest(snap)
 """
 
 
+@pytest.mark.slow
 def test_a_manifest_temp_file_left_by_kill_9_is_swept(tmp_path: Path) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()

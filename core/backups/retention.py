@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.backup import Snapshot, delete_snapshot, list_snapshots
+from core.backups.backup import Snapshot, delete_snapshot, list_snapshots
 from core.config import Settings
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.backup import (
+from core.backups.backup import (
     BackupFailed,
     InvalidName,
     SnapshotDamaged,
@@ -18,11 +18,11 @@ from core.backup import (
     list_snapshots,
     verify_snapshot,
 )
+from core.backups.integrity import check_fts_full, integrity_problems
+from core.backups.restore import ConfirmRequired, restore_live, restore_to_file
 from core.config import Settings
-from core.integrity import check_fts_full, integrity_problems
 from core.restarts import SUPERVISOR_LOCK
-from core.restore import ConfirmRequired, restore_live, restore_to_file
-from tests.tasks.conftest import fill, rows
+from tests.operator_cli import fill, rows
 
 WRITER = """
 import sqlite3, sys, time
@@ -42,6 +42,7 @@ def _max_id(db: Path) -> int:
     return int(rows(db, "SELECT coalesce(max(id), 0) FROM messages")[0][0])
 
 
+@pytest.mark.slow
 def test_backup_during_continuous_writes_restores_every_committed_row(
     tsettings: Settings, tmp_path: Path
 ) -> None:
@@ -106,6 +107,7 @@ def test_a_damaged_snapshot_is_refused_and_nothing_is_written(
     assert not list(tmp_path.glob(".never.db*"))
 
 
+@pytest.mark.slow
 def test_restore_live_needs_confirmation_and_keeps_the_database_aside(
     filled: Settings, fake_server_process: subprocess.Popen[bytes]
 ) -> None:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core.backup_temp import backup_running, sweep_leftovers, temp_path
+from core.backups.temp import backup_running, sweep_leftovers, temp_path
 from core.database import BUSY_TIMEOUT_S, guard_stale_wal
 from core.errors import BadRequest, NotFound, StorageError, StorageFull, VigilError
 

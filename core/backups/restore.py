@@ -8,7 +8,7 @@ The live database is the configured ``system.db`` whatever path names it
 (absolute, relative, a symlink, a hard link: one device/inode). Restoring
 onto it needs a stopped server and ``--confirm``, and the current files
 (database, ``-wal``, ``-shm``) are kept aside first, never deleted. "Stopped"
-is judged on what is true now (see core/file_users.py): nobody holds the
+is judged on what is true now (see core/backups/file_users.py): nobody holds the
 supervisor's lock (restore holds it itself while it swaps files, so no
 supervisor starts meanwhile), no other process has the file open, and
 nothing answers on the server's port. Any other target that some process
@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.backup import (
+from core.backups.backup import (
     CHUNK,
     Progress,
     ServerRunning,
@@ -39,8 +39,8 @@ from core.backup import (
     open_readonly,
     verify_snapshot,
 )
+from core.backups.file_users import describe_holders, exclusive_lock, holders, same_file
 from core.errors import BadRequest, StorageError, StorageFull
-from core.file_users import describe_holders, exclusive_lock, holders, same_file
 from core.restarts import pid_alive
 from core.schema import SCHEMA_VERSION
 

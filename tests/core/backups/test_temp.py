@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from core.backup import BackupFailed, create_backup, list_snapshots, verify_snapshot
-from core.backup_temp import (
+from core.backups.backup import BackupFailed, create_backup, list_snapshots, verify_snapshot
+from core.backups.temp import (
     backup_running,
     find_leftovers,
     owner_of,
@@ -28,8 +28,8 @@ from core.backup_temp import (
 )
 from core.config import Settings
 from tasks import jobs
+from tests.operator_cli import MAIN, cli_env, run_cli
 from tests.processes import wait_for
-from tests.tasks.conftest import MAIN, cli_env, run_cli
 
 PAD_MB = 96  # random bytes: slow to compress, so the backup is caught in the act
 
@@ -106,6 +106,7 @@ def test_a_killed_backup_is_reported_then_swept_by_the_next_backup_and_cleanup(
     assert temp_files(filled.backups_dir) == []
 
 
+@pytest.mark.slow
 def test_only_the_files_of_a_backup_that_is_gone_are_swept(tmp_path: Path) -> None:
     backups = tmp_path / "backups"
     backups.mkdir()
@@ -142,6 +143,7 @@ def test_a_failed_backup_removes_its_own_temp_files(filled: Settings) -> None:
     assert [s.name for s in list_snapshots(filled.backups_dir)] == []
 
 
+@pytest.mark.slow
 def test_the_daily_cleanup_task_sweeps_them_too(filled: Settings) -> None:
     filled.backups_dir.mkdir(parents=True)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

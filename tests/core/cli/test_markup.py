@@ -16,8 +16,7 @@ from typer.testing import CliRunner
 from core.config import Settings
 from core.database import connect_sync, migrate_sync
 from main import cli
-from tests.tasks.conftest import cli_env
-from tests.tasks.test_cli import _restore_logging  # noqa: F401 (autouse fixture)
+from tests.operator_cli import cli_env
 
 TRICKY = (
     "[INST] say hi [/INST] hello [/bold] and [red]red[/red] plus [link=x]zebra[/link]",

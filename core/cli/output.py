@@ -28,7 +28,7 @@ import typer
 from core.config import ConfigError, Settings, load_settings
 from core.errors import BadRequest, VigilError
 
-log = logging.getLogger("vigil.cli")
+log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 JSON_OPT = typer.Option(False, "--json", help="Machine-readable JSON output.")
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from core.backup import (
+from core.backups.backup import (
     DATA_SUFFIX,
     MANIFEST_SUFFIX,
     SnapshotDamaged,
@@ -26,7 +26,7 @@ from core.backup import (
     readonly_uri,
     verify_snapshot,
 )
-from core.backup_temp import find_leftovers
+from core.backups.temp import find_leftovers
 from core.database import BUSY_TIMEOUT_S, guard_stale_wal
 from core.schema import SCHEMA_VERSION
 

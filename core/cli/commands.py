@@ -1,11 +1,11 @@
-"""The operator commands of ``python main.py`` (seed 000's ``memoryctl`` set).
+"""The operator commands of ``python main.py``.
 
 status, backup, restore, snapshots, history, search, summarize, cleanup,
 validate, export. They work with the server running (WAL readers, short write
 transactions) or stopped, never open the Telegram session, print a Rich table
 or ``--json``, and fail with one line and a non-zero exit. ``register(cli)``
-adds them to main.py's Typer app; the Huey queue depth for ``status`` is
-injected by main.py (``core/`` does not import ``tasks/``).
+adds them to main.py's Typer app; main.py passes the Huey queue depth for
+``status`` to it (``core/`` does not import ``tasks/``).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 import typer
 
 from core import maintenance
-from core.cli_backup import backup, cleanup, restore_cmd, snapshots, validate
-from core.cli_output import (
+from core.cli.backup import backup, cleanup, restore_cmd, snapshots, validate
+from core.cli.output import (
     JSON_OPT,
     check_limit,
     cli_settings,
@@ -31,14 +31,13 @@ from core.cli_output import (
     require_db,
     user_path,
 )
-from core.cli_views import gather_status, render_history, render_search, render_status
+from core.cli.views import gather_status, render_history, render_search, render_status
 from core.config import Settings
 from core.database import Database, connect_sync
 from core.errors import BadRequest
 from core.memory import ROLES, ChatMemory, fts_query
 
 QueueDepth = Callable[[Settings], dict[str, Any]]
-_injected: dict[str, QueueDepth] = {}
 
 
 async def _with_memory(settings: Settings, work: Callable[[ChatMemory], Any]) -> Any:
@@ -50,12 +49,17 @@ async def _with_memory(settings: Settings, work: Callable[[ChatMemory], Any]) ->
         await db.close()
 
 
-@guarded
-def status(as_json: bool = JSON_OPT) -> None:
-    """Health, resources, restarts, queue depth and backups at a glance."""
-    settings = cli_settings()
-    report = gather_status(settings, _injected.get("queue_depth"))
-    print_json(report) if as_json else render_status(report)
+def status_command(queue_depth: QueueDepth | None) -> Callable[..., None]:
+    """The ``status`` command, reading the task queue's depth with ``queue_depth``."""
+
+    @guarded
+    def status(as_json: bool = JSON_OPT) -> None:
+        """Health, resources, restarts, queue depth and backups at a glance."""
+        settings = cli_settings()
+        report = gather_status(settings, queue_depth)
+        print_json(report) if as_json else render_status(report)
+
+    return status
 
 
 @guarded
@@ -118,7 +122,7 @@ def summarize(
     as_json: bool = JSON_OPT,
 ) -> None:
     """Summarise a chat's recent messages (the model if reachable, else extractive)."""
-    from core.cli_views import summarize_chat
+    from core.cli.views import summarize_chat
 
     settings = cli_settings()
     require_db(settings)
@@ -178,11 +182,13 @@ def _export_file(output: Path, rows: Any, total: int) -> int:
 
 
 def register(cli: typer.Typer, *, queue_depth: QueueDepth | None = None) -> None:
-    """Add the operator commands to main.py's Typer app."""
-    if queue_depth is not None:
-        _injected["queue_depth"] = queue_depth
+    """Add the operator commands to main.py's Typer app.
+
+    ``queue_depth(settings)`` reads the task queue for ``status``; without it,
+    ``status`` shows no queue.
+    """
     for name, command in (
-        ("status", status),
+        ("status", status_command(queue_depth)),
         ("backup", backup),
         ("restore", restore_cmd),
         ("snapshots", snapshots),

@@ -1,7 +1,7 @@
 """Operator commands about snapshots and integrity: backup, restore, snapshots, cleanup, validate.
 
 Registered into main.py's app by ``core.cli.register``; the logic lives in
-core/backup.py, core/restore.py, core/retention.py and core/integrity.py.
+core/backups/ (backup.py, restore.py, retention.py, integrity.py).
 """
 
 from __future__ import annotations
@@ -12,9 +12,21 @@ from typing import Any
 
 import typer
 
-from core import backup as backups
-from core import backup_temp, maintenance, restore
-from core.cli_output import (
+from core import maintenance
+from core.backups import backup as backups
+from core.backups import restore
+from core.backups import temp as backup_temp
+from core.backups.file_users import holders
+from core.backups.integrity import (
+    check_backup_temp,
+    check_latest_backup,
+    check_snapshot_files,
+    private_paths,
+    repair_fts,
+    validate_database,
+)
+from core.backups.retention import RetentionPolicy, prune_snapshots
+from core.cli.output import (
     JSON_OPT,
     cli_settings,
     fail,
@@ -25,20 +37,10 @@ from core.cli_output import (
     require_db,
     user_path,
 )
-from core.cli_views import render_snapshots, render_validate, server_answers
+from core.cli.views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
-from core.file_users import holders
-from core.integrity import (
-    check_backup_temp,
-    check_latest_backup,
-    check_snapshot_files,
-    private_paths,
-    repair_fts,
-    validate_database,
-)
 from core.restarts import SUPERVISOR_LOCK
-from core.retention import RetentionPolicy, prune_snapshots
 
 
 @guarded

@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 import time
 
+from core.backups.integrity import validate_database
 from core.config import Settings
 from core.database import connect_sync
-from core.integrity import validate_database
 from core.maintenance import (
     BATCH,
     cleanup_old_events,
@@ -21,7 +21,7 @@ from core.maintenance import (
     record_running,
     vacuum_if_worthwhile,
 )
-from tests.tasks.conftest import fill
+from tests.operator_cli import fill
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 

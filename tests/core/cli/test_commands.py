@@ -1,16 +1,13 @@
 """The operator CLI: bad inputs give one clear line and a non-zero exit.
 
-The main cases run ``python main.py`` as a real process; the rest
+The restore and missing-input cases run ``python main.py`` as a real process; the rest
 use Typer's CliRunner on main.py's app (same code, faster).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,30 +17,7 @@ from typer.testing import CliRunner
 from core.config import Settings
 from core.database import connect_sync
 from main import cli
-from tests.tasks.conftest import cli_env, fill, rows, run_cli
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """The CLI configures logging and the umask like any entry point; undo both."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    umask = os.umask(0o022)
-    os.umask(umask)
-    yield
-    os.umask(umask)
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-            handler.close()
-    for handler in handlers:
-        if handler not in root.handlers:
-            root.addHandler(handler)
-    root.setLevel(level)
-
-
-def invoke(settings: Settings, *args: str) -> Any:
-    return CliRunner().invoke(cli, list(args), env=cli_env(settings), catch_exceptions=False)
+from tests.operator_cli import cli_env, fill, invoke, rows, run_cli
 
 
 def one_line_error(text: str, expected: str) -> None:
@@ -54,6 +28,7 @@ def one_line_error(text: str, expected: str) -> None:
 
 
 # --- real processes -----------------------------------------------------------------
+@pytest.mark.slow
 def test_unknown_chat_and_missing_backup(filled: Settings) -> None:
     result = run_cli(filled, "history", "--chat", "local:nobody")
     assert result.returncode == 1
@@ -64,6 +39,7 @@ def test_unknown_chat_and_missing_backup(filled: Settings) -> None:
     one_line_error(result.stderr, "no snapshot named 'snapshot_19990101_000000'")
 
 
+@pytest.mark.slow
 def test_restore_without_confirm(filled: Settings) -> None:
     assert run_cli(filled, "backup", "--name", "safe").returncode == 0
     result = run_cli(filled, "restore", "safe")
@@ -72,6 +48,7 @@ def test_restore_without_confirm(filled: Settings) -> None:
     assert not list(filled.data_dir.glob("system.db.before-restore-*"))
 
 
+@pytest.mark.slow
 def test_restore_to_an_unwritable_target(filled: Settings, tmp_path: Path) -> None:
     assert run_cli(filled, "backup", "--name", "safe").returncode == 0
     a_file = tmp_path / "plain-file"
@@ -86,6 +63,7 @@ def test_restore_to_an_unwritable_target(filled: Settings, tmp_path: Path) -> No
         one_line_error(result.stderr, expected)
 
 
+@pytest.mark.slow
 def test_restore_to_a_target_path_writes_a_plain_database(filled: Settings, tmp_path: Path) -> None:
     assert run_cli(filled, "backup", "--name", "safe").returncode == 0
     target = tmp_path / "copy.db"

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from core.backup import create_backup, integrity_problems, readonly_uri
+from core.backups.backup import create_backup, integrity_problems, readonly_uri
+from core.backups.integrity import validate_database
+from core.backups.restore import restore_to_file
 from core.config import Settings
-from core.integrity import validate_database
-from core.restore import restore_to_file
 from core.schema import SCHEMA_VERSION
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url
-from tests.tasks.conftest import fill, run_cli
+from tests.operator_cli import fill, run_cli
 
 ODD = "hash#dir?q=1%20x"
 
@@ -43,6 +43,7 @@ def test_readonly_uri_percent_encodes_the_path(tmp_path: Path) -> None:
     assert "hash%23dir%3Fq%3D1%2520x" in uri
 
 
+@pytest.mark.slow
 def test_backup_and_validate_cli_in_a_dir_with_hash_and_question_mark(
     odd: Settings, tmp_path: Path
 ) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from core.backup import Snapshot, create_backup, list_snapshots
+from core.backups.backup import Snapshot, create_backup, list_snapshots
+from core.backups.retention import RetentionPolicy, plan_retention, prune_snapshots, select_prunable
 from core.config import Settings
-from core.retention import RetentionPolicy, plan_retention, prune_snapshots, select_prunable
-from tests.tasks.conftest import fill
+from tests.operator_cli import fill
 
 
 def at(*parts: int) -> float:
