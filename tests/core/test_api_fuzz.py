@@ -22,6 +22,8 @@ import pytest
 from tests.conftest import LiveServer, make_settings
 from tests.fake_llm import FakeLLM
 
+pytestmark = pytest.mark.slow  # schemathesis against a live server: ~25 s
+
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
 

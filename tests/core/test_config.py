@@ -61,6 +61,7 @@ def test_json_config_file(tmp_path: Path) -> None:
     assert settings.telegram_allowed_users == ["1", "bob"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
@@ -123,6 +124,7 @@ def test_redis_password_counts_as_a_secret() -> None:
     assert "hunter2pass" in settings.secrets()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
@@ -144,6 +146,7 @@ def test_cli_usage_mistakes_are_one_line(tmp_path: Path, args: list[str], expect
     assert result.stderr.startswith(expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("url", ["redis://[x", "http://127.0.0.1:6379", "redis://h:99999/0"])
 def test_bad_redis_url_is_one_line(tmp_path: Path, url: str) -> None:
     result = run_env(tmp_path, {"VIGIL_HUEY_REDIS_URL": url})
@@ -165,6 +168,7 @@ def test_base_url_brackets_ipv6_hosts(host: str, url: str) -> None:
     assert Settings(_env_file=None, host=host).base_url == url  # type: ignore[call-arg]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("url", ["http://127.0.0.1:99999/hook", "http://[::1/hook", "https:///x"])
 def test_bad_webhook_url_is_one_line(tmp_path: Path, url: str) -> None:
     result = run_env(tmp_path, {"VIGIL_ALERT_WEBHOOK_URL": url})

@@ -10,10 +10,13 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.conftest import LiveServer
 from tests.fake_llm import FakeLLM
 from tests.processes import AUTH, MAIN, vigil_env
+
+pytestmark = pytest.mark.slow  # real server processes, kill -9
 
 
 def test_full_disk_gives_a_clear_error_and_recovers(live_server: LiveServer) -> None:

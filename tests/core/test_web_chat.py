@@ -8,7 +8,7 @@ from tests.browser import chromium
 from tests.conftest import LiveServer
 from tests.fake_llm import FakeLLM
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # real Chromium
 
 
 def test_chat_page_streams_a_reply_and_shows_history(

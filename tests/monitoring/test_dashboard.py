@@ -9,7 +9,7 @@ from tests.browser import chromium
 from tests.conftest import LiveServer, make_settings
 from tests.fake_llm import FakeLLM
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # real Chromium
 
 
 def test_dashboard_draws_charts_and_shows_sessions_only_with_the_token(

@@ -18,6 +18,8 @@ from core.telegram.session import ServerProfile, SessionLock, marker_path, write
 from tests.conftest import make_settings
 from tests.fake_telegram import FakeTelegram
 
+pytestmark = pytest.mark.slow  # the login/logout scripts as real processes
+
 ROOT = Path(__file__).resolve().parents[3]
 
 

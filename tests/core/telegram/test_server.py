@@ -200,6 +200,7 @@ def test_the_real_client_keeps_its_session_private(tmp_path: Path) -> None:
     assert settings.session_path.stat().st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_serve_stops_with_one_line_for_a_bad_key_or_another_servers_session(
     tmp_path: Path,
 ) -> None:
