@@ -96,8 +96,7 @@ def supervise(
     """Run the server and the worker as children and keep them running (start.sh uses this)."""
     from core.logs import start_process_logging
     from core.restarts import STATE_FILE, RestartLog
-    from monitoring.supervision import Policy, supervised_children, webhook_alerter
-    from monitoring.supervisor import Supervisor
+    from monitoring.supervisor import Policy, Supervisor, supervised_children, webhook_alerter
 
     settings = settings_or_exit()
     exit_if_public_without_token(settings)

@@ -47,7 +47,7 @@ COLUMNS = (
 )
 INSERT = f"INSERT INTO restarts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 STATE_FILE = "supervisor.json"
-# The supervisor's lifetime flock (monitoring.supervision.StateFile.lock takes it).
+# The supervisor's lifetime flock (monitoring.supervisor.state_file.StateFile.lock takes it).
 SUPERVISOR_LOCK = STATE_FILE + ".lock"
 MAX_PENDING = 100
 
