@@ -199,7 +199,7 @@ def wait_healthy(
 
     import httpx
 
-    from core.restarts import pid_alive
+    from core.process import pid_alive
 
     settings = settings_or_exit()
     deadline = time.monotonic() + timeout

@@ -37,6 +37,7 @@ from core.integrity import (
     repair_fts,
     validate_database,
 )
+from core.process import server_pid
 from core.restarts import SUPERVISOR_LOCK
 from core.retention import RetentionPolicy, prune_snapshots
 
@@ -201,7 +202,7 @@ def validate(
     db = user_path(db)
     path = db if db is not None else settings.db_path
     running = db is None and (
-        restore.server_pid(settings.pid_file) is not None
+        server_pid(settings.pid_file) is not None
         or bool(holders(settings.db_path))  # e.g. a server by hand on another port
         or server_answers(settings)
     )

@@ -21,9 +21,9 @@ from core.database import Database, connect_sync
 from core.errors import LLMError, NotFound
 from core.integrity import Check
 from core.maintenance import database_summary
-from core.restarts import pid_alive as server_pid_alive
+from core.process import pid_alive as server_pid_alive
+from core.process import server_pid
 from core.restarts import read_supervisor_state
-from core.restore import server_pid
 
 
 def _get_json(url: str, timeout: float = 2.0) -> Any:

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from monitoring.supervisor.children import ChildSpec, ChildState, supervised_children
-from monitoring.supervisor.policy import Policy, RestartDecision, RestartEvent
+from monitoring.supervisor.policy import Policy, RestartDecision
 from monitoring.supervisor.runner import Supervisor
 from monitoring.supervisor.webhook import webhook_alerter
 
@@ -18,7 +18,6 @@ __all__ = [
     "ChildState",
     "Policy",
     "RestartDecision",
-    "RestartEvent",
     "Supervisor",
     "supervised_children",
     "webhook_alerter",

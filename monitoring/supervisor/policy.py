@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import signal
 from collections import deque
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from core.process import RESTART_REQUESTED
 
 if TYPE_CHECKING:
     from core.config import Settings
 
-# Exit code of a child that asks to be restarted (the governor, /restart/force,
-# a scheduled restart): sysexits' EX_TEMPFAIL, "try again later".
-RESTART_REQUESTED = 75
 # A child that exits with one of these has a configuration or permission
 # problem (2: a bad setting, 78: sysexits' EX_CONFIG, e.g. a read-only data
 # directory): retried every ``retry_failed_s``, never a crash loop.
@@ -110,25 +109,6 @@ class RestartDecision:
     attempt: int
     delay_s: float
     planned: bool
-
-
-@dataclass
-class RestartEvent:
-    """One row of the ``restarts`` table."""
-
-    child: str
-    reason: str
-    at: float
-    exit_code: int | None = None
-    signal: int | None = None
-    uptime_s: float | None = None
-    last_rss_mb: float | None = None
-    attempt: int | None = None
-    backoff_s: float | None = None
-    detail: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def describe_exit(code: int) -> str:

@@ -28,14 +28,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from core.process import RESTART_REQUESTED
+from core.restarts import RestartEvent
 from monitoring.supervisor.children import ChildSpec, ChildState
-from monitoring.supervisor.policy import (
-    CONFIG_EXITS,
-    RESTART_REQUESTED,
-    Policy,
-    RestartEvent,
-    describe_exit,
-)
+from monitoring.supervisor.policy import CONFIG_EXITS, Policy, describe_exit
 from monitoring.supervisor.process import die_with_parent, is_live, read_rss_mb
 from monitoring.supervisor.state_file import StateFile
 
