@@ -14,10 +14,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.database import Database, connect_sync, migrate_sync
 from core.errors import StorageError
+from core.sqlite import connect_sync, migrate_sync
+
+if TYPE_CHECKING:  # the supervisor imports this module and stays without asyncio
+    from core.database import Database
 
 log = logging.getLogger(__name__)
 

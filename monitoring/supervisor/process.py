@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import http.client
 import logging
 import os
 import signal
+import socket
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +33,12 @@ _BAD_LIVE_URLS: set[str] = set()
 
 
 def is_live(url: str, *, timeout: float) -> bool:
-    """True when ``url`` answers 200; a URL that cannot be parsed is never live."""
+    """True when ``url`` answers 200; a URL that cannot be parsed is never live.
+
+    One plain HTTP/1.1 GET over a socket, reading only the status line:
+    ``http.client`` would bring TLS and email parsing into a process that
+    only ever asks its own server on loopback.
+    """
     try:
         parts = urllib.parse.urlsplit(url)
         port = parts.port  # ValueError for an unbracketed IPv6 host (http://::1:8080)
@@ -42,14 +47,23 @@ def is_live(url: str, *, timeout: float) -> bool:
             _BAD_LIVE_URLS.add(url)
             log.error("cannot check %s: %s (IPv6 hosts need [brackets])", url, exc)
         return False
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", port, timeout=timeout)
+    host = parts.hostname or "127.0.0.1"
+    request = (
+        f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\nConnection: close\r\n\r\n"
+    ).encode("ascii", "replace")
     try:
-        conn.request("GET", parts.path or "/")
-        return conn.getresponse().status == 200
-    except (OSError, http.client.HTTPException):
+        with socket.create_connection((host, port or 80), timeout=timeout) as conn:
+            conn.sendall(request)
+            head = b""
+            while b"\r\n" not in head and len(head) < 256:
+                chunk = conn.recv(256)
+                if not chunk:
+                    break
+                head += chunk
+    except OSError:
         return False
-    finally:
-        conn.close()
+    status = head.split(b"\r\n", 1)[0].split()
+    return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1] == b"200"
 
 
 def die_with_parent(parent: int) -> Callable[[], None]:

@@ -6,7 +6,6 @@ import json
 import logging
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +40,10 @@ def webhook_alerter(url: str, *, timeout_s: float = 5.0) -> Callable[..., None]:
 
 
 def _post(url: str, body: dict[str, Any], timeout_s: float) -> None:
+    # Imported on the first alert: urllib and TLS are a third of an idle
+    # supervisor's memory, and most never send an alert.
+    import urllib.request
+
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
