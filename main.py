@@ -9,6 +9,13 @@ from __future__ import annotations
 import os
 import sys
 
+if __name__ == "__main__" and sys.argv[1:3] == ["supervise", "--resolved-fd"]:
+    # The supervisor after its checks (see monitoring/supervisor/launch.py):
+    # it runs for weeks and needs none of the imports below.
+    from monitoring.supervisor.launch import run_resolved
+
+    sys.exit(run_resolved(sys.argv[3] if len(sys.argv) > 3 else ""))
+
 import typer
 
 from core.config import ConfigError, Settings, load_settings
@@ -96,8 +103,8 @@ def supervise(
     """Run the server and the worker as children and keep them running (start.sh uses this)."""
     from core.logs import start_process_logging
     from core.restarts import STATE_FILE, RestartLog
-    from monitoring.supervision import Policy, supervised_children, webhook_alerter
-    from monitoring.supervisor import Supervisor
+    from monitoring.supervisor import supervised_children
+    from monitoring.supervisor.launch import exec_supervisor, resolve
 
     settings = settings_or_exit()
     exit_if_public_without_token(settings)
@@ -128,17 +135,11 @@ def supervise(
     except Exception as exc:
         typer.echo(f"vigil: cannot prepare {settings.db_path}: {exc}", err=True)
         raise typer.Exit(1) from None
-    alerts = [store.alert]
-    if settings.alert_webhook_url:
-        alerts.insert(0, webhook_alerter(settings.alert_webhook_url))
-    supervisor = Supervisor(
-        children,
-        Policy.from_settings(settings),
-        state_file=settings.data_dir / STATE_FILE,
-        record=store.record,
-        alerts=alerts,
+    # Checked and prepared: the loop itself runs in a fresh, small process (same PID).
+    resolved = resolve(
+        settings, children, state_file=settings.data_dir / STATE_FILE, console=console
     )
-    raise typer.Exit(supervisor.run())
+    exec_supervisor(resolved, main_py=os.path.abspath(__file__))
 
 
 def listen_address(settings: Settings) -> str:
@@ -203,7 +204,7 @@ def wait_healthy(
 
     import httpx
 
-    from core.restarts import pid_alive
+    from core.process import pid_alive
 
     settings = settings_or_exit()
     deadline = time.monotonic() + timeout

@@ -220,7 +220,7 @@ def _default_starters(telegram: Any) -> list[Starter]:
     """Telegram and monitoring plug in here (their issues)."""
     from core.dbwatch import start_database_watch
     from core.telegram.app import telegram_starter
-    from monitoring.restart import start_auto_restart
+    from monitoring.scheduled_restart import start_auto_restart
     from monitoring.starter import start_monitoring
 
     return [

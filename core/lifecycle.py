@@ -28,7 +28,8 @@ from core.admission import Admission
 from core.config import Settings
 from core.database import Database
 from core.errors import StorageError
-from core.restarts import record_async, record_pending, save_pending_record
+from core.process import RESTART_REQUESTED
+from core.restarts import RestartEvent, record_async, record_pending, save_pending_record
 from core.sdnotify import SdNotifier
 from core.serving import AcceptErrors, connection_limit, guarded_protocol, raise_fd_limit
 
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RESTART_REQUESTED = 75
 RESTART_REASONS = (
     "governor_memory",
     "governor_cpu",
@@ -47,14 +47,6 @@ RESTART_REASONS = (
 )
 STOP_REASONS = ("signal",)
 RETRY_AFTER_S = 15.0
-
-
-class ServerEvent:
-    """The record the server writes about its own graceful exit."""
-
-    def __init__(self, **values: Any) -> None:
-        self.child = "server"
-        self.__dict__.update(values)
 
 
 def _rss_mb() -> float | None:
@@ -159,15 +151,13 @@ class Lifecycle:
             detail = f"{cut} after {waited:.1f} s" + (
                 " (immediate)" if self._hurry.is_set() else " (grace period over)"
             )
-        event = ServerEvent(
-            at=time.time(),
+        event = RestartEvent(
+            child="server",
             reason=self.reason,
+            at=time.time(),
             exit_code=self.exit_code,
-            signal=None,
             uptime_s=round(time.monotonic() - self.started_monotonic, 1),
             last_rss_mb=_rss_mb(),
-            attempt=None,
-            backoff_s=None,
             detail="; ".join(p for p in (self.detail, detail) if p),
         )
         try:

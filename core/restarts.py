@@ -14,22 +14,13 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.database import Database, connect_sync, migrate_sync
 from core.errors import StorageError
+from core.sqlite import connect_sync, migrate_sync
 
-
-def pid_alive(pid: int) -> bool:
-    """Does a process with this PID exist (also one we may not signal)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
+if TYPE_CHECKING:  # the supervisor imports this module and stays without asyncio
+    from core.database import Database
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +38,34 @@ COLUMNS = (
 )
 INSERT = f"INSERT INTO restarts ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 STATE_FILE = "supervisor.json"
-# The supervisor's lifetime flock (monitoring.supervision.StateFile.lock takes it).
+# The supervisor's lifetime flock (monitoring.supervisor.state_file.StateFile.lock takes it).
 SUPERVISOR_LOCK = STATE_FILE + ".lock"
 MAX_PENDING = 100
 
 
-def row_values(event: Any) -> tuple[Any, ...]:
-    """Column values from anything with the RestartEvent attributes."""
-    return tuple(getattr(event, name, None) for name in COLUMNS)
+@dataclass
+class RestartEvent:
+    """One row of the ``restarts`` table: a child's exit and what was done about it.
+
+    The supervisor writes one for every exit it handles; the server writes its
+    own graceful exits (``child="server"``, it knows the reason).
+    """
+
+    child: str
+    reason: str
+    at: float
+    exit_code: int | None = None
+    signal: int | None = None
+    uptime_s: float | None = None
+    last_rss_mb: float | None = None
+    attempt: int | None = None
+    backoff_s: float | None = None
+    detail: str = ""
+
+
+def row_values(event: RestartEvent) -> tuple[Any, ...]:
+    """Column values in ``COLUMNS`` order."""
+    return tuple(getattr(event, name) for name in COLUMNS)
 
 
 @dataclass
@@ -72,7 +83,7 @@ class RestartLog:
         finally:
             conn.close()
 
-    def record(self, event: Any) -> None:
+    def record(self, event: RestartEvent) -> None:
         # A record that could not be written (disk full, locked) is kept and
         # written with the next one, so the history has no silent gaps.
         self.pending.append(row_values(event))
@@ -124,14 +135,14 @@ class RestartLog:
             conn.close()
 
 
-async def record_async(db: Database, event: Any) -> int:
+async def record_async(db: Database, event: RestartEvent) -> int:
     return await db.write(INSERT, row_values(event))
 
 
 PENDING_FILE = "restart_pending.json"
 
 
-def save_pending_record(data_dir: Path, event: Any) -> None:
+def save_pending_record(data_dir: Path, event: RestartEvent) -> None:
     """Keep a restart record for the next server to write (its database was replaced)."""
     path = data_dir / PENDING_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

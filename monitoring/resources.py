@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from core.process import read_pid_file
 from monitoring.limits import (
     CGROUP_ROOT,
     MB,
@@ -43,11 +44,8 @@ log = logging.getLogger(__name__)
 
 def vigil_root_pid(own_pid: int, pid_file: Path | None) -> int:
     """The supervisor's pid when it is our parent (the PID file says so), else ours."""
-    if pid_file is None:
-        return own_pid
-    try:
-        supervisor = int(pid_file.read_text(encoding="utf-8").split()[0])
-    except (OSError, ValueError, IndexError):
+    supervisor = None if pid_file is None else read_pid_file(pid_file)
+    if supervisor is None:
         return own_pid
     return supervisor if supervisor == os.getppid() and supervisor != own_pid else own_pid
 

@@ -17,7 +17,6 @@ has open is refused too.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import logging
 import os
@@ -41,7 +40,6 @@ from core.backups.backup import (
 )
 from core.backups.file_users import describe_holders, exclusive_lock, holders, same_file
 from core.errors import BadRequest, StorageError, StorageFull
-from core.restarts import pid_alive
 from core.schema import SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -61,24 +59,6 @@ class RestoreResult:
     snapshot: str
     messages: int
     kept_aside: list[Path]
-
-
-def server_pid(pid_file: Path) -> int | None:
-    """The PID in ``pid_file`` if that process is alive and is Vigil's."""
-    try:
-        pid = int(pid_file.read_text(encoding="utf-8").split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    if pid <= 0 or pid == os.getpid():
-        return None
-    if not pid_alive(pid):
-        return None
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    with contextlib.suppress(OSError):
-        # A recycled PID that now belongs to some other program is not a server.
-        if b"main.py" not in cmdline.read_bytes() and b"vigil" not in cmdline.read_bytes():
-            return None
-    return pid
 
 
 def _check_target(target: Path, *, overwrite: bool) -> None:

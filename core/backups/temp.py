@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.restarts import pid_alive
+from core.process import pid_alive
 
 PREFIX = ".backup-tmp."
 LOCK_NAME = ".backup.lock"

@@ -40,6 +40,7 @@ from core.cli.output import (
 from core.cli.views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
+from core.process import server_pid
 from core.restarts import SUPERVISOR_LOCK
 
 
@@ -203,7 +204,7 @@ def validate(
     db = user_path(db)
     path = db if db is not None else settings.db_path
     running = db is None and (
-        restore.server_pid(settings.pid_file) is not None
+        server_pid(settings.pid_file) is not None
         or bool(holders(settings.db_path))  # e.g. a server by hand on another port
         or server_answers(settings)
     )

@@ -16,13 +16,13 @@ import httpx
 
 from core.backups.backup import Snapshot, list_snapshots
 from core.backups.integrity import Check
-from core.backups.restore import server_pid
 from core.cli.output import clip, fmt_age, fmt_bytes, fmt_time, show_table
 from core.config import Settings
 from core.database import Database, connect_sync
 from core.errors import LLMError, NotFound
 from core.maintenance import database_summary
-from core.restarts import pid_alive as server_pid_alive
+from core.process import pid_alive as server_pid_alive
+from core.process import server_pid
 from core.restarts import read_supervisor_state
 
 

@@ -23,7 +23,7 @@ from core.backups.file_users import exclusive_lock, holders, same_file
 from core.backups.restore import restore_live, restore_to_file
 from core.config import Settings
 from core.restarts import SUPERVISOR_LOCK
-from monitoring.supervision import StateFile
+from monitoring.supervisor.state_file import StateFile
 from tests.fake_llm import FakeLLM, free_port
 from tests.operator_cli import rows, run_cli
 from tests.processes import AUTH, MAIN, ROOT, VigilProcess, query, vigil, vigil_env, wait_for
@@ -39,7 +39,7 @@ time.sleep(120)
 HOLD_SUPERVISOR_LOCK = """
 import sys, time
 from pathlib import Path
-from monitoring.supervision import StateFile
+from monitoring.supervisor.state_file import StateFile
 assert StateFile(Path(sys.argv[1])).lock()
 print("locked", flush=True)
 time.sleep(120)

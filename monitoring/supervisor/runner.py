@@ -12,7 +12,7 @@ permission problem (exit 2 or 78) just as slowly, and SIGKILLs a server whose
 every restart is handed to ``record`` (the ``restarts`` table). Exit code 75
 from a child means "restart requested": no backoff penalty.
 
-It imports only ``core.config``; storage is injected (``record``, ``alerts``).
+The decisions are ``policy.py``'s; storage is injected (``record``, ``alerts``).
 """
 
 from __future__ import annotations
@@ -23,25 +23,17 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from monitoring.supervision import (
-    CONFIG_EXITS,
-    RESTART_REQUESTED,
-    ChildSpec,
-    ChildState,
-    Policy,
-    RestartEvent,
-    StateFile,
-    describe_exit,
-    die_with_parent,
-    is_live,
-    logged,
-    read_rss_mb,
-)
+from core.process import RESTART_REQUESTED
+from core.restarts import RestartEvent
+from monitoring.supervisor.children import ChildSpec, ChildState
+from monitoring.supervisor.policy import CONFIG_EXITS, Policy, describe_exit
+from monitoring.supervisor.process import die_with_parent, is_live, read_rss_mb
+from monitoring.supervisor.state_file import StateFile
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +46,15 @@ STARTUP_ALLOWANCE_S = 30.0
 # (and, when watched, once /health/live answered).
 HEALTHY_AFTER_S = 30.0
 START_AFTER_MAX_S = 15.0
+
+
+@contextlib.contextmanager
+def logged(what: str) -> Iterator[None]:
+    """Storage trouble must never take the supervisor down: log and carry on."""
+    try:
+        yield
+    except Exception:  # loop boundary
+        log.exception("supervisor: failed %s", what)
 
 
 class Supervisor:

@@ -12,8 +12,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from monitoring.supervision import ChildSpec, Policy
-from monitoring.supervisor import HEALTHY_AFTER_S, Supervisor
+from monitoring.supervisor import ChildSpec, Policy, Supervisor
+from monitoring.supervisor.runner import HEALTHY_AFTER_S
 from tests.virtual_time import run_virtual
 
 POLICY = Policy(
@@ -118,7 +118,7 @@ def test_a_failed_child_with_no_process_is_not_live() -> None:
 
 
 def test_is_live_is_false_without_a_process() -> None:
-    from monitoring.supervision import ChildState
+    from monitoring.supervisor import ChildState
 
     child = ChildState(ChildSpec("server", ["x"], live_url="http://127.0.0.1:1/health/live"))
     child.live_seen, child.pid, child.state = True, None, "failed"

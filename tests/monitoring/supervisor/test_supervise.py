@@ -15,6 +15,7 @@ import pytest
 from tests.fake_llm import FakeLLM
 from tests.processes import (
     AUTH,
+    MAIN,
     StreamedTurn,
     VigilProcess,
     query,
@@ -199,3 +200,16 @@ def test_a_second_supervisor_for_the_same_data_dir_refuses(
         assert code == 1
         assert "another supervisor" in first.log()
         assert first.wait_live()["pid"] == server  # the first one is untouched
+
+
+def test_the_supervisor_runs_without_the_cli_imports(tmp_path: Path, fake_llm: FakeLLM) -> None:
+    """After its checks the supervisor re-executes itself small: no pydantic, TLS or asyncio."""
+    with vigil(tmp_path, vigil_env(tmp_path, fake_llm.url), "supervise", "--no-worker") as sup:
+        server = sup.wait_live()["pid"]
+        assert sup.supervisor_state()["pid"] == sup.proc.pid  # the PID the caller started
+        argv = Path(f"/proc/{sup.proc.pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:3] == [str(MAIN).encode(), b"supervise"]  # start.sh's pid_alive
+        mapped = Path(f"/proc/{sup.proc.pid}/maps").read_text()
+        for extension in ("_pydantic_core", "_ssl", "_asyncio"):
+            assert extension not in mapped
+        assert extension in Path(f"/proc/{server}/maps").read_text()  # the server has them
