@@ -27,6 +27,7 @@ from fastapi import FastAPI
 from core.config import Settings
 from core.errors import StorageError
 from core.restarts import record_async, record_pending, save_pending_record
+from core.rss import rss_mb
 from core.sdnotify import SdNotifier
 from core.serving import AcceptErrors, connection_limit, guarded_protocol, raise_fd_limit
 
@@ -50,15 +51,6 @@ class ServerEvent:
     def __init__(self, **values: Any) -> None:
         self.child = "server"
         self.__dict__.update(values)
-
-
-def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            pages = int(handle.read().split()[1])
-        return round(pages * os.sysconf("SC_PAGE_SIZE") / 1048576, 1)
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class Lifecycle:
@@ -154,7 +146,7 @@ class Lifecycle:
             exit_code=self.exit_code,
             signal=None,
             uptime_s=round(time.monotonic() - self.runtime.started_monotonic, 1),
-            last_rss_mb=_rss_mb(),
+            last_rss_mb=rss_mb(),
             attempt=None,
             backoff_s=None,
             detail="; ".join(p for p in (self.detail, detail) if p),

@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from monitoring.limits import MB
+from core.rss import MB, rss_bytes
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,8 @@ def release_memory() -> dict[str, Any]:
     return {"gc_objects": collected, "malloc_trim": trimmed}
 
 
-def rss_mb() -> float:
-    return float(psutil.Process().memory_info().rss) / MB
+def _own_rss_mb() -> float:
+    return rss_bytes(psutil.Process()) / MB
 
 
 def estimate_window_bytes(window: Any) -> int:
@@ -105,7 +105,7 @@ class RuntimeEffects:
     async def cleanup(self, *, aggressive: bool) -> dict[str, Any]:
         """Emergency cleanup; returns what it did and the RSS it freed right away."""
         started = time.perf_counter()
-        before = rss_mb()
+        before = _own_rss_mb()
         memory = self.runtime.memory
         idle_s = AGGRESSIVE_IDLE_S if aggressive else EMERGENCY_IDLE_S
         evicted = memory.evict_idle(idle_s=idle_s)
@@ -113,7 +113,7 @@ class RuntimeEffects:
             evicted += memory.trim_cache(AGGRESSIVE_KEEP)
         pruned = await self.prune_contexts()
         released = release_memory()
-        after = rss_mb()
+        after = _own_rss_mb()
         return {
             "aggressive": aggressive,
             "evicted_sessions": evicted,

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psutil
 
+from core.rss import rss_bytes
 from monitoring.limits import (
     CGROUP_ROOT,
     MB,
@@ -97,7 +98,7 @@ class _Reader:
         assert self.proc is not None
         with self.proc.oneshot():
             times = self.proc.cpu_times()
-            return self.proc.memory_info().rss, times.user + times.system
+            return rss_bytes(self.proc), times.user + times.system
 
     def read(self, proc_root: Path, now: float) -> tuple[int, float] | None:
         """(RSS bytes, CPU % of one core since the last read) or None when gone."""
