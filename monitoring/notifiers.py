@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from monitoring.alert_json import webhook_body
 from monitoring.alerts import PerformanceAlert
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class WebhookNotifier:
         self.failed = 0
 
     async def send(self, event: str, alert: PerformanceAlert) -> bool:
-        body = {"source": self.source, "event": event, "alert": alert.to_dict()}
+        body = webhook_body(self.source, event, alert.to_dict())
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             for attempt in range(self.retries + 1):
                 try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from monitoring.alerts import iso
+from monitoring.alert_json import iso
 from monitoring.governor import FUTILE_TYPE, signal_states
 from monitoring.health import memory_percent, recommendations
 from monitoring.snapshot import downsample
