@@ -20,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from core.channel import IncomingMessage, Turn, TurnResult
-from core.errors import BadRequest, Busy, EmptyText, InvalidChatId, TextTooLong, VigilError
+from core.errors import BadRequest, EmptyText, InvalidChatId, TextTooLong, VigilError
 from core.http import check_admin
 
 MAX_SQL_INT = 2**63 - 1  # SQLite's INTEGER range; larger numbers are refused with a 422
@@ -150,17 +150,9 @@ async def post_message(request: Request, chat_id: ChatIdPath, body: MessageIn) -
         reply = LocalReply()
         result = await runtime.chat.handle(msg, reply)
         return result_json(chat_id, result)
-    # Refuse with 429/503 before the stream starts (not as an event in a 200 stream).
-    runtime.admission.check()
-    if runtime.chat.pending(full_id) >= runtime.chat.queue_limit:
-        raise Busy(
-            f"too many messages waiting in this chat (limit {runtime.chat.queue_limit})",
-            retry_after=5,
-        )
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    task = asyncio.ensure_future(runtime.chat.handle(msg, LocalReply(events)))
-    runtime.chat._background.add(task)
-    task.add_done_callback(runtime.chat._background.discard)
+    # Refused with 429/503 here, before the stream starts (not as an event in a 200 stream).
+    task = runtime.chat.handle_in_background(msg, LocalReply(events))
     return StreamingResponse(
         _sse(chat_id, task, events),
         media_type="text/event-stream",

@@ -263,3 +263,19 @@ async def test_big_context_limits_survive_a_window_rebuild(tmp_path: Path) -> No
     finally:
         await llm.aclose()
         await db.close()
+
+
+async def test_a_background_turn_is_refused_before_it_starts(
+    service: ChatService, fake_llm: FakeLLM
+) -> None:
+    service.queue_limit = 1
+    fake_llm.token_delay_s = 0.05
+    running = service.handle_in_background(msg("local:bg", "one"), LocalReply())
+    await asyncio.sleep(0.02)
+    with pytest.raises(Busy, match="too many messages waiting"):
+        service.handle_in_background(msg("local:bg", "two"), LocalReply())  # no task made
+    assert (await running).reply == "echo: one"
+    assert service.stats.rejected == 1
+    service.admission.start_draining(reason="forced")
+    with pytest.raises(Draining):
+        service.handle_in_background(msg("local:bg", "three"), LocalReply())
