@@ -1,4 +1,4 @@
-"""PerformanceAlert (seed 003's fields) and the texts that describe one."""
+"""PerformanceAlert (what was crossed, how badly, what to do) and the texts that describe one."""
 
 from __future__ import annotations
 

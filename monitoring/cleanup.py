@@ -141,7 +141,7 @@ class RuntimeEffects:
 
     # --- reports -------------------------------------------------------------------
     def turn_stats(self) -> dict[str, Any]:
-        """Turn counts and recent latency (seed 003: "performance history")."""
+        """Turn counts and recent latency: the performance history of the chat pipeline."""
         stats = self.runtime.chat.stats
         ordered = sorted(stats.latencies)
 

@@ -1,6 +1,6 @@
 """Alert notifiers: the log (always), a webhook, and the Telegram admin chat.
 
-Escalation by severity follows seed 003: ``low`` is logged only; ``medium``
+Escalation by severity: ``low`` is logged only; ``medium``
 also goes to the webhook; ``high`` and ``critical`` also go to the Telegram
 admin chat (rate-limited, surplus messages are counted into the next one).
 Sending never blocks the governor: every delivery runs as its own task.

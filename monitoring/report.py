@@ -28,7 +28,7 @@ def status(
     *,
     external: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Seed 003's shape (``health``, ``emergency``) plus limits, signals, history.
+    """The status report: ``health``, ``emergency``, limits, signals and history.
 
     ``external``: open alerts others stored (the supervisor's flap limit), shown
     with the governor's own in ``health.alerts``.
