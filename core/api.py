@@ -167,9 +167,8 @@ async def post_message(
         reply = LocalReply()
         result = await runtime.chat.handle(msg, reply)
         return result_json(chat_id, result)
-    # Refuse with 429/503 before the stream starts (not as an event in a 200 stream).
-    runtime.chat.check_admission(full_id)
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    # Refused with 429/503 here, before the stream starts (not as an event in a 200 stream).
     task = runtime.chat.handle_in_background(msg, LocalReply(events))
     return StreamingResponse(
         _sse(chat_id, task, events),

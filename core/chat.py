@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from core.admission import AdjustableLimiter, Admission
 from core.channel import Channel, IncomingMessage, Turn, TurnResult
@@ -97,7 +96,7 @@ class ChatService:
         self.operator_ids = operator_ids
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
-        self._background: set[asyncio.Task[Any]] = set()
+        self._background: set[asyncio.Task[object]] = set()
         # chat id -> (streamer, task pumping the model) of the reply being written
         self._pumps: dict[str, tuple[StreamingOptimizer, asyncio.Future[None]]] = {}
         self.commands: dict[str, CommandHandler] = {
@@ -119,25 +118,6 @@ class ChatService:
         async with self._exclusive(msg.chat_id):
             return await self._turn(msg, channel)
 
-    def check_admission(self, chat_id: str) -> None:
-        """Raise ``Busy``/``Draining`` if a new turn in this chat would be refused now."""
-        self.admission.check()
-        if self.pending(chat_id) >= self.queue_limit:
-            self.stats.rejected += 1
-            raise Busy(
-                f"too many messages waiting in this chat (limit {self.queue_limit})",
-                retry_after=5,
-            )
-
-    def handle_in_background(
-        self, msg: IncomingMessage, channel: Channel
-    ) -> asyncio.Task[TurnResult]:
-        """``handle`` as a task the service owns (drained at shutdown), for streaming."""
-        task: asyncio.Task[TurnResult] = asyncio.ensure_future(self.handle(msg, channel))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
-
     @contextlib.asynccontextmanager
     async def _exclusive(self, chat_id: str) -> AsyncIterator[None]:
         """Admission, then this chat's turn lock (one turn at a time per chat).
@@ -146,7 +126,7 @@ class ChatService:
         waits behind another turn of the same chat: a graceful restart drains
         queued turns too, not only the running one.
         """
-        self.check_admission(chat_id)
+        self._check_admission(chat_id)
         with self.admission.turn():
             async with self._chat_lock(chat_id):
                 yield
@@ -315,6 +295,30 @@ class ChatService:
                 await self.context.refine(chat_id, self.llm.summarize)
         except Exception:  # a loop boundary: a failed refinement keeps the fallback
             log.warning("chat %s: summary refinement failed", chat_id, exc_info=True)
+
+    def _check_admission(self, chat_id: str) -> None:
+        """Raise Draining or Busy when a new turn in ``chat_id`` must not start now."""
+        self.admission.check()
+        if self.pending(chat_id) >= self.queue_limit:
+            self.stats.rejected += 1
+            raise Busy(
+                f"too many messages waiting in this chat (limit {self.queue_limit})",
+                retry_after=5,
+            )
+
+    def handle_in_background(
+        self, msg: IncomingMessage, channel: Channel
+    ) -> asyncio.Task[TurnResult]:
+        """Admit ``msg`` now (Draining/Busy raise here), then handle it as a task.
+
+        For a streamed reply: the refusal must come before the stream opens, not
+        as an event inside a 200 stream. The task is drained at shutdown.
+        """
+        self._check_admission(msg.chat_id)
+        task = asyncio.ensure_future(self.handle(msg, channel))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

@@ -30,6 +30,7 @@ from core.database import Database
 from core.errors import StorageError
 from core.process import RESTART_REQUESTED
 from core.restarts import RestartEvent, record_async, record_pending, save_pending_record
+from core.rss import rss_mb
 from core.sdnotify import SdNotifier
 from core.serving import AcceptErrors, connection_limit, guarded_protocol, raise_fd_limit
 
@@ -47,15 +48,6 @@ RESTART_REASONS = (
 )
 STOP_REASONS = ("signal",)
 RETRY_AFTER_S = 15.0
-
-
-def _rss_mb() -> float | None:
-    try:
-        with open("/proc/self/statm", encoding="ascii") as handle:
-            pages = int(handle.read().split()[1])
-        return round(pages * os.sysconf("SC_PAGE_SIZE") / 1048576, 1)
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class Lifecycle:
@@ -157,7 +149,7 @@ class Lifecycle:
             at=time.time(),
             exit_code=self.exit_code,
             uptime_s=round(time.monotonic() - self.started_monotonic, 1),
-            last_rss_mb=_rss_mb(),
+            last_rss_mb=rss_mb(),
             detail="; ".join(p for p in (self.detail, detail) if p),
         )
         try:

@@ -1,12 +1,12 @@
-"""PerformanceAlert (seed 003's fields) and the texts that describe one."""
+"""PerformanceAlert (what was crossed, how badly, what to do) and the texts that describe one."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
+from monitoring.alert_json import alert_fields
 from monitoring.rules import Reading, Rule, Thresholds
 from monitoring.snapshot import ResourceSnapshot
 
@@ -29,26 +29,19 @@ class PerformanceAlert:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, *, with_snapshot: bool = True) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "id": self.id,
-            "key": self.key,
-            "alert_type": self.alert_type,
-            "severity": self.severity,
-            "message": self.message,
-            "timestamp": self.timestamp,
-            "raised_at": iso(self.timestamp),
-            "resolved_at": iso(self.resolved_at) if self.resolved_at else None,
-            "recommended_action": self.recommended_action,
-        }
+        data = alert_fields(
+            alert_type=self.alert_type,
+            severity=self.severity,
+            message=self.message,
+            timestamp=self.timestamp,
+            recommended_action=self.recommended_action,
+            key=self.key,
+            alert_id=self.id,
+            resolved_at=self.resolved_at,
+        )
         if with_snapshot:
             data["resource_snapshot"] = self.resource_snapshot.to_dict()
         return data
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def _fmt(value: float) -> str:

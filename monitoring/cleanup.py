@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from monitoring.limits import MB
+from core.rss import MB, rss_bytes
 
 if TYPE_CHECKING:
     from core.runtime import Runtime
@@ -56,8 +56,8 @@ def release_memory() -> dict[str, Any]:
     return {"gc_objects": collected, "malloc_trim": trimmed}
 
 
-def rss_mb() -> float:
-    return float(psutil.Process().memory_info().rss) / MB
+def _own_rss_mb() -> float:
+    return rss_bytes(psutil.Process()) / MB
 
 
 def estimate_window_bytes(window: Any) -> int:
@@ -108,7 +108,7 @@ class RuntimeEffects:
     async def cleanup(self, *, aggressive: bool) -> dict[str, Any]:
         """Emergency cleanup; returns what it did and the RSS it freed right away."""
         started = time.perf_counter()
-        before = rss_mb()
+        before = _own_rss_mb()
         memory = self.runtime.memory
         idle_s = AGGRESSIVE_IDLE_S if aggressive else EMERGENCY_IDLE_S
         evicted = memory.evict_idle(idle_s=idle_s)
@@ -116,7 +116,7 @@ class RuntimeEffects:
             evicted += memory.trim_cache(AGGRESSIVE_KEEP)
         pruned = await self.prune_contexts()
         released = release_memory()
-        after = rss_mb()
+        after = _own_rss_mb()
         return {
             "aggressive": aggressive,
             "evicted_sessions": evicted,
@@ -144,7 +144,7 @@ class RuntimeEffects:
 
     # --- reports -------------------------------------------------------------------
     def turn_stats(self) -> dict[str, Any]:
-        """Turn counts and recent latency (seed 003: "performance history")."""
+        """Turn counts and recent latency: the performance history of the chat pipeline."""
         stats = self.runtime.chat.stats
         ordered = sorted(stats.latencies)
 

@@ -1,6 +1,6 @@
 """Alert notifiers: the log (always), a webhook, and the Telegram admin chat.
 
-Escalation by severity follows seed 003: ``low`` is logged only; ``medium``
+Escalation by severity: ``low`` is logged only; ``medium``
 also goes to the webhook; ``high`` and ``critical`` also go to the Telegram
 admin chat (rate-limited, surplus messages are counted into the next one).
 Sending never blocks the governor: every delivery runs as its own task.
@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from monitoring.alert_json import webhook_body
 from monitoring.alerts import PerformanceAlert
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class WebhookNotifier:
         self.failed = 0
 
     async def send(self, event: str, alert: PerformanceAlert) -> bool:
-        body = {"source": self.source, "event": event, "alert": alert.to_dict()}
+        body = webhook_body(self.source, event, alert.to_dict())
         async with httpx.AsyncClient(timeout=self.timeout_s) as client:
             for attempt in range(self.retries + 1):
                 try:

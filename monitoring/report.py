@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from monitoring.alerts import iso
+from monitoring.alert_json import iso
 from monitoring.governor import FUTILE_TYPE, signal_states
 from monitoring.health import memory_percent, recommendations
 from monitoring.snapshot import downsample
@@ -28,7 +28,7 @@ def status(
     *,
     external: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Seed 003's shape (``health``, ``emergency``) plus limits, signals, history.
+    """The status report: ``health``, ``emergency``, limits, signals and history.
 
     ``external``: open alerts others stored (the supervisor's flap limit), shown
     with the governor's own in ``health.alerts``.

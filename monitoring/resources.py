@@ -3,12 +3,12 @@
 One primed reading per pid is kept between samples: CPU is a delta since the
 previous sample of the same pid, so the first reading of a process only
 primes it (the snapshot says ``primed=False`` until the server itself has a
-baseline, and such a snapshot drives no decision). On Linux one read of
-``/proc/<pid>/stat`` gives both RSS and CPU ticks (a quarter of what psutil's
-``oneshot()`` costs, see bench/bench_governor.py); elsewhere a held
-``psutil.Process`` per pid does the same job. Tree membership is refreshed
-every ``refresh_s`` from the kernel's ``/proc/<pid>/task/<tid>/children``
-lists (psutil's ``children()`` scans all of ``/proc``: a millisecond or more).
+baseline, and such a snapshot drives no decision). Each pid is read through a
+held ``psutil.Process`` (RSS through :mod:`core.rss`, CPU from
+``cpu_times()``). Tree membership is refreshed every ``refresh_s`` from the
+kernel's ``/proc/<pid>/task/<tid>/children`` lists: psutil's ``children()``
+scans all of ``/proc`` (a millisecond or more, see bench/bench_governor.py),
+and at the default 5 s sampling every second snapshot would pay it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import psutil
 
 from core.process import read_pid_file
+from core.rss import rss_bytes
 from monitoring.limits import (
     CGROUP_ROOT,
     MB,
@@ -60,55 +61,27 @@ class TreeSample:
     primed: bool
 
 
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-
-
-def read_proc_stat(proc_root: Path, pid: int) -> tuple[int, float] | None:
-    """(RSS bytes, CPU seconds) of a pid from ``/proc/<pid>/stat``; None if gone."""
-    data = read_small(f"{proc_root}/{pid}/stat")
-    if not data:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        ticks = int(fields[11]) + int(fields[12])  # utime + stime
-        return int(fields[21]) * PAGE_SIZE, ticks / CLOCK_TICKS
-    except (IndexError, ValueError):
-        return None
-
-
 class _Reader:
-    """The primed per-pid reader: /proc when readable, else a held psutil.Process."""
+    """A held ``psutil.Process`` and its last CPU reading."""
 
-    __slots__ = ("last_cpu_s", "last_t", "pid", "proc")
+    __slots__ = ("last_cpu_s", "last_t", "process")
 
-    def __init__(self, pid: int, proc_root: Path, now: float) -> None:
-        self.pid = pid
-        self.proc: psutil.Process | None = None
-        first = read_proc_stat(proc_root, pid)
-        if first is None:
-            self.proc = psutil.Process(pid)  # raises NoSuchProcess if it is gone
-            first = self._psutil()
-        self.last_cpu_s, self.last_t = first[1], now
+    def __init__(self, pid: int, now: float) -> None:
+        self.process = psutil.Process(pid)  # raises NoSuchProcess if it is gone
+        self.last_cpu_s, self.last_t = self._usage()[1], now
 
-    def _psutil(self) -> tuple[int, float]:
-        assert self.proc is not None
-        with self.proc.oneshot():
-            times = self.proc.cpu_times()
-            return self.proc.memory_info().rss, times.user + times.system
+    def _usage(self) -> tuple[int, float]:
+        # no oneshot(): RSS and CPU come from two different files, and
+        # oneshot()'s caching would cost more than it saves
+        times = self.process.cpu_times()
+        return rss_bytes(self.process), times.user + times.system
 
-    def read(self, proc_root: Path, now: float) -> tuple[int, float] | None:
+    def read(self, now: float) -> tuple[int, float] | None:
         """(RSS bytes, CPU % of one core since the last read) or None when gone."""
-        if self.proc is None:
-            found = read_proc_stat(proc_root, self.pid)
-        else:
-            try:
-                found = self._psutil()
-            except psutil.Error:
-                found = None
-        if found is None:
+        try:
+            rss, cpu_s = self._usage()
+        except psutil.Error:
             return None
-        rss, cpu_s = found
         elapsed = now - self.last_t
         share = max(0.0, (cpu_s - self.last_cpu_s) / elapsed * 100) if elapsed > 0 else 0.0
         self.last_cpu_s, self.last_t = cpu_s, now
@@ -165,7 +138,7 @@ class ProcessTree:
             reader = self._readers.get(pid)
             if reader is None:
                 try:
-                    reader = _Reader(pid, self.proc_root, now)  # the priming reading
+                    reader = _Reader(pid, now)  # the priming reading
                 except psutil.Error:
                     continue
             fresh[pid] = reader
@@ -180,7 +153,7 @@ class ProcessTree:
         cpu = server_cpu = 0.0
         gone: list[int] = []
         for pid, reader in self._readers.items():
-            found = reader.read(self.proc_root, now)
+            found = reader.read(now)
             if found is None:
                 gone.append(pid)
                 continue
@@ -197,23 +170,13 @@ class ProcessTree:
         return TreeSample(rss, cpu, len(self._readers), server_rss, server_cpu, primed)
 
 
-def read_net_io(proc_root: Path = PROC_ROOT) -> tuple[int, int]:
-    """Host-wide (bytes sent, bytes received) from ``/proc/net/dev`` (psutil's totals)."""
-    data = read_small(f"{proc_root}/net/dev")
-    if data is None:
-        try:
-            counters = psutil.net_io_counters()
-        except (OSError, RuntimeError):
-            return (0, 0)
-        return (0, 0) if counters is None else (counters.bytes_sent, counters.bytes_recv)
-    sent = received = 0
-    for line in data.splitlines()[2:]:
-        _, _, values = line.partition(b":")
-        fields = values.split()
-        if len(fields) >= 9:
-            received += int(fields[0])
-            sent += int(fields[8])
-    return sent, received
+def read_net_io() -> tuple[int, int]:
+    """(bytes sent, bytes received) over every interface; (0, 0) when unknown."""
+    try:
+        counters = psutil.net_io_counters()
+    except (OSError, RuntimeError):
+        return (0, 0)
+    return (0, 0) if counters is None else (counters.bytes_sent, counters.bytes_recv)
 
 
 def _started_at(pid: int) -> float:
@@ -260,7 +223,6 @@ class ResourceMonitor:
             proc_root=proc_root, cgroup_root=cgroup_root
         )
         own = os.getpid()
-        self.proc_root = proc_root
         self.tree = ProcessTree(root_pid or own, server_pid=own, proc_root=proc_root)
         self.root_started_at = _started_at(root_pid or own)
         self.history = History(history_len)
@@ -273,9 +235,6 @@ class ResourceMonitor:
         except OSError:
             return 0.0
 
-    def _net_io(self) -> tuple[int, int]:
-        return read_net_io(self.proc_root)
-
     def take(self) -> ResourceSnapshot:
         """One snapshot, without storing it (the benchmark measures this)."""
         tree = self.tree.sample()
@@ -286,7 +245,7 @@ class ResourceMonitor:
             active_sessions=self.sessions(),
             total_processes=tree.processes,
             disk_usage_percent=self._disk_percent(),
-            network_io_bytes=self._net_io(),
+            network_io_bytes=read_net_io(),
             server_memory_mb=tree.server_rss_bytes / MB,
             server_cpu_percent=tree.server_cpu_percent,
             loop_lag_ms=self.loop_lag_ms(),

@@ -20,7 +20,7 @@ from core.database import NewerSchema, connect_sync, migrate_sync
 from core.errors import StorageError
 from tasks.queue import HEAVY_LOCK, build_queue, mark_interrupted
 
-log = logging.getLogger("tasks.worker")
+log = logging.getLogger(__name__)
 
 
 def wait_for_database(settings: Settings, *, poll_s: float = 1.0) -> None:

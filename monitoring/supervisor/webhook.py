@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from monitoring.alert_json import alert_fields, webhook_body
+
 log = logging.getLogger(__name__)
 
 
@@ -22,18 +24,15 @@ def webhook_alerter(url: str, *, timeout_s: float = 5.0) -> Callable[..., None]:
 
     def send(alert_type: str, message: str, event: str = "raised") -> None:
         now = time.time()
-        body = {
-            "source": "vigil-supervisor",
-            "event": event,
-            "alert": {
-                "alert_type": alert_type,
-                "severity": "critical",
-                "message": message,
-                "timestamp": now,
-                "raised_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
-                "recommended_action": "read logs/system.log, fix the cause, then restart Vigil",
-            },
-        }
+        alert = alert_fields(
+            alert_type=alert_type,
+            severity="critical",
+            message=message,
+            timestamp=now,
+            resolved_at=now if event == "resolved" else None,
+            recommended_action="read logs/system.log, fix the cause, then restart Vigil",
+        )
+        body = webhook_body("vigil-supervisor", event, alert)
         threading.Thread(target=_post, args=(url, body, timeout_s), daemon=True).start()
 
     return send

@@ -326,3 +326,19 @@ def test_the_retry_command_answers_with_what_retry_returned(
     # for a TurnResult; the local API gets the new reply and its error code).
     outcome = retry_reply(result)
     assert outcome is result if said is SHOWN else outcome == said
+
+
+async def test_a_background_turn_is_refused_before_it_starts(
+    service: ChatService, fake_llm: FakeLLM
+) -> None:
+    service.queue_limit = 1
+    fake_llm.token_delay_s = 0.05
+    running = service.handle_in_background(msg("local:bg", "one"), LocalReply())
+    await asyncio.sleep(0.02)
+    with pytest.raises(Busy, match="too many messages waiting"):
+        service.handle_in_background(msg("local:bg", "two"), LocalReply())  # no task made
+    assert (await running).reply == "echo: one"
+    assert service.stats.rejected == 1
+    service.admission.start_draining(reason="forced")
+    with pytest.raises(Draining):
+        service.handle_in_background(msg("local:bg", "three"), LocalReply())

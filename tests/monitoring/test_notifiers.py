@@ -106,3 +106,25 @@ async def test_webhook_with_a_malformed_url_counts_as_failed_not_a_traceback() -
     notifier = WebhookNotifier("http://127.0.0.1:99999/hook", retries=2, backoff_s=0.01)
     assert not await notifier.send("raised", alert())
     assert notifier.failed == 1 and notifier.sent == 0
+
+
+def test_the_supervisor_and_the_governor_post_one_body_shape() -> None:
+    from monitoring.alert_json import alert_fields, webhook_body
+
+    governor = webhook_body("vigil", "raised", alert().to_dict())
+    supervisor = webhook_body(
+        "vigil-supervisor",
+        "raised",
+        alert_fields(
+            alert_type="restart_flap_limit",
+            severity="critical",
+            message="child crasher keeps crashing",
+            timestamp=1000.0,
+            recommended_action="read logs/system.log",
+        ),
+    )
+    assert governor.keys() == supervisor.keys() == {"source", "event", "alert"}
+    assert governor["alert"].keys() - {"resource_snapshot"} == supervisor["alert"].keys()
+    assert governor["alert"]["raised_at"] == supervisor["alert"]["raised_at"]
+    assert supervisor["alert"]["raised_at"] == "1970-01-01T00:16:40+00:00"
+    assert supervisor["alert"]["resolved_at"] is None

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 from monitoring.resources import ProcessTree, ResourceMonitor, vigil_root_pid
@@ -76,45 +79,65 @@ def test_history_since_and_downsample() -> None:
     assert len(picked) == 10 and picked[-1].timestamp == 49.0 and picked[0].timestamp == 0.0
 
 
-def write_stat(proc: Path, pid: int, *, ticks: int, rss_pages: int, children: str = "") -> None:
-    # fields after "(comm)": state ppid ... utime(14) stime(15) ... rss(24)
-    rest = ["S", "1"] + ["0"] * 9 + [str(ticks), "0"] + ["0"] * 8 + [str(rss_pages)]
-    (proc / str(pid) / "task" / str(pid)).mkdir(parents=True, exist_ok=True)
-    (proc / str(pid) / "stat").write_text(f"{pid} (python (x)) " + " ".join(rest) + "\n")
-    (proc / str(pid) / "task" / str(pid) / "children").write_text(children)
+def burn_cpu(seconds: float) -> None:
+    started = time.process_time()
+    while time.process_time() - started < seconds:
+        pass
 
 
-def test_a_fake_proc_tree_gives_rss_and_cpu_and_primes_first(tmp_path: Path) -> None:
-    from monitoring.resources import CLOCK_TICKS, PAGE_SIZE
+def test_membership_comes_from_the_children_lists_and_cpu_is_a_primed_delta(
+    tmp_path: Path,
+) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        own = os.getpid()
+        proc = tmp_path / "proc"  # only membership is read from here; usage from psutil
+        (proc / str(own) / "task" / str(own)).mkdir(parents=True)
+        (proc / str(own) / "task" / str(own) / "children").write_text(f"{child.pid} ")
+        now = [0.0]
+        tree = ProcessTree(own, proc_root=proc, clock=lambda: now[0], refresh_s=60)
+        first = tree.sample()
+        assert not first.primed and first.processes == 2
+        assert first.cpu_percent == 0.0  # the first reading only primes
+        assert first.rss_bytes > first.server_rss_bytes > 1024 * 1024
+        cpu_before = time.process_time()
+        burn_cpu(0.2)
+        now[0] = 1.0  # the injected clock says one second went by
+        second = tree.sample()
+        spent = time.process_time() - cpu_before
+        assert second.primed
+        # this process burnt >= 0.2 s of CPU in the "second": 20 % of a core less a
+        # clock tick (1 %) of rounding, and no more than it measured itself
+        assert 18.5 <= second.server_cpu_percent <= spent * 100 + 2
+    finally:
+        child.kill()
+        child.wait()
+    assert tree.sample().processes == 1  # the child is gone
 
-    proc = tmp_path / "proc"
-    write_stat(proc, 100, ticks=0, rss_pages=1000, children="101 ")
-    write_stat(proc, 101, ticks=0, rss_pages=500)
-    now = [0.0]
-    tree = ProcessTree(100, proc_root=proc, clock=lambda: now[0], refresh_s=60)
-    first = tree.sample()
-    assert not first.primed and first.processes == 2
-    assert first.rss_bytes == 1500 * PAGE_SIZE and first.cpu_percent == 0.0
-    now[0] = 2.0  # one core fully busy in 100, half a core in 101
-    write_stat(proc, 100, ticks=2 * CLOCK_TICKS, rss_pages=1000, children="101 ")
-    write_stat(proc, 101, ticks=CLOCK_TICKS, rss_pages=600)
-    second = tree.sample()
-    assert second.primed
-    assert round(second.cpu_percent) == 150 and round(second.server_cpu_percent) == 100
-    assert second.rss_bytes == 1600 * PAGE_SIZE
-    (proc / "101" / "stat").unlink()  # the child exits
-    assert tree.sample().processes == 1
 
-
-def test_net_io_matches_psutil_totals() -> None:
-    import psutil
-
+def test_net_io_counts_traffic_through_loopback() -> None:
     from monitoring.resources import read_net_io
 
-    sent, received = read_net_io()
-    counters = psutil.net_io_counters()
-    assert abs(counters.bytes_recv - received) < 10_000_000
-    assert abs(counters.bytes_sent - sent) < 10_000_000
+    payload = b"x" * (4 * 1024 * 1024)
+    sent0, received0 = read_net_io()
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as client,
+    ):
+        peer, _ = server.accept()
+        with peer:
+            reader = threading.Thread(target=lambda: drain(peer, len(payload)))
+            reader.start()
+            client.sendall(payload)
+            reader.join()
+    sent1, received1 = read_net_io()
+    assert sent1 - sent0 >= len(payload)
+    assert received1 - received0 >= len(payload)
+
+
+def drain(sock: socket.socket, size: int) -> None:
+    while size > 0:
+        size -= len(sock.recv(65536))
 
 
 def test_history_survives_a_restart_through_its_file(tmp_path: Path) -> None:
