@@ -131,12 +131,14 @@ def run(kills: int, chats: int, min_acked: int, interval: float) -> dict[str, ob
         for thread in [*chatters, backup_thread]:
             thread.start()
         recoveries: list[float] = []
+        tree_recoveries: list[float] = []
         tree_kills = 0
         started = time.monotonic()
         killed = 0
         while killed < kills or sum(len(c.acked) for c in chatters) < min_acked:
             time.sleep(interval)
-            if killed % 5 == 4:
+            whole_tree = killed % 5 == 4
+            if whole_tree:
                 sup.kill_tree()
                 tree_kills += 1
                 sup = VigilProcess(tmp, env, "supervise", "--no-worker")
@@ -144,7 +146,7 @@ def run(kills: int, chats: int, min_acked: int, interval: float) -> dict[str, ob
                 os.kill(pid, signal.SIGKILL)
             killed += 1
             pid, took = wait_new_pid(url, pid)
-            recoveries.append(took)
+            (tree_recoveries if whole_tree else recoveries).append(took)
             acked_now = sum(len(c.acked) for c in chatters)
             print(
                 f"  kill {killed}: back in {took:.2f} s, {acked_now} acknowledged so far",
@@ -177,6 +179,8 @@ def run(kills: int, chats: int, min_acked: int, interval: float) -> dict[str, ob
         "backups": len(done_backups),
         "recovery_p50": statistics.median(recoveries),
         "recovery_max": max(recoveries),
+        "tree_p50": statistics.median(tree_recoveries) if tree_recoveries else None,
+        "tree_max": max(tree_recoveries) if tree_recoveries else None,
         "validate": "ok" if validate.returncode == 0 else validate.stdout[-200:],
         "seconds": time.monotonic() - started,
         "refused": sum(c.refused for c in chatters),
@@ -217,9 +221,14 @@ def main() -> None:
     print(f"| duplicates | {result['duplicates']} | 0 |")
     print(f"| kills (of which whole tree) | {result['kills']} ({result['tree_kills']}) | ≥ 20 |")
     print(
-        f"| recovery, SIGKILL -> /health/live | p50 {result['recovery_p50']:.2f} s,"
-        f" max {result['recovery_max']:.2f} s | ≤ 3 s |"
+        f"| recovery, server SIGKILL -> /health/live (supervisor restarts it) |"
+        f" p50 {result['recovery_p50']:.2f} s, max {result['recovery_max']:.2f} s | ≤ 3 s |"
     )
+    if result["tree_p50"] is not None:
+        print(
+            f"| recovery, whole tree SIGKILL -> supervise started again -> /health/live |"
+            f" p50 {result['tree_p50']:.2f} s, max {result['tree_max']:.2f} s | — |"
+        )
     print(f"| backups completed during the run | {result['backups']} | — |")
     print(f"| refused while restarting (not acknowledged) | {result['refused']} | — |")
     print(f"| validate after the last kill | {result['validate']} | ok |")
