@@ -42,37 +42,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from tests.fake_llm import FakeLLM  # noqa: E402
-from tests.processes import AUTH, MAIN, VigilProcess, query, vigil_env  # noqa: E402
-
-
-class Chatter(threading.Thread):
-    def __init__(self, url: str, chat: str, stop: threading.Event, *, resets: bool) -> None:
-        super().__init__(daemon=True)
-        self.url, self.chat, self.stop, self.resets = url, chat, stop, resets
-        self.acked: list[str] = []
-        self.refused = 0
-        self.sent = 0
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, headers=AUTH, timeout=10.0) as client:
-            while not self.stop.is_set():
-                text = f"{self.chat} #{self.sent}"
-                self.sent += 1
-                try:
-                    reply = client.post(f"/api/chats/{self.chat}/messages", json={"text": text})
-                except httpx.HTTPError:
-                    time.sleep(0.02)
-                    continue
-                if reply.status_code == 200:
-                    self.acked.append(text)
-                else:
-                    self.refused += 1
-                    time.sleep(0.02)
-                if self.resets and self.sent % 25 == 0:
-                    try:
-                        client.delete(f"/api/chats/{self.chat}/context")
-                    except httpx.HTTPError:
-                        pass
+from tests.processes import MAIN, Chatter, VigilProcess, query, vigil_env  # noqa: E402
 
 
 def live_pid(url: str) -> int | None:
@@ -183,7 +153,7 @@ def run(kills: int, chats: int, min_acked: int, interval: float) -> dict[str, ob
         "tree_max": max(tree_recoveries) if tree_recoveries else None,
         "validate": "ok" if validate.returncode == 0 else validate.stdout[-200:],
         "seconds": time.monotonic() - started,
-        "refused": sum(c.refused for c in chatters),
+        "refused": sum(sum(c.errors.values()) for c in chatters),
         "data": tmp,
     }
 

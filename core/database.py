@@ -32,6 +32,7 @@ from core.sqlite import (
     file_identity,
     guard_stale_wal,
     migrate_sync,
+    move_wal_aside,
     prepare_file,
     record_owner,
 )
@@ -537,26 +538,7 @@ def set_aside_own_wal(path: Path) -> list[Path]:
     file's pages from them (silent corruption). Only files that this process
     has open (same inode as one of our descriptors) are moved.
     """
-    ours = _open_inodes()
-    moved = []
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for suffix in ("-wal", "-shm"):
-        side = Path(f"{path}{suffix}")
-        try:
-            st = os.stat(side)
-        except OSError:
-            continue
-        if (st.st_dev, st.st_ino) not in ours:
-            continue
-        target = side.with_name(f"{side.name}.replaced-{stamp}")
-        try:
-            os.replace(side, target)
-        except OSError as exc:
-            log.warning("could not move %s aside: %s", side, exc)
-            continue
-        log.warning("moved the old database's %s aside to %s", side.name, target.name)
-        moved.append(target)
-    return moved
+    return move_wal_aside(path, "replaced", only=_open_inodes())
 
 
 def _open_inodes() -> set[tuple[int, int]]:

@@ -134,17 +134,31 @@ def guard_stale_wal(path: Path) -> list[Path]:
         return []
     if current == recorded:
         return []
+    return move_wal_aside(path, "stale")
+
+
+def move_wal_aside(
+    path: Path, label: str, *, only: set[tuple[int, int]] | None = None
+) -> list[Path]:
+    """Rename ``path``'s ``-wal``/``-shm`` to ``*.<label>-<time>`` (kept, never deleted).
+
+    ``only``: move a file only if its (device, inode) is in the set.
+    """
     moved = []
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for suffix in ("-wal", "-shm"):
         side = Path(f"{path}{suffix}")
-        if not side.exists():
+        try:
+            st = os.stat(side)
+        except OSError:
             continue
-        target = side.with_name(f"{side.name}.stale-{stamp}")
+        if only is not None and (st.st_dev, st.st_ino) not in only:
+            continue
+        target = side.with_name(f"{side.name}.{label}-{stamp}")
         try:
             os.replace(side, target)
         except OSError as exc:
-            log.warning("could not move the stale %s aside: %s", side, exc)
+            log.warning("could not move %s aside: %s", side, exc)
             continue
         log.warning(
             "%s belongs to the file that was at %s before it was replaced; kept aside as %s",

@@ -205,3 +205,41 @@ class StreamedTurn:
                         self.first_delta.set()
                     if event == "done":
                         self.done = json.loads(line[6:])
+
+
+class Chatter(threading.Thread):
+    """Posts numbered messages to one chat until ``stop``; remembers what got a 200.
+
+    ``resets``: every 25th message also resets the chat's context.
+    """
+
+    def __init__(self, url: str, chat: str, stop: threading.Event, *, resets: bool) -> None:
+        super().__init__(daemon=True)
+        self.url, self.chat, self.stop, self.resets = url, chat, stop, resets
+        self.acked: list[str] = []
+        self.errors: dict[int, int] = {}
+        self.sent = 0
+        self.resets_done = 0
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, headers=AUTH, timeout=10.0) as client:
+            while not self.stop.is_set():
+                text = f"{self.chat} #{self.sent}"
+                self.sent += 1
+                try:
+                    reply = client.post(f"/api/chats/{self.chat}/messages", json={"text": text})
+                except httpx.HTTPError:
+                    time.sleep(0.05)  # the server is down: try again
+                    continue
+                if reply.status_code == 200:
+                    self.acked.append(text)
+                else:
+                    self.errors[reply.status_code] = self.errors.get(reply.status_code, 0) + 1
+                    time.sleep(0.05)
+                if self.resets and self.sent % 25 == 0:
+                    # A reset starts a new context; the history stays in the database.
+                    try:
+                        reset = client.delete(f"/api/chats/{self.chat}/context")
+                        self.resets_done += reset.status_code == 200
+                    except httpx.HTTPError:
+                        pass

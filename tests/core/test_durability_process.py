@@ -27,6 +27,7 @@ from tests.fake_llm import FakeLLM
 from tests.processes import (
     AUTH,
     MAIN,
+    Chatter,
     StreamedTurn,
     VigilProcess,
     query,
@@ -36,41 +37,6 @@ from tests.processes import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-class Chatter(threading.Thread):
-    """Posts numbered messages to one chat; remembers what got a 200."""
-
-    def __init__(self, url: str, chat: str, stop: threading.Event, *, resets: bool) -> None:
-        super().__init__(daemon=True)
-        self.url, self.chat, self.stop, self.resets = url, chat, stop, resets
-        self.acked: list[str] = []
-        self.errors: dict[int, int] = {}
-        self.sent = 0
-        self.resets_done = 0
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, headers=AUTH, timeout=10.0) as client:
-            while not self.stop.is_set():
-                text = f"{self.chat} #{self.sent}"
-                self.sent += 1
-                try:
-                    reply = client.post(f"/api/chats/{self.chat}/messages", json={"text": text})
-                except httpx.HTTPError:
-                    time.sleep(0.05)  # the server is down: try again
-                    continue
-                if reply.status_code == 200:
-                    self.acked.append(text)
-                else:
-                    self.errors[reply.status_code] = self.errors.get(reply.status_code, 0) + 1
-                    time.sleep(0.05)
-                if self.resets and self.sent % 25 == 0:
-                    # A reset starts a new context; the history stays in the database.
-                    try:
-                        reset = client.delete(f"/api/chats/{self.chat}/context")
-                        self.resets_done += reset.status_code == 200
-                    except httpx.HTTPError:
-                        pass
 
 
 def server_pid(sup: VigilProcess) -> int | None:
