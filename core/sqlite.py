@@ -7,6 +7,7 @@ records use these directly; :class:`core.database.Database` builds on them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -134,7 +135,31 @@ def guard_stale_wal(path: Path) -> list[Path]:
         return []
     if current == recorded:
         return []
-    return move_wal_aside(path, "stale")
+    # Under a lock, judged again, and the record updated at once: the next
+    # -wal/-shm created at the path belong to the current file, and a second
+    # opener racing this one must not take them for the old file's.
+    try:
+        fd = os.open(f"{owner_file(path)}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return move_wal_aside(path, "stale")  # a read-only data dir: nobody writes a WAL
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            owner = json.loads(owner_file(path).read_text(encoding="utf-8"))
+            recorded = (int(owner["dev"]), int(owner["ino"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        if current == recorded:
+            return []  # another opener judged it first
+        moved = move_wal_aside(path, "stale")
+        if current is not None:
+            try:
+                record_owner(path)
+            except OSError as exc:
+                log.warning("could not record the owner of %s: %s", path, exc)
+        return moved
+    finally:
+        os.close(fd)
 
 
 def move_wal_aside(

@@ -293,3 +293,35 @@ def test_two_processes_migrating_at_once_both_succeed(tmp_path: Path) -> None:
         for thread in threads:
             thread.join()
         assert errors == []
+
+
+async def test_a_second_opener_keeps_the_new_files_own_wal(tmp_path: Path) -> None:
+    """After a replacement the first opener moves the old WAL aside and records
+    the new file as the owner, so the next opener leaves the new WAL alone."""
+    db = await open_db(tmp_path, every=10_000, inline_after=10_000)
+    await db.write(INSERT, ("local:a", "old"))
+    copy = tmp_path / "copy.db"
+    source = sqlite3.connect(db.path)
+    target = sqlite3.connect(copy)
+    source.backup(target)
+    source.close()
+    target.close()
+    os.replace(copy, db.path)
+    first = connect_sync(db.path, create=False)  # the worker, say
+    second = None
+    try:
+        first.execute("PRAGMA wal_autocheckpoint=0")
+        first.execute(
+            "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+            " VALUES ('local:a', 'user', 'in the new file', 1, 0)"
+        )
+        assert Path(f"{db.path}-wal").stat().st_size > 0  # not checkpointed yet
+        second = connect_sync(db.path, create=False)  # the supervisor's record, say
+        contents = [r[0] for r in second.execute("SELECT content FROM messages")]
+        assert "in the new file" in contents
+        assert len(list(tmp_path.glob("system.db-wal.stale-*"))) == 1  # the old one only
+    finally:
+        first.close()
+        if second is not None:
+            second.close()
+        await db.close()
