@@ -83,7 +83,11 @@ class LiveServer:
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self.server.serve())
+        try:
+            self.loop.run_until_complete(self.server.serve())
+        finally:
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()  # an unclosed loop is a ResourceWarning per server
 
     def start(self, timeout: float = 15.0) -> LiveServer:
         self._thread.start()

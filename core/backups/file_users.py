@@ -90,6 +90,17 @@ def describe_holders(pids: list[int], *, proc: Path = PROC) -> str:
     return ", ".join(f"pid {pid} ({command_of(pid, proc=proc)})" for pid in pids)
 
 
+def try_flock(fd: int) -> bool:
+    """Take ``fd``'s exclusive ``flock`` without waiting; False if someone holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path | None) -> Iterator[bool]:
     """Try to take ``path``'s ``flock`` without waiting; yields whether we hold it.
@@ -103,11 +114,7 @@ def exclusive_lock(path: Path | None) -> Iterator[bool]:
         return
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
+        if not try_flock(fd):
             yield False
             return
         try:

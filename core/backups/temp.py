@@ -17,13 +17,13 @@ long its integrity check takes.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from core.backups.file_users import try_flock
 from core.process import pid_alive
 
 PREFIX = ".backup-tmp."
@@ -76,14 +76,7 @@ def _no_backup_running(directory: Path) -> Iterator[bool]:
         yield False
         return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            yield False
-            return
-        yield True
+        yield try_flock(fd)
     finally:
         os.close(fd)
 
