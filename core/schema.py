@@ -134,6 +134,44 @@ MIGRATIONS: list[str] = [
     CREATE INDEX messages_external_id ON messages (chat_id, external_id)
         WHERE external_id IS NOT NULL;
     """,
+    # 4: operations state: monotonic counters (Prometheus semantics across restarts,
+    #    pruning and restores), backup runs, maintenance mode, the data-deletion record
+    """
+    CREATE TABLE counters (
+        name TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '',
+        value REAL NOT NULL DEFAULT 0,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (name, labels)
+    ) WITHOUT ROWID;
+    CREATE TABLE backup_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        ok INTEGER,
+        trigger TEXT NOT NULL DEFAULT 'scheduled',
+        path TEXT,
+        size_bytes INTEGER,
+        error TEXT
+    );
+    CREATE INDEX backup_runs_started_at ON backup_runs (started_at);
+    CREATE TABLE maintenance (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        reason TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        until REAL,
+        set_by TEXT NOT NULL DEFAULT 'cli'
+    );
+    CREATE TABLE deletions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        deleted_at REAL NOT NULL,
+        deleted_by TEXT NOT NULL,
+        scope TEXT NOT NULL CHECK (scope IN ('chat', 'user')),
+        target TEXT NOT NULL,
+        messages INTEGER NOT NULL DEFAULT 0,
+        files INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
