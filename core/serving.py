@@ -12,19 +12,24 @@ process runs out of file descriptors. This module adds the missing parts:
   one: the oldest waiting connection is dropped for a new one, so a flood of
   idle sockets cannot starve ``/health/live`` or hold every descriptor;
 - :class:`AcceptErrors` logs the event loop's "out of file descriptors"
-  accept errors once per interval with a count instead of one traceback each.
+  accept errors once per interval with a count instead of one traceback each;
+- past the request cap, uvicorn's plain-text 503 becomes Vigil's JSON error
+  (``overloaded``, with ``Retry-After``) and its warning, one per refused
+  request, becomes one line per interval with a count.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import resource
 import time
 from typing import Any
 
 import h11
+from uvicorn.protocols.http import h11_impl
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 log = logging.getLogger(__name__)
@@ -80,9 +85,79 @@ class _Guard:
         self.refused = 0
 
 
+OVERLOADED_BODY = json.dumps(
+    {
+        "error": {
+            "code": "overloaded",
+            "message": "the server is answering as many requests as it allows; retry in a second",
+        }
+    }
+).encode()
+OVERLOADED_WARNING = "Exceeded concurrency limit."
+
+
+async def overloaded(scope: Any, receive: Any, send: Any) -> None:
+    """The answer past the request cap: Vigil's JSON error instead of uvicorn's text."""
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(OVERLOADED_BODY)).encode()),
+                (b"retry-after", b"1"),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": OVERLOADED_BODY, "more_body": False})
+
+
+class OverloadWarnings(logging.Filter):
+    """uvicorn warns once per refused request; under a flood that is the whole log.
+
+    Lets the first through, then one summary line per interval with the count.
+    """
+
+    def __init__(self, *, interval_s: float = 60.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.suppressed = 0
+        self.total = 0
+        self._last = float("-inf")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != OVERLOADED_WARNING:
+            return True
+        self.total += 1
+        now = time.monotonic()
+        if now - self._last < self.interval_s:
+            self.suppressed += 1
+            return False
+        record.msg = (
+            "request cap reached: answering 503 overloaded "
+            f"({self.suppressed + 1} request(s) refused since the last report); "
+            "raise VIGIL_MAX_CONNECTIONS if this is real load"
+        )
+        record.args = ()
+        self.suppressed = 0
+        self._last = now
+        return True
+
+
+def _install_overload_answer() -> None:
+    # uvicorn looks the 503 app up as a module global of its h11 protocol on every
+    # refused request: pointing it at ours is the one hook it offers.
+    h11_impl.service_unavailable = overloaded
+    error_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, OverloadWarnings) for f in error_log.filters):
+        error_log.addFilter(OverloadWarnings())
+
+
 def guarded_protocol(*, limit: int, head_timeout_s: float) -> type[H11Protocol]:
     """uvicorn's h11 protocol with a head deadline and a bound on idle connections."""
     guard = _Guard(limit=limit, head_timeout_s=head_timeout_s)
+    _install_overload_answer()
 
     class GuardedH11Protocol(H11Protocol):
         vigil_guard = guard
