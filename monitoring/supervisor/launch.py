@@ -105,5 +105,6 @@ def run_resolved(fd_text: str) -> int:
         state_file=Path(resolved["state_file"]),
         record=store.record,
         alerts=alerts,
+        open_alerts=store.open_alerts,
     )
     return supervisor.run()

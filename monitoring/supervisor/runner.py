@@ -71,6 +71,7 @@ class Supervisor:
         tick_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         spawn: Spawner = subprocess.Popen,
+        open_alerts: Callable[[], list[tuple[str, str]]] | None = None,
     ) -> None:
         self.policy = policy
         self.children = [ChildState(spec) for spec in children]
@@ -80,6 +81,7 @@ class Supervisor:
         self.tick_s = tick_s
         self.clock = clock
         self.spawn = spawn
+        self.open_alerts = open_alerts
         self.started_at = time.time()
         self._procs: dict[str, Any] = {}
         self._stop_signal: int | None = None
@@ -102,6 +104,8 @@ class Supervisor:
             self.policy.flap_window_s,
             self.policy.watchdog_timeout_s,
         )
+        with logged("reading the alerts left open by the last run"):
+            self.adopt_open_alerts()
         started = self.clock()
         for child in self.children:
             if child.spec.start_after is None:
@@ -281,6 +285,30 @@ class Supervisor:
         for alert in self.alerts:  # each on its own: a full disk must not stop the webhook
             with logged(f"raising the {alert_type} alert"):
                 alert(alert_type, message)
+
+    def adopt_open_alerts(self) -> None:
+        """Take over the alerts an earlier supervisor raised and never resolved.
+
+        The operator's usual fix for a flapping child is to correct the cause and
+        stop/start the service; the alert must then resolve once that child runs
+        healthy, not stay open for ever because the new supervisor never raised
+        it. An alert for a child that is no longer supervised is resolved now.
+        """
+        if self.open_alerts is None:
+            return
+        by_name = {c.spec.name: c for c in self.children}
+        for alert_type, name in self.open_alerts():
+            child = by_name.get(name)
+            if child is not None:
+                if child.alerted is None:
+                    child.alerted = alert_type
+                    log.info("%s: open alert %s taken over from the last run", name, alert_type)
+                continue
+            message = f"{name} is no longer supervised"
+            log.warning("%s: %s resolved", message, alert_type)
+            for alert in self.alerts:
+                with logged(f"resolving the {alert_type} alert"):
+                    alert(alert_type, message, event="resolved")
 
     def _is_healthy(self, child: ChildState, now: float) -> bool:
         if child.state != "running" or now - child.started_mono < HEALTHY_AFTER_S:
