@@ -221,6 +221,7 @@ def _default_starters(telegram: Any) -> list[Starter]:
     """Telegram and monitoring plug in here (their issues)."""
     from core.dbwatch import start_database_watch
     from core.maintenance_mode import start_maintenance_watch
+    from core.reload import start_reload_handler
     from core.telegram.app import telegram_starter
     from monitoring.scheduled_restart import start_auto_restart
     from monitoring.starter import start_monitoring
@@ -232,4 +233,5 @@ def _default_starters(telegram: Any) -> list[Starter]:
         telegram_starter(telegram),
         start_monitoring,
         start_database_watch,
+        start_reload_handler,
     ]

@@ -159,6 +159,24 @@ def _file_handler(path: Path, formatter: logging.Formatter, *, rotate: bool) -> 
     return handler
 
 
+# The arguments of the last setup_logging call, for reopen_logging (SIGHUP).
+_ACTIVE: dict[str, Any] = {}
+
+
+def reopen_logging(*, level: str | None = None, json_lines: bool | None = None) -> bool:
+    """Close and reopen every log file (logrotate renamed them: new files appear),
+    optionally with a new level or format; False when logging was never set up."""
+    if not _ACTIVE:
+        return False
+    values = dict(_ACTIVE)
+    if level is not None:
+        values["level"] = level
+    if json_lines is not None:
+        values["json_lines"] = json_lines
+    setup_logging(**values)
+    return True
+
+
 def setup_logging(
     logs_dir: Path,
     *,
@@ -173,6 +191,14 @@ def setup_logging(
     ``rotates`` names the files this process rotates (it owns them); it only
     appends to the others.
     """
+    _ACTIVE.update(
+        logs_dir=logs_dir,
+        level=level,
+        secrets=secrets,
+        json_lines=json_lines,
+        console=console,
+        rotates=rotates,
+    )
     logs_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(logs_dir, 0o700)
     formatter: logging.Formatter = JsonFormatter() if json_lines else logging.Formatter(FORMAT)

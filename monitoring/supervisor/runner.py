@@ -48,6 +48,19 @@ HEALTHY_AFTER_S = 30.0
 START_AFTER_MAX_S = 15.0
 
 
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """A child's ``preexec_fn``: die with the supervisor, and SIGHUP ignored until the
+    child installs its own handler (a HUP forwarded during its start-up must not
+    kill it: the default action of SIGHUP is to terminate)."""
+    die = die_with_parent(parent_pid)
+
+    def setup() -> None:
+        die()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    return setup
+
+
 @contextlib.contextmanager
 def logged(what: str) -> Iterator[None]:
     """Storage trouble must never take the supervisor down: log and carry on."""
@@ -72,6 +85,7 @@ class Supervisor:
         clock: Callable[[], float] = time.monotonic,
         spawn: Spawner = subprocess.Popen,
         open_alerts: Callable[[], list[tuple[str, str]]] | None = None,
+        reloader: Any = None,
     ) -> None:
         self.policy = policy
         self.children = [ChildState(spec) for spec in children]
@@ -82,6 +96,8 @@ class Supervisor:
         self.clock = clock
         self.spawn = spawn
         self.open_alerts = open_alerts
+        self.reloader = reloader  # SIGHUP: start() it; poll() it every tick
+        self._hup = False
         self.started_at = time.time()
         self._procs: dict[str, Any] = {}
         self._stop_signal: int | None = None
@@ -115,6 +131,12 @@ class Supervisor:
                 child.state, child.next_start_mono = "waiting", started + START_AFTER_MAX_S
         self._write_state()
         while self._stop_signal is None:
+            if self._hup:
+                self._hup = False
+                self.reload()
+            if self.reloader is not None:
+                with logged("reloading the settings"):
+                    self.reloader.poll()
             self.tick(self.clock())
             time.sleep(self.tick_s)
         self._shutdown()
@@ -159,7 +181,7 @@ class Supervisor:
                 child.spec.argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent(os.getpid()),  # no threads here: safe
+                preexec_fn=_child_setup(os.getpid()),  # no threads here: safe
             )
         except OSError as exc:
             log.error("cannot start %s (%s): %s", child.spec.name, child.spec.argv[0], exc)
@@ -383,10 +405,26 @@ class Supervisor:
         with logged("recording a restart"):
             self.record(event)
 
+    # --- reloading ---------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: reopen the logs, reload the log settings, forward HUP to the children."""
+        log.info("SIGHUP: reopening the log files and reloading; forwarded to the children")
+        if self.reloader is not None:
+            with logged("reloading the settings"):
+                self.reloader.start()
+        for name, proc in self._procs.items():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGHUP)
+                log.debug("SIGHUP forwarded to %s (pid %d)", name, proc.pid)
+
     # --- stopping ----------------------------------------------------------------
     def _install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, sig: int, frame: FrameType | None) -> None:
+        self._hup = True  # acted on by the loop, never in the handler
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self._signals += 1
