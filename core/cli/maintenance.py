@@ -33,6 +33,7 @@ from core.config import Settings
 from core.database import connect_sync
 from core.errors import BadRequest
 
+MAX_REASON = 500
 group = typer.Typer(
     help="Maintenance mode: new turns get a polite 'down for maintenance' reply.",
     invoke_without_command=True,
@@ -148,6 +149,8 @@ def on(
     """Turn maintenance mode on: new turns get a polite reply / HTTP 503 `maintenance`."""
     if not reason.strip():
         raise BadRequest("the reason must not be empty")
+    if len(reason) > MAX_REASON:
+        raise BadRequest(f"the reason is {len(reason)} characters; the limit is {MAX_REASON}")
     end = mm.parse_until(until) if until is not None else None
     settings = cli_settings()
     conn = _connect(settings)

@@ -233,3 +233,44 @@ def test_maintenance_cli_bad_input_is_one_line(settings: Any) -> None:
     assert window_row(settings) is None  # nothing was switched on by a refused command
     shown = run_cli(settings, "maintenance")
     assert shown.returncode == 0 and shown.stdout.strip() == "maintenance mode: off"
+
+
+# --- SIGHUP in the server: the allow-list and the governor's thresholds ------------------
+@pytest.mark.slow
+def test_a_reload_applies_the_allow_list_and_thresholds_to_the_running_server(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    from core.reload import reload_server
+    from tests.core.telegram.test_app import EVE
+
+    settings = tg_settings(tmp_path, fake_llm)
+    fake = FakeTelegram()
+    tg = Tg(live_server_factory(settings, telegram=fake.factory), fake)
+    tg.say("let me in", sender=EVE, chat_id=66)
+    assert "allow-list" in fake.texts(66)[-1]  # refused: not on the list
+
+    def load() -> Any:
+        return tg_settings(
+            tmp_path,
+            fake_llm,
+            port=settings.port,
+            telegram_allowed_users=["bob", "eve"],
+            governor_high_mb=700.0,
+            llm_temperature=0.1,
+        )
+
+    async def hup(runtime: Any) -> Any:
+        return reload_server(runtime, load=load)
+
+    with caplog.at_level(logging.INFO, logger="core.reload"):
+        result = tg.server.call(hup)
+    assert sorted(result.applied) == ["governor_high_mb", "telegram_allowed_users"]
+    assert result.needs_restart == ["llm_temperature"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("reload: telegram_allowed_users bob -> bob,eve (server" in line for line in lines)
+    assert any("needs a restart: VIGIL_LLM_TEMPERATURE" in line for line in lines)
+    thresholds = tg.server.runtime.monitoring.thresholds
+    assert thresholds.high_mb == pytest.approx(700.0 * thresholds.scale)
+    assert tg.server.runtime.settings.llm_temperature == 0.7  # kept until a restart
+    tg.say("now?", sender=EVE, chat_id=66)
+    assert fake.texts(66)[-1] == "echo: now?"
