@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 1.0  # how soon a running server takes up `maintenance on/off`
 DEFAULT_RETRY_AFTER_S = 300.0  # Retry-After when the window has no end
+MAX_UNTIL_S = 366 * 86400.0  # a window ends within a year (or has no end)
 _RELATIVE_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _CLOCK_RE = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
 
@@ -108,7 +109,7 @@ def parse_until(text: str, *, now: float | None = None) -> float:
         delta = days * 86400 + hours * 3600 + minutes * 60 + seconds
         if delta <= 0:
             raise BadRequest(f"--until {text!r} is not in the future")
-        return now + delta
+        return _within_a_year(text, now + delta, now)
     clock = _CLOCK_RE.match(value)
     if clock:
         day = dt.datetime.fromtimestamp(now, dt.UTC)
@@ -128,6 +129,15 @@ def parse_until(text: str, *, now: float | None = None) -> float:
         raise BadRequest(
             f"--until {text!r} is in the past ({fmt_utc(stamp, now=now)}; now "
             f"{fmt_utc(now, now=now)})"
+        )
+    return _within_a_year(text, stamp, now)
+
+
+def _within_a_year(text: str, stamp: float, now: float) -> float:
+    if stamp - now > MAX_UNTIL_S:
+        raise BadRequest(
+            f"--until {text!r} is more than a year away; leave --until out for a window "
+            "without an end"
         )
     return stamp
 

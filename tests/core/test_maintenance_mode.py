@@ -50,6 +50,12 @@ def test_until_in_the_past_is_one_line(text: str) -> None:
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.parametrize("text", ["400d", "99999999999d", "9999-12-31T23:59"])
+def test_until_more_than_a_year_away_is_one_line(text: str) -> None:
+    with pytest.raises(BadRequest, match="more than a year away"):
+        mm.parse_until(text, now=NOW)
+
+
 @pytest.mark.parametrize("text", ["", "soon", "25:00", "2h-5m", "-30m", "tomorrow 9"])
 def test_until_that_is_no_time_is_one_line(text: str) -> None:
     with pytest.raises(BadRequest, match="is not a time") as caught:
