@@ -96,6 +96,7 @@ class Supervisor:
         self.clock = clock
         self.spawn = spawn
         self.open_alerts = open_alerts
+        self._adopted: dict[str, list[str]] = {}  # child -> more alert types to resolve
         self.reloader = reloader  # SIGHUP: start() it; poll() it every tick
         self._hup = False
         self.started_at = time.time()
@@ -324,7 +325,9 @@ class Supervisor:
             if child is not None:
                 if child.alerted is None:
                     child.alerted = alert_type
-                    log.info("%s: open alert %s taken over from the last run", name, alert_type)
+                else:  # a second open type for the same child: resolved with the first
+                    self._adopted.setdefault(name, []).append(alert_type)
+                log.info("%s: open alert %s taken over from the last run", name, alert_type)
                 continue
             message = f"{name} is no longer supervised"
             log.warning("%s: %s resolved", message, alert_type)
@@ -340,10 +343,13 @@ class Supervisor:
     def _resolve(self, child: ChildState) -> None:
         alert_type, child.alerted = child.alerted, None
         message = f"{child.spec.name} runs again (up {HEALTHY_AFTER_S:g} s)"
-        log.warning("%s: %s resolved", message, alert_type)
-        for alert in self.alerts:
-            with logged(f"resolving the {alert_type} alert"):
-                alert(alert_type, message, event="resolved")
+        # the one raised in this run, plus any other type an earlier run left open
+        types = [alert_type, *self._adopted.pop(child.spec.name, [])]
+        for kind in dict.fromkeys(t for t in types if t):
+            log.warning("%s: %s resolved", message, kind)
+            for alert in self.alerts:
+                with logged(f"resolving the {kind} alert"):
+                    alert(kind, message, event="resolved")
         self._write_state()
 
     def _watchdog(self, child: ChildState, proc: Any, now: float) -> None:

@@ -143,11 +143,20 @@ def test_an_alert_left_open_by_the_last_supervisor_resolves_once_the_child_runs(
     first = Run([3] * 8, store)
     run_virtual(first.drive(30.0))  # flap limit reached; then the service is stopped
     store.alert("restart_flap_limit", "gone restarted 5 times (an old --child)")
-    assert open_alerts(store) == [("restart_flap_limit", "crasher"), ("restart_flap_limit", "gone")]
+    store.alert("restart_config_error", "crasher exited with a configuration problem")
+    assert open_alerts(store) == [
+        ("restart_config_error", "crasher"),
+        ("restart_flap_limit", "crasher"),
+        ("restart_flap_limit", "gone"),
+    ]
 
     second = Run([None], store)  # the cause was fixed: runs healthy
     result = run_virtual(second.drive(HEALTHY_AFTER_S + 5))
-    assert second.alerts == [("restart_flap_limit", "resolved")] * 2
+    assert sorted(second.alerts) == [
+        ("restart_config_error", "resolved"),
+        ("restart_flap_limit", "resolved"),
+        ("restart_flap_limit", "resolved"),
+    ]
     assert open_alerts(store) == []
     assert result["child"]["alert"] is None
 
