@@ -254,6 +254,7 @@ def _register_operator_commands() -> None:
 
     register_worker(cli)
     register_operator(cli, queue_depth=queue_depth)
+    __import__("core.cli.maintenance", fromlist=["register"]).register(cli)
 
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):

@@ -1,7 +1,8 @@
-"""Admission of new chat turns: throttling, draining, in-flight accounting.
+"""Admission of new chat turns: throttling, draining, maintenance, in-flight accounting.
 
 The governor throttles (``throttle``/``unthrottle``), the restart path drains
-(``start_draining``); every channel asks :meth:`Admission.check` before it
+(``start_draining``), the maintenance watch sets ``maintenance``
+(``core/maintenance_mode.py``); every channel asks :meth:`Admission.check` before it
 starts a turn and wraps the turn in :meth:`Admission.turn`.
 """
 
@@ -13,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from core.errors import Busy, Draining
+from core.maintenance_mode import MaintenanceWindow
 
 
 class Admission:
@@ -26,6 +28,7 @@ class Admission:
         self.draining = False
         self.drain_reason = ""
         self.drain_retry_after = 30.0
+        self.maintenance: MaintenanceWindow | None = None
         self.in_flight = 0
         self.rejected = 0
         self._idle = asyncio.Event()
@@ -41,7 +44,7 @@ class Admission:
         self.draining, self.drain_reason, self.drain_retry_after = True, reason, retry_after
 
     def check(self) -> None:
-        """Raise Draining or Busy when a new turn must not start now."""
+        """Raise Draining, MaintenanceError or Busy when a new turn must not start now."""
         if self.draining:
             self.rejected += 1
             raise Draining(
@@ -49,6 +52,12 @@ class Admission:
                 retry_after=self.drain_retry_after,
                 reason=self.drain_reason,
             )
+        window = self.maintenance
+        if window is not None:
+            now = time.time()
+            if not window.is_over(now):  # an expired window is off at once (the watch logs it)
+                self.rejected += 1
+                raise window.error(now)
         if self.throttled:
             self.rejected += 1
             raise Busy(

@@ -19,7 +19,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from core import __version__, api, health, lifecycle, restart_routes, web
+from core import __version__, announce, api, health, lifecycle, restart_routes, web
 from core.admission import AdjustableLimiter, Admission
 from core.chat import ChatService
 from core.config import Settings, load_settings
@@ -201,6 +201,7 @@ def create_app(
     app.include_router(web.router)
     app.include_router(restart_routes.router)
     app.include_router(telegram_routes.router)
+    app.include_router(announce.router)
     from monitoring.routes import router as monitoring_router
 
     app.include_router(monitoring_router)
@@ -219,6 +220,8 @@ def _queue_depth(settings: Settings) -> QueueDepth | None:
 def _default_starters(telegram: Any) -> list[Starter]:
     """Telegram and monitoring plug in here (their issues)."""
     from core.dbwatch import start_database_watch
+    from core.maintenance_mode import start_maintenance_watch
+    from core.reload import start_reload_handler
     from core.telegram.app import telegram_starter
     from monitoring.scheduled_restart import start_auto_restart
     from monitoring.starter import start_monitoring
@@ -226,7 +229,9 @@ def _default_starters(telegram: Any) -> list[Starter]:
     return [
         lifecycle.start_lifecycle,
         start_auto_restart,
+        start_maintenance_watch,  # before Telegram: resumed messages see the mode
         telegram_starter(telegram),
         start_monitoring,
         start_database_watch,
+        start_reload_handler,
     ]

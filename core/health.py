@@ -61,6 +61,12 @@ def build_report(runtime: Runtime, checks: HealthChecks) -> dict[str, Any]:
     if runtime.admission.throttled:
         status = "degraded"
         reasons.append("throttled")
+    window = runtime.admission.maintenance
+    if window is not None and not window.is_over(time.time()):
+        # Up and monitored, but chatters are refused: degraded, never unhealthy
+        # (a 503 here would make a load balancer or watchdog act on it).
+        status = "degraded"
+        reasons.append("maintenance")
     if worst == "degraded":
         status = "degraded"
     reasons.extend(found)
@@ -83,6 +89,7 @@ def build_report(runtime: Runtime, checks: HealthChecks) -> dict[str, Any]:
         "version": __version__,
         "reasons": reasons,
         "in_flight_turns": runtime.admission.in_flight,
+        "maintenance": None if window is None else window.to_dict(),
         "checks": {**details, "llm": llm},
     }
 
@@ -106,6 +113,7 @@ def cached_body(runtime: Runtime, checks: HealthChecks) -> tuple[bytes, int]:
         runtime.telegram_state(),
         admission.throttled,
         admission.draining,
+        admission.maintenance,
         admission.in_flight,
         runtime.db.replaced,
         int(time.monotonic() * 10),

@@ -159,6 +159,33 @@ def _file_handler(path: Path, formatter: logging.Formatter, *, rotate: bool) -> 
     return handler
 
 
+# The arguments of the last setup_logging call and the handlers it installed,
+# for reopen_logging (SIGHUP).
+_ACTIVE: dict[str, Any] = {}
+_HANDLERS: list[logging.Handler] = []
+
+
+def reopen_logging(*, level: str | None = None, json_lines: bool | None = None) -> bool:
+    """Close and reopen every log file (logrotate renamed them: new files appear),
+    optionally with a new level or format; False when logging was never set up."""
+    root = logging.getLogger()
+    ours = _HANDLERS
+    if not _ACTIVE or not any(h in root.handlers for h in ours):
+        return False  # someone else configured logging since: not ours to reopen
+    foreign = [h for h in root.handlers if h not in ours]
+    for handler in foreign:  # kept as they are (e.g. a test's capture handler)
+        root.removeHandler(handler)
+    values = dict(_ACTIVE)
+    if level is not None:
+        values["level"] = level
+    if json_lines is not None:
+        values["json_lines"] = json_lines
+    setup_logging(**values)
+    for handler in foreign:
+        root.addHandler(handler)
+    return True
+
+
 def setup_logging(
     logs_dir: Path,
     *,
@@ -173,6 +200,14 @@ def setup_logging(
     ``rotates`` names the files this process rotates (it owns them); it only
     appends to the others.
     """
+    _ACTIVE.update(
+        logs_dir=logs_dir,
+        level=level,
+        secrets=secrets,
+        json_lines=json_lines,
+        console=console,
+        rotates=rotates,
+    )
     logs_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(logs_dir, 0o700)
     formatter: logging.Formatter = JsonFormatter() if json_lines else logging.Formatter(FORMAT)
@@ -200,6 +235,7 @@ def setup_logging(
         root.addHandler(handler)
     for noisy in ("httpx", "httpcore", "aiosqlite", "telethon.network"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    _HANDLERS[:] = root.handlers
 
 
 def start_process_logging(

@@ -105,6 +105,23 @@ class RestartLog:
             event.backoff_s,
         )
 
+    def open_alerts(self) -> list[tuple[str, str]]:
+        """(alert type, child) of the supervisor's alerts still open, from any earlier run.
+
+        A new supervisor takes these over: it resolves each once that child runs
+        healthy, so an alert open when the service was stopped does not stay
+        open for ever.
+        """
+        conn = connect_sync(self.db_path, create=False)
+        try:
+            rows = conn.execute(
+                "SELECT DISTINCT alert_type, message FROM alerts WHERE resolved_at IS NULL"
+                " AND alert_type IN ('restart_flap_limit', 'restart_config_error')"
+            ).fetchall()
+        finally:
+            conn.close()
+        return sorted({(str(row[0]), str(row[1]).split(" ", 1)[0]) for row in rows})
+
     def alert(self, alert_type: str, message: str, event: str = "raised") -> None:
         """A critical alert row, for the dashboard and /resources/status history.
 

@@ -157,6 +157,13 @@ class Reading:
     limit: float
 
 
+def cpu_clear_level(limit: float, margin: float) -> float:
+    """Where a CPU alert at ``limit`` percent clears: ``margin`` points under it,
+    but never more than a fifth of the limit, so a low limit (10 % or less) still
+    has a reachable clear level above zero (10 -> 8, 5 -> 4, 85 -> 75)."""
+    return limit - min(margin, limit / 5)
+
+
 def _above(value: float | None, raise_at: float, clear_at: float) -> Reading:
     if value is None:
         return Reading(Level.UNKNOWN, math.nan, raise_at)
@@ -205,7 +212,7 @@ def _throttle(s: ResourceSnapshot, th: Thresholds) -> Reading:
         (own_pressure or 0.0) / th.cpu_pressure_percent,
     ]
     clear = [
-        cpu < th.throttle_cpu_percent - th.cpu_margin_percent,
+        cpu < cpu_clear_level(th.throttle_cpu_percent, th.cpu_margin_percent),
         s.loop_lag_ms < th.loop_lag_ms / 2,
         (own_pressure or 0.0) < th.cpu_pressure_percent / 2,
     ]
@@ -220,7 +227,6 @@ def evaluate(history: Sequence[ResourceSnapshot], th: Thresholds, now: float) ->
     s = history[-1]
     server_mb = s.decision_memory_mb
     keep = 1 - th.memory_margin
-    cpu_clear = th.cpu_margin_percent
     score = snapshot_score(s, budget_mb=th.budget_mb, max_sessions=th.max_sessions)
     throttle = _throttle(s, th)
     load = s.active_sessions / th.max_sessions
@@ -234,7 +240,9 @@ def evaluate(history: Sequence[ResourceSnapshot], th: Thresholds, now: float) ->
         "memory_trend": _trend(history, th, now),
         "health_low": _above(-score, -th.score_low + 1e-9, -th.score_clear),
         "cpu_high": _above(
-            s.cpu_percent, th.cpu_ceiling_percent, th.cpu_ceiling_percent - cpu_clear
+            s.cpu_percent,
+            th.cpu_ceiling_percent,
+            cpu_clear_level(th.cpu_ceiling_percent, th.cpu_margin_percent),
         ),
         "throttle": throttle,
         "cpu_critical": throttle,

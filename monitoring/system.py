@@ -124,6 +124,11 @@ class IntegratedMonitoringSystem:
         self.started_at = clock()
         self.running = False
 
+    def reload_thresholds(self, settings: Any) -> None:
+        """SIGHUP: the thresholds from reloaded settings (alert states are kept)."""
+        self.thresholds = Thresholds.from_settings(settings, self.monitor.budget)
+        self.settings = settings
+
     # --- the sampling step ---------------------------------------------------------
     @property
     def history(self) -> list[ResourceSnapshot]:

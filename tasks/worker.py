@@ -69,6 +69,9 @@ def run_worker(settings: Settings, *, workers: int = 2, max_delay: float = 5.0) 
         graceful_signal="TERM",
         shutdown_timeout=max(1.0, settings.supervisor_stop_timeout_s - 2),
     )
+    from core.reload import install_worker_handler
+
+    install_worker_handler(consumer, settings)  # SIGHUP: reopen logs, reload the log level
     log.info(
         "worker started (pid %d, %s queue, periodic: %s)",
         os.getpid(),

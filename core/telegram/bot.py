@@ -32,6 +32,7 @@ from core.channel import Channel, IncomingMessage
 from core.chat import ChatService, parse_command
 from core.errors import Busy, Draining, VigilError
 from core.lifecycle import STOP_REASONS
+from core.maintenance_mode import MaintenanceError, fmt_utc
 from core.telegram.channel import REPLY_TO, chat_key
 from core.telegram.rules import (
     DEFAULT_MAX_CHARS,
@@ -76,6 +77,8 @@ BUSY_REPLY = "⏳ I'm busy right now; please try again in {seconds} s."
 # answered after the next start (or gets the stale notice if that is too late).
 DRAINING_REPLY = "🔄 I'm restarting; I'll answer this as soon as I'm back."
 STOPPING_REPLY = "🔌 I'm going offline for now; I'll answer this when I'm back online."
+# Said once per message (the ledger settles it answered): the chatter writes again later.
+MAINTENANCE_REPLY = "🛠 I'm down for maintenance {until}; please write to me again then."
 FAILED_REPLY = "⚠️ Something went wrong on my side; the operator can find it in the logs."
 TOO_LONG_REPLY = "That message is {length} characters; the limit is {limit}."
 REFUSALS_REMEMBERED = 10_000  # (chat, stranger) pairs; the oldest is forgotten first
@@ -261,6 +264,11 @@ class TelegramBot:
         )
         try:
             await self.chat.handle(incoming, self.channel)
+        except MaintenanceError as exc:
+            end = exc.fields.get("until")
+            until = "for a short while" if end is None else "until " + fmt_utc(float(end))
+            log.info("chat %s: message %s refused: maintenance mode", *_key(msg))
+            await self._say(msg.chat_id, MAINTENANCE_REPLY.format(until=until))
         except Draining as exc:
             stopping = exc.fields.get("reason") in STOP_REASONS
             await self._say(msg.chat_id, STOPPING_REPLY if stopping else DRAINING_REPLY)

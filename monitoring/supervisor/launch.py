@@ -25,6 +25,7 @@ from core.logs import setup_logging
 from core.restarts import RestartLog
 from monitoring.supervisor.children import ChildSpec
 from monitoring.supervisor.policy import Policy
+from monitoring.supervisor.reload import LogReloader
 from monitoring.supervisor.runner import Alerter, Supervisor
 from monitoring.supervisor.webhook import webhook_alerter
 
@@ -105,5 +106,11 @@ def run_resolved(fd_text: str) -> int:
         state_file=Path(resolved["state_file"]),
         record=store.record,
         alerts=alerts,
+        open_alerts=store.open_alerts,
+        reloader=LogReloader(
+            root=Path(__file__).resolve().parents[2],
+            level=logs["level"],
+            json_lines=logs["json_lines"],
+        ),
     )
     return supervisor.run()

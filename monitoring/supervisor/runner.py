@@ -48,6 +48,19 @@ HEALTHY_AFTER_S = 30.0
 START_AFTER_MAX_S = 15.0
 
 
+def _child_setup(parent_pid: int) -> Callable[[], None]:
+    """A child's ``preexec_fn``: die with the supervisor, and SIGHUP ignored until the
+    child installs its own handler (a HUP forwarded during its start-up must not
+    kill it: the default action of SIGHUP is to terminate)."""
+    die = die_with_parent(parent_pid)
+
+    def setup() -> None:
+        die()
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    return setup
+
+
 @contextlib.contextmanager
 def logged(what: str) -> Iterator[None]:
     """Storage trouble must never take the supervisor down: log and carry on."""
@@ -71,6 +84,8 @@ class Supervisor:
         tick_s: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
         spawn: Spawner = subprocess.Popen,
+        open_alerts: Callable[[], list[tuple[str, str]]] | None = None,
+        reloader: Any = None,
     ) -> None:
         self.policy = policy
         self.children = [ChildState(spec) for spec in children]
@@ -80,6 +95,10 @@ class Supervisor:
         self.tick_s = tick_s
         self.clock = clock
         self.spawn = spawn
+        self.open_alerts = open_alerts
+        self._adopted: dict[str, list[str]] = {}  # child -> more alert types to resolve
+        self.reloader = reloader  # SIGHUP: start() it; poll() it every tick
+        self._hup = False
         self.started_at = time.time()
         self._procs: dict[str, Any] = {}
         self._stop_signal: int | None = None
@@ -102,6 +121,8 @@ class Supervisor:
             self.policy.flap_window_s,
             self.policy.watchdog_timeout_s,
         )
+        with logged("reading the alerts left open by the last run"):
+            self.adopt_open_alerts()
         started = self.clock()
         for child in self.children:
             if child.spec.start_after is None:
@@ -111,6 +132,12 @@ class Supervisor:
                 child.state, child.next_start_mono = "waiting", started + START_AFTER_MAX_S
         self._write_state()
         while self._stop_signal is None:
+            if self._hup:
+                self._hup = False
+                self.reload()
+            if self.reloader is not None:
+                with logged("reloading the settings"):
+                    self.reloader.poll()
             self.tick(self.clock())
             time.sleep(self.tick_s)
         self._shutdown()
@@ -155,7 +182,7 @@ class Supervisor:
                 child.spec.argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                preexec_fn=die_with_parent(os.getpid()),  # no threads here: safe
+                preexec_fn=_child_setup(os.getpid()),  # no threads here: safe
             )
         except OSError as exc:
             log.error("cannot start %s (%s): %s", child.spec.name, child.spec.argv[0], exc)
@@ -282,6 +309,32 @@ class Supervisor:
             with logged(f"raising the {alert_type} alert"):
                 alert(alert_type, message)
 
+    def adopt_open_alerts(self) -> None:
+        """Take over the alerts an earlier supervisor raised and never resolved.
+
+        The operator's usual fix for a flapping child is to correct the cause and
+        stop/start the service; the alert must then resolve once that child runs
+        healthy, not stay open for ever because the new supervisor never raised
+        it. An alert for a child that is no longer supervised is resolved now.
+        """
+        if self.open_alerts is None:
+            return
+        by_name = {c.spec.name: c for c in self.children}
+        for alert_type, name in self.open_alerts():
+            child = by_name.get(name)
+            if child is not None:
+                if child.alerted is None:
+                    child.alerted = alert_type
+                else:  # a second open type for the same child: resolved with the first
+                    self._adopted.setdefault(name, []).append(alert_type)
+                log.info("%s: open alert %s taken over from the last run", name, alert_type)
+                continue
+            message = f"{name} is no longer supervised"
+            log.warning("%s: %s resolved", message, alert_type)
+            for alert in self.alerts:
+                with logged(f"resolving the {alert_type} alert"):
+                    alert(alert_type, message, event="resolved")
+
     def _is_healthy(self, child: ChildState, now: float) -> bool:
         if child.state != "running" or now - child.started_mono < HEALTHY_AFTER_S:
             return False
@@ -290,10 +343,13 @@ class Supervisor:
     def _resolve(self, child: ChildState) -> None:
         alert_type, child.alerted = child.alerted, None
         message = f"{child.spec.name} runs again (up {HEALTHY_AFTER_S:g} s)"
-        log.warning("%s: %s resolved", message, alert_type)
-        for alert in self.alerts:
-            with logged(f"resolving the {alert_type} alert"):
-                alert(alert_type, message, event="resolved")
+        # the one raised in this run, plus any other type an earlier run left open
+        types = [alert_type, *self._adopted.pop(child.spec.name, [])]
+        for kind in dict.fromkeys(t for t in types if t):
+            log.warning("%s: %s resolved", message, kind)
+            for alert in self.alerts:
+                with logged(f"resolving the {kind} alert"):
+                    alert(kind, message, event="resolved")
         self._write_state()
 
     def _watchdog(self, child: ChildState, proc: Any, now: float) -> None:
@@ -355,10 +411,26 @@ class Supervisor:
         with logged("recording a restart"):
             self.record(event)
 
+    # --- reloading ---------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: reopen the logs, reload the log settings, forward HUP to the children."""
+        log.info("SIGHUP: reopening the log files and reloading; forwarded to the children")
+        if self.reloader is not None:
+            with logged("reloading the settings"):
+                self.reloader.start()
+        for name, proc in self._procs.items():
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGHUP)
+                log.debug("SIGHUP forwarded to %s (pid %d)", name, proc.pid)
+
     # --- stopping ----------------------------------------------------------------
     def _install_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, sig: int, frame: FrameType | None) -> None:
+        self._hup = True  # acted on by the loop, never in the handler
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self._signals += 1

@@ -267,3 +267,33 @@ def test_memory_levels_use_the_servers_own_memory_the_hard_limit_the_trees() -> 
     assert [t for t, _ in of_type(actions, Cleanup)] == [60.0]
     message = next(a.alert.message for _, a in of_type(actions, RaiseAlert))
     assert "650 MB" in message and "whole tree 720 MB" in message
+
+
+def test_a_low_throttle_limit_clears_at_a_relative_level() -> None:
+    # A 10 % limit used to clear only below 0 % (limit - 10): throttled for ever.
+    th = thresholds(governor_throttle_cpu_percent=10.0, governor_cpu_ceiling_percent=6.0)
+
+    def cpu(t: float) -> float:
+        if t < 100:
+            return 2.0
+        if t < 400:
+            return 15.0
+        if t < 1000:
+            return 9.0  # inside the band (clear level 8 %): stays throttled
+        return 4.0  # idle, but never 0 % (the ceiling clears below 4.8 %)
+
+    snaps = [snap(t, cpu_percent=cpu(t)) for t in range(0, 1600, 5)]
+    memo, actions = run(snaps, th)
+    assert [t for t, _ in of_type(actions, Throttle)] == [160.0]
+    assert [t for t, _ in of_type(actions, Unthrottle)] == [1120.0]
+    assert not memo.throttled
+    assert resolved(actions, "cpu_high")  # the 6 % ceiling's spike alert clears too
+
+
+def test_cpu_clear_levels_are_reachable_for_every_valid_limit() -> None:
+    from monitoring.rules import cpu_clear_level
+
+    assert cpu_clear_level(85.0, 10.0) == 75.0  # unchanged for the usual limits
+    assert cpu_clear_level(10.0, 10.0) == 8.0
+    for limit in (0.5, 1.0, 5.0, 10.0, 12.0, 50.0, 100.0):
+        assert 0 < cpu_clear_level(limit, 10.0) < limit

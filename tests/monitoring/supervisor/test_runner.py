@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from core.restarts import RestartLog
+from core.sqlite import connect_sync
 from monitoring.supervisor import ChildSpec, Policy, Supervisor
 from monitoring.supervisor.runner import HEALTHY_AFTER_S
 from tests.virtual_time import run_virtual
@@ -47,7 +50,8 @@ class ScriptedProcess:
 class Run:
     """One supervisor with one scripted child, alerts and spawn times recorded."""
 
-    def __init__(self, script: list[int | None]) -> None:
+    def __init__(self, script: list[int | None], store: Any = None) -> None:
+        self.store = store  # a RestartLog: alerts go to a real database too
         self.script = list(script)
         self.spawned: list[float] = []
         self.alerts: list[tuple[str, str]] = []
@@ -61,6 +65,8 @@ class Run:
 
     def alert(self, alert_type: str, message: str, event: str = "raised") -> None:
         self.alerts.append((alert_type, event))
+        if self.store is not None:
+            self.store.alert(alert_type, message, event)
 
     async def drive(self, seconds: float) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -70,7 +76,9 @@ class Run:
             alerts=[self.alert],
             clock=loop.time,
             spawn=self.spawn,
+            open_alerts=None if self.store is None else self.store.open_alerts,
         )
+        self.sup.adopt_open_alerts()
         self.sup._spawn(self.sup.children[0])
         states = []
         while loop.time() < seconds:
@@ -123,3 +131,42 @@ def test_is_live_is_false_without_a_process() -> None:
     child = ChildState(ChildSpec("server", ["x"], live_url="http://127.0.0.1:1/health/live"))
     child.live_seen, child.pid, child.state = True, None, "failed"
     assert child.public(0.0, POLICY)["is_live"] is False
+
+
+def test_an_alert_left_open_by_the_last_supervisor_resolves_once_the_child_runs(
+    tmp_path: Path,
+) -> None:
+    """The usual fix for a flapping child is fix + stop/start: the new supervisor
+    must resolve the old run's alert, not leave it open for ever."""
+    store = RestartLog(tmp_path / "system.db")
+    store.prepare()
+    first = Run([3] * 8, store)
+    run_virtual(first.drive(30.0))  # flap limit reached; then the service is stopped
+    store.alert("restart_flap_limit", "gone restarted 5 times (an old --child)")
+    store.alert("restart_config_error", "crasher exited with a configuration problem")
+    assert open_alerts(store) == [
+        ("restart_config_error", "crasher"),
+        ("restart_flap_limit", "crasher"),
+        ("restart_flap_limit", "gone"),
+    ]
+
+    second = Run([None], store)  # the cause was fixed: runs healthy
+    result = run_virtual(second.drive(HEALTHY_AFTER_S + 5))
+    assert sorted(second.alerts) == [
+        ("restart_config_error", "resolved"),
+        ("restart_flap_limit", "resolved"),
+        ("restart_flap_limit", "resolved"),
+    ]
+    assert open_alerts(store) == []
+    assert result["child"]["alert"] is None
+
+
+def open_alerts(store: RestartLog) -> list[tuple[str, str]]:
+    conn = connect_sync(store.db_path)
+    try:
+        rows = conn.execute(
+            "SELECT alert_type, message FROM alerts WHERE resolved_at IS NULL ORDER BY message"
+        ).fetchall()
+    finally:
+        conn.close()
+    return [(row[0], row[1].split(" ", 1)[0]) for row in rows]
