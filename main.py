@@ -264,6 +264,11 @@ if __name__ != "__main__":  # imported (tests, tools): the whole CLI
     _register_operator_commands()
 
 
+# What help and usage errors call the command: the wrapper that works with the system
+# Python too (a bare `python main.py` fails there with ModuleNotFoundError: typer).
+PROG = "scripts/vigilctl"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; usage mistakes print one line and exit 2, never a panel or traceback."""
     from typer._click import exceptions as click_errors
@@ -272,13 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] not in PROCESS_COMMANDS:
         _register_operator_commands()
     try:
-        result = cli(args=argv, standalone_mode=False, prog_name="main.py")
+        result = cli(args=argv, standalone_mode=False, prog_name=PROG)
     except click_errors.NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help() if exc.ctx else "usage: python main.py --help")
+        typer.echo(exc.ctx.get_help() if exc.ctx else f"usage: {PROG} --help")
         return 0
     except click_errors.UsageError as exc:
         words = exc.ctx.command_path.split()[1:] if exc.ctx else []
-        hint = " ".join(["python main.py", *words, "--help"])
+        hint = " ".join([PROG, *words, "--help"])
         typer.echo(f"vigil: {exc.format_message()} (see: {hint})", err=True)
         return 2
     except click_errors.ClickException as exc:
