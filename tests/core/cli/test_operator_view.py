@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
+from core.database import connect_sync
 from core.sqlite import NewerSchema, migrate_sync
-from tests.operator_cli import ROOT, fill, run_cli
+from tests.core.cli.test_commands import one_line_error
+from tests.operator_cli import ROOT, fill, invoke, run_cli
 
 
 @pytest.mark.slow
 def test_piped_tables_are_not_folded_at_80_columns(tsettings: Settings) -> None:
     long_word = "w" * 150  # one unbreakable word, wider than any default terminal
     fill(tsettings.db_path, 2, chats=1)
-    from core.database import connect_sync
-
     conn = connect_sync(tsettings.db_path)
     conn.execute("UPDATE messages SET content = ? WHERE id = 1", (f"{long_word} tail",))
     conn.close()
@@ -96,3 +96,61 @@ def test_a_newer_database_names_the_commands_that_help(tsettings: Settings) -> N
     with pytest.raises(NewerSchema) as caught:
         migrate_sync(sqlite3.connect(tsettings.db_path))
     assert "scripts/vigilctl restore <name> --confirm" in str(caught.value)
+
+
+# --- --chat accepts the API's form ----------------------------------------------------
+def _add_message(settings: Settings, chat_id: str, text: str) -> None:
+    conn = connect_sync(settings.db_path)
+    conn.execute(
+        "INSERT INTO messages (chat_id, role, content, tokens, created_at)"
+        " VALUES (?, 'user', ?, 3, 1.8e9)",
+        (chat_id, text),
+    )
+    conn.close()
+
+
+def test_a_bare_api_chat_name_is_its_local_id(filled: Settings) -> None:
+    bare = json.loads(invoke(filled, "history", "--chat", "c1", "--limit", "3", "--json").stdout)
+    full = json.loads(
+        invoke(filled, "history", "--chat", "local:c1", "--limit", "3", "--json").stdout
+    )
+    assert bare == full and len(bare) == 3 and {t["chat_id"] for t in bare} == {"local:c1"}
+    hits = json.loads(invoke(filled, "search", "apples", "--chat", "c1", "--json").stdout)
+    assert hits and {h["chat_id"] for h in hits} == {"local:c1"}
+    exported = invoke(filled, "export", "--chat", "c2").stdout.splitlines()
+    assert len(exported) == 100
+    summary = json.loads(
+        invoke(filled, "summarize", "--chat", "c0", "--extractive", "--json").stdout
+    )
+    assert summary["chat_id"] == "local:c0"
+
+
+@pytest.mark.parametrize("command", [("history",), ("search", "apples"), ("export",)])
+def test_an_unknown_chat_is_an_error_with_a_hint_never_empty(
+    filled: Settings, command: tuple[str, ...]
+) -> None:
+    result = invoke(filled, *command, "--chat", "alice")
+    assert result.exit_code == 1
+    one_line_error(result.stderr, "no chat with id 'alice'")
+    assert "local:NAME" in result.stderr and "scripts/vigilctl history" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_bare_number_that_is_both_an_api_and_a_telegram_chat_is_ambiguous(
+    filled: Settings,
+) -> None:
+    _add_message(filled, "local:123", "api side")
+    _add_message(filled, "tg:123", "telegram side")
+    result = invoke(filled, "history", "--chat", "123")
+    assert result.exit_code == 2
+    one_line_error(result.stderr, "local:123 or tg:123")
+    telegram = json.loads(invoke(filled, "history", "--chat", "tg:123", "--json").stdout)
+    assert [t["content"] for t in telegram] == ["telegram side"]
+
+
+def test_history_without_chat_honours_limit_and_refuses_role(filled: Settings) -> None:
+    chats = json.loads(invoke(filled, "history", "--limit", "2", "--json").stdout)
+    assert len(chats) == 2
+    result = invoke(filled, "history", "--role", "user")
+    assert result.exit_code == 2
+    one_line_error(result.stderr, "--role filters one chat's messages: add --chat")
