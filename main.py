@@ -29,8 +29,24 @@ cli = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from core.cli.config_view import version_text
+
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
 @cli.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print Vigil's version (and Python's, SQLite's) and exit.",
+    ),
+) -> None:
     """Vigil: a self-hosted, self-supervising AI chat server for Telegram."""
 
 
@@ -258,7 +274,9 @@ def _register_operator_commands() -> None:
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):
 # ~70 ms less for every start and restart of the server and the supervisor.
-PROCESS_COMMANDS = frozenset({"serve", "supervise", "shell-env", "wait-healthy", "prepare-dirs"})
+PROCESS_COMMANDS = frozenset(
+    {"serve", "supervise", "shell-env", "wait-healthy", "prepare-dirs", "--version"}
+)
 
 if __name__ != "__main__":  # imported (tests, tools): the whole CLI
     _register_operator_commands()

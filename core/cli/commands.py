@@ -241,3 +241,6 @@ def register(cli: typer.Typer, *, queue_depth: QueueDepth | None = None) -> None
         ("export", export),
     ):
         cli.command(name)(command)
+    from core.cli import config_view
+
+    config_view.register(cli)  # config
