@@ -31,7 +31,8 @@ from core.cli.output import (
     require_db,
     user_path,
 )
-from core.cli.views import gather_status, render_history, render_search, render_status
+from core.cli.status import gather_status, render_status
+from core.cli.views import render_history, render_search
 from core.config import Settings
 from core.database import Database, connect_sync
 from core.errors import BadRequest
