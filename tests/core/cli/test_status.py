@@ -275,3 +275,16 @@ def test_emergency_and_throttle_alert_types_match_the_governors_rules() -> None:
 )
 def test_exits_are_named(code: int | None, sig: int | None, shown: str | None) -> None:
     assert exit_text(code, sig) == shown
+
+
+def test_a_server_that_does_not_answer_is_critical_and_the_governor_is_judged_from_alerts(
+    tsettings: Settings, fake_server_process: Any
+) -> None:
+    make_trouble(tsettings, supervisor_pid=os.getpid())
+    tsettings.pid_file.write_text(f"{fake_server_process.pid}\n")  # alive, nothing listens
+    report = json.loads(invoke(tsettings, "status", "--json").stdout)
+    assert report["server"]["state"] == "not answering"
+    server = next(a for a in report["attention"] if a["what"] == "server")
+    assert server["severity"] == "critical" and "does not answer" in server["detail"]
+    assert report["governor"]["note"].startswith("server not answering")
+    assert report["telegram"]["state"] == "not_configured"
