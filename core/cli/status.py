@@ -33,6 +33,7 @@ from core.database import connect_sync
 from core.maintenance import database_summary
 from core.process import pid_alive, server_pid
 from core.restarts import read_supervisor_state
+from core.schema import SCHEMA_VERSION
 
 SEVERITIES = ("critical", "high", "medium", "low")
 RANK = {name: i for i, name in enumerate(SEVERITIES)}
@@ -153,11 +154,24 @@ def _from_database(settings: Settings, now: float) -> dict[str, Any]:
             conn.close()
         if "error" in out["database"]:
             out["database"]["error"] += " (run scripts/vigilctl validate)"
+        _older_schema(out, out["database"].get("schema_version"))
     out["database"]["path"] = str(db_path)
     out["database"]["size_bytes"] = db_path.stat().st_size
     wal = Path(f"{db_path}-wal")
     out["database"]["wal_bytes"] = wal.stat().st_size if wal.exists() else 0
     return out
+
+
+def _older_schema(out: dict[str, Any], version: Any) -> None:
+    """A database the server has not migrated yet lacks the newer tables: say that."""
+    if not isinstance(version, int) or version >= SCHEMA_VERSION:
+        return
+    for part in out.values():
+        if "no such table" in str(part.get("error", "")):
+            part["error"] = (
+                f"not in this database yet (schema {version} of {SCHEMA_VERSION}; "
+                "scripts/start.sh migrates it)"
+            )
 
 
 def _without_database(database: dict[str, Any]) -> dict[str, Any]:

@@ -288,3 +288,20 @@ def test_a_server_that_does_not_answer_is_critical_and_the_governor_is_judged_fr
     assert server["severity"] == "critical" and "does not answer" in server["detail"]
     assert report["governor"]["note"].startswith("server not answering")
     assert report["telegram"]["state"] == "not_configured"
+
+
+def test_a_database_not_yet_migrated_says_so_and_shows_the_rest(tsettings: Settings) -> None:
+    tsettings.data_dir.mkdir(parents=True)
+    conn = connect_sync(tsettings.db_path)
+    migrate_sync(conn, target=3)  # before the maintenance and backup_runs tables
+    add_alert(conn, "memory_high", "high", "memory 850 MB", NOW)
+    conn.close()
+    result = invoke(tsettings, "status", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["maintenance"]["on"] is False
+    assert "scripts/start.sh migrates it" in report["maintenance"]["error"]
+    assert "schema 3 of" in report["backup"]["error"]
+    assert report["alerts"]["by_severity"] == {"high": 1}
+    assert report["governor"]["emergency_mode"] is True
+    assert invoke(tsettings, "status").exit_code == 0
