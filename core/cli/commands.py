@@ -55,7 +55,8 @@ def status_command(queue_depth: QueueDepth | None) -> Callable[..., None]:
 
     @guarded
     def status(as_json: bool = JSON_OPT) -> None:
-        """Health, resources, restarts, queue depth and backups at a glance."""
+        """At a glance, worst first: alerts, emergency mode, throttling, maintenance,
+        backups, children, Telegram, restarts (planned stops apart), queue, database."""
         settings = cli_settings()
         report = gather_status(settings, queue_depth)
         print_json(report) if as_json else render_status(report)
