@@ -198,20 +198,22 @@ def open_alerts(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def maintenance_state(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
-    """Maintenance mode: on while the ``maintenance`` table holds its row (id 1)."""
+    """Maintenance mode: on while the ``maintenance`` row (id 1) exists and its ``until``
+    has not passed (a window that has ended is off; the running server deletes its row)."""
     row = conn.execute(
         "SELECT reason, started_at, until, set_by FROM maintenance WHERE id = 1"
     ).fetchone()
     if row is None:
         return {"on": False}
     until = row["until"]
+    ended = until is not None and until <= now
     return {
-        "on": True,
+        "on": not ended,
         "reason": row["reason"],
         "started_at": row["started_at"],
         "until": until,
         "set_by": row["set_by"],
-        "overdue": until is not None and until < now,
+        "ended": ended,
     }
 
 
@@ -369,9 +371,11 @@ def _alert_detail(alert: dict[str, Any]) -> str:
 
 
 def _maintenance_text(m: dict[str, Any]) -> str:
+    if m.get("ended"):
+        return f"off (the window ended {fmt_time(m['until'])}: {m['reason']})"
     text = f"on since {fmt_time(m['started_at'])}: {m['reason']}"
     if m.get("until"):
-        text += f"; until {fmt_time(m['until'])}" + (" (overdue)" if m.get("overdue") else "")
+        text += f"; until {fmt_time(m['until'])}"
     return text
 
 
@@ -412,7 +416,7 @@ def render_status(report: dict[str, Any]) -> None:
         (
             "maintenance",
             _maintenance_text(report["maintenance"])
-            if report["maintenance"].get("on")
+            if "reason" in report["maintenance"]
             else report["maintenance"].get("error", "off"),
         ),
         ("backup", _backup_line(report["backup"])),

@@ -88,10 +88,10 @@ def add_alert(conn: Any, kind: str, severity: str, message: str, at: float) -> N
     )
 
 
-def add_maintenance(conn: Any, reason: str) -> None:
+def add_maintenance(conn: Any, reason: str, until: float | None = NOW + 3600) -> None:
     conn.execute(
         "INSERT INTO maintenance (id, reason, started_at, until) VALUES (1, ?, ?, ?)",
-        (reason, NOW - 60, NOW + 3600),
+        (reason, NOW - 60, until),
     )
 
 
@@ -305,3 +305,19 @@ def test_a_database_not_yet_migrated_says_so_and_shows_the_rest(tsettings: Setti
     assert report["alerts"]["by_severity"] == {"high": 1}
     assert report["governor"]["emergency_mode"] is True
     assert invoke(tsettings, "status").exit_code == 0
+
+
+@pytest.mark.parametrize(("until", "on"), [(None, True), (NOW + 60, True), (NOW - 1, False)])
+def test_maintenance_is_on_until_its_window_ends(
+    tsettings: Settings, until: float | None, on: bool
+) -> None:
+    tsettings.data_dir.mkdir(parents=True)
+    conn = connect_sync(tsettings.db_path)
+    migrate_sync(conn)
+    add_maintenance(conn, "disk swap", until=until)
+    conn.close()
+    report = json.loads(invoke(tsettings, "status", "--json").stdout)
+    assert report["maintenance"]["on"] is on
+    assert ("maintenance" in [a["what"] for a in report["attention"]]) is on
+    table = invoke(tsettings, "status").stdout
+    assert ("on since" in table) is on and ("the window ended" in table) is not on
