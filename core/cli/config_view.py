@@ -26,6 +26,8 @@ from core.config import ENV_PREFIX, Settings, _read_config_file
 MASK = "***"
 # Plain (not SecretStr) settings that may carry a password in their URL.
 URL_SETTINGS = ("huey_redis_url", "llm_base_url", "alert_webhook_url")
+# Webhook URLs carry their secret in the path or query (Slack, Discord, ntfy tokens).
+SECRET_PATH_SETTINGS = ("alert_webhook_url",)
 
 
 def version_text() -> str:
@@ -79,14 +81,16 @@ def setting_sources(environ: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
-def _mask_url(url: str) -> str:
+def _mask_url(url: str, *, path_too: bool = False) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
-        if parts.password is None:
-            return url
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+        if parts.password is not None:
+            user = parts.username or ""
+            host = parts.netloc.rpartition("@")[2]
+            parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
+        if path_too and (parts.path.strip("/") or parts.query):
+            parts = parts._replace(path="/" + MASK, query="", fragment="")
+        return urllib.parse.urlunsplit(parts)
     except ValueError:
         return MASK  # unparseable: show nothing of it rather than a secret
 
@@ -97,7 +101,7 @@ def shown_value(settings: Settings, field: str) -> Any:
     if isinstance(value, SecretStr):
         return MASK if value.get_secret_value() else ""
     if field in URL_SETTINGS and isinstance(value, str):
-        return _mask_url(value)
+        return _mask_url(value, path_too=field in SECRET_PATH_SETTINGS)
     if isinstance(value, Path):
         return str(value)
     return value

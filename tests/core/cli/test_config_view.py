@@ -17,6 +17,7 @@ from tests.operator_cli import MAIN, ROOT, cli_env, invoke
 
 TOKEN = "tok-" + "s3cr3t" * 4
 REDIS_PASSWORD = "hunter2pass"
+WEBHOOK_SECRET = "T0001/B0002/webhooksecret"
 
 
 def run_main(cwd: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,11 +45,15 @@ def test_each_setting_names_its_source_and_secrets_are_masked(
     )
     env = cli_env(tsettings)  # VIGIL_ADMIN_TOKEN=test-token, VIGIL_PORT, dirs from the env
     env.update(
-        VIGIL_CONFIG_FILE=str(config_file), VIGIL_LLM_MODEL="from-env", VIGIL_ADMIN_TOKEN=TOKEN
+        VIGIL_CONFIG_FILE=str(config_file),
+        VIGIL_LLM_MODEL="from-env",
+        VIGIL_ADMIN_TOKEN=TOKEN,
+        VIGIL_ALERT_WEBHOOK_URL=f"https://hooks.example.com/services/{WEBHOOK_SECRET}?k=v",
     )
     result = run_main(work, env, "config", "--json")
     assert result.returncode == 0, result.stderr
-    assert TOKEN not in result.stdout and REDIS_PASSWORD not in result.stdout
+    for secret in (TOKEN, REDIS_PASSWORD, "webhooksecret"):
+        assert secret not in result.stdout
     report = json.loads(result.stdout)
     items = report["settings"]
     assert report["env_file"] == str(work / ".env")
@@ -64,11 +69,13 @@ def test_each_setting_names_its_source_and_secrets_are_masked(
     assert seen("VIGIL_ADMIN_TOKEN") == ("***", "environment")
     assert seen("VIGIL_HUEY_REDIS_URL") == ("redis://:***@127.0.0.1:6379/0", ".env")
     assert seen("VIGIL_LLM_API_KEY") == (None, "default")
+    assert seen("VIGIL_ALERT_WEBHOOK_URL") == ("https://hooks.example.com/***", "environment")
     assert set(items) == {"VIGIL_" + name.upper() for name in Settings.model_fields}
 
     table = run_main(work, env, "config", "--changed")  # piped: one line per setting
     assert table.returncode == 0, table.stderr
-    assert TOKEN not in table.stdout and REDIS_PASSWORD not in table.stdout
+    for secret in (TOKEN, REDIS_PASSWORD, "webhooksecret"):
+        assert secret not in table.stdout
     lines = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if "│" in line}
     assert "config file" in lines["VIGIL_CHAT_QUEUE_LIMIT"]
     assert "VIGIL_MAX_MESSAGE_CHARS" not in lines
