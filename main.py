@@ -29,8 +29,24 @@ cli = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from core.cli.config_view import version_text
+
+        typer.echo(version_text())
+        raise typer.Exit(0)
+
+
 @cli.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        callback=_print_version,
+        is_eager=True,
+        help="Print Vigil's version (and Python's, SQLite's) and exit.",
+    ),
+) -> None:
     """Vigil: a self-hosted, self-supervising AI chat server for Telegram."""
 
 
@@ -259,10 +275,17 @@ def _register_operator_commands() -> None:
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):
 # ~70 ms less for every start and restart of the server and the supervisor.
-PROCESS_COMMANDS = frozenset({"serve", "supervise", "shell-env", "wait-healthy", "prepare-dirs"})
+PROCESS_COMMANDS = frozenset(
+    {"serve", "supervise", "shell-env", "wait-healthy", "prepare-dirs", "--version"}
+)
 
 if __name__ != "__main__":  # imported (tests, tools): the whole CLI
     _register_operator_commands()
+
+
+# What help and usage errors call the command: the wrapper that works with the system
+# Python too (a bare `python main.py` fails there with ModuleNotFoundError: typer).
+PROG = "scripts/vigilctl"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -273,13 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args or args[0] not in PROCESS_COMMANDS:
         _register_operator_commands()
     try:
-        result = cli(args=argv, standalone_mode=False, prog_name="main.py")
+        result = cli(args=argv, standalone_mode=False, prog_name=PROG)
     except click_errors.NoArgsIsHelpError as exc:
-        typer.echo(exc.ctx.get_help() if exc.ctx else "usage: python main.py --help")
+        typer.echo(exc.ctx.get_help() if exc.ctx else f"usage: {PROG} --help")
         return 0
     except click_errors.UsageError as exc:
         words = exc.ctx.command_path.split()[1:] if exc.ctx else []
-        hint = " ".join(["python main.py", *words, "--help"])
+        hint = " ".join([PROG, *words, "--help"])
         typer.echo(f"vigil: {exc.format_message()} (see: {hint})", err=True)
         return 2
     except click_errors.ClickException as exc:

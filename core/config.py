@@ -30,6 +30,12 @@ from pydantic_settings import (
 )
 
 ENV_PREFIX = "VIGIL_"
+# Settings whose whole value is secret, and URLs whose password is: a snapshot's
+# copy of the settings file replaces them with SECRET_PLACEHOLDER unless the
+# operator asks for them (``vigilctl backup --with-secrets``).
+SECRET_FIELDS = ("admin_token", "llm_api_key", "telegram_api_hash", "telegram_bot_token")
+SECRET_URL_FIELDS = ("huey_redis_url", "llm_base_url", "alert_webhook_url")
+SECRET_PLACEHOLDER = "VIGIL-SECRET-NOT-IN-BACKUP"
 _SCHEDULE_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 _SERVER_RE = re.compile(r"^(\d{1,3})@([^:@\s]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 
@@ -186,6 +192,8 @@ class Settings(BaseSettings):
 
     # --- tasks / backups ----------------------------------------------------
     huey_redis_url: str | None = None
+    # Where snapshots go (another disk, ideally); default DATA_DIR/backups.
+    backup_dir: Path | None = None
     backup_keep_hourly: int = Field(default=24, ge=0)
     backup_keep_daily: int = Field(default=7, ge=0)
     backup_keep_weekly: int = Field(default=4, ge=0)
@@ -310,7 +318,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 "VIGIL_SUPERVISOR_BACKOFF_INITIAL_S must not exceed VIGIL_SUPERVISOR_BACKOFF_MAX_S"
             )
+        self._check_secret_placeholders()
         return self
+
+    def _check_secret_placeholders(self) -> None:
+        """A settings file restored from a backup without secrets must be filled in first."""
+        for name in (*SECRET_FIELDS, *SECRET_URL_FIELDS):
+            value = getattr(self, name)
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value or "")
+            if SECRET_PLACEHOLDER in text:
+                raise ValueError(
+                    f"{ENV_PREFIX}{name.upper()} still holds the placeholder of a backup taken "
+                    "without secrets: put the real value in"
+                )
 
     # --- derived paths --------------------------------------------------------
     @property
@@ -327,7 +347,7 @@ class Settings(BaseSettings):
 
     @property
     def backups_dir(self) -> Path:
-        return self.data_dir / "backups"
+        return self.backup_dir if self.backup_dir is not None else self.data_dir / "backups"
 
     @property
     def pid_file(self) -> Path:

@@ -114,7 +114,7 @@ async def restart_force(runtime: RuntimeDep, body: ForceIn | None = None) -> JSO
     if not supervised:
         body_out["warning"] = (
             "no supervisor runs this server: it will exit and not come back by itself "
-            "(start Vigil with scripts/start.sh or python main.py supervise)"
+            "(start Vigil with scripts/start.sh, or under systemd)"
         )
     return JSONResponse(body_out, status_code=202)
 

@@ -75,7 +75,8 @@ def migrate_sync(conn: sqlite3.Connection, *, target: int = SCHEMA_VERSION) -> i
     if version > SCHEMA_VERSION:
         raise NewerSchema(
             f"database schema version {version} is newer than this Vigil ({SCHEMA_VERSION}); "
-            "upgrade Vigil or restore an older backup",
+            "upgrade Vigil or restore an older snapshot ('scripts/vigilctl snapshots', "
+            "then 'scripts/vigilctl restore <name> --confirm')",
             version=version,
         )
     for number in range(version + 1, target + 1):

@@ -124,7 +124,8 @@ class RuntimeEffects:
             **released,
             "rss_before_mb": round(before, 1),
             "rss_after_mb": round(after, 1),
-            "freed_mb": round(before - after, 1),
+            # RSS that grew meanwhile freed nothing: 0, never a negative (or "-0") amount
+            "freed_mb": max(0.0, round(before - after, 1)),
             "duration_ms": round((time.perf_counter() - started) * 1000, 1),
         }
 

@@ -171,7 +171,7 @@ def plan_cleanup(
     if memo.verify_at is not None:
         if now < memo.verify_at:
             return memo, []
-        freed = memo.before_mb - mb
+        freed = max(0.0, memo.before_mb - mb)  # grown memory freed 0 MB, not "-0 MB"
         helped = freed >= max(th.min_freed_mb, th.min_freed_fraction * memo.before_mb)
         above = mb >= th.cleanup_mb
         in_a_row = memo.above_in_a_row + 1 if above else 0

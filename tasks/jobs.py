@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from core import maintenance
-from core.backups import backup
+from core.backups import runs as backup_runs
 from core.backups import temp as backup_temp
 from core.backups.retention import RetentionPolicy, prune_snapshots
 from core.config import Settings
@@ -52,14 +52,23 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
 
 
 def backup_and_prune(
-    settings: Settings, *, name: str | None = None, kind: str = "auto"
+    settings: Settings,
+    *,
+    name: str | None = None,
+    kind: str = "auto",
+    trigger: str = "scheduled",
+    with_secrets: bool = False,
 ) -> dict[str, Any]:
-    snapshot = backup.create_backup(settings.db_path, settings.backups_dir, name=name, kind=kind)
+    """A recorded snapshot (``backup_runs``; a failure counts and alerts), then retention."""
+    snapshot = backup_runs.take_backup(
+        settings, trigger=trigger, kind=kind, name=name, with_secrets=with_secrets
+    )
     removed = prune_snapshots(settings.backups_dir, RetentionPolicy.from_settings(settings))
     return {
         "snapshot": snapshot.name,
         "messages": snapshot.messages,
-        "size_bytes": snapshot.size_bytes,
+        "size_bytes": snapshot.total_bytes,
+        "files": sorted(snapshot.files),
         "pruned": [s.name for s in removed],
     }
 

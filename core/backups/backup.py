@@ -40,12 +40,23 @@ from core.errors import BadRequest, NotFound, StorageError, StorageFull, VigilEr
 log = logging.getLogger(__name__)
 
 DATA_SUFFIX = ".db.gz"
+# The extras' files (see core/backups/extras.py); never .json or .db.gz.
+EXTRA_SUFFIXES: dict[str, str] = {
+    "session": ".session",
+    "session_marker": ".session-server",
+    "env": ".env",
+    "config": ".config",
+}
+# `restore latest` means the newest verified snapshot: no snapshot may be named so.
+RESERVED_NAMES = frozenset({"latest"})
 MANIFEST_SUFFIX = ".json"
 KINDS = ("manual", "auto", "pre-restore")
 STEP_PAGES = 4096
 CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
 
+# role -> (content, manifest description): see core/backups/extras.py.
+Extras = dict[str, tuple[bytes, dict[str, Any]]]
 # progress(phase, done, total): phases are copy, check, compress, verify, restore.
 Progress = Callable[[str, int, int], None]
 
@@ -88,6 +99,9 @@ class Snapshot:
     directory: Path
     # The name recorded inside the manifest (when read from one): provenance only.
     manifest_name: str = dataclasses.field(default="", compare=False)
+    # The session and settings files kept with it (core/backups/extras.py):
+    # role -> {"file", "sha256", "size_bytes", "source", ...}. Empty in older snapshots.
+    files: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict, compare=False)
 
     @property
     def renamed(self) -> bool:
@@ -102,11 +116,21 @@ class Snapshot:
     def manifest_path(self) -> Path:
         return self.directory / (self.name + MANIFEST_SUFFIX)
 
+    @property
+    def total_bytes(self) -> int:
+        """The database file plus the session and settings files."""
+        return self.size_bytes + sum(int(f.get("size_bytes", 0)) for f in self.files.values())
+
+    def extra_path(self, role: str) -> Path:
+        return self.directory / (self.name + EXTRA_SUFFIXES[role])
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("directory")
         recorded = data.pop("manifest_name")
         data["path"] = str(self.path)
+        if not self.files:
+            data.pop("files")
         if self.renamed:
             data["manifest_name"] = recorded
         return data
@@ -123,6 +147,14 @@ def check_name(name: str) -> str:
         raise InvalidName(
             f"invalid snapshot name {name!r}: use up to 80 letters, digits, '.', '_' or '-'"
         )
+    return name
+
+
+def check_new_name(name: str) -> str:
+    """A name for a new snapshot: valid, and not a reserved word such as ``latest``."""
+    name = check_name(name)
+    if name.lower() in RESERVED_NAMES:
+        raise InvalidName(f"{name!r} is reserved (`restore latest` means the newest snapshot)")
     return name
 
 
@@ -265,14 +297,19 @@ def create_backup(
     now: float | None = None,
     level: int = 1,
     progress: Progress = no_progress,
+    extras: Extras | None = None,
 ) -> Snapshot:
-    """Take, compress, checksum and verify one snapshot of ``db_path``."""
+    """Take, compress, checksum and verify one snapshot of ``db_path``.
+
+    ``extras`` (role -> (content, description)) are written next to it, mode
+    0600, and listed with their sha256 in the manifest.
+    """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     if not db_path.exists():
         raise StorageError(f"no database at {db_path}: nothing to back up")
     created = time.time() if now is None else now
-    name = check_name(name) if name else default_name(kind, created)
+    name = check_new_name(name) if name else default_name(kind, created)
     ensure_dir(backups_dir)
     swept = sweep_leftovers(backups_dir)  # before the space check: they may be huge
     if swept.paths:
@@ -282,7 +319,9 @@ def create_backup(
             swept.size_bytes / 1e6,
         )
     with backup_running(backups_dir):
-        snapshot = _create_locked(db_path, backups_dir, name, kind, created, level, progress)
+        snapshot = _create_locked(
+            db_path, backups_dir, name, kind, created, level, progress, extras or {}
+        )
     log.info(
         "backup %s: %d messages, %.1f MB -> %.1f MB in %.2f s",
         name,
@@ -302,6 +341,7 @@ def _create_locked(
     created: float,
     level: int,
     progress: Progress,
+    extras: Extras,
 ) -> Snapshot:
     if (backups_dir / (name + DATA_SUFFIX)).exists() or (
         backups_dir / (name + MANIFEST_SUFFIX)
@@ -310,9 +350,10 @@ def _create_locked(
     _check_space(db_path, backups_dir)
     draft = Snapshot(name, created, kind, 0, 0, "", 0, 0, 0, 0.0, backups_dir)
     try:
-        return _produce(db_path, draft, level, progress)
+        return _produce(db_path, draft, level, progress, extras)
     except BaseException as exc:
-        delete_snapshot(draft)  # never leave a half-made snapshot that looks complete
+        # Never leave a half-made snapshot that looks complete.
+        delete_snapshot(dataclasses.replace(draft, files={r: {} for r in extras}))
         if isinstance(exc, sqlite3.Error):
             raise BackupFailed(f"backup failed: {exc}") from exc
         if isinstance(exc, OSError):
@@ -322,7 +363,29 @@ def _create_locked(
         raise
 
 
-def _produce(db_path: Path, draft: Snapshot, level: int, progress: Progress) -> Snapshot:
+def _write_extra(snapshot: Snapshot, role: str, content: bytes) -> dict[str, Any]:
+    target = snapshot.extra_path(role)
+    tmp = temp_path(snapshot.directory, snapshot.name, EXTRA_SUFFIXES[role])
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {
+        "file": target.name,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size_bytes": len(content),
+    }
+
+
+def _produce(
+    db_path: Path, draft: Snapshot, level: int, progress: Progress, extras: Extras
+) -> Snapshot:
     """Copy, check, compress, describe and read back; temp files always removed."""
     started = time.monotonic()
     copy = temp_path(draft.directory, draft.name, ".db")
@@ -348,6 +411,11 @@ def _produce(db_path: Path, draft: Snapshot, level: int, progress: Progress) -> 
             messages=counts["messages"],
             chats=counts["chats"],
             duration_s=round(time.monotonic() - started, 3),
+            files={
+                role: {**_write_extra(draft, role, content), **description}
+                for role, (content, description) in extras.items()
+                if role in EXTRA_SUFFIXES
+            },
         )
         _write_manifest(snapshot)
         verify_snapshot(snapshot, progress=progress)
@@ -378,10 +446,21 @@ def _read_manifest(path: Path) -> Snapshot | None:
             duration_s=float(data.get("duration_s", 0.0)),
             directory=path.parent,
             manifest_name=str(data["name"]),
+            files=_read_files(data.get("files")),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable backup manifest %s: %s", path, exc)
         return None
+
+
+def _read_files(raw: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        return {}
+    return {
+        str(role): dict(entry)
+        for role, entry in raw.items()
+        if role in EXTRA_SUFFIXES and isinstance(entry, dict)
+    }
 
 
 def list_snapshots(backups_dir: Path) -> list[Snapshot]:
@@ -422,9 +501,41 @@ def verify_snapshot(snapshot: Snapshot, *, progress: Progress = no_progress) -> 
                 pass
     except (OSError, EOFError, zlib.error) as exc:
         raise SnapshotDamaged(f"snapshot {snapshot.name!r} is damaged: {exc}") from exc
+    for role, entry in snapshot.files.items():
+        try:
+            content = snapshot.extra_path(role).read_bytes()
+        except OSError as exc:
+            raise SnapshotDamaged(
+                f"snapshot {snapshot.name!r}: its {role} file {snapshot.extra_path(role).name} "
+                f"cannot be read ({exc.strerror or exc})"
+            ) from exc
+        if hashlib.sha256(content).hexdigest() != entry.get("sha256"):
+            raise SnapshotDamaged(
+                f"snapshot {snapshot.name!r} is damaged: checksum mismatch of its {role} file"
+            )
+
+
+def read_extra(snapshot: Snapshot, role: str) -> bytes:
+    """One extra's content, checked against the manifest."""
+    entry = snapshot.files.get(role)
+    if entry is None:
+        raise SnapshotNotFound(f"snapshot {snapshot.name!r} holds no {role} file")
+    try:
+        content = snapshot.extra_path(role).read_bytes()
+    except OSError as exc:
+        raise SnapshotDamaged(
+            f"snapshot {snapshot.name!r}: cannot read its {role} file ({exc.strerror or exc})"
+        ) from exc
+    if hashlib.sha256(content).hexdigest() != entry.get("sha256"):
+        raise SnapshotDamaged(
+            f"snapshot {snapshot.name!r} is damaged: checksum mismatch of its {role} file"
+        )
+    return content
 
 
 def delete_snapshot(snapshot: Snapshot) -> None:
     # Manifest first: a half-deleted snapshot then looks interrupted, not valid.
     snapshot.manifest_path.unlink(missing_ok=True)
     snapshot.path.unlink(missing_ok=True)
+    for role in snapshot.files:
+        snapshot.extra_path(role).unlink(missing_ok=True)

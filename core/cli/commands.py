@@ -31,7 +31,8 @@ from core.cli.output import (
     require_db,
     user_path,
 )
-from core.cli.views import gather_status, render_history, render_search, render_status
+from core.cli.status import gather_status, render_status
+from core.cli.views import render_history, render_search
 from core.config import Settings
 from core.database import Database, connect_sync
 from core.errors import BadRequest
@@ -54,7 +55,8 @@ def status_command(queue_depth: QueueDepth | None) -> Callable[..., None]:
 
     @guarded
     def status(as_json: bool = JSON_OPT) -> None:
-        """Health, resources, restarts, queue depth and backups at a glance."""
+        """At a glance, worst first: alerts, emergency mode, throttling, maintenance,
+        backups, children, Telegram, restarts (planned stops apart), queue, database."""
         settings = cli_settings()
         report = gather_status(settings, queue_depth)
         print_json(report) if as_json else render_status(report)
@@ -62,9 +64,44 @@ def status_command(queue_depth: QueueDepth | None) -> Callable[..., None]:
     return status
 
 
+CHAT_HELP = "Chat id as `history` lists it (local:NAME, tg:ID); a bare API name works too."
+
+
+def resolve_chat(settings: Settings, given: str | None) -> str | None:
+    """The stored id of ``--chat``: as given, or the API chat ``alice`` as ``local:alice``
+    (a bare number also as the Telegram chat ``tg:N``). An unknown chat is one line, exit 1:
+    never an empty answer that looks like "no messages"."""
+    if given is None:
+        return None
+    candidates = [given]
+    if ":" not in given:
+        candidates.append(f"local:{given}")
+        if given.lstrip("-").isdigit():
+            candidates.append(f"tg:{given}")
+    conn = connect_sync(settings.db_path, readonly=True)
+    try:
+        found = [
+            c
+            for c in candidates
+            if conn.execute("SELECT 1 FROM chats WHERE id = ?", (c,)).fetchone()
+        ]
+    finally:
+        conn.close()
+    if given in found:
+        return given
+    if len(found) == 1:
+        return found[0]
+    if found:
+        fail(f"--chat {given!r} is ambiguous: say {' or '.join(found)}", 2)
+    fail(
+        f"no chat with id {given!r} (ids are local:NAME for API chats, tg:ID for Telegram; "
+        "list them with: scripts/vigilctl history)"
+    )
+
+
 @guarded
 def history(
-    chat: str | None = typer.Option(None, "--chat", help="Chat id; without it, list chats."),
+    chat: str | None = typer.Option(None, "--chat", help=CHAT_HELP + " Without it, list chats."),
     limit: int = typer.Option(20, "--limit", help="How many rows."),
     role: str | None = typer.Option(None, "--role", help="user, assistant or system."),
     as_json: bool = JSON_OPT,
@@ -75,6 +112,12 @@ def history(
     check_limit(limit)
     if role is not None and role not in ROLES:
         raise BadRequest(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
+    if role is not None and chat is None:
+        raise BadRequest(
+            "--role filters one chat's messages: add --chat ID (without it, "
+            "history lists the chats, --limit of them)"
+        )
+    chat = resolve_chat(settings, chat)
 
     async def work(memory: ChatMemory) -> Any:
         if chat is None:
@@ -96,7 +139,7 @@ def _turn_dict(turn: Any) -> dict[str, Any]:
 def search(
     query: str = typer.Argument(..., help="Words to find (any text is safe)."),
     limit: int = typer.Option(20, "--limit", help="How many hits."),
-    chat: str | None = typer.Option(None, "--chat", help="Only this chat."),
+    chat: str | None = typer.Option(None, "--chat", help="Only this chat. " + CHAT_HELP),
     as_json: bool = JSON_OPT,
 ) -> None:
     """Full-text search over every message."""
@@ -105,6 +148,7 @@ def search(
     check_limit(limit, top=1000)
     if fts_query(query) is None:
         raise BadRequest("the query has no searchable words")
+    chat = resolve_chat(settings, chat)
 
     async def work(memory: ChatMemory) -> Any:
         hits = await memory.search(query, limit=limit, chat_id=chat)
@@ -116,7 +160,9 @@ def search(
 
 @guarded
 def summarize(
-    chat: str | None = typer.Option(None, "--chat", help="Chat id (default: the latest active)."),
+    chat: str | None = typer.Option(
+        None, "--chat", help="Default: the latest active chat. " + CHAT_HELP
+    ),
     count: int = typer.Option(50, "--count", help="How many recent messages."),
     extractive: bool = typer.Option(False, "--extractive", help="Do not ask the model."),
     as_json: bool = JSON_OPT,
@@ -127,6 +173,7 @@ def summarize(
     settings = cli_settings()
     require_db(settings)
     check_limit(count, "--count", top=1000)
+    chat = resolve_chat(settings, chat)
     result = asyncio.run(summarize_chat(settings, chat, count, use_model=not extractive))
     if as_json:
         print_json(result)
@@ -137,7 +184,7 @@ def summarize(
 
 @guarded
 def export(
-    chat: str | None = typer.Option(None, "--chat", help="Only this chat."),
+    chat: str | None = typer.Option(None, "--chat", help="Only this chat. " + CHAT_HELP),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write to FILE (default stdout)."
     ),
@@ -149,13 +196,9 @@ def export(
     output = user_path(output)
     if output is not None and output.exists() and not force:
         raise BadRequest(f"{output} already exists; add --force to overwrite it")
+    chat = resolve_chat(settings, chat)
     conn = connect_sync(settings.db_path, readonly=True)
     try:
-        if (
-            chat is not None
-            and not conn.execute("SELECT 1 FROM chats WHERE id = ?", (chat,)).fetchone()
-        ):
-            fail(f"no chat with id {chat!r}")
         total = maintenance.count_messages(conn, chat_id=chat)
         rows = maintenance.iter_messages(conn, chat_id=chat)
         if output is None:
@@ -200,3 +243,6 @@ def register(cli: typer.Typer, *, queue_depth: QueueDepth | None = None) -> None
         ("export", export),
     ):
         cli.command(name)(command)
+    from core.cli import config_view
+
+    config_view.register(cli)  # config

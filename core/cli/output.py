@@ -111,7 +111,6 @@ def show_table(
     snippets marking the match as ``[word]``): parsed as markup it would vanish
     or crash the command with a MarkupError.
     """
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -122,7 +121,22 @@ def show_table(
         table.add_row(*(Text("-" if v is None else str(v)) for v in row))
     if not rows:
         table.add_row(empty, *([""] * (len(columns) - 1)))
-    Console(soft_wrap=False).print(table)
+    stdout_console().print(table)
+
+
+# Piped or redirected output (``| less``, ``> file``, ``| grep``) has no width:
+# Rich would assume 80 columns and fold every wide cell. Lines of any length
+# are what a file or a pager wants.
+UNBOUNDED_WIDTH = 100_000
+
+
+def stdout_console() -> Any:
+    """A Rich console for results: the terminal's width, unbounded when not a terminal."""
+    from rich.console import Console
+
+    if sys.stdout.isatty():
+        return Console(soft_wrap=False)
+    return Console(soft_wrap=False, width=UNBOUNDED_WIDTH, no_color=True, highlight=False)
 
 
 @contextlib.contextmanager

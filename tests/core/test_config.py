@@ -128,8 +128,8 @@ def test_redis_password_counts_as_a_secret() -> None:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["nosuch"], "vigil: No such command 'nosuch'. (see: python main.py --help)"),
-        (["search"], "vigil: Missing argument 'query'. (see: python main.py search --help)"),
+        (["nosuch"], "vigil: No such command 'nosuch'. (see: scripts/vigilctl --help)"),
+        (["search"], "vigil: Missing argument 'query'. (see: scripts/vigilctl search --help)"),
         (["history", "--bogus"], "vigil: No such option: --bogus"),
     ],
 )

@@ -53,3 +53,27 @@ def test_dashboard_draws_charts_and_shows_sessions_only_with_the_token(
             "document.getElementById('note').textContent.includes('cleanup freed')"
         )
         assert errors == []
+
+
+def test_a_child_killed_by_a_signal_shows_the_signal_by_name(
+    tmp_path, fake_llm: FakeLLM, live_server_factory
+) -> None:
+    import time
+
+    from core.database import connect_sync
+
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url)
+    server: LiveServer = live_server_factory(settings)
+    conn = connect_sync(settings.db_path)
+    conn.execute(
+        "INSERT INTO restarts (at, child, reason, exit_code, signal) VALUES (?, 'worker', 'crash',"
+        " NULL, 9)",
+        (time.time(),),
+    )
+    conn.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        page.goto(server.url + "/dashboard")
+        page.wait_for_selector("#restart-history tr")
+        row = page.inner_text("#restart-history")
+        assert "SIGKILL" in row and "signal 9" not in row

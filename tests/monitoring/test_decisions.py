@@ -90,6 +90,13 @@ def test_cleanup_that_frees_nothing_escalates_instead_of_looping() -> None:
     assert "freed 0 MB" in request.detail
 
 
+def test_memory_that_grew_during_the_cleanup_freed_zero_not_minus_zero() -> None:
+    th = thresholds()
+    _, actions = run(series(lambda t: 700 if t <= 60 else 700.3, end=3600), th)
+    (_, request), *_ = of_type(actions, RequestRestart)
+    assert "freed 0 MB" in request.detail and "-0" not in request.detail
+
+
 def test_cleanup_that_helps_is_not_escalated() -> None:
     th = thresholds()
     # memory falls below the clear level once the cleanup (at 60 s) has run

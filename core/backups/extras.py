@@ -1,0 +1,184 @@
+"""What a snapshot holds besides the database: the Telegram session and the settings files.
+
+A restore must bring the whole service back, so a snapshot also keeps, when
+they exist:
+
+- ``session``: ``data/telegram.session`` (a consistent copy through SQLite's
+  backup API: the server may be writing it), and ``session_marker``, the small
+  file that says which Telegram server the session was made for;
+- ``env``: the ``.env`` file Vigil reads (in the directory Vigil starts from);
+- ``config``: the file named by ``VIGIL_CONFIG_FILE`` (JSON or TOML).
+
+Settings files are copied *without secrets* unless the operator asks for them
+(``vigilctl backup --with-secrets``): the value of every secret setting
+(``core.config.SECRET_FIELDS``) and the password of every URL setting
+(``SECRET_URL_FIELDS``) is replaced by ``core.config.SECRET_PLACEHOLDER``,
+which the configuration refuses to start with, so a restored file must be
+filled in before use. Settings given as real environment variables (e.g. a
+systemd unit's ``Environment=``) are not files and are not in a snapshot.
+
+Each extra is a file ``NAME<suffix>`` next to ``NAME.db.gz``, mode 0600, and
+is described (sha256, size, source path, redacted or not) in the manifest's
+``files``; snapshots made before this have no ``files`` and restore as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import urllib.parse
+from pathlib import Path
+
+from core.backups.backup import Extras
+from core.config import (
+    ENV_PREFIX,
+    SECRET_FIELDS,
+    SECRET_PLACEHOLDER,
+    SECRET_URL_FIELDS,
+    Settings,
+)
+
+log = logging.getLogger(__name__)
+
+_ENV_LINE = re.compile(r"^(\s*(?:export\s+)?)([A-Za-z_][A-Za-z0-9_]*)(\s*=\s*)(.*?)(\s*)$")
+_TOML_LINE = re.compile(r"^(\s*)(\"?)([A-Za-z_][A-Za-z0-9_]*)(\"?\s*=\s*)(.*?)(\s*)$")
+
+
+def env_file_path() -> Path:
+    """The ``.env`` Vigil reads: relative to the directory it starts from."""
+    return Path(str(Settings.model_config.get("env_file") or ".env")).resolve()
+
+
+def config_file_path(settings: Settings) -> Path | None:
+    path = settings.config_file or os.environ.get(ENV_PREFIX + "CONFIG_FILE")
+    return Path(path).resolve() if path else None
+
+
+def _setting_name(key: str) -> str:
+    key = key.strip().strip('"').strip("'")
+    return (key[len(ENV_PREFIX) :] if key.upper().startswith(ENV_PREFIX) else key).lower()
+
+
+def _redact_url(url: str) -> str:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return url
+    if not password:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    name = user.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{name}:{SECRET_PLACEHOLDER}@{host}"))
+
+
+def _redacted_value(setting: str, raw: str) -> str | None:
+    """The replacement for one value (quotes kept), or None when it is no secret."""
+    quote = raw[0] if raw[:1] in ("'", '"') and raw.endswith(raw[0]) and len(raw) > 1 else ""
+    inner = raw[1:-1] if quote else raw
+    if setting in SECRET_FIELDS:
+        return f"{quote}{SECRET_PLACEHOLDER}{quote}" if inner else None
+    if setting in SECRET_URL_FIELDS:
+        redacted = _redact_url(inner)
+        return None if redacted == inner else f"{quote}{redacted}{quote}"
+    return None
+
+
+def redact_env(text: str) -> str:
+    """A ``.env`` with every secret value replaced by the placeholder."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        end = line[len(body) :]
+        match = _ENV_LINE.match(body)
+        if match and not body.lstrip().startswith("#"):
+            pre, key, eq, value, post = match.groups()
+            new = _redacted_value(_setting_name(key), value)
+            if new is not None:
+                body = f"{pre}{key}{eq}{new}{post}"
+        out.append(body + end)
+    return "".join(out)
+
+
+def _redact_mapping(data: dict[str, object]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in data.items():
+        setting = _setting_name(key)
+        if isinstance(value, str) and setting in SECRET_FIELDS and value:
+            value = SECRET_PLACEHOLDER
+        elif isinstance(value, str) and setting in SECRET_URL_FIELDS:
+            value = _redact_url(value)
+        result[key] = value
+    return result
+
+
+def redact_config(text: str, suffix: str) -> str:
+    """A JSON or TOML config file with secret values replaced by the placeholder."""
+    if suffix.lower() != ".toml":
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            return json.dumps(_redact_mapping(data), indent=2) + "\n"
+        return redact_env(text)  # unreadable: at least no KEY=VALUE secret survives
+    out = []
+    for line in text.splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        end = line[len(body) :]
+        match = _TOML_LINE.match(body)
+        if match and not body.lstrip().startswith("#"):
+            indent, q1, key, eq, value, post = match.groups()
+            new = _redacted_value(_setting_name(key), value)
+            if new is not None:
+                body = f"{indent}{q1}{key}{eq}{new}{post}"
+        out.append(body + end)
+    return "".join(out)
+
+
+def _session_bytes(path: Path) -> bytes:
+    """A consistent copy of a SQLite session file (raw bytes if it is not one)."""
+    try:
+        src = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=10)
+        try:
+            mem = sqlite3.connect(":memory:")
+            try:
+                src.backup(mem)
+                return mem.serialize()
+            finally:
+                mem.close()
+        finally:
+            src.close()
+    except sqlite3.DatabaseError:
+        return path.read_bytes()
+
+
+def collect_extras(settings: Settings, *, with_secrets: bool) -> Extras:
+    """role -> (content, manifest description) of every extra that exists now."""
+    found: Extras = {}
+    session = settings.session_path
+    if session.is_file() and session.stat().st_size > 0:
+        found["session"] = (_session_bytes(session), {"source": str(session.resolve())})
+        marker = session.with_name(session.name + ".server")
+        if marker.is_file():
+            found["session_marker"] = (marker.read_bytes(), {"source": str(marker.resolve())})
+    env = env_file_path()
+    if env.is_file():
+        text = env.read_text(encoding="utf-8", errors="replace")
+        content = text if with_secrets else redact_env(text)
+        found["env"] = (
+            content.encode("utf-8"),
+            {"source": str(env), "secrets": with_secrets},
+        )
+    config = config_file_path(settings)
+    if config is not None and config.is_file():
+        text = config.read_text(encoding="utf-8", errors="replace")
+        content = text if with_secrets else redact_config(text, config.suffix)
+        found["config"] = (
+            content.encode("utf-8"),
+            {"source": str(config), "secrets": with_secrets, "format": config.suffix.lower()},
+        )
+    return found
