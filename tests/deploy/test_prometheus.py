@@ -113,7 +113,7 @@ def test_every_alert_has_severity_summary_description_and_runbook() -> None:
     rules = alert_rules()
     names = [rule["alert"] for rule in rules]
     assert len(names) == len(set(names)), "duplicate alert names"
-    assert REQUIRED_ALERTS <= set(names), REQUIRED_ALERTS - set(names)
+    assert set(names) >= REQUIRED_ALERTS, REQUIRED_ALERTS - set(names)
     for rule in rules:
         name = rule["alert"]
         assert rule["labels"]["severity"] in SEVERITIES, name
@@ -134,7 +134,7 @@ def test_the_commands_the_alerts_name_exist() -> None:
     for rule in alert_rules():
         text = " ".join(rule["annotations"].values())
         for command in re.findall(r"scripts/vigilctl ([a-z-]+)", text):
-            assert command in commands, f"{rule['alert']}: scripts/vigilctl {command} does not exist"
+            assert command in commands, f"{rule['alert']}: no command scripts/vigilctl {command}"
             named += 1
         for script in re.findall(r"scripts/([\w.]+)", text):
             assert script in scripts, f"{rule['alert']}: scripts/{script} does not exist"
