@@ -138,4 +138,4 @@ def problems(expr: str, series: dict[str, set[str]], where: str) -> list[str]:
         extra = labels - known - {"job", "instance", "service"}
         if known and extra:
             out.append(f"{where}: {name} has no label {sorted(extra)} (has {sorted(known)})")
-    return out
+    return list(dict.fromkeys(out))
