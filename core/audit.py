@@ -8,7 +8,7 @@ is over). The line names the client address, the method and the path; never
 a header, so never the token that was tried.
 
 The memory is bounded: at most ``MAX_ADDRESSES`` addresses are remembered;
-past that, further addresses share one entry (``other addresses``).
+past that, further addresses share one more entry (``other addresses``).
 """
 
 from __future__ import annotations
