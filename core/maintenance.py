@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core import counters
+
 log = logging.getLogger(__name__)
 
 BATCH = 2000
@@ -78,6 +80,8 @@ def record_finished(
             row_id,
         ),
     )
+    if error:
+        counters.add_sync(conn, "vigil_errors", 1, {"kind": "task"})
 
 
 def mark_interrupted_runs(conn: sqlite3.Connection) -> int:
@@ -87,6 +91,8 @@ def mark_interrupted_runs(conn: sqlite3.Connection) -> int:
         " processed_at = ? WHERE status = 'running'",
         (_utc_text(time.time()),),
     )
+    if cursor.rowcount > 0:
+        counters.add_sync(conn, "vigil_errors", cursor.rowcount, {"kind": "task"})
     return int(cursor.rowcount)
 
 
