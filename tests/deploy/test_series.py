@@ -2,21 +2,27 @@
 one a real running Vigil exports, with the labels it really has.
 
 The server is the real app under uvicorn on loopback (tests/conftest.py
-LiveServer); before the scrape it answers a turn, refuses a wrong token and a
-missing page, so the labelled families have samples. Grafana's checks of its
+LiveServer); before the scrape it answers a turn, takes a backup, refuses a
+wrong token and a missing page, so the labelled families have samples (and the
+backup's last-success series, which appears with the first good backup). Grafana's checks of its
 own (unique panel ids, the data source input, the layout) are in
 test_grafana.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from tests.conftest import LiveServer
 from tests.deploy.promql import exported, label_values_query, problems, selectors
@@ -65,17 +71,42 @@ def rule_test_series() -> list[tuple[str, str]]:
     ]
 
 
+@contextlib.contextmanager
+def cli_side_effects_undone() -> Iterator[None]:
+    """The CLI sets up logging and the umask like any entry point; undo both."""
+    root = logging.getLogger()
+    handlers, level, umask = list(root.handlers), root.level, os.umask(0o022)
+    os.umask(umask)
+    try:
+        yield
+    finally:
+        os.umask(umask)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+            handler.close()
+        for handler in [h for h in handlers if h not in root.handlers]:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
 @pytest.fixture(scope="module")
 def live_series(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
-    """{series: label names} scraped from a real Vigil that has done some work."""
+    """{series: label names} scraped from a real Vigil that has done some work:
+    a turn, a backup (``main.py backup``, in this process), a wrong token, a 404."""
+    from main import cli
     from tests.conftest import make_settings
     from tests.fake_llm import FakeLLM
+    from tests.operator_cli import cli_env
 
     tmp_path = tmp_path_factory.mktemp("vigil")
     with FakeLLM() as llm:
-        server = LiveServer(make_settings(tmp_path, llm_base_url=llm.url)).start()
+        settings = make_settings(tmp_path, llm_base_url=llm.url)
+        server = LiveServer(settings).start()
         try:
             assert server.chat("metrics", "hello").status_code == 200
+            with cli_side_effects_undone():
+                backup = CliRunner().invoke(cli, ["backup"], env=cli_env(settings))
+            assert backup.exit_code == 0, backup.output
             with httpx.Client(base_url=server.url, timeout=10) as anonymous:
                 wrong = {"Authorization": "Bearer wrong"}
                 assert anonymous.post("/resources/cleanup", headers=wrong).status_code == 403
