@@ -151,3 +151,13 @@ def test_every_alert_has_a_unit_test_that_fires_it_and_one_that_does_not() -> No
     names = {rule["alert"] for rule in alert_rules()}
     assert not names - fired, f"no unit test fires {sorted(names - fired)}"
     assert not names - quiet, f"no unit test keeps {sorted(names - quiet)} quiet"
+
+
+def test_the_monitoring_docs_explain_every_alert() -> None:
+    text = (ROOT / "docs" / "monitoring.md").read_text()
+    section = text[text.index("## Prometheus and Grafana") :]
+    rows = {
+        m.group(1): m.group(2) for m in re.finditer(r"^\| `(Vigil\w+)` \| (\w+) \|", section, re.M)
+    }
+    expected = {rule["alert"]: rule["labels"]["severity"] for rule in alert_rules()}
+    assert rows == expected
