@@ -84,16 +84,19 @@ def doc_anchors(doc: Path) -> set[str]:
     }
 
 
+@pytest.mark.slow  # runs promtool
 def test_promtool_check_rules() -> None:
     output = promtool("check", "rules", RULES)
     assert f"SUCCESS: {len(alert_rules())} rules found" in output, output
 
 
+@pytest.mark.slow  # runs promtool
 def test_promtool_check_config() -> None:
     output = promtool("check", "config", CONFIG)
     assert "1 rule files found" in output, output
 
 
+@pytest.mark.slow  # runs promtool
 def test_promtool_rule_unit_tests() -> None:
     output = promtool("test", "rules", RULES_TEST)
     assert "SUCCESS" in output, output
