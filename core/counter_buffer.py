@@ -104,23 +104,30 @@ class CounterBuffer:
         """Write the pending deltas in one transaction; kept for the next try on failure."""
         self.poll()
         batch, self.pending = self.pending, {}
+        rows = []
+        for (name, labels), amount in batch.items():
+            try:
+                rows.append((name, counters.encode_labels(dict(labels)), amount, time.time()))
+            except ValueError as exc:  # never stored, so never retried either
+                log.error("counter %s dropped: %s", name, exc)
         try:
-            if batch:
+            if rows:
                 async with db.transaction() as tx:
-                    for (name, labels), amount in batch.items():
-                        await tx.execute(
-                            counters.UPSERT,
-                            (name, counters.encode_labels(dict(labels)), amount, time.time()),
-                        )
-            await self.load(db)
-        except (StorageError, ValueError) as exc:
+                    await tx.executemany(counters.UPSERT, rows)
+        except StorageError as exc:
             self.flush_errors += 1
             for key, amount in batch.items():  # counted meanwhile + not written
                 self.pending[key] = self.pending.get(key, 0.0) + amount
             log.warning("could not store %d counter(s): %s", len(batch), exc)
             return 0
         self.flushes += 1
-        return len(batch)
+        try:
+            await self.load(db)
+        except StorageError as exc:  # written: count them as stored until the next read
+            for key, amount in batch.items():
+                self.stored[key] = self.stored.get(key, 0.0) + amount
+            log.warning("could not read the counters back: %s", exc)
+        return len(rows)
 
     # --- reading ----------------------------------------------------------------------
     def values(self) -> dict[Key, float]:
