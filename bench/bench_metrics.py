@@ -6,7 +6,8 @@ Run: ``.venv/bin/python bench/bench_metrics.py [--requests 20000] [--rounds 5] [
    straight through ASGI (no socket, no client: only the app's own cost),
    side by side with the same app wrapped in :class:`core.metering.RequestMeter`
    (counter + histogram by route template), and with the access log on
-   (a real rotating file). Rounds alternate; each figure is the median of
+   (a real rotating file). Rounds alternate (each starts with another
+   variant); each figure is the median of
    the rounds, in microseconds per request.
 2. Per scrape: the real Vigil app under uvicorn (``tests.conftest.LiveServer``)
    after traffic on every route kind and a stored ``counters`` table; the
@@ -100,14 +101,20 @@ def request_overhead(n: int, rounds: int, logs: Path) -> list[tuple[str, str, fl
     paths = {"route hit": "/api/chats/c{}/messages", "404 (random path)": "/random/{}"}
     results: dict[tuple[str, str], list[float]] = {}
     try:
-        for _ in range(rounds):
+        names = list(variants)
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]  # no variant always last
             for label, path in paths.items():
-                for name, app in variants.items():
-                    us = asyncio.run(per_request_us(app, path, n))
+                for name in order:
+                    us = asyncio.run(per_request_us(variants[name], path, n))
                     results.setdefault((name, label), []).append(us)
     finally:
         detach_access_log(handler)
-    return [(name, label, statistics.median(v)) for (name, label), v in results.items()]
+    return [
+        (name, label, statistics.median(results[(name, label)]))
+        for label in paths
+        for name in names
+    ]
 
 
 def scrape_cost(scrapes: int, root: Path) -> dict[str, float]:
