@@ -59,6 +59,7 @@ class CounterBuffer:
         self.tracked: list[tuple[str, Labels, Callable[[], float], list[float]]] = []
         self.flushes = 0
         self.flush_errors = 0
+        self._histogram_keys: dict[Key, tuple[list[Key], Key, Key]] = {}
 
     # --- counting ---------------------------------------------------------------
     def add(self, name: str, amount: float = 1.0, labels: Labels = ()) -> None:
@@ -69,12 +70,23 @@ class CounterBuffer:
     def observe(
         self, name: str, value: float, buckets: tuple[float, ...], labels: Labels = ()
     ) -> None:
-        """One observation of histogram ``name``; ``buckets`` ascending, ending in inf."""
-        bound = buckets[min(bisect.bisect_left(buckets, value), len(buckets) - 1)]
-        bucket_labels = tuple(sorted((*labels, ("le", _le(bound)))))
-        self.add(name + "_bucket", 1.0, bucket_labels)
-        self.add(name + "_sum", max(0.0, value), labels)
-        self.add(name + "_count", 1.0, labels)
+        """One observation of histogram ``name``; ``buckets`` ascending, ending in inf.
+
+        The bucket must be the same for one ``name`` every time.
+        """
+        keys = self._histogram_keys.get((name, labels))
+        if keys is None:  # once per label set: bounded like the label sets themselves
+            per_bound = [
+                (name + "_bucket", tuple(sorted((*labels, ("le", _le(b)))))) for b in buckets
+            ]
+            keys = (per_bound, (name + "_sum", labels), (name + "_count", labels))
+            self._histogram_keys[(name, labels)] = keys
+        per_bound, sum_key, count_key = keys
+        bucket = per_bound[min(bisect.bisect_left(buckets, value), len(buckets) - 1)]
+        pending = self.pending
+        pending[bucket] = pending.get(bucket, 0.0) + 1.0
+        pending[sum_key] = pending.get(sum_key, 0.0) + max(0.0, value)
+        pending[count_key] = pending.get(count_key, 0.0) + 1.0
 
     def track(self, name: str, read: Callable[[], float], labels: Labels = ()) -> None:
         """Poll ``read()`` (a count that only grows in this process) into ``name``."""
@@ -104,23 +116,30 @@ class CounterBuffer:
         """Write the pending deltas in one transaction; kept for the next try on failure."""
         self.poll()
         batch, self.pending = self.pending, {}
+        rows = []
+        for (name, labels), amount in batch.items():
+            try:
+                rows.append((name, counters.encode_labels(dict(labels)), amount, time.time()))
+            except ValueError as exc:  # never stored, so never retried either
+                log.error("counter %s dropped: %s", name, exc)
         try:
-            if batch:
+            if rows:
                 async with db.transaction() as tx:
-                    for (name, labels), amount in batch.items():
-                        await tx.execute(
-                            counters.UPSERT,
-                            (name, counters.encode_labels(dict(labels)), amount, time.time()),
-                        )
-            await self.load(db)
-        except (StorageError, ValueError) as exc:
+                    await tx.executemany(counters.UPSERT, rows)
+        except StorageError as exc:
             self.flush_errors += 1
             for key, amount in batch.items():  # counted meanwhile + not written
                 self.pending[key] = self.pending.get(key, 0.0) + amount
             log.warning("could not store %d counter(s): %s", len(batch), exc)
             return 0
         self.flushes += 1
-        return len(batch)
+        try:
+            await self.load(db)
+        except StorageError as exc:  # written: count them as stored until the next read
+            for key, amount in batch.items():
+                self.stored[key] = self.stored.get(key, 0.0) + amount
+            log.warning("could not read the counters back: %s", exc)
+        return len(rows)
 
     # --- reading ----------------------------------------------------------------------
     def values(self) -> dict[Key, float]:

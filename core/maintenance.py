@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core import counters
+from core.restarts import restart_summary_sync
 
 log = logging.getLogger(__name__)
 
@@ -239,19 +240,7 @@ def database_summary(conn: sqlite3.Connection, *, now: float | None = None) -> d
         "messages": int(one("SELECT count(*) FROM messages").fetchone()[0]),
         "last_message_at": one("SELECT max(created_at) FROM messages").fetchone()[0],
     }
-    summary["restarts"] = {
-        "total": int(one("SELECT count(*) FROM restarts").fetchone()[0]),
-        "last_24h": int(
-            one("SELECT count(*) FROM restarts WHERE at >= ?", (now - 86400,)).fetchone()[0]
-        ),
-        "recent": [
-            dict(r)
-            for r in one(
-                "SELECT at, child, reason, exit_code, uptime_s FROM restarts"
-                " ORDER BY at DESC, id DESC LIMIT 5"
-            ).fetchall()
-        ],
-    }
+    summary["restarts"] = restart_summary_sync(conn, now=now)
     summary["tasks"] = {
         "failed_24h": int(
             one(

@@ -98,7 +98,10 @@ class RequestMeter:
                 status = 500
             raise
         finally:
-            self.record(runtime, scope, status, time.perf_counter() - started)
+            try:
+                self.record(runtime, scope, status, time.perf_counter() - started)
+            except Exception:  # counting must never turn an answer into an error
+                log.exception("counting %s %s failed", scope["method"], _path(scope))
 
     def record(self, runtime: Runtime, scope: Any, status: int, duration: float) -> None:
         if self.templates is None:  # the routes are all there once a request comes

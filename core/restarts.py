@@ -233,6 +233,39 @@ async def counts_since(db: Database, since: float) -> dict[str, int]:
     return {row["reason"]: int(row["n"]) for row in rows}
 
 
+def restart_summary_sync(conn: sqlite3.Connection, *, now: float) -> dict[str, Any]:
+    """The rows kept, for ``status``: restarts (planned stops left out) and stops apart.
+
+    ``total``/``last_24h``/``by_reason_24h`` count restarts only; ``stops`` the
+    planned stops; ``recent`` the newest five rows of either (``reason`` tells).
+    """
+    planned = f"reason IN ({', '.join('?' * len(PLANNED_REASONS))})"
+
+    def count(where: str, *params: Any) -> int:
+        sql = f"SELECT count(*) FROM restarts WHERE {where}"
+        return int(conn.execute(sql, params).fetchone()[0])
+
+    day = now - 86400
+    rows = conn.execute(
+        f"SELECT reason, count(*) FROM restarts WHERE at >= ? AND NOT {planned} GROUP BY reason",
+        (day, *PLANNED_REASONS),
+    ).fetchall()
+    recent = conn.execute(
+        "SELECT at, child, reason, exit_code, uptime_s FROM restarts"
+        " ORDER BY at DESC, id DESC LIMIT 5"
+    ).fetchall()
+    return {
+        "total": count(f"NOT {planned}", *PLANNED_REASONS),
+        "last_24h": count(f"at >= ? AND NOT {planned}", day, *PLANNED_REASONS),
+        "by_reason_24h": {str(r[0]): int(r[1]) for r in rows},
+        "stops": {
+            "total": count(planned, *PLANNED_REASONS),
+            "last_24h": count(f"at >= ? AND {planned}", day, *PLANNED_REASONS),
+        },
+        "recent": [dict(r) for r in recent],
+    }
+
+
 def split_planned(by_reason: dict[str, int]) -> tuple[dict[str, int], int]:
     """``{reason: n}`` -> (restarts by reason without the planned stops, stops)."""
     restarts = {r: n for r, n in by_reason.items() if r not in PLANNED_REASONS}

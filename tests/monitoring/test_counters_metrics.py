@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.backups.backup import create_backup
@@ -22,6 +23,7 @@ from core.restarts import RestartEvent, RestartLog
 from core.sqlite import connect_sync
 from tests.conftest import LiveServer, make_settings
 from tests.fake_llm import FakeLLM
+from tests.processes import wait_for
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -53,6 +55,7 @@ def crash(log: RestartLog, at: float, reason: str = "crash") -> None:
     log.record(RestartEvent(child="server", reason=reason, at=at, exit_code=1))
 
 
+@pytest.mark.slow  # three servers one after the other
 def test_counters_survive_cleanup_restart_and_restore(
     tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
 ) -> None:
@@ -106,7 +109,7 @@ def test_counters_survive_cleanup_restart_and_restore(
     assert restored[("vigil_restarts_total", (("reason", "crash"),))] == 4
 
 
-def test_route_templates_bound_the_http_series(live_server: LiveServer, caplog: object) -> None:
+def test_route_templates_bound_the_http_series(live_server: LiveServer) -> None:
     client = live_server.client
     for chat in ("a", "b", "c"):
         assert live_server.chat(chat, "hi").status_code == 200
@@ -169,7 +172,9 @@ def test_new_gauges_are_exported(tmp_path: Path, live_server: LiveServer) -> Non
     assert scrape(live_server)[("vigil_backup_last_success_timestamp_seconds", ())] == 1700000000
 
 
-def test_process_memory_and_cpu_by_process(settings: Settings, live_server_factory) -> None:  # type: ignore[no-untyped-def]
+def test_process_memory_and_cpu_by_process(
+    settings: Settings, live_server_factory: Callable[..., LiveServer]
+) -> None:
     server = live_server_factory(settings.model_copy(update={"governor_sample_interval_s": 0.1}))
 
     def sampled() -> Samples | None:
@@ -178,8 +183,23 @@ def test_process_memory_and_cpu_by_process(settings: Settings, live_server_facto
             samples if ("vigil_process_memory_bytes", (("process", "server"),)) in samples else None
         )
 
-    from tests.processes import wait_for
-
     samples = wait_for(sampled, 10, "a governor sample")
     assert samples[("vigil_process_memory_bytes", (("process", "server"),))] > 10e6
     assert ("vigil_process_cpu_percent", (("process", "server"),)) in samples
+
+
+def test_every_exported_series_is_in_the_metrics_reference(
+    settings: Settings, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    server = live_server_factory(settings.model_copy(update={"governor_sample_interval_s": 0.1}))
+    server.chat("docs", "hi")
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    families = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("vigil_")}
+    reference = (Path(__file__).parents[2] / "docs" / "monitoring.md").read_text()
+    reference = reference[reference.index("### Metrics reference") :]
+    missing = sorted(
+        name
+        for name in families
+        if f"`{name}`" not in reference and f"`{name}_total`" not in reference
+    )
+    assert not missing, f"not in docs/monitoring.md: {missing}"
