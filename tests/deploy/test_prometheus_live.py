@@ -2,7 +2,8 @@
 with the shipped scrape job and rules, only faster (1 s scrape and evaluation).
 
 It asserts through Prometheus' HTTP API that every series Vigil's /metrics has is
-stored, that every shipped rule evaluates without an error, that a burst of wrong
+stored, that every shipped rule evaluates without an error, that every query of
+the Grafana dashboard is valid PromQL (most already with data), that a burst of wrong
 admin tokens fires VigilAuthFailures (the rule has no ``for``), and that
 stopping Vigil turns ``up`` to 0 and puts VigilDown in ``pending`` (its ``for``
 of 2 minutes is longer than a test).
@@ -20,6 +21,7 @@ import pytest
 import yaml
 
 from tests.deploy.test_prometheus import CONFIG, RULES, alert_rules, tool
+from tests.deploy.test_series import dashboard_expressions
 from tests.fake_llm import FakeLLM, free_port
 from tests.processes import VigilProcess, vigil, vigil_env, wait_for
 
@@ -136,6 +138,15 @@ def test_prometheus_scrapes_vigil_evaluates_the_rules_and_fires_alerts(
     rules = wait_for(evaluated, 10, "the rules to be evaluated", interval=0.2)
     assert {r["name"] for r in rules} == {r["alert"] for r in alert_rules()}
     assert [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"] == []
+
+    # every dashboard query is valid PromQL (Grafana's variables filled in as Grafana does)
+    answered = 0
+    for where, expr in dashboard_expressions():
+        query = expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+        response = prometheus.client.get("/api/v1/query", params={"query": query})
+        assert response.status_code == 200, f"{where}: {query}: {response.text}"
+        answered += bool(response.json()["data"]["result"])
+    assert answered >= 20, answered  # most panels show data already
 
     # a burst of wrong admin tokens fires VigilAuthFailures
     wait_for(
