@@ -28,6 +28,7 @@ from core.database import Database
 from core.http import BodyGuard, TrustedHosts, install_error_handlers, trusted_host_patterns
 from core.llm import LLMClient, llm_from_settings
 from core.memory import ChatMemory
+from core.metering import RequestMeter, start_metering
 from core.runtime import QueueDepth, Runtime
 from core.sdnotify import SdNotifier
 from core.telegram import routes as telegram_routes
@@ -196,6 +197,7 @@ def create_app(
     app.add_middleware(BodyGuard)
     # Outermost: a request for a foreign Host is refused before anything else.
     app.add_middleware(TrustedHosts, allowed_hosts=trusted_host_patterns(settings.trusted_hosts))
+    app.add_middleware(RequestMeter)  # around everything: refused requests are counted too
     app.include_router(health.router)
     app.include_router(api.router)
     app.include_router(web.router)
@@ -227,6 +229,7 @@ def _default_starters(telegram: Any) -> list[Starter]:
     from monitoring.starter import start_monitoring
 
     return [
+        start_metering,  # first: its final flush runs after the others stopped
         lifecycle.start_lifecycle,
         start_auto_restart,
         start_maintenance_watch,  # before Telegram: resumed messages see the mode

@@ -63,8 +63,12 @@ class TurnStats:
     rejected: int = 0
     last_latency_s: float = 0.0
     latencies: list[float] = field(default_factory=list)
+    # Called with each answered turn's duration (the metrics' histogram).
+    observers: list[Callable[[float], None]] = field(default_factory=list)
 
     def record(self, seconds: float) -> None:
+        for observe in self.observers:
+            observe(seconds)
         self.last_latency_s = seconds
         self.latencies.append(seconds)
         if len(self.latencies) > 512:

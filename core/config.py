@@ -203,6 +203,10 @@ class Settings(BaseSettings):
     # Per-task cron overrides (UTC), e.g. {"backup": "0 */6 * * *", "vacuum": "off"}.
     task_schedule: dict[str, str] = Field(default_factory=dict)
 
+    # --- metrics and access log (core/metering.py) ----------------------------
+    access_log: bool = False
+    metrics_flush_interval_s: float = Field(default=5.0, gt=0, le=300)
+
     @classmethod
     def settings_customise_sources(
         cls,

@@ -172,6 +172,7 @@ class Database:
         self.writes = 0
         self.slow_writes = 0
         self.checkpoints = 0
+        self.write_errors = 0
         self._since_checkpoint = 0
         self._checkpointing: asyncio.Future[None] | None = None
         # What /health reports about writes (monotonic times; None = never).
@@ -371,6 +372,7 @@ class Database:
     def _failed(self, exc: sqlite3.Error | UnicodeEncodeError, what: str) -> StorageError:
         error = translate(exc, what)
         if isinstance(exc, sqlite3.Error):  # bad input (a lone surrogate) is not a storage fault
+            self.write_errors += 1  # vigil_errors{kind="database"}
             self.last_write_error = error
             self.last_write_error_at = time.monotonic()
         return error

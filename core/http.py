@@ -112,9 +112,19 @@ def check_admin(request: Request) -> None:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:
+        _refused(request.scope, "no token")
         raise Unauthorized(NEEDS_TOKEN)
     if not is_admin_token(scheme, token, expected):
+        _refused(request.scope, "wrong token")
         raise Forbidden("the admin token is wrong")
+
+
+def _refused(scope: Any, why: str) -> None:
+    """Counted and logged (rate-limited, the client address, never the token)."""
+    client = scope.get("client")
+    scope["app"].state.vigil.audit.refused(
+        client[0] if client else "unknown", why, scope.get("method", "?"), scope.get("path", "")
+    )
 
 
 def is_admin_token(scheme: str, token: str, expected: str) -> bool:
@@ -154,8 +164,10 @@ class BodyGuard:
         problem: VigilError | None = None
         if not headers.get("authorization"):
             problem = Unauthorized(NEEDS_TOKEN)
+            _refused(scope, "no token")
         elif not is_admin_token(scheme, token, runtime.admin_token):
             problem = Forbidden("the admin token is wrong")
+            _refused(scope, "wrong token")
         limit = max_body_bytes(runtime.settings.max_message_chars)
         length = headers.get("content-length", "")
         if problem is None and length.isdigit() and int(length) > limit:

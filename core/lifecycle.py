@@ -29,7 +29,13 @@ from core.config import Settings
 from core.database import Database
 from core.errors import StorageError
 from core.process import RESTART_REQUESTED
-from core.restarts import RestartEvent, record_async, record_pending, save_pending_record
+from core.restarts import (
+    RestartEvent,
+    read_supervisor_state,
+    record_async,
+    record_pending,
+    save_pending_record,
+)
 from core.rss import rss_mb
 from core.sdnotify import SdNotifier
 from core.serving import AcceptErrors, connection_limit, guarded_protocol, raise_fd_limit
@@ -46,7 +52,9 @@ RESTART_REASONS = (
     "scheduled",
     "database_replaced",
 )
-STOP_REASONS = ("signal",)
+# ``stop``: a planned stop (the supervisor is stopping, or none runs us); ``signal``:
+# someone signalled the server alone and the supervisor brings it back.
+STOP_REASONS = ("stop", "signal")
 RETRY_AFTER_S = 15.0
 
 
@@ -220,7 +228,8 @@ class VigilServer(uvicorn.Server):
             # turn it into a stop (exit 0), not be lost and come back as 75.
             loop = asyncio.get_event_loop()
             detail = signal.Signals(sig).name
-            loop.call_soon_threadsafe(lifecycle.request_restart, "signal", detail)
+            reason = signal_reason(lifecycle.settings)
+            loop.call_soon_threadsafe(lifecycle.request_restart, reason, detail)
         elif sig == signal.SIGINT:
             log.warning("second interrupt: exiting without waiting for the drain")
             self.should_exit = self.force_exit = True
@@ -231,6 +240,17 @@ class VigilServer(uvicorn.Server):
         lifecycle = self._lifecycle()
         if self.started and lifecycle is not None:
             lifecycle.notifier.notify(f"READY=1\nSTATUS=serving, pid {os.getpid()}")
+
+
+def signal_reason(settings: Settings) -> str:
+    """``stop`` for a planned stop, ``signal`` when our supervisor will start us again.
+
+    The supervisor marks its state file ``stopping`` before it passes a stop
+    on to the server; a server whose parent is no (live) supervisor of this
+    data dir is not coming back either.
+    """
+    state = read_supervisor_state(settings.data_dir)
+    return "signal" if state["supervised"] and not state.get("stopping") else "stop"
 
 
 def run_server(app: FastAPI, settings: Settings) -> int:

@@ -238,6 +238,34 @@ def setup_logging(
     _HANDLERS[:] = root.handlers
 
 
+ACCESS_LOGGER = "vigil.access"
+ACCESS_FILE = "access.log"
+
+
+def attach_access_log(
+    logs_dir: Path, *, json_lines: bool = False, secrets: list[str] | None = None
+) -> logging.Handler:
+    """``logs/access.log`` for the ``vigil.access`` logger only (not in system.log).
+
+    Only the server writes it, so it rotates it (10 MB x 3 like the others).
+    The caller removes the returned handler at shutdown (:func:`detach_access_log`).
+    """
+    logs_dir.mkdir(parents=True, exist_ok=True)
+    formatter: logging.Formatter = JsonFormatter() if json_lines else logging.Formatter(FORMAT)
+    handler = _file_handler(logs_dir / ACCESS_FILE, formatter, rotate=True)
+    handler.addFilter(RedactSecrets(secrets or []))
+    logger = logging.getLogger(ACCESS_LOGGER)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    return handler
+
+
+def detach_access_log(handler: logging.Handler) -> None:
+    logging.getLogger(ACCESS_LOGGER).removeHandler(handler)
+    handler.close()
+
+
 def start_process_logging(
     settings: Settings, *, rotates: frozenset[str], console: bool | None = None
 ) -> None:

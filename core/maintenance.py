@@ -18,6 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core import counters
+from core.restarts import restart_summary_sync
+
 log = logging.getLogger(__name__)
 
 BATCH = 2000
@@ -78,6 +81,8 @@ def record_finished(
             row_id,
         ),
     )
+    if error:
+        counters.add_sync(conn, "vigil_errors", 1, {"kind": "task"})
 
 
 def mark_interrupted_runs(conn: sqlite3.Connection) -> int:
@@ -87,6 +92,8 @@ def mark_interrupted_runs(conn: sqlite3.Connection) -> int:
         " processed_at = ? WHERE status = 'running'",
         (_utc_text(time.time()),),
     )
+    if cursor.rowcount > 0:
+        counters.add_sync(conn, "vigil_errors", cursor.rowcount, {"kind": "task"})
     return int(cursor.rowcount)
 
 
@@ -233,19 +240,7 @@ def database_summary(conn: sqlite3.Connection, *, now: float | None = None) -> d
         "messages": int(one("SELECT count(*) FROM messages").fetchone()[0]),
         "last_message_at": one("SELECT max(created_at) FROM messages").fetchone()[0],
     }
-    summary["restarts"] = {
-        "total": int(one("SELECT count(*) FROM restarts").fetchone()[0]),
-        "last_24h": int(
-            one("SELECT count(*) FROM restarts WHERE at >= ?", (now - 86400,)).fetchone()[0]
-        ),
-        "recent": [
-            dict(r)
-            for r in one(
-                "SELECT at, child, reason, exit_code, uptime_s FROM restarts"
-                " ORDER BY at DESC, id DESC LIMIT 5"
-            ).fetchall()
-        ],
-    }
+    summary["restarts"] = restart_summary_sync(conn, now=now)
     summary["tasks"] = {
         "failed_24h": int(
             one(

@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import counters
 from core.errors import StorageError
 from core.sqlite import connect_sync, migrate_sync
 
@@ -41,6 +43,32 @@ STATE_FILE = "supervisor.json"
 # The supervisor's lifetime flock (monitoring.supervisor.state_file.StateFile.lock takes it).
 SUPERVISOR_LOCK = STATE_FILE + ".lock"
 MAX_PENDING = 100
+# Planned stops (scripts/stop.sh, systemctl stop) are rows too, but not restarts:
+# they are counted in ``vigil_stops`` and left out of every restart count.
+PLANNED_REASONS = ("stop",)
+_REASON = COLUMNS.index("reason")
+
+
+def counter_of(reason: str) -> tuple[str, dict[str, str]]:
+    """The monotonic counter (name, labels) a restart row with ``reason`` adds 1 to."""
+    if reason in PLANNED_REASONS:
+        return "vigil_stops", {}
+    return "vigil_restarts", {"reason": reason}
+
+
+def _write_sync(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """The rows and their counters in one transaction (a counter never misses a row)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany(INSERT, rows)
+        for row in rows:
+            name, labels = counter_of(str(row[_REASON]))
+            counters.add_sync(conn, name, 1, labels)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 @dataclass
@@ -91,7 +119,7 @@ class RestartLog:
         # Never create: a missing database is the server's to create at start.
         conn = connect_sync(self.db_path, create=False)
         try:
-            conn.executemany(INSERT, self.pending)
+            _write_sync(conn, self.pending)
             self.pending.clear()
         finally:
             conn.close()
@@ -152,8 +180,16 @@ class RestartLog:
             conn.close()
 
 
-async def record_async(db: Database, event: RestartEvent) -> int:
-    return await db.write(INSERT, row_values(event))
+async def _write_async(db: Database, values: list[Any] | tuple[Any, ...]) -> None:
+    name, labels = counter_of(str(values[_REASON]))
+    async with db.transaction() as tx:
+        await tx.execute(INSERT, values)
+        await tx.execute(counters.UPSERT, (name, counters.encode_labels(labels), 1, time.time()))
+
+
+async def record_async(db: Database, event: RestartEvent) -> None:
+    """The server's own record (a graceful exit) and its counter, in one transaction."""
+    await _write_async(db, row_values(event))
 
 
 PENDING_FILE = "restart_pending.json"
@@ -181,7 +217,7 @@ async def record_pending(db: Database, data_dir: Path) -> bool:
     try:
         if not isinstance(values, list) or len(values) != len(COLUMNS):
             raise ValueError("not a restart record")
-        await db.write(INSERT, values)
+        await _write_async(db, values)
     except (ValueError, StorageError) as exc:
         log.warning("could not record the previous server's restart: %s", exc)
         if isinstance(exc, ValueError):
@@ -202,12 +238,55 @@ async def history(db: Database, *, limit: int, offset: int) -> tuple[int, list[d
 
 
 async def counts_since(db: Database, since: float) -> dict[str, int]:
-    """Restarts per reason since ``since`` (epoch seconds), for the weekly review."""
+    """Rows per reason since ``since`` (epoch seconds), for the weekly review.
+
+    Planned stops come as their own reason (``stop``): not restarts; add up
+    the other reasons (or use :func:`split_planned`) for a restart count.
+    """
     rows = await db.fetchall(
         "SELECT reason, count(*) AS n FROM restarts WHERE at >= ? GROUP BY reason ORDER BY reason",
         (since,),
     )
     return {row["reason"]: int(row["n"]) for row in rows}
+
+
+def restart_summary_sync(conn: sqlite3.Connection, *, now: float) -> dict[str, Any]:
+    """The rows kept, for ``status``: restarts (planned stops left out) and stops apart.
+
+    ``total``/``last_24h``/``by_reason_24h`` count restarts only; ``stops`` the
+    planned stops; ``recent`` the newest five rows of either (``reason`` tells).
+    """
+    planned = f"reason IN ({', '.join('?' * len(PLANNED_REASONS))})"
+
+    def count(where: str, *params: Any) -> int:
+        sql = f"SELECT count(*) FROM restarts WHERE {where}"
+        return int(conn.execute(sql, params).fetchone()[0])
+
+    day = now - 86400
+    rows = conn.execute(
+        f"SELECT reason, count(*) FROM restarts WHERE at >= ? AND NOT {planned} GROUP BY reason",
+        (day, *PLANNED_REASONS),
+    ).fetchall()
+    recent = conn.execute(
+        "SELECT at, child, reason, exit_code, uptime_s FROM restarts"
+        " ORDER BY at DESC, id DESC LIMIT 5"
+    ).fetchall()
+    return {
+        "total": count(f"NOT {planned}", *PLANNED_REASONS),
+        "last_24h": count(f"at >= ? AND NOT {planned}", day, *PLANNED_REASONS),
+        "by_reason_24h": {str(r[0]): int(r[1]) for r in rows},
+        "stops": {
+            "total": count(planned, *PLANNED_REASONS),
+            "last_24h": count(f"at >= ? AND {planned}", day, *PLANNED_REASONS),
+        },
+        "recent": [dict(r) for r in recent],
+    }
+
+
+def split_planned(by_reason: dict[str, int]) -> tuple[dict[str, int], int]:
+    """``{reason: n}`` -> (restarts by reason without the planned stops, stops)."""
+    restarts = {r: n for r, n in by_reason.items() if r not in PLANNED_REASONS}
+    return restarts, sum(n for r, n in by_reason.items() if r in PLANNED_REASONS)
 
 
 def read_supervisor_state(data_dir: Path, *, parent_pid: int | None = None) -> dict[str, Any]:

@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from fastapi import Depends, Request
 
+from core.audit import AuthAudit
+from core.counter_buffer import CounterBuffer
+
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
@@ -97,6 +100,12 @@ class Runtime:
     metrics_registry: CollectorRegistry | None = None
     # The task queue's pending/scheduled counts (tasks/ is wired in by the app).
     queue_depth: QueueDepth | None = None
+    # Monotonic counters (core/metering.py) and refused admin tokens (core/audit.py).
+    counters: CounterBuffer = field(default_factory=CounterBuffer)
+    audit: AuthAudit = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audit = AuthAudit(self.counters)
 
     @property
     def request_restart(self) -> RestartHook:

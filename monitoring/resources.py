@@ -106,6 +106,8 @@ class ProcessTree:
         self.refresh_s = refresh_s
         self.clock = clock
         self._readers: dict[int, _Reader] = {}
+        # The last sample per pid: (RSS bytes, CPU % of one core), for /metrics.
+        self.by_pid: dict[int, tuple[int, float]] = {}
         self._refreshed_at: float | None = None
         self._server_primed = False
 
@@ -152,15 +154,18 @@ class ProcessTree:
         rss = server_rss = 0
         cpu = server_cpu = 0.0
         gone: list[int] = []
+        by_pid: dict[int, tuple[int, float]] = {}
         for pid, reader in self._readers.items():
             found = reader.read(now)
             if found is None:
                 gone.append(pid)
                 continue
+            by_pid[pid] = found
             rss += found[0]
             cpu += found[1]
             if pid == self.server_pid:
                 server_rss, server_cpu = found
+        self.by_pid = by_pid
         for pid in gone:
             del self._readers[pid]
         if gone:

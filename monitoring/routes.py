@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.errors import VigilError
 from core.http import check_admin
 from monitoring import report
+from monitoring.metrics import VigilRegistry, build_registry
 from monitoring.system import IntegratedMonitoringSystem
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,9 @@ async def metrics(request: Request) -> Response:
             log.warning("metrics: database counters unavailable: %s", exc.message)
     registry = runtime.metrics_registry
     if registry is None:
-        from monitoring.metrics import build_registry
-
         registry = runtime.metrics_registry = build_registry(runtime)
+    if isinstance(registry, VigilRegistry):
+        await registry.vigil.prepare()
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import VigilError
 from monitoring.cleanup import RuntimeEffects
 from monitoring.governor import FUTILE_AFTER
-from monitoring.metrics import build_registry
+from monitoring.metrics import build_registry, track_governor
 from monitoring.notifiers import AlertDispatcher, TelegramNotifier, WebhookNotifier
 from monitoring.resources import LoopLagProbe, ResourceMonitor, vigil_root_pid
 from monitoring.rules import Thresholds
@@ -104,6 +104,7 @@ async def start_monitoring(app: Any, runtime: Runtime, stack: contextlib.AsyncEx
     system = build_monitoring(runtime, probe=probe)
     runtime.monitoring = system
     runtime.metrics_registry = build_registry(runtime)
+    track_governor(runtime, system)
     stack.push_async_callback(system.dispatcher.drain)  # also the stale "resolved" events
     stale = await system.close_stale(time.time())
     if stale:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Protocol
 
+from core.restarts import PLANNED_REASONS
 from monitoring.alerts import PerformanceAlert
 from monitoring.governor import FUTILE_TYPE
 from monitoring.rules import RULES
@@ -102,8 +103,16 @@ class AlertStore:
         return [dict(row) for row in rows]
 
     async def restarts_count(self) -> dict[str, int]:
-        """Restarts recorded by the supervisor and the server, by reason."""
-        rows = await self.db.fetchall("SELECT reason, count(*) AS n FROM restarts GROUP BY reason")
+        """Rows of the ``restarts`` table by reason, planned stops (``stop``) left out.
+
+        For views of the rows kept (they are pruned); ``/metrics`` exports the
+        monotonic counters of the ``counters`` table instead.
+        """
+        rows = await self.db.fetchall(
+            "SELECT reason, count(*) AS n FROM restarts WHERE reason NOT IN"
+            f" ({', '.join('?' * len(PLANNED_REASONS))}) GROUP BY reason",
+            PLANNED_REASONS,
+        )
         return {str(row["reason"]): int(row["n"]) for row in rows}
 
     async def task_counts(self) -> dict[str, int]:

@@ -115,6 +115,7 @@ class IntegratedMonitoringSystem:
         self.last_optimise: dict[str, Any] | None = None
         self.evicted_total = 0
         self.restart_requests: deque[dict[str, Any]] = deque(maxlen=20)
+        self.restart_requests_total: Counter[str] = Counter()
         self.restarts_by_reason: dict[str, int] = {}
         self.tasks_by_status: dict[str, int] = {}
         self.samples = 0
@@ -297,6 +298,7 @@ class IntegratedMonitoringSystem:
             "accepted": accepted,
         }
         self.restart_requests.appendleft(entry)
+        self.restart_requests_total[reason] += 1
         log.critical(
             "restart requested (%s%s): %s", reason, ", immediate" if immediate else "", detail
         )

@@ -3,13 +3,16 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 # System packages the tests drive for real: Chromium (browser tests),
-# redis-server (the RedisHuey worker test), sqlite3 (the scripts' checks).
+# redis-server (the RedisHuey worker test), sqlite3 (the scripts' checks),
+# prometheus (promtool checks deploy/prometheus/; a slow test runs the server).
 ensure_system_packages() {
     local need=() sudo=()
     command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
         || [ -n "${VIGIL_CHROMIUM:-}" ] || need+=(chromium)
     command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
     command -v sqlite3 >/dev/null 2>&1 || need+=(sqlite3)
+    command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+        || need+=(prometheus)
     [ "${#need[@]}" -eq 0 ] && return 0
     local cmd="apt-get install -y --no-install-recommends ${need[*]}"
     command -v apt-get >/dev/null 2>&1 \

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import counters
 from core.backups.backup import (
     CHUNK,
     Progress,
@@ -41,6 +42,7 @@ from core.backups.backup import (
 from core.backups.file_users import describe_holders, exclusive_lock, holders, same_file
 from core.errors import BadRequest, StorageError, StorageFull
 from core.schema import SCHEMA_VERSION
+from core.sqlite import BUSY_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +239,7 @@ def restore_live(
         temp, messages = _prepare(snapshot, db_path, progress)
         try:
             _refuse_if_running(db_path, lock_free=True, answering=None)
+            _carry_counters(db_path, temp)
             aside = _swap(temp, db_path, now=now)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -249,6 +252,29 @@ def restore_live(
         ", ".join(p.name for p in aside) or "nothing (no database existed)",
     )
     return RestoreResult(db_path, snapshot.name, messages, aside)
+
+
+def _carry_counters(db_path: Path, temp: Path) -> None:
+    """The restored copy's counters are raised to the current ones (they never go back)."""
+    if not db_path.exists():
+        return
+    try:
+        current = open_readonly(db_path)
+        try:
+            previous = counters.read_all_sync(current)
+        finally:
+            current.close()
+        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            restored.execute("BEGIN IMMEDIATE")
+            raised = counters.carry_forward_sync(restored, previous)
+            restored.execute("COMMIT")
+        finally:
+            restored.close()
+    except sqlite3.Error as exc:  # e.g. a snapshot older than the counters table
+        log.warning("counters not carried over to the restored database: %s", exc)
+        return
+    log.info("restore: %d counter(s) carried over from the replaced database", raised)
 
 
 def _swap(temp: Path, db_path: Path, *, now: float | None) -> list[Path]:

@@ -448,6 +448,7 @@ class Supervisor:
         for child in self.children:
             if child.state in ("backoff", "waiting", "failed"):
                 child.state = "stopped"
+        self._write_state()  # "stopping" before the children hear of it
         for proc in self._procs.values():
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
@@ -472,6 +473,8 @@ class Supervisor:
             "started_at": self.started_at,
             "updated_at": time.time(),
             "stopped": stopped,
+            # Read by the server on SIGTERM: a stop, not a restart (core.lifecycle).
+            "stopping": self._stop_signal is not None,
             "policy": {
                 "backoff_initial_s": self.policy.backoff_initial_s,
                 "backoff_max_s": self.policy.backoff_max_s,

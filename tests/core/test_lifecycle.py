@@ -112,7 +112,7 @@ def test_sigterm_drains_a_streamed_reply_then_exits_0_with_a_record(
     assert code == 0
     assert stream.done is not None and stream.done["reply"] == fake_llm.reply
     rows = query(tmp_path / "data" / "system.db", "SELECT * FROM restarts")
-    assert [(r["reason"], r["exit_code"], r["child"]) for r in rows] == [("signal", 0, "server")]
+    assert [(r["reason"], r["exit_code"], r["child"]) for r in rows] == [("stop", 0, "server")]
     assert "SIGTERM" in rows[0]["detail"]
     stored = query(
         tmp_path / "data" / "system.db",

@@ -130,7 +130,7 @@ def test_start_refuses_a_second_time_and_stop_leaves_nothing_behind(
     rows = connect_sync(install / "data" / "system.db").execute(
         "SELECT reason, exit_code FROM restarts"
     )
-    assert [tuple(r) for r in rows] == [("signal", 0)]
+    assert [tuple(r) for r in rows] == [("stop", 0)]
 
     twice = run(install, env, "stop.sh")
     assert twice.returncode == 0 and "not running" in twice.stdout

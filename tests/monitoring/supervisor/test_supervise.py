@@ -175,7 +175,7 @@ def test_children_do_not_outlive_a_killed_supervisor(tmp_path: Path, fake_llm: F
 
         # The server got SIGTERM (parent-death signal): it drains and exits by itself.
         wait_for(lambda: not _is_running(server), 20, "the orphaned server to exit")
-        rows = [r for r in sup.restarts() if r["reason"] == "signal"]
+        rows = [r for r in sup.restarts() if r["reason"] == "stop"]
         assert len(rows) == 1 and rows[0]["exit_code"] == 0
 
 
@@ -213,3 +213,22 @@ def test_the_supervisor_runs_without_the_cli_imports(tmp_path: Path, fake_llm: F
         for extension in ("_pydantic_core", "_ssl", "_asyncio"):
             assert extension not in mapped
         assert extension in Path(f"/proc/{server}/maps").read_text()  # the server has them
+
+
+def test_a_stop_is_not_a_restart_but_a_signalled_server_alone_is(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    with vigil(tmp_path, vigil_env(tmp_path, fake_llm.url), "supervise", "--no-worker") as sup:
+        first = sup.wait_live()["pid"]
+        # SIGTERM to the server alone: it exits 0 and the supervisor starts it again.
+        os.kill(first, signal.SIGTERM)
+        _new_server_pid(sup, first)
+        assert sup.stop() == 0  # the supervisor is stopped: a planned stop
+
+    rows = [(r["reason"], r["child"]) for r in sup.restarts()]
+    assert sorted(rows) == [("signal", "server"), ("stop", "server")]
+    counted = query(sup.db, "SELECT name, labels, value FROM counters ORDER BY name")
+    assert [(r["name"], r["labels"], r["value"]) for r in counted] == [
+        ("vigil_restarts", "reason=signal", 1.0),
+        ("vigil_stops", "", 1.0),
+    ]
