@@ -307,10 +307,13 @@ def test_a_database_not_yet_migrated_says_so_and_shows_the_rest(tsettings: Setti
     assert invoke(tsettings, "status").exit_code == 0
 
 
-@pytest.mark.parametrize(("until", "on"), [(None, True), (NOW + 60, True), (NOW - 1, False)])
+@pytest.mark.parametrize(
+    ("until_offset", "on"), [(None, True), (60, True), (-1, False)], ids=["open", "ahead", "ended"]
+)
 def test_maintenance_is_on_until_its_window_ends(
-    tsettings: Settings, until: float | None, on: bool
+    tsettings: Settings, until_offset: float | None, on: bool
 ) -> None:
+    until = None if until_offset is None else NOW + until_offset
     tsettings.data_dir.mkdir(parents=True)
     conn = connect_sync(tsettings.db_path)
     migrate_sync(conn)
