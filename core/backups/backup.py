@@ -50,7 +50,7 @@ EXTRA_SUFFIXES: dict[str, str] = {
 # `restore latest` means the newest verified snapshot: no snapshot may be named so.
 RESERVED_NAMES = frozenset({"latest"})
 MANIFEST_SUFFIX = ".json"
-KINDS = ("manual", "auto", "pre-restore")
+KINDS = ("manual", "auto", "pre-restore", "pre-migration")
 STEP_PAGES = 4096
 CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -159,7 +159,7 @@ def check_new_name(name: str) -> str:
 
 
 def default_name(kind: str, now: float) -> str:
-    prefix = "auto" if kind == "auto" else "snapshot"
+    prefix = {"auto": "auto", "pre-migration": "pre-migration"}.get(kind, "snapshot")
     return prefix + time.strftime("_%Y%m%d_%H%M%S", time.gmtime(now))
 
 

@@ -61,7 +61,8 @@ class BackupState:
     def message(self) -> str:
         """One line for an alert, ``/health`` and the CLI."""
         if self.status == "failed":
-            return f"the last backup failed: {self.last_failure_error or 'unknown error'}"
+            error = (self.last_failure_error or "unknown error").removeprefix("backup failed: ")
+            return f"the last backup failed: {error}"
         if self.status == "stale":
             assert self.age_s is not None and self.stale_after_s is not None
             return (
