@@ -282,6 +282,13 @@ def _db_files(db_path: Path) -> list[Path]:
     return [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
 
 
+def refuse_existing(backups_dir: Path, name: str) -> None:
+    if (backups_dir / (name + DATA_SUFFIX)).exists() or (
+        backups_dir / (name + MANIFEST_SUFFIX)
+    ).exists():
+        raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")
+
+
 def ensure_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
@@ -363,10 +370,7 @@ def _create_locked(
     progress: Progress,
     extras: Extras,
 ) -> Snapshot:
-    if (backups_dir / (name + DATA_SUFFIX)).exists() or (
-        backups_dir / (name + MANIFEST_SUFFIX)
-    ).exists():
-        raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")
+    refuse_existing(backups_dir, name)
     _check_space(db_path, backups_dir)
     draft = Snapshot(name, created, kind, 0, 0, "", 0, 0, 0, 0.0, backups_dir)
     try:

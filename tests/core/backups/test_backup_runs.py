@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from core.backups.backup import BackupFailed
+from core.backups.backup import BackupFailed, InvalidName
 from core.backups.runs import record_finish, take_backup
 from core.config import Settings
 from core.errors import StorageError
@@ -56,3 +56,15 @@ def test_a_backup_of_a_missing_database_raises_its_own_error(
     assert not tsettings.db_path.exists()  # the record never creates a database
     messages = [r.getMessage() for r in caplog.records]
     assert any("could not record the start of a backup" in m for m in messages)
+
+
+def test_a_bad_or_taken_name_is_no_failed_backup(tsettings: Settings) -> None:
+    fill(tsettings.db_path, 3)
+    take_backup(tsettings, trigger="cli", name="once")
+    with pytest.raises(BackupFailed, match="already exists"):
+        take_backup(tsettings, trigger="cli", name="once")
+    with pytest.raises(InvalidName):
+        take_backup(tsettings, trigger="cli", name="../etc")
+    runs = rows(tsettings.db_path, "SELECT ok FROM backup_runs")
+    assert [r[0] for r in runs] == [1]
+    assert rows(tsettings.db_path, "SELECT count(*) FROM counters")[0][0] == 0
