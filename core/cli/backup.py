@@ -162,6 +162,13 @@ def snapshots(
     """List snapshots, newest first."""
     settings = cli_settings()
     found = backups.list_snapshots(settings.backups_dir)
+    if not settings.backups_dir.is_dir():
+        what = "does not exist" if not settings.backups_dir.exists() else "is not a directory"
+        typer.echo(
+            f"vigil: backup directory {settings.backups_dir} {what} (VIGIL_BACKUP_DIR); "
+            "the first backup creates it",
+            err=True,
+        )
     states: dict[str, str] = {}
     if verify:
         with progress_bar(not as_json) as progress:

@@ -167,3 +167,7 @@ def test_latest_is_reserved_and_needs_a_verified_snapshot(tsettings: Settings) -
     assert none.returncode == 1
     assert none.stderr.strip().startswith("vigil: no verified snapshot in ")
     assert len(none.stderr.strip().splitlines()) == 1
+    nowhere = tsettings.data_dir.parent / "nowhere"
+    listed = vigil(tsettings, "snapshots", backup_dir=nowhere)
+    assert listed.returncode == 0
+    assert f"backup directory {nowhere} does not exist (VIGIL_BACKUP_DIR)" in listed.stderr
