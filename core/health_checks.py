@@ -135,9 +135,32 @@ async def check_children(runtime: Runtime) -> CheckResult:
     return CheckResult(status, tuple(reasons), {"status": status, "supervised": bool(children)})
 
 
+async def check_backups(runtime: Runtime) -> CheckResult:
+    """The newest backup failed, or the last success is older than twice the period.
+
+    Backups run in the worker and the CLI, so this reads ``backup_runs`` (see
+    core/backups/state.py) every round; the reasons are ``backup_failed`` and
+    ``backup_stale``. A database that cannot be read is the database check's
+    finding, not this one's.
+    """
+    from core.backups.state import read_backup_state_async
+
+    try:
+        state = await read_backup_state_async(runtime.db, runtime.settings, time.time())
+    except Exception as exc:  # the verdict, not a crash
+        return CheckResult("ok", (), {"status": "unknown", "error": str(exc).splitlines()[0]})
+    details = state.to_dict()
+    details.pop("checked_at", None)
+    details["state"] = details.pop("status")
+    reason = state.reason
+    if reason is None:
+        return CheckResult("ok", (), {"status": "ok", **details})
+    return CheckResult("degraded", (reason,), {"status": "degraded", **details})
+
+
 def default_checks() -> dict[str, Check]:
     """A fresh set of checks (some keep state between rounds)."""
-    return {"database": DatabaseCheck(), "children": check_children}
+    return {"database": DatabaseCheck(), "children": check_children, "backups": check_backups}
 
 
 class HealthChecks:

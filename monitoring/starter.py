@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from core.errors import VigilError
+from monitoring.backup_alerts import report_backups
 from monitoring.cleanup import RuntimeEffects
 from monitoring.governor import FUTILE_AFTER
 from monitoring.metrics import build_registry, track_governor
@@ -122,6 +123,7 @@ async def start_monitoring(app: Any, runtime: Runtime, stack: contextlib.AsyncEx
     )
     if runtime.health is not None:  # the operator is told what /health reports
         runtime.health.after_round.append(lambda: report_conditions(system, runtime))
+        runtime.health.after_round.append(lambda: report_backups(system, runtime))
     if not runtime.settings.governor_enabled:
         return
     _keep_history(system, runtime.settings, stack)

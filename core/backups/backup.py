@@ -50,7 +50,7 @@ EXTRA_SUFFIXES: dict[str, str] = {
 # `restore latest` means the newest verified snapshot: no snapshot may be named so.
 RESERVED_NAMES = frozenset({"latest"})
 MANIFEST_SUFFIX = ".json"
-KINDS = ("manual", "auto", "pre-restore")
+KINDS = ("manual", "auto", "pre-restore", "pre-migration")
 STEP_PAGES = 4096
 CHUNK = 1 << 20
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,79}$")
@@ -159,7 +159,7 @@ def check_new_name(name: str) -> str:
 
 
 def default_name(kind: str, now: float) -> str:
-    prefix = "auto" if kind == "auto" else "snapshot"
+    prefix = {"auto": "auto", "pre-migration": "pre-migration"}.get(kind, "snapshot")
     return prefix + time.strftime("_%Y%m%d_%H%M%S", time.gmtime(now))
 
 
@@ -282,10 +282,35 @@ def _db_files(db_path: Path) -> list[Path]:
     return [db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")]
 
 
+def refuse_existing(backups_dir: Path, name: str) -> None:
+    if (backups_dir / (name + DATA_SUFFIX)).exists() or (
+        backups_dir / (name + MANIFEST_SUFFIX)
+    ).exists():
+        raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")
+
+
 def ensure_dir(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
         os.chmod(directory, 0o700)
+
+
+def backup_dir_problem(directory: Path, *, create: bool = True) -> str | None:
+    """One line saying why snapshots cannot be written to ``directory``, or None."""
+    hint = "set VIGIL_BACKUP_DIR to a writable directory, or fix it"
+    try:
+        if create:
+            ensure_dir(directory)
+        if not directory.is_dir():
+            what = "does not exist" if not directory.exists() else "is not a directory"
+            return f"backup directory {directory} {what}; {hint}"
+        probe = temp_path(directory, "write-probe", ".tmp")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        return f"backup directory {directory} is not writable ({exc.strerror or exc}); {hint}"
+    return None
 
 
 def create_backup(
@@ -310,7 +335,9 @@ def create_backup(
         raise StorageError(f"no database at {db_path}: nothing to back up")
     created = time.time() if now is None else now
     name = check_new_name(name) if name else default_name(kind, created)
-    ensure_dir(backups_dir)
+    problem = backup_dir_problem(backups_dir)
+    if problem is not None:
+        raise BackupFailed(f"backup failed: {problem}")
     swept = sweep_leftovers(backups_dir)  # before the space check: they may be huge
     if swept.paths:
         log.warning(
@@ -343,10 +370,7 @@ def _create_locked(
     progress: Progress,
     extras: Extras,
 ) -> Snapshot:
-    if (backups_dir / (name + DATA_SUFFIX)).exists() or (
-        backups_dir / (name + MANIFEST_SUFFIX)
-    ).exists():
-        raise BackupFailed(f"a snapshot named {name!r} already exists; choose another --name")
+    refuse_existing(backups_dir, name)
     _check_space(db_path, backups_dir)
     draft = Snapshot(name, created, kind, 0, 0, "", 0, 0, 0, 0.0, backups_dir)
     try:
@@ -539,3 +563,23 @@ def delete_snapshot(snapshot: Snapshot) -> None:
     snapshot.path.unlink(missing_ok=True)
     for role in snapshot.files:
         snapshot.extra_path(role).unlink(missing_ok=True)
+
+
+def latest_verified(
+    backups_dir: Path, *, progress: Progress = no_progress
+) -> tuple[Snapshot, list[str]]:
+    """The newest snapshot that reads back whole, and one line per newer damaged one skipped."""
+    skipped: list[str] = []
+    for snapshot in list_snapshots(backups_dir):
+        try:
+            verify_snapshot(snapshot, progress=progress)
+        except SnapshotDamaged as exc:
+            skipped.append(f"skipped {snapshot.name}: {exc.message}")
+            continue
+        return snapshot, skipped
+    detail = f" ({len(skipped)} damaged)" if skipped else ""
+    raise SnapshotNotFound(
+        f"no verified snapshot in {backups_dir}{detail} (list them with `scripts/vigilctl "
+        "snapshots --verify`)",
+        name="latest",
+    )

@@ -29,10 +29,11 @@ import logging
 import os
 import re
 import sqlite3
+import time
 import urllib.parse
 from pathlib import Path
 
-from core.backups.backup import Extras
+from core.backups.backup import Extras, Snapshot, read_extra
 from core.config import (
     ENV_PREFIX,
     SECRET_FIELDS,
@@ -182,3 +183,87 @@ def collect_extras(settings: Settings, *, with_secrets: bool) -> Extras:
             {"source": str(config), "secrets": with_secrets, "format": config.suffix.lower()},
         )
     return found
+
+
+def _keep_aside(path: Path, stamp: str) -> Path:
+    aside = path.with_name(f"{path.name}.before-restore-{stamp}")
+    n = 1
+    while aside.exists():
+        aside = path.with_name(f"{path.name}.before-restore-{stamp}.{n}")
+        n += 1
+    os.replace(path, aside)
+    return aside
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.restore-tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def restore_extras(
+    snapshot: Snapshot,
+    settings: Settings,
+    *,
+    session: bool,
+    settings_files: bool,
+    now: float,
+) -> list[str]:
+    """Put the snapshot's session and settings files back; one line per file for the operator.
+
+    A file is restored when the operator asks (``session`` / ``settings_files``)
+    or when it is missing now; an existing one is then kept aside as
+    ``NAME.before-restore-<UTC time>``, never overwritten silently.
+    """
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    lines: list[str] = []
+    targets: list[tuple[str, Path | None, bool, str]] = [
+        ("session", settings.session_path, session, "--session"),
+        (
+            "session_marker",
+            settings.session_path.with_name(settings.session_path.name + ".server"),
+            session,
+            "--session",
+        ),
+        ("env", env_file_path(), settings_files, "--settings"),
+        ("config", config_file_path(settings), settings_files, "--settings"),
+    ]
+    session_restored = False
+    for role, target, asked, flag in targets:
+        entry = snapshot.files.get(role)
+        if entry is None:
+            continue
+        if target is None:  # a config file then, none configured now: back where it was
+            target = Path(str(entry.get("source") or ""))
+            if not str(target):
+                continue
+        if role == "session_marker":
+            asked = asked or session_restored  # the marker follows its session
+        missing = not target.exists() or (role == "session" and target.stat().st_size == 0)
+        if not (asked or missing):
+            lines.append(f"kept the current {target} (add {flag} to restore the snapshot's)")
+            continue
+        content = read_extra(snapshot, role)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        aside = None if missing or not target.exists() else _keep_aside(target, stamp)
+        _write_private(target, content)
+        session_restored = session_restored or role == "session"
+        line = f"restored {target} from the snapshot"
+        if aside is not None:
+            line += f" (previous file kept as {aside.name})"
+        if role in ("env", "config") and not entry.get("secrets"):
+            line += (
+                f"; it was saved without secrets: replace {SECRET_PLACEHOLDER} with the real "
+                "values before starting"
+            )
+        lines.append(line)
+    return lines

@@ -21,12 +21,15 @@ from core.backups.backup import (
     DATA_SUFFIX,
     MANIFEST_SUFFIX,
     SnapshotDamaged,
+    backup_dir_problem,
     integrity_problems,
     list_snapshots,
     readonly_uri,
     verify_snapshot,
 )
+from core.backups.state import read_backup_state
 from core.backups.temp import find_leftovers
+from core.config import Settings
 from core.database import BUSY_TIMEOUT_S, guard_stale_wal
 from core.schema import SCHEMA_VERSION
 
@@ -137,13 +140,15 @@ def check_permissions(paths: list[tuple[Path, int]]) -> Check:
     return Check("permissions", "ok", "data files are private")
 
 
-def private_paths(data_dir: Path, db_path: Path, logs_dir: Path) -> list[tuple[Path, int]]:
+def private_paths(
+    data_dir: Path, db_path: Path, logs_dir: Path, backups_dir: Path | None = None
+) -> list[tuple[Path, int]]:
     """The files validate inspects (stat only: the Telegram session is never opened)."""
     paths: list[tuple[Path, int]] = [(data_dir, 0o700), (logs_dir, 0o700)]
     for name in (db_path.name, f"{db_path.name}-wal", f"{db_path.name}-shm", "telegram.session"):
         paths.append((db_path.parent / name, 0o600))
     paths.append((data_dir / "admin_token", 0o600))
-    backups = data_dir / "backups"
+    backups = data_dir / "backups" if backups_dir is None else backups_dir
     if backups.is_dir():
         paths.append((backups, 0o700))
         paths.extend((p, 0o600) for p in sorted(backups.iterdir()) if p.is_file())
@@ -269,3 +274,31 @@ def repair_fts(path: Path) -> None:
         conn.execute("INSERT INTO messages_fts(messages_fts) VALUES('rebuild')")
     finally:
         conn.close()
+
+
+def check_backup_runs(settings: Settings, *, now: float) -> Check:
+    """The backups' record (``backup_runs``) and the backup directory.
+
+    Fails (exit 1, like ``/health`` degraded) when the newest attempt failed,
+    the last success is older than twice the backup period, or the backup
+    directory cannot be written; warns when no backup ran yet or the schedule
+    is off.
+    """
+    problem = backup_dir_problem(settings.backups_dir, create=False)
+    if problem is not None and settings.backups_dir.exists():
+        return Check("backup_runs", "fail", problem)
+    try:
+        conn = _open_ro(settings.db_path)
+        try:
+            state = read_backup_state(conn, settings, now)
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        if "no such table" in str(exc):  # a database not yet migrated to this Vigil
+            return Check("backup_runs", "warn", "no backup record yet (the server adds it)")
+        return Check("backup_runs", "fail", f"cannot read the backup record: {exc}")
+    if state.reason is not None:
+        return Check("backup_runs", "fail", f"{state.reason}: {state.message()}")
+    if state.status in ("never", "disabled"):
+        return Check("backup_runs", "warn", state.message())
+    return Check("backup_runs", "ok", state.message())

@@ -21,7 +21,15 @@ import time
 from pathlib import Path
 
 from core import counters
-from core.backups.backup import Extras, Progress, Snapshot, create_backup, no_progress
+from core.backups.backup import (
+    Extras,
+    Progress,
+    Snapshot,
+    check_new_name,
+    create_backup,
+    no_progress,
+    refuse_existing,
+)
 from core.backups.extras import collect_extras
 from core.config import Settings
 from core.sqlite import connect_sync
@@ -140,6 +148,9 @@ def take_backup(
     """
     if trigger not in TRIGGERS:
         raise ValueError(f"trigger must be one of {TRIGGERS}")
+    if name:  # the operator's mistakes are refused before anything counts as an attempt
+        name = check_new_name(name)
+        refuse_existing(settings.backups_dir, name)
     started = time.time() if now is None else now
     run_id = record_start(settings.db_path, trigger, started)
     try:

@@ -12,7 +12,8 @@ never from an in-process call:
   and the newest attempt did not fail;
 - ``ok``: otherwise.
 
-Attempts still running (``finished_at`` NULL) are ignored. Stdlib plus the
+Attempts still running (``finished_at`` NULL) are ignored; "newest" is by
+row id (the order attempts started), failures in 24 h by ``started_at``. Stdlib plus the
 schedule parser: cheap enough for a health check every few seconds.
 """
 
@@ -22,6 +23,7 @@ import datetime as dt
 import functools
 import itertools
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -59,7 +61,8 @@ class BackupState:
     def message(self) -> str:
         """One line for an alert, ``/health`` and the CLI."""
         if self.status == "failed":
-            return f"the last backup failed: {self.last_failure_error or 'unknown error'}"
+            error = (self.last_failure_error or "unknown error").removeprefix("backup failed: ")
+            return f"the last backup failed: {error}"
         if self.status == "stale":
             assert self.age_s is not None and self.stale_after_s is not None
             return (
@@ -125,24 +128,39 @@ def backup_period_s(settings: Settings) -> float | None:
     return cron_period_s(backup_expression(settings))
 
 
+# Newest first by id (the rowid: no scan); the 24 h count uses the started_at index.
+LAST_SUCCESS = (
+    "SELECT finished_at, path, size_bytes FROM backup_runs WHERE ok = 1 ORDER BY id DESC LIMIT 1"
+)
+LAST_FAILURE = "SELECT finished_at, error FROM backup_runs WHERE ok = 0 ORDER BY id DESC LIMIT 1"
+FAILURES_SINCE = "SELECT count(*) FROM backup_runs WHERE started_at >= ? AND ok = 0"
+
+
 def read_backup_state(conn: sqlite3.Connection, settings: Settings, now: float) -> BackupState:
     """The backup status as of ``now``, from ``backup_runs`` (see the module doc)."""
+    success = conn.execute(LAST_SUCCESS).fetchone()
+    failure = conn.execute(LAST_FAILURE).fetchone()
+    failures = int(conn.execute(FAILURES_SINCE, (now - DAY_S,)).fetchone()[0])
+    return backup_state_from(success, failure, failures, settings, now)
+
+
+async def read_backup_state_async(db: Any, settings: Settings, now: float) -> BackupState:
+    """The same through the server's :class:`core.database.Database` (its readers)."""
+    success = await db.fetchone(LAST_SUCCESS)
+    failure = await db.fetchone(LAST_FAILURE)
+    failures = int(await db.scalar(FAILURES_SINCE, (now - DAY_S,)))
+    return backup_state_from(success, failure, failures, settings, now)
+
+
+def backup_state_from(
+    success: Sequence[Any] | None,
+    failure: Sequence[Any] | None,
+    failures_24h: int,
+    settings: Settings,
+    now: float,
+) -> BackupState:
     period = backup_period_s(settings)
     stale_after = None if period is None else 2.0 * period
-    success = conn.execute(
-        "SELECT finished_at, path, size_bytes FROM backup_runs WHERE ok = 1 "
-        "ORDER BY finished_at DESC, id DESC LIMIT 1"
-    ).fetchone()
-    failure = conn.execute(
-        "SELECT finished_at, error FROM backup_runs WHERE ok = 0 "
-        "ORDER BY finished_at DESC, id DESC LIMIT 1"
-    ).fetchone()
-    failures_24h = int(
-        conn.execute(
-            "SELECT count(*) FROM backup_runs WHERE ok = 0 AND finished_at >= ?",
-            (now - DAY_S,),
-        ).fetchone()[0]
-    )
     last_ok_at = float(success[0]) if success else None
     last_fail_at = float(failure[0]) if failure else None
     age = None if last_ok_at is None else max(0.0, now - last_ok_at)

@@ -15,9 +15,12 @@ import typer
 from core import maintenance
 from core.backups import backup as backups
 from core.backups import restore
+from core.backups import runs as backup_runs
 from core.backups import temp as backup_temp
+from core.backups.extras import restore_extras
 from core.backups.file_users import holders
 from core.backups.integrity import (
+    check_backup_runs,
     check_backup_temp,
     check_latest_backup,
     check_snapshot_files,
@@ -49,14 +52,19 @@ def backup(
     name: str | None = typer.Option(
         None, "--name", help="Snapshot name (default snapshot_<UTC time>)."
     ),
+    with_secrets: bool = typer.Option(
+        False,
+        "--with-secrets",
+        help="Keep the secret values in the snapshot's copy of the settings files.",
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Take a compressed, checksummed, verified snapshot now."""
+    """Take a compressed, checksummed, verified snapshot now (database, session, settings)."""
     settings = cli_settings()
     require_db(settings)
     with progress_bar(not as_json) as progress:
-        snap = backups.create_backup(
-            settings.db_path, settings.backups_dir, name=name, progress=progress
+        snap = backup_runs.take_backup(
+            settings, trigger="cli", name=name, with_secrets=with_secrets, progress=progress
         )
     if as_json:
         print_json(snap.to_dict())
@@ -65,21 +73,45 @@ def backup(
         f"backup {snap.name}: {snap.messages} messages, {fmt_bytes(snap.db_bytes)} -> "
         f"{fmt_bytes(snap.size_bytes)}, verified, in {snap.duration_s:.2f} s ({snap.path})"
     )
+    if snap.files:
+        secrets = "with secrets" if with_secrets else "secrets replaced by a placeholder"
+        typer.echo(f"also kept: {', '.join(sorted(snap.files))} ({secrets}; files mode 0600)")
 
 
 @guarded
 def restore_cmd(
-    name: str = typer.Argument(..., help="Snapshot name (see `snapshots`)."),
+    name: str = typer.Argument(
+        ..., help="Snapshot name (see `snapshots`), or `latest`: the newest verified one."
+    ),
     confirm: bool = typer.Option(False, "--confirm", help="Really replace the database."),
     target_path: Path | None = typer.Option(
         None, "--target-path", help="Write a plain SQLite database here instead."
     ),
+    session: bool = typer.Option(
+        False, "--session", help="Also replace the current telegram.session (kept aside)."
+    ),
+    settings_files: bool = typer.Option(
+        False, "--settings", help="Also replace the current .env / config file (kept aside)."
+    ),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Restore a snapshot (the live database, by any path: server stopped and --confirm)."""
+    """Restore a snapshot (the live database, by any path: server stopped and --confirm).
+
+    The snapshot's telegram.session and settings files are restored where they
+    are missing now, or when asked (--session, --settings); a current file is
+    then kept aside, never overwritten.
+    """
     settings = cli_settings()
     target_path = user_path(target_path)
-    snap = backups.find_snapshot(settings.backups_dir, name)
+    skipped: list[str] = []
+    if name.strip().lower() == "latest":
+        with progress_bar(not as_json) as progress:
+            snap, skipped = backups.latest_verified(settings.backups_dir, progress=progress)
+        for line in skipped:
+            typer.echo(line, err=True)
+    else:
+        snap = backups.find_snapshot(settings.backups_dir, name)
+    live = False
     with progress_bar(not as_json) as progress:
         if target_path is not None:
             restore.refuse_companion(target_path, settings.db_path)
@@ -88,6 +120,7 @@ def restore_cmd(
                 snap, target_path, overwrite=confirm, progress=progress
             )
         else:  # the live database, whatever path named it
+            live = True
             result = restore.restore_live(
                 snap,
                 settings.db_path,
@@ -96,11 +129,20 @@ def restore_cmd(
                 answering=lambda: server_answers(settings),
                 progress=progress,
             )
+    extras = (
+        restore_extras(
+            snap, settings, session=session, settings_files=settings_files, now=time.time()
+        )
+        if live
+        else []
+    )
     data = {
         "snapshot": result.snapshot,
         "target": str(result.target),
         "messages": result.messages,
         "kept_aside": [str(p) for p in result.kept_aside],
+        "files": extras,
+        "skipped": skipped,
     }
     if as_json:
         print_json(data)
@@ -108,6 +150,8 @@ def restore_cmd(
     typer.echo(f"restored {result.snapshot} to {result.target} ({result.messages} messages)")
     for path in result.kept_aside:
         typer.echo(f"previous file kept as {path}")
+    for line in extras:
+        typer.echo(line)
 
 
 @guarded
@@ -118,6 +162,13 @@ def snapshots(
     """List snapshots, newest first."""
     settings = cli_settings()
     found = backups.list_snapshots(settings.backups_dir)
+    if not settings.backups_dir.is_dir():
+        what = "does not exist" if not settings.backups_dir.exists() else "is not a directory"
+        typer.echo(
+            f"vigil: backup directory {settings.backups_dir} {what} (VIGIL_BACKUP_DIR); "
+            "the first backup creates it",
+            err=True,
+        )
     states: dict[str, str] = {}
     if verify:
         with progress_bar(not as_json) as progress:
@@ -215,10 +266,12 @@ def validate(
     perms = (
         None
         if db is not None
-        else private_paths(settings.data_dir, settings.db_path, settings.logs_dir)
+        else private_paths(
+            settings.data_dir, settings.db_path, settings.logs_dir, settings.backups_dir
+        )
     )
     # + fts_content; permissions, backups, snapshot_files, backup_temp
-    steps = 4 + int(not running) + 4 * int(db is None)
+    steps = 4 + int(not running) + 5 * int(db is None)
     with progress_bar(not as_json) as progress:
         done = [0]
 
@@ -232,6 +285,7 @@ def validate(
             checks.append(check_latest_backup(settings.backups_dir, now=now))
             checks.append(check_snapshot_files(settings.backups_dir, now=now))
             checks.append(check_backup_temp(settings.backups_dir))
+            checks.append(check_backup_runs(settings, now=now))
     if as_json:
         print_json(
             {

@@ -1,0 +1,70 @@
+"""Recording backup attempts: the scheduled job, and a database that cannot take the record."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from core.backups.backup import BackupFailed, InvalidName
+from core.backups.runs import record_finish, take_backup
+from core.config import Settings
+from core.errors import StorageError
+from tasks.jobs import backup_and_prune
+from tests.conftest import make_settings
+from tests.fake_llm import dead_url
+from tests.operator_cli import fill, rows
+
+
+def test_the_scheduled_job_records_success_and_failure(tsettings: Settings, tmp_path: Path) -> None:
+    fill(tsettings.db_path, 10)
+    result = backup_and_prune(tsettings)
+    assert result["snapshot"].startswith("auto_")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    bad = make_settings(tmp_path, llm_base_url=dead_url(), backup_dir=blocker / "b")
+    with pytest.raises(BackupFailed, match="is not writable"):
+        backup_and_prune(bad)
+    runs = rows(tsettings.db_path, "SELECT ok, trigger, path, size_bytes FROM backup_runs")
+    assert [(r[0], r[1]) for r in runs] == [(1, "scheduled"), (0, "scheduled")]
+    assert runs[0][2].endswith(".db.gz") and runs[0][3] > 0
+    assert tuple(rows(tsettings.db_path, "SELECT name, value FROM counters")[0]) == (
+        "vigil_backup_failures",
+        1.0,
+    )
+
+
+def test_a_database_that_cannot_take_the_record_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    nowhere = tmp_path / "missing" / "system.db"
+    with caplog.at_level(logging.WARNING, logger="core.backups.runs"):
+        recorded = record_finish(
+            nowhere, None, trigger="cli", started_at=1.0, ok=False, error="disk gone"
+        )
+    assert recorded is False
+    assert any("could not record the failed backup" in r.getMessage() for r in caplog.records)
+    assert all(r.exc_info is None for r in caplog.records)  # one line, no traceback
+
+
+def test_a_backup_of_a_missing_database_raises_its_own_error(
+    tsettings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING), pytest.raises(StorageError, match="no database"):
+        take_backup(tsettings, trigger="cli")
+    assert not tsettings.db_path.exists()  # the record never creates a database
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("could not record the start of a backup" in m for m in messages)
+
+
+def test_a_bad_or_taken_name_is_no_failed_backup(tsettings: Settings) -> None:
+    fill(tsettings.db_path, 3)
+    take_backup(tsettings, trigger="cli", name="once")
+    with pytest.raises(BackupFailed, match="already exists"):
+        take_backup(tsettings, trigger="cli", name="once")
+    with pytest.raises(InvalidName):
+        take_backup(tsettings, trigger="cli", name="../etc")
+    runs = rows(tsettings.db_path, "SELECT ok FROM backup_runs")
+    assert [r[0] for r in runs] == [1]
+    assert rows(tsettings.db_path, "SELECT count(*) FROM counters")[0][0] == 0
