@@ -36,7 +36,7 @@ from core.maintenance import (
     record_running,
 )
 from tasks.jobs import JOBS, Job
-from tasks.schedule import resolve_schedule
+from core.schedule import resolve_schedule
 
 log = logging.getLogger(__name__)
 

@@ -95,7 +95,7 @@ def _human(seconds: float) -> str:
 
 
 def backup_expression(settings: Settings) -> str:
-    from tasks.schedule import DEFAULT_SCHEDULE
+    from core.schedule import DEFAULT_SCHEDULE
 
     return settings.task_schedule.get("backup", DEFAULT_SCHEDULE["backup"]).strip()
 
@@ -108,7 +108,7 @@ def cron_period_s(expression: str) -> float | None:
     from a fixed Monday, over 8 days (enough for hourly to weekly schedules),
     widened to 62 and then 366 days for rarer ones; cached per expression.
     """
-    from tasks.schedule import OFF, parse_cron
+    from core.schedule import OFF, parse_cron
 
     if expression.lower() in OFF:
         return None

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from core.config import ConfigError, Settings
-from tasks.schedule import DEFAULT_SCHEDULE, resolve_schedule
+from core.schedule import DEFAULT_SCHEDULE, resolve_schedule
 from tests.operator_cli import MAIN, cli_env
 
 

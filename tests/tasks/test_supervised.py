@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from core.config import Settings
-from tasks.schedule import DEFAULT_SCHEDULE
+from core.schedule import DEFAULT_SCHEDULE
 from tests.operator_cli import MAIN, cli_env, rows, run_cli
 
 

@@ -1,11 +1,11 @@
-"""When the periodic tasks run: seed 003's defaults, overridable per task.
+"""When the periodic tasks run: Vigil's defaults, overridable per task.
 
 Schedules are five-field cron expressions in UTC (minute hour day month
 weekday, 0 = Sunday), checked by Huey's scheduler once a minute and at
 start-up. ``VIGIL_TASK_SCHEDULE`` overrides them per task, e.g.
 ``{"backup": "0 */6 * * *", "vacuum": "off"}``.
 
-Seed 003's idle-session cleanup (every 5 minutes) is not here on purpose: the
+An idle-session cleanup every 5 minutes is not here on purpose: the
 chat windows live in the server's memory, so the server's governor evicts
 them in-process (``VIGIL_GOVERNOR_CLEANUP_INTERVAL_S``); a worker cannot free
 another process's memory, and the server's ``POST /resources/cleanup`` is an
