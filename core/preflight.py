@@ -24,8 +24,10 @@ from pathlib import Path
 import typer
 
 from core.backups.backup import readonly_uri
+from core.backups.file_users import exclusive_lock
 from core.config import ConfigError, Settings
 from core.database import NewerSchema, connect_sync, guard_stale_wal, migrate_sync
+from core.process import SUPERVISOR_LOCK_NAME, running_supervisor, started_from
 from core.schema import SCHEMA_VERSION
 from core.telegram.session import check_session_server, server_profile
 
@@ -256,9 +258,22 @@ def run_preflight(settings: Settings) -> Report:
     return report
 
 
+def already_running(settings: Settings) -> str | None:
+    """ "Vigil is already running (pid N, started from DIR)" while a supervisor holds the lock."""
+    pid = running_supervisor(settings.data_dir)
+    if pid is None:
+        return None
+    return f"Vigil is already running (pid {pid}, started from {started_from(pid)})"
+
+
 def release_locks(settings: Settings) -> list[str]:
-    """After every process is gone: checkpoint so no stale ``-wal`` stays behind."""
-    done = []
+    """After every process is gone: checkpoint so no stale ``-wal`` stays behind.
+
+    Nothing is touched while a supervisor holds the lock: its database is live.
+    """
+    done: list[str] = []
+    if running_supervisor(settings.data_dir) is not None:
+        return done
     for path in (settings.db_path, settings.tasks_db_path):
         guard_stale_wal(path)
         if not Path(f"{path}-wal").exists():
@@ -288,13 +303,35 @@ def register(cli: typer.Typer, settings_or_exit: Callable[[], Settings]) -> None
         if unwritable:
             typer.echo(f"vigil: error: {unwritable}", err=True)
             raise typer.Exit(EXIT_CONFIG)
-        try:
-            report = run_preflight(settings)
-        except PreflightError as exc:
-            typer.echo(f"vigil: error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
+        # Held for the whole check, so no supervisor starts on a database being
+        # recovered or migrated; a held lock is a live Vigil: nothing is touched.
+        with exclusive_lock(settings.data_dir / SUPERVISOR_LOCK_NAME) as free:
+            if not free:
+                running = already_running(settings) or (
+                    "Vigil is already running (its supervisor holds the lock)"
+                )
+                typer.echo(f"vigil: error: {running}; nothing was checked or changed", err=True)
+                raise typer.Exit(EXIT_FAILED)
+            try:
+                report = run_preflight(settings)
+            except PreflightError as exc:
+                typer.echo(f"vigil: error: {exc}", err=True)
+                raise typer.Exit(exc.exit_code) from None
         for line in report.lines:
             typer.echo(f"vigil: {line}")
+
+    @cli.command("supervisor-pid", hidden=True)
+    def supervisor_pid() -> None:
+        """The live supervisor of this data directory: "PID<tab>DIR"; exit 1 when none.
+
+        Judged by the supervisor's lock (data/supervisor.json.lock), never by a
+        PID file or a command line.
+        """
+        settings = settings_or_exit()
+        pid = running_supervisor(settings.data_dir)
+        if pid is None:
+            raise typer.Exit(1)
+        typer.echo(f"{pid}\t{started_from(pid)}")
 
     @cli.command("release-locks", hidden=True)
     def release() -> None:

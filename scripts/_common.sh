@@ -61,14 +61,20 @@ load_env() {
     eval "$out"
 }
 
-# pid_alive PID: is PID a running Vigil process of this installation?
-# (its command line runs main.py and its working directory is this checkout,
-# so a recycled PID or another installation's Vigil never matches)
-pid_alive() {
-    local pid="$1"
-    is_running "$pid" || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "main.py" || return 1
-    [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$VIGIL_ROOT" ] || return 1
+# supervisor_running: "PID<tab>DIR" of the live supervisor of this data directory
+# (it holds data/supervisor.json.lock; judged by that lock, never by a command line
+# or a PID file); fails when none runs.
+supervisor_running() {
+    "$PY" main.py supervisor-pid
+}
+
+# stop_hint PID: how to stop the supervisor PID (start.sh's PID file names it, or not).
+stop_hint() {
+    if [ "$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)" = "$1" ]; then
+        echo "stop it with scripts/stop.sh first"
+    else
+        echo "it was not started by scripts/start.sh (systemd? then: systemctl stop vigil; else: kill -TERM $1)"
+    fi
 }
 
 # is_running PID: exists and is not a zombie (an unreaped exit still answers kill -0).

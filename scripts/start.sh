@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start Vigil in the background (docs/operations.md, "Start-up"):
-#  1. refuse if already running (PID file + process check; a stale PID file is removed)
+#  1. refuse if already running (a supervisor holds data/supervisor.json.lock: then nothing
+#     is touched); otherwise a PID file left behind is stale and removed
 #  2. report the Telegram auth state
 #  3. recover database locks (stale -wal/-shm folded back by opening + checkpointing)
 #  4. quick integrity check (a corrupt or empty (0-byte) database is refused, never replaced)
@@ -20,18 +21,24 @@ load_env
 lock_scripts
 flock -n 9 || die "another start.sh or stop.sh is running for $VIGIL_DATA_DIR"
 
-# 1. already running?
+# 1. already running? Judged by the supervisor's lock (data/supervisor.json.lock,
+# held for the supervisor's whole life), never by a PID file or a command line:
+# another checkout or a systemd unit on this data directory counts too, and
+# then nothing here is touched (no PID file removed, no WAL recovered, no migration).
+if running="$(supervisor_running)"; then
+    die "Vigil is already running (pid ${running%%$'\t'*}, started from ${running#*$'\t'}); $(stop_hint "${running%%$'\t'*}")"
+fi
 if [ -f "$VIGIL_PID_FILE" ]; then
     old="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"
-    if pid_alive "$old"; then
-        die "Vigil is already running (pid $old, $VIGIL_URL); run scripts/stop.sh first"
+    # The supervisor died hard (kill -9) but its children kept its process group.
+    # (Only while the group leader is gone: a PID in use is never a recycled group.)
+    if ! is_running "$old"; then
+        leftovers="$(group_pids "$old")"
+        if [ -n "$leftovers" ]; then
+            die "processes of a previous Vigil still run (pid $(echo $leftovers), supervisor $old gone); run scripts/stop.sh first"
+        fi
     fi
-    leftovers=""
-    for p in $(group_pids "$old"); do pid_alive "$p" && leftovers="$leftovers $p"; done
-    if [ -n "$leftovers" ]; then
-        die "processes of a previous Vigil still run (pid$leftovers, supervisor $old gone); run scripts/stop.sh first"
-    fi
-    say "removing stale PID file (pid ${old:-?} is not a running Vigil)"
+    say "removing stale PID file (pid ${old:-?}: no supervisor holds the lock of $VIGIL_DATA_DIR)"
     rm -f "$VIGIL_PID_FILE"
 fi
 
