@@ -15,9 +15,11 @@ console there too.
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,8 +161,15 @@ def recover_and_check(path: Path, report: Report) -> None:
     report.say("database: integrity quick check ok")
 
 
-def check_database(path: Path, report: Report) -> None:
-    """Header, stale-lock recovery, quick check, then create or migrate the schema."""
+def check_database(
+    path: Path, report: Report, *, before_migration: Callable[[int], None] | None = None
+) -> None:
+    """Header, stale-lock recovery, quick check, then create or migrate the schema.
+
+    ``before_migration(version)`` runs first when an existing database will
+    be migrated (0 < version < SCHEMA_VERSION): the pre-migration snapshot;
+    it raises PreflightError to block the migration.
+    """
     if path.exists():
         if path.stat().st_size == 0:
             raise _empty(path)
@@ -172,6 +181,10 @@ def check_database(path: Path, report: Report) -> None:
         raise PreflightError(f"cannot open {path}: {exc}") from exc
     try:
         before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if before > SCHEMA_VERSION:
+            raise PreflightError(_too_new(path, before))
+        if 0 < before < SCHEMA_VERSION and before_migration is not None:
+            before_migration(before)
         after = migrate_sync(conn)
     except NewerSchema as exc:
         raise PreflightError(exc.message) from exc
@@ -222,12 +235,76 @@ def database_problem(settings: Settings, *, quick: bool = False) -> str | None:
     if problems and problems != ["ok"]:
         return str(_corrupt(path, "; ".join(problems)[:300]))
     if version > SCHEMA_VERSION:
-        return (
-            f"the database {path} has schema version {version}, newer than this Vigil "
-            f"({SCHEMA_VERSION}); upgrade Vigil or restore an older snapshot "
-            "('scripts/vigilctl snapshots', then 'scripts/vigilctl restore <name> --confirm')"
-        )
+        return _too_new(path, version)
     return None
+
+
+def _too_new(path: Path, version: int) -> str:
+    """Older code never opens a database a newer Vigil migrated (docs/operations.md, Rollback)."""
+    return (
+        f"the database {path} has schema version {version}, newer than this Vigil "
+        f"({SCHEMA_VERSION}); upgrade Vigil or restore an older snapshot "
+        "('scripts/vigilctl snapshots', then 'scripts/vigilctl restore <name> --confirm')"
+    )
+
+
+# Migrate without the pre-migration snapshot (one run: VIGIL_MIGRATE_WITHOUT_SNAPSHOT=1
+# scripts/start.sh), e.g. when the snapshot cannot be written and the operator has
+# a copy of the database of their own.
+SKIP_SNAPSHOT_ENV = "VIGIL_MIGRATE_WITHOUT_SNAPSHOT"
+_YES, _NO = ("1", "true", "yes"), ("", "0", "false", "no")
+PRE_MIGRATION = "pre-migration"
+
+
+def skip_snapshot_requested(environ: Mapping[str, str]) -> bool:
+    """Is ``VIGIL_MIGRATE_WITHOUT_SNAPSHOT`` set (1/true/yes)? A bad value is an error."""
+    value = environ.get(SKIP_SNAPSHOT_ENV, "").strip().lower()
+    if value not in _YES + _NO:
+        raise PreflightError(
+            f"{SKIP_SNAPSHOT_ENV}={environ[SKIP_SNAPSHOT_ENV]!r} is not valid; use 1 or 0"
+        )
+    return value in _YES
+
+
+def pre_migration_snapshot(
+    settings: Settings, version: int, report: Report, *, skip: bool = False
+) -> None:
+    """A verified snapshot of the database at ``version`` before it is migrated.
+
+    Taken with the regular backup (online copy, integrity check, checksum,
+    read back), kept like a manual snapshot (automatic pruning never removes
+    it). A failure blocks the migration with one line, unless ``skip``.
+    """
+    change = f"schema {version} -> {SCHEMA_VERSION}"
+    if skip:
+        report.say(f"database: no snapshot before migrating {change} ({SKIP_SNAPSHOT_ENV}=1)")
+        return
+    from core.backups import backup as backups
+    from core.errors import VigilError
+
+    kind = PRE_MIGRATION if PRE_MIGRATION in backups.KINDS else "manual"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = f"{PRE_MIGRATION}-v{version}-{stamp}"
+    try:
+        snapshot = backups.create_backup(
+            settings.db_path, settings.backups_dir, name=name, kind=kind
+        )
+        backups.verify_snapshot(snapshot)  # read back once more: the rollback depends on it
+    except (VigilError, OSError, sqlite3.Error) as exc:
+        reason = exc.message if isinstance(exc, VigilError) else str(exc)
+        raise PreflightError(
+            f"the snapshot before migrating {change} failed ({reason}); the database was "
+            f"not migrated. Fix the cause (backups go to {settings.backups_dir}) or run "
+            f"once with {SKIP_SNAPSHOT_ENV}=1 to migrate without a snapshot"
+        ) from None
+    report.say(
+        f"database: snapshot {snapshot.name} taken and verified before migrating {change} "
+        f"({snapshot.path})"
+    )
+    report.say(
+        "database: to roll back: scripts/stop.sh, check out the previous version, "
+        f"scripts/vigilctl restore {snapshot.name} --confirm, scripts/start.sh"
+    )
 
 
 def check_port(host: str, port: int) -> None:
@@ -244,12 +321,19 @@ def check_port(host: str, port: int) -> None:
             ) from exc
 
 
-def run_preflight(settings: Settings) -> Report:
+def run_preflight(settings: Settings, environ: Mapping[str, str] | None = None) -> Report:
     """All start-up checks; raises PreflightError on the first failure."""
     report = Report()
+    skip = skip_snapshot_requested(os.environ if environ is None else environ)
     report.say(telegram_state(settings))
     check_port(settings.host, settings.port)
-    check_database(settings.db_path, report)
+    check_database(
+        settings.db_path,
+        report,
+        before_migration=lambda version: pre_migration_snapshot(
+            settings, version, report, skip=skip
+        ),
+    )
     tasks_db = settings.tasks_db_path
     if tasks_db.exists() and tasks_db.stat().st_size > 0:
         _check_header(tasks_db)
