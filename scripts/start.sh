@@ -2,14 +2,15 @@
 # Start Vigil in the background (docs/operations.md, "Start-up"):
 #  1. refuse if already running (a supervisor holds data/supervisor.json.lock: then nothing
 #     is touched); otherwise a PID file left behind is stale and removed
-#  2. report the Telegram auth state
-#  3. recover database locks (stale -wal/-shm folded back by opening + checkpointing)
-#  4. quick integrity check (a corrupt or empty (0-byte) database is refused, never replaced)
-#  5. create or migrate the schema
+#  2-5. scripts/prepare.sh (also systemd's ExecStartPre): the Telegram auth state, the
+#     port, database locks recovered (stale -wal/-shm folded back), a quick integrity
+#     check (a corrupt or empty (0-byte) database is refused, never replaced), then the
+#     schema created or migrated, after a verified pre-migration snapshot
 #  6. start the supervisor (server + Huey worker) detached from the terminal
 #  7. wait for /health, print the outcome, URLs and log locations
 # Environment: VIGIL_* settings (docs/configuration.md), VIGIL_START_TIMEOUT (s, default 30),
-# VIGIL_VENV (use an existing virtualenv as is).
+# VIGIL_VENV (use an existing virtualenv as is), VIGIL_MIGRATE_WITHOUT_SNAPSHOT (1: migrate
+# without the pre-migration snapshot, for one run).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 ensure_venv requirements.txt
@@ -42,10 +43,10 @@ if [ -f "$VIGIL_PID_FILE" ]; then
     rm -f "$VIGIL_PID_FILE"
 fi
 
-# 2-5. pre-flight: telegram state, stale locks, integrity, schema
-if ! "$PY" main.py preflight; then
-    die "pre-flight checks failed (see above); Vigil was not started"
-fi
+# 2-5. the preparation systemd runs too (scripts/prepare.sh): venv, pre-flight
+# (telegram state, port, stale locks, integrity), a verified snapshot before a
+# schema migration, the migration
+bash "$VIGIL_ROOT/scripts/prepare.sh" || exit $?
 
 # 6. the supervisor, in its own session (no terminal, its own process group)
 say "starting Vigil (supervisor: server + worker), listening on $VIGIL_LISTEN"
