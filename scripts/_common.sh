@@ -61,11 +61,19 @@ load_env() {
     eval "$out"
 }
 
-# supervisor_running: "PID<tab>DIR" of the live supervisor of this data directory
-# (it holds data/supervisor.json.lock; judged by that lock, never by a command line
-# or a PID file); fails when none runs.
+# supervisor_running: is a supervisor of this data directory alive? Judged by the lock it
+# holds (data/supervisor.json.lock), never by a command line or a PID file. Sets
+# SUPERVISOR_PID and SUPERVISOR_DIR (the directory it was started from); returns 1 when
+# none runs, and stops the script when that cannot be told.
 supervisor_running() {
-    "$PY" main.py supervisor-pid
+    local out rc=0
+    out="$("$PY" main.py supervisor-pid)" || rc=$?
+    SUPERVISOR_PID="" SUPERVISOR_DIR=""
+    case "$rc" in
+        0) SUPERVISOR_PID="${out%%$'\t'*}" SUPERVISOR_DIR="${out#*$'\t'}" ;;
+        1) return 1 ;;
+        *) die "cannot tell whether Vigil runs for $VIGIL_DATA_DIR (see above)" ;;
+    esac
 }
 
 # stop_hint PID: how to stop the supervisor PID (start.sh's PID file names it, or not).

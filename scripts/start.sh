@@ -26,8 +26,8 @@ flock -n 9 || die "another start.sh or stop.sh is running for $VIGIL_DATA_DIR"
 # held for the supervisor's whole life), never by a PID file or a command line:
 # another checkout or a systemd unit on this data directory counts too, and
 # then nothing here is touched (no PID file removed, no WAL recovered, no migration).
-if running="$(supervisor_running)"; then
-    die "Vigil is already running (pid ${running%%$'\t'*}, started from ${running#*$'\t'}); $(stop_hint "${running%%$'\t'*}")"
+if supervisor_running; then
+    die "Vigil is already running (pid $SUPERVISOR_PID, started from $SUPERVISOR_DIR); $(stop_hint "$SUPERVISOR_PID")"
 fi
 if [ -f "$VIGIL_PID_FILE" ]; then
     old="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"

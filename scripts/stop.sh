@@ -20,13 +20,12 @@ pid="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"
 # Running or not is judged by the supervisor's lock (data/supervisor.json.lock),
 # never by a command line: a Vigil started from another checkout on this data
 # directory is stopped too, and one this PID file does not name is left alone.
-running="$(supervisor_running)" || running=""
-live="${running%%$'\t'*}"
-if [ -n "$running" ] && [ "$live" != "$pid" ]; then
-    die "Vigil runs (pid $live, started from ${running#*$'\t'}) but ${pid:+the PID file names pid $pid, }$(stop_hint "$live")"
+supervisor_running || true
+if [ -n "$SUPERVISOR_PID" ] && [ "$SUPERVISOR_PID" != "$pid" ]; then
+    die "Vigil runs (pid $SUPERVISOR_PID, started from $SUPERVISOR_DIR) but ${pid:+the PID file names pid $pid, }$(stop_hint "$SUPERVISOR_PID")"
 elif [ -z "$pid" ]; then
     say "not running (no PID file)"
-elif [ -z "$running" ]; then
+elif [ -z "$SUPERVISOR_PID" ]; then
     say "not running (stale PID file for pid $pid)"
     # The supervisor died hard; its children kept its process group (only while
     # the group leader is gone: a PID in use is never a recycled group).

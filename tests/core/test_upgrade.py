@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from core.backups.backup import list_snapshots, verify_snapshot
-from core.backups.restore import restore_to_file
+from core.backups.restore import restore_live, restore_to_file
 from core.config import Settings
 from core.preflight import SKIP_SNAPSHOT_ENV, PreflightError, run_preflight
+from core.process import SUPERVISOR_LOCK_NAME
 from core.schema import MIGRATIONS, SCHEMA_VERSION
 from tests.fake_llm import free_port
 
@@ -78,6 +79,15 @@ def test_a_migration_is_preceded_by_a_verified_snapshot_that_restores_the_old_sc
     restored = tmp_path / "restored.db"
     restore_to_file(snapshot, restored)
     assert _content(restored) == (OLD, old_rows)
+    # ... and so is the live database after the documented restore (server stopped).
+    result = restore_live(
+        snapshot,
+        settings.db_path,
+        confirm=True,
+        supervisor_lock=settings.data_dir / SUPERVISOR_LOCK_NAME,
+    )
+    assert _content(settings.db_path) == (OLD, old_rows)
+    assert result.kept_aside and _content(result.kept_aside[0])[0] == SCHEMA_VERSION
 
 
 def test_no_snapshot_when_nothing_is_migrated(tmp_path: Path) -> None:
