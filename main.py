@@ -258,7 +258,10 @@ def _register_operator_commands() -> None:
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):
 # ~70 ms less for every start and restart of the server and the supervisor.
-PROCESS_COMMANDS = frozenset({"serve", "supervise", "shell-env", "wait-healthy", "prepare-dirs"})
+PROCESS_COMMANDS = frozenset(
+    {"serve", "supervise", "shell-env", "wait-healthy", "prepare-dirs"}
+    | {"preflight", "supervisor-pid"}  # start.sh / prepare.sh / stop.sh steps
+)
 
 if __name__ != "__main__":  # imported (tests, tools): the whole CLI
     _register_operator_commands()

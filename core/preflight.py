@@ -1,10 +1,14 @@
-"""Start-up checks run by ``scripts/start.sh`` before the supervisor is launched.
+"""Start-up checks run before the supervisor is launched.
 
-Seed 003's pre-flight, in order: report the Telegram auth state, recover
-database locks (a ``-wal``/``-shm`` left by a killed process is folded back by
-opening and checkpointing), a quick integrity check, then initialise or
-migrate the schema. A corrupt database, and an empty (0-byte) one, which is
-what a failed copy leaves, is refused with a message naming
+Run by ``scripts/prepare.sh`` (start.sh and systemd's ``ExecStartPre``) under
+the supervisor's lock; while a live supervisor holds it, nothing is checked or
+changed. In order: report the Telegram auth state, recover database locks (a
+``-wal``/``-shm`` left by a killed process is folded back by opening and
+checkpointing), a quick integrity check, then initialise or migrate the
+schema; before an existing database is migrated, a verified snapshot
+(``pre-migration-vN-TIME``) is taken, and a failed one blocks the migration.
+A corrupt database, and an empty (0-byte) one, which is what a failed copy
+leaves, is refused with a message naming
 ``scripts/vigilctl validate`` and ``scripts/vigilctl restore``; it is never
 replaced or "repaired" here. Only a missing file is created.
 ``release_locks`` is ``stop.sh``'s last step.
