@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -270,6 +271,18 @@ def skip_snapshot_requested(environ: Mapping[str, str]) -> bool:
     return value in _YES
 
 
+def _take_snapshot(settings: Settings, name: str, kind: str) -> Any:
+    """The regular backup; recorded in ``backup_runs`` (trigger pre-migration) where
+    this Vigil records backup runs (``core.backups.runs``), a plain one otherwise."""
+    try:
+        from core.backups.runs import take_backup  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        from core.backups.backup import create_backup
+
+        return create_backup(settings.db_path, settings.backups_dir, name=name, kind=kind)
+    return take_backup(settings, trigger=PRE_MIGRATION, kind=kind, name=name)
+
+
 def pre_migration_snapshot(
     settings: Settings, version: int, report: Report, *, skip: bool = False
 ) -> None:
@@ -290,9 +303,7 @@ def pre_migration_snapshot(
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     name = f"{PRE_MIGRATION}-v{version}-{stamp}"
     try:
-        snapshot = backups.create_backup(
-            settings.db_path, settings.backups_dir, name=name, kind=kind
-        )
+        snapshot = _take_snapshot(settings, name, kind)
         backups.verify_snapshot(snapshot)  # read back once more: the rollback depends on it
     except (VigilError, OSError, sqlite3.Error) as exc:
         reason = exc.message if isinstance(exc, VigilError) else str(exc)
