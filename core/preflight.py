@@ -19,6 +19,7 @@ console there too.
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import sqlite3
@@ -272,15 +273,27 @@ def skip_snapshot_requested(environ: Mapping[str, str]) -> bool:
 
 
 def _take_snapshot(settings: Settings, name: str, kind: str) -> Any:
-    """The regular backup; recorded in ``backup_runs`` (trigger pre-migration) where
-    this Vigil records backup runs (``core.backups.runs``), a plain one otherwise."""
+    """The regular backup, recorded in ``backup_runs`` (trigger pre-migration) where
+    this Vigil records backup runs (``core.backups.runs``) and the old schema has the
+    table; a plain one otherwise (the table arrives with a migration, not before)."""
     try:
-        from core.backups.runs import take_backup  # type: ignore[import-not-found,unused-ignore]
+        runs: Any = importlib.import_module("core.backups.runs")
     except ImportError:
-        from core.backups.backup import create_backup
+        runs = None
+    if runs is not None and _has_table(settings.db_path, "backup_runs"):
+        return runs.take_backup(settings, trigger=PRE_MIGRATION, kind=kind, name=name)
+    from core.backups.backup import create_backup
 
-        return create_backup(settings.db_path, settings.backups_dir, name=name, kind=kind)
-    return take_backup(settings, trigger=PRE_MIGRATION, kind=kind, name=name)
+    return create_backup(settings.db_path, settings.backups_dir, name=name, kind=kind)
+
+
+def _has_table(path: Path, table: str) -> bool:
+    conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=5.0)
+    try:
+        row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    finally:
+        conn.close()
+    return row is not None
 
 
 def pre_migration_snapshot(

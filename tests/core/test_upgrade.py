@@ -9,6 +9,7 @@ migration unless the operator says otherwise.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -136,3 +137,22 @@ def test_a_newer_database_refuses_older_code_naming_vigilctl(tmp_path: Path) -> 
     assert "newer than this Vigil" in str(info.value)
     assert "scripts/vigilctl restore <name> --confirm" in str(info.value)
     assert list_snapshots(settings.backups_dir) == []
+
+
+def test_the_snapshot_is_recorded_where_the_old_schema_has_backup_runs(tmp_path: Path) -> None:
+    """With backup runs recorded (core.backups.runs), the snapshot is a pre-migration run."""
+    pytest.importorskip("core.backups.runs")
+    settings = _settings(tmp_path)
+    make_old_database(settings.db_path)
+    tables = re.findall(r"CREATE TABLE (?:backup_runs|counters) \(.*?\);", MIGRATIONS[3], re.S)
+    conn = sqlite3.connect(settings.db_path)
+    conn.executescript("\n".join(tables))  # as a later schema would already have them
+    conn.close()
+
+    run_preflight(settings, environ={})
+
+    [snapshot] = list_snapshots(settings.backups_dir)
+    conn = sqlite3.connect(settings.db_path)
+    rows = conn.execute("SELECT trigger, ok FROM backup_runs").fetchall()
+    conn.close()
+    assert rows == [("pre-migration", 1)] and snapshot.kind == "pre-migration"
