@@ -9,6 +9,7 @@ the live database's WAL, not the schema. A ``main.py supervise`` run directly
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from core.database import connect_sync
+from tasks.schedule import DEFAULT_SCHEDULE
 from tests.fake_llm import free_port
 from tests.processes import wait_for
 from tests.scripts import test_start_stop as start_stop
@@ -57,6 +59,9 @@ def _write_a_turn(url: str, token: str) -> None:
 def test_a_second_checkout_leaves_the_live_vigil_alone(
     install: Path, env: dict[str, str], second: Path
 ) -> None:
+    # No scheduled task may checkpoint the WAL meanwhile (the daily maintenance does).
+    off = {name: "off" for name in DEFAULT_SCHEDULE}
+    env = {**env, "VIGIL_TASK_SCHEDULE": json.dumps(off)}
     assert run(install, env, "start.sh").returncode == 0
     data = install / "data"
     pid_file, wal = data / "vigil.pid", data / "system.db-wal"
