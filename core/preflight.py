@@ -1,10 +1,14 @@
-"""Start-up checks run by ``scripts/start.sh`` before the supervisor is launched.
+"""Start-up checks run before the supervisor is launched.
 
-Seed 003's pre-flight, in order: report the Telegram auth state, recover
-database locks (a ``-wal``/``-shm`` left by a killed process is folded back by
-opening and checkpointing), a quick integrity check, then initialise or
-migrate the schema. A corrupt database, and an empty (0-byte) one, which is
-what a failed copy leaves, is refused with a message naming
+Run by ``scripts/prepare.sh`` (start.sh and systemd's ``ExecStartPre``) under
+the supervisor's lock; while a live supervisor holds it, nothing is checked or
+changed. In order: report the Telegram auth state, recover database locks (a
+``-wal``/``-shm`` left by a killed process is folded back by opening and
+checkpointing), a quick integrity check, then initialise or migrate the
+schema; before an existing database is migrated, a verified snapshot
+(``pre-migration-vN-TIME``) is taken, and a failed one blocks the migration.
+A corrupt database, and an empty (0-byte) one, which is what a failed copy
+leaves, is refused with a message naming
 ``scripts/vigilctl validate`` and ``scripts/vigilctl restore``; it is never
 replaced or "repaired" here. Only a missing file is created.
 ``release_locks`` is ``stop.sh``'s last step.
@@ -15,17 +19,23 @@ console there too.
 
 from __future__ import annotations
 
+import importlib
+import os
 import socket
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from core.backups.backup import readonly_uri
+from core.backups.file_users import exclusive_lock
 from core.config import ConfigError, Settings
 from core.database import NewerSchema, connect_sync, guard_stale_wal, migrate_sync
+from core.process import SUPERVISOR_LOCK_NAME, running_supervisor, started_from
 from core.schema import SCHEMA_VERSION
 from core.telegram.session import check_session_server, server_profile
 
@@ -157,8 +167,15 @@ def recover_and_check(path: Path, report: Report) -> None:
     report.say("database: integrity quick check ok")
 
 
-def check_database(path: Path, report: Report) -> None:
-    """Header, stale-lock recovery, quick check, then create or migrate the schema."""
+def check_database(
+    path: Path, report: Report, *, before_migration: Callable[[int], None] | None = None
+) -> None:
+    """Header, stale-lock recovery, quick check, then create or migrate the schema.
+
+    ``before_migration(version)`` runs first when an existing database will
+    be migrated (0 < version < SCHEMA_VERSION): the pre-migration snapshot;
+    it raises PreflightError to block the migration.
+    """
     if path.exists():
         if path.stat().st_size == 0:
             raise _empty(path)
@@ -170,6 +187,10 @@ def check_database(path: Path, report: Report) -> None:
         raise PreflightError(f"cannot open {path}: {exc}") from exc
     try:
         before = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if before > SCHEMA_VERSION:
+            raise PreflightError(_too_new(path, before))
+        if 0 < before < SCHEMA_VERSION and before_migration is not None:
+            before_migration(before)
         after = migrate_sync(conn)
     except NewerSchema as exc:
         raise PreflightError(exc.message) from exc
@@ -220,12 +241,98 @@ def database_problem(settings: Settings, *, quick: bool = False) -> str | None:
     if problems and problems != ["ok"]:
         return str(_corrupt(path, "; ".join(problems)[:300]))
     if version > SCHEMA_VERSION:
-        return (
-            f"the database {path} has schema version {version}, newer than this Vigil "
-            f"({SCHEMA_VERSION}); upgrade Vigil or restore an older snapshot "
-            "('scripts/vigilctl snapshots', then 'scripts/vigilctl restore <name> --confirm')"
-        )
+        return _too_new(path, version)
     return None
+
+
+def _too_new(path: Path, version: int) -> str:
+    """Older code never opens a database a newer Vigil migrated (docs/operations.md, Rollback)."""
+    return (
+        f"the database {path} has schema version {version}, newer than this Vigil "
+        f"({SCHEMA_VERSION}); upgrade Vigil or restore an older snapshot "
+        "('scripts/vigilctl snapshots', then 'scripts/vigilctl restore <name> --confirm')"
+    )
+
+
+# Migrate without the pre-migration snapshot (one run: VIGIL_MIGRATE_WITHOUT_SNAPSHOT=1
+# scripts/start.sh), e.g. when the snapshot cannot be written and the operator has
+# a copy of the database of their own.
+SKIP_SNAPSHOT_ENV = "VIGIL_MIGRATE_WITHOUT_SNAPSHOT"
+_YES, _NO = ("1", "true", "yes"), ("", "0", "false", "no")
+PRE_MIGRATION = "pre-migration"
+
+
+def skip_snapshot_requested(environ: Mapping[str, str]) -> bool:
+    """Is ``VIGIL_MIGRATE_WITHOUT_SNAPSHOT`` set (1/true/yes)? A bad value is an error."""
+    value = environ.get(SKIP_SNAPSHOT_ENV, "").strip().lower()
+    if value not in _YES + _NO:
+        raise PreflightError(
+            f"{SKIP_SNAPSHOT_ENV}={environ[SKIP_SNAPSHOT_ENV]!r} is not valid; use 1 or 0"
+        )
+    return value in _YES
+
+
+def _take_snapshot(settings: Settings, name: str, kind: str) -> Any:
+    """The regular backup, recorded in ``backup_runs`` (trigger pre-migration) where
+    this Vigil records backup runs (``core.backups.runs``) and the old schema has the
+    table; a plain one otherwise (the table arrives with a migration, not before)."""
+    try:
+        runs: Any = importlib.import_module("core.backups.runs")
+    except ImportError:
+        runs = None
+    if runs is not None and _has_table(settings.db_path, "backup_runs"):
+        return runs.take_backup(settings, trigger=PRE_MIGRATION, kind=kind, name=name)
+    from core.backups.backup import create_backup
+
+    return create_backup(settings.db_path, settings.backups_dir, name=name, kind=kind)
+
+
+def _has_table(path: Path, table: str) -> bool:
+    conn = sqlite3.connect(readonly_uri(path), uri=True, timeout=5.0)
+    try:
+        row = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    finally:
+        conn.close()
+    return row is not None
+
+
+def pre_migration_snapshot(
+    settings: Settings, version: int, report: Report, *, skip: bool = False
+) -> None:
+    """A verified snapshot of the database at ``version`` before it is migrated.
+
+    Taken with the regular backup (online copy, integrity check, checksum,
+    read back), kept like a manual snapshot (automatic pruning never removes
+    it). A failure blocks the migration with one line, unless ``skip``.
+    """
+    change = f"schema {version} -> {SCHEMA_VERSION}"
+    if skip:
+        report.say(f"database: no snapshot before migrating {change} ({SKIP_SNAPSHOT_ENV}=1)")
+        return
+    from core.backups import backup as backups
+    from core.errors import VigilError
+
+    kind = PRE_MIGRATION if PRE_MIGRATION in backups.KINDS else "manual"
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    name = f"{PRE_MIGRATION}-v{version}-{stamp}"
+    try:
+        snapshot = _take_snapshot(settings, name, kind)
+        backups.verify_snapshot(snapshot)  # read back once more: the rollback depends on it
+    except (VigilError, OSError, sqlite3.Error) as exc:
+        reason = exc.message if isinstance(exc, VigilError) else str(exc)
+        raise PreflightError(
+            f"the snapshot before migrating {change} failed ({reason}); the database was "
+            f"not migrated. Fix the cause (backups go to {settings.backups_dir}) or run "
+            f"once with {SKIP_SNAPSHOT_ENV}=1 to migrate without a snapshot"
+        ) from None
+    report.say(
+        f"database: snapshot {snapshot.name} taken and verified before migrating {change} "
+        f"({snapshot.path})"
+    )
+    report.say(
+        "database: to roll back: scripts/stop.sh, check out the previous version, "
+        f"scripts/vigilctl restore {snapshot.name} --confirm, scripts/start.sh"
+    )
 
 
 def check_port(host: str, port: int) -> None:
@@ -242,12 +349,19 @@ def check_port(host: str, port: int) -> None:
             ) from exc
 
 
-def run_preflight(settings: Settings) -> Report:
+def run_preflight(settings: Settings, environ: Mapping[str, str] | None = None) -> Report:
     """All start-up checks; raises PreflightError on the first failure."""
     report = Report()
+    skip = skip_snapshot_requested(os.environ if environ is None else environ)
     report.say(telegram_state(settings))
     check_port(settings.host, settings.port)
-    check_database(settings.db_path, report)
+    check_database(
+        settings.db_path,
+        report,
+        before_migration=lambda version: pre_migration_snapshot(
+            settings, version, report, skip=skip
+        ),
+    )
     tasks_db = settings.tasks_db_path
     if tasks_db.exists() and tasks_db.stat().st_size > 0:
         _check_header(tasks_db)
@@ -256,9 +370,22 @@ def run_preflight(settings: Settings) -> Report:
     return report
 
 
+def already_running(settings: Settings) -> str | None:
+    """ "Vigil is already running (pid N, started from DIR)" while a supervisor holds the lock."""
+    pid = running_supervisor(settings.data_dir)
+    if pid is None:
+        return None
+    return f"Vigil is already running (pid {pid}, started from {started_from(pid)})"
+
+
 def release_locks(settings: Settings) -> list[str]:
-    """After every process is gone: checkpoint so no stale ``-wal`` stays behind."""
-    done = []
+    """After every process is gone: checkpoint so no stale ``-wal`` stays behind.
+
+    Nothing is touched while a supervisor holds the lock: its database is live.
+    """
+    done: list[str] = []
+    if running_supervisor(settings.data_dir) is not None:
+        return done
     for path in (settings.db_path, settings.tasks_db_path):
         guard_stale_wal(path)
         if not Path(f"{path}-wal").exists():
@@ -288,13 +415,35 @@ def register(cli: typer.Typer, settings_or_exit: Callable[[], Settings]) -> None
         if unwritable:
             typer.echo(f"vigil: error: {unwritable}", err=True)
             raise typer.Exit(EXIT_CONFIG)
-        try:
-            report = run_preflight(settings)
-        except PreflightError as exc:
-            typer.echo(f"vigil: error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
+        # Held for the whole check, so no supervisor starts on a database being
+        # recovered or migrated; a held lock is a live Vigil: nothing is touched.
+        with exclusive_lock(settings.data_dir / SUPERVISOR_LOCK_NAME) as free:
+            if not free:
+                running = already_running(settings) or (
+                    "Vigil is already running (its supervisor holds the lock)"
+                )
+                typer.echo(f"vigil: error: {running}; nothing was checked or changed", err=True)
+                raise typer.Exit(EXIT_FAILED)
+            try:
+                report = run_preflight(settings)
+            except PreflightError as exc:
+                typer.echo(f"vigil: error: {exc}", err=True)
+                raise typer.Exit(exc.exit_code) from None
         for line in report.lines:
             typer.echo(f"vigil: {line}")
+
+    @cli.command("supervisor-pid", hidden=True)
+    def supervisor_pid() -> None:
+        """The live supervisor of this data directory: "PID<tab>DIR"; exit 1 when none.
+
+        Judged by the supervisor's lock (data/supervisor.json.lock), never by a
+        PID file or a command line.
+        """
+        settings = settings_or_exit()
+        pid = running_supervisor(settings.data_dir)
+        if pid is None:
+            raise typer.Exit(1)
+        typer.echo(f"{pid}\t{started_from(pid)}")
 
     @cli.command("release-locks", hidden=True)
     def release() -> None:

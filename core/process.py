@@ -49,3 +49,83 @@ def server_pid(pid_file: Path) -> int | None:
         if b"main.py" not in cmdline.read_bytes() and b"vigil" not in cmdline.read_bytes():
             return None
     return pid
+
+
+# The supervisor holds an exclusive ``flock`` on this file (in the data
+# directory) for as long as it lives; the kernel drops it on any exit,
+# kill -9 included. It is the one test of "is Vigil running here?": a PID
+# file or a command line only says what some process was or looks like.
+SUPERVISOR_LOCK_NAME = "supervisor.json.lock"
+PROC = Path("/proc")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def holds_flock(pid: int, path: Path, *, proc: Path = PROC) -> bool:
+    """Does process ``pid`` hold an ``flock`` on ``path`` (through one of its own fds)?
+
+    Read from ``/proc/<pid>/fd`` and ``fdinfo``: an fd on the file whose
+    ``lock:`` line names a granted FLOCK (a waiter's line has ``->``). Nothing
+    is locked or unlocked here. False for a process we may not inspect.
+    """
+    ident = _identity(path)
+    if ident is None:
+        return False
+    fd_dir = proc / str(pid) / "fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            st = os.stat(fd_dir / fd)
+            if (st.st_dev, st.st_ino) != ident:
+                continue
+            info = (proc / str(pid) / "fdinfo" / fd).read_text()
+        except OSError:
+            continue
+        for line in info.splitlines():
+            words = line.split()
+            if words[:1] == ["lock:"] and "FLOCK" in words and "->" not in words:
+                return True
+    return False
+
+
+def flock_holder(path: Path, *, proc: Path = PROC) -> int | None:
+    """The PID of the process holding an ``flock`` on ``path``, if we can see it."""
+    try:
+        entries = os.listdir(proc)
+    except OSError:
+        return None
+    for name in entries:
+        if name.isdigit() and int(name) != os.getpid() and holds_flock(int(name), path, proc=proc):
+            return int(name)
+    return None
+
+
+def running_supervisor(data_dir: Path) -> int | None:
+    """The PID of the live supervisor of ``data_dir`` (it holds the lock), else None.
+
+    Only looked at, never locked: taking the lock even for an instant could
+    make a supervisor starting at that moment give up.
+    """
+    return flock_holder(data_dir / SUPERVISOR_LOCK_NAME)
+
+
+def started_from(pid: int, *, proc: Path = PROC) -> str:
+    """The working directory of ``pid`` (the checkout it was started from), or "?"."""
+    try:
+        return os.readlink(proc / str(pid) / "cwd")
+    except OSError:
+        return "?"
+
+
+def is_supervised_by(parent: int, data_dir: Path) -> bool:
+    """Is ``parent`` Vigil's supervisor for ``data_dir`` (does it hold the lock)?"""
+    return parent > 1 and holds_flock(parent, data_dir / SUPERVISOR_LOCK_NAME)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psutil
 
-from core.process import read_pid_file
+from core.process import is_supervised_by
 from core.rss import rss_bytes
 from monitoring.limits import (
     CGROUP_ROOT,
@@ -43,12 +43,17 @@ from monitoring.snapshot import History, ResourceSnapshot
 log = logging.getLogger(__name__)
 
 
-def vigil_root_pid(own_pid: int, pid_file: Path | None) -> int:
-    """The supervisor's pid when it is our parent (the PID file says so), else ours."""
-    supervisor = None if pid_file is None else read_pid_file(pid_file)
-    if supervisor is None:
+def vigil_root_pid(own_pid: int, data_dir: Path | None) -> int:
+    """Our parent's pid when it is Vigil's supervisor, else ours.
+
+    The parent is the supervisor when it holds the supervisor lock of
+    ``data_dir``: true under start.sh and under systemd (``main.py supervise``
+    with no PID file) alike, and never for a shell or a test runner.
+    """
+    parent = os.getppid()
+    if data_dir is None or parent == own_pid:
         return own_pid
-    return supervisor if supervisor == os.getppid() and supervisor != own_pid else own_pid
+    return parent if is_supervised_by(parent, data_dir) else own_pid
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,7 @@ def build_monitoring(
         memory_limit_mb=settings.governor_memory_limit_mb,
         data_dir=settings.data_dir,
         history_len=int(settings.governor_history_s / settings.governor_sample_interval_s) + 1,
-        root_pid=vigil_root_pid(os.getpid(), settings.pid_file),
+        root_pid=vigil_root_pid(os.getpid(), settings.data_dir),
         sessions=effects.active_sessions,
         cached=effects.cached_sessions,
         in_flight=effects.in_flight,

@@ -61,14 +61,28 @@ load_env() {
     eval "$out"
 }
 
-# pid_alive PID: is PID a running Vigil process of this installation?
-# (its command line runs main.py and its working directory is this checkout,
-# so a recycled PID or another installation's Vigil never matches)
-pid_alive() {
-    local pid="$1"
-    is_running "$pid" || return 1
-    tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "main.py" || return 1
-    [ "$(readlink "/proc/$pid/cwd" 2>/dev/null)" = "$VIGIL_ROOT" ] || return 1
+# supervisor_running: is a supervisor of this data directory alive? Judged by the lock it
+# holds (data/supervisor.json.lock), never by a command line or a PID file. Sets
+# SUPERVISOR_PID and SUPERVISOR_DIR (the directory it was started from); returns 1 when
+# none runs, and stops the script when that cannot be told.
+supervisor_running() {
+    local out rc=0
+    out="$("$PY" main.py supervisor-pid)" || rc=$?
+    SUPERVISOR_PID="" SUPERVISOR_DIR=""
+    case "$rc" in
+        0) SUPERVISOR_PID="${out%%$'\t'*}" SUPERVISOR_DIR="${out#*$'\t'}" ;;
+        1) return 1 ;;
+        *) die "cannot tell whether Vigil runs for $VIGIL_DATA_DIR (see above)" ;;
+    esac
+}
+
+# stop_hint PID: how to stop the supervisor PID (start.sh's PID file names it, or not).
+stop_hint() {
+    if [ "$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)" = "$1" ]; then
+        echo "stop it with scripts/stop.sh first"
+    else
+        echo "it was not started by scripts/start.sh (systemd? then: systemctl stop vigil; else: kill -TERM $1)"
+    fi
 }
 
 # is_running PID: exists and is not a zombie (an unreaped exit still answers kill -0).

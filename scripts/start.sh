@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Start Vigil in the background (docs/operations.md, "Start-up"):
-#  1. refuse if already running (PID file + process check; a stale PID file is removed)
-#  2. report the Telegram auth state
-#  3. recover database locks (stale -wal/-shm folded back by opening + checkpointing)
-#  4. quick integrity check (a corrupt or empty (0-byte) database is refused, never replaced)
-#  5. create or migrate the schema
+#  1. refuse if already running (a supervisor holds data/supervisor.json.lock: then nothing
+#     is touched); otherwise a PID file left behind is stale and removed
+#  2-5. scripts/prepare.sh (also systemd's ExecStartPre): the Telegram auth state, the
+#     port, database locks recovered (stale -wal/-shm folded back), a quick integrity
+#     check (a corrupt or empty (0-byte) database is refused, never replaced), then the
+#     schema created or migrated, after a verified pre-migration snapshot
 #  6. start the supervisor (server + Huey worker) detached from the terminal
 #  7. wait for /health, print the outcome, URLs and log locations
 # Environment: VIGIL_* settings (docs/configuration.md), VIGIL_START_TIMEOUT (s, default 30),
-# VIGIL_VENV (use an existing virtualenv as is).
+# VIGIL_VENV (use an existing virtualenv as is), VIGIL_MIGRATE_WITHOUT_SNAPSHOT (1: migrate
+# without the pre-migration snapshot, for one run).
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
 ensure_venv requirements.txt
@@ -20,25 +22,31 @@ load_env
 lock_scripts
 flock -n 9 || die "another start.sh or stop.sh is running for $VIGIL_DATA_DIR"
 
-# 1. already running?
+# 1. already running? Judged by the supervisor's lock (data/supervisor.json.lock,
+# held for the supervisor's whole life), never by a PID file or a command line:
+# another checkout or a systemd unit on this data directory counts too, and
+# then nothing here is touched (no PID file removed, no WAL recovered, no migration).
+if supervisor_running; then
+    die "Vigil is already running (pid $SUPERVISOR_PID, started from $SUPERVISOR_DIR); $(stop_hint "$SUPERVISOR_PID")"
+fi
 if [ -f "$VIGIL_PID_FILE" ]; then
     old="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"
-    if pid_alive "$old"; then
-        die "Vigil is already running (pid $old, $VIGIL_URL); run scripts/stop.sh first"
+    # The supervisor died hard (kill -9) but its children kept its process group.
+    # (Only while the group leader is gone: a PID in use is never a recycled group.)
+    if ! is_running "$old"; then
+        leftovers="$(group_pids "$old")"
+        if [ -n "$leftovers" ]; then
+            die "processes of a previous Vigil still run (pid $(echo $leftovers), supervisor $old gone); run scripts/stop.sh first"
+        fi
     fi
-    leftovers=""
-    for p in $(group_pids "$old"); do pid_alive "$p" && leftovers="$leftovers $p"; done
-    if [ -n "$leftovers" ]; then
-        die "processes of a previous Vigil still run (pid$leftovers, supervisor $old gone); run scripts/stop.sh first"
-    fi
-    say "removing stale PID file (pid ${old:-?} is not a running Vigil)"
+    say "removing stale PID file (pid ${old:-?}: no supervisor holds the lock of $VIGIL_DATA_DIR)"
     rm -f "$VIGIL_PID_FILE"
 fi
 
-# 2-5. pre-flight: telegram state, stale locks, integrity, schema
-if ! "$PY" main.py preflight; then
-    die "pre-flight checks failed (see above); Vigil was not started"
-fi
+# 2-5. the preparation systemd runs too (scripts/prepare.sh): venv, pre-flight
+# (telegram state, port, stale locks, integrity), a verified snapshot before a
+# schema migration, the migration
+bash "$VIGIL_ROOT/scripts/prepare.sh" || exit $?
 
 # 6. the supervisor, in its own session (no terminal, its own process group)
 say "starting Vigil (supervisor: server + worker), listening on $VIGIL_LISTEN"

@@ -5,7 +5,7 @@
 #  2. bounded wait (grace + VIGIL_SUPERVISOR_STOP_TIMEOUT_S + 5 s, or VIGIL_STOP_TIMEOUT)
 #  3. SIGKILL after the timeout
 #  4. clean up orphans of this installation only: its PID file's process group
-#     (never by process name)
+#     (never by process name); running or not is judged by the supervisor's lock
 #  5. release database locks (checkpoint a WAL left behind), remove the PID file
 # Idempotent: safe when nothing runs.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
@@ -17,15 +17,23 @@ lock_scripts
 flock -w 5 9 || die "another start.sh or stop.sh is running for $VIGIL_DATA_DIR"
 
 pid="$(cat "$VIGIL_PID_FILE" 2>/dev/null || true)"
-if [ -z "$pid" ]; then
+# Running or not is judged by the supervisor's lock (data/supervisor.json.lock),
+# never by a command line: a Vigil started from another checkout on this data
+# directory is stopped too, and one this PID file does not name is left alone.
+supervisor_running || true
+if [ -n "$SUPERVISOR_PID" ] && [ "$SUPERVISOR_PID" != "$pid" ]; then
+    die "Vigil runs (pid $SUPERVISOR_PID, started from $SUPERVISOR_DIR) but ${pid:+the PID file names pid $pid, }$(stop_hint "$SUPERVISOR_PID")"
+elif [ -z "$pid" ]; then
     say "not running (no PID file)"
-elif ! pid_alive "$pid"; then
+elif [ -z "$SUPERVISOR_PID" ]; then
     say "not running (stale PID file for pid $pid)"
-    leftovers="$(group_pids "$pid")"
+    # The supervisor died hard; its children kept its process group (only while
+    # the group leader is gone: a PID in use is never a recycled group).
+    leftovers=""
+    is_running "$pid" || leftovers="$(group_pids "$pid")"
     if [ -n "$leftovers" ]; then
-        # The supervisor died hard; its children kept its process group.
         say "killing orphaned processes of this installation: $(echo $leftovers)"
-        for p in $leftovers; do pid_alive "$p" && kill -KILL "$p" 2>/dev/null || true; done
+        for p in $leftovers; do kill -KILL "$p" 2>/dev/null || true; done
     fi
 else
     timeout="${VIGIL_STOP_TIMEOUT:-$("$PY" main.py stop-wait)}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,3 +71,58 @@ def test_a_recycled_pid_of_another_program_is_not_a_server(tmp_path: Path) -> No
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_supervisor_lock_name_is_the_one_the_supervisor_takes() -> None:
+    from core.process import SUPERVISOR_LOCK_NAME
+    from core.restarts import SUPERVISOR_LOCK
+
+    assert SUPERVISOR_LOCK_NAME == SUPERVISOR_LOCK
+
+
+_HOLD = (
+    "import fcntl, os, sys, time; "
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600); "
+    "sys.argv[2] == 'lock' and fcntl.flock(fd, fcntl.LOCK_EX); "
+    "print('up', flush=True); time.sleep(60)"
+)
+
+
+@pytest.fixture
+def holder(tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(mode: str) -> subprocess.Popen[bytes]:
+        lock = tmp_path / "data" / "supervisor.json.lock"
+        lock.parent.mkdir(exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _HOLD, str(lock), mode], stdout=subprocess.PIPE
+        )
+        assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+
+
+def test_the_running_supervisor_is_the_lock_holder_not_a_pid_file(
+    tmp_path: Path, holder: Callable[[str], subprocess.Popen[bytes]]
+) -> None:
+    from core.process import holds_flock, is_supervised_by, running_supervisor, started_from
+
+    data = tmp_path / "data"
+    assert running_supervisor(data) is None  # no directory, no lock file
+    opener = holder("open")  # has the file open, holds no lock
+    assert running_supervisor(data) is None
+    assert not holds_flock(opener.pid, data / "supervisor.json.lock")
+    locker = holder("lock")
+    assert running_supervisor(data) == locker.pid
+    assert is_supervised_by(locker.pid, data) and not is_supervised_by(opener.pid, data)
+    assert started_from(locker.pid) == os.getcwd()
+    locker.kill()
+    locker.wait()
+    assert running_supervisor(data) is None  # the kernel dropped it with the process
+    assert started_from(locker.pid) == "?"

@@ -59,15 +59,41 @@ def test_a_child_that_exits_leaves_the_tree() -> None:
     assert tree.sample().processes == 1
 
 
-def test_root_pid_is_the_supervisor_only_when_it_is_our_parent(tmp_path: Path) -> None:
-    pid_file = tmp_path / "vigil.pid"
-    assert vigil_root_pid(os.getpid(), pid_file) == os.getpid()  # no file
-    pid_file.write_text(f"{os.getppid()}\n")
-    assert vigil_root_pid(os.getpid(), pid_file) == os.getppid()
-    pid_file.write_text("1\n")
-    assert vigil_root_pid(os.getpid(), pid_file) == (1 if os.getppid() == 1 else os.getpid())
-    pid_file.write_text("garbage")
-    assert vigil_root_pid(os.getpid(), pid_file) == os.getpid()
+_CHILD_ROOT = (
+    "import os, sys; from pathlib import Path; "
+    "from monitoring.resources import vigil_root_pid; "
+    "print(vigil_root_pid(os.getpid(), Path(sys.argv[1])), os.getppid(), flush=True)"
+)
+_PARENT = (
+    "import fcntl, os, subprocess, sys; from pathlib import Path; "
+    "lock = Path(sys.argv[1]) / 'supervisor.json.lock'; "
+    "fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600); "
+    "sys.argv[2] == 'lock' and fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); "
+    "subprocess.run([sys.executable, '-c', sys.argv[3], sys.argv[1]], check=True)"
+)
+
+
+def _root_seen_by_child(data_dir: Path, mode: str) -> tuple[int, int]:
+    """(vigil_root_pid, parent pid) as a child of a parent that holds the lock or not."""
+    out = subprocess.run(
+        [sys.executable, "-c", _PARENT, str(data_dir), mode, _CHILD_ROOT],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_root_pid_is_the_parent_only_when_it_holds_the_supervisor_lock(tmp_path: Path) -> None:
+    root, parent = _root_seen_by_child(tmp_path, "lock")
+    assert root == parent  # the supervisor: no PID file needed
+    root, parent = _root_seen_by_child(tmp_path, "nolock")
+    assert root != parent  # a shell, a test runner: only the process itself
+    # A PID file naming the parent proves nothing.
+    (tmp_path / "vigil.pid").write_text(f"{os.getppid()}\n")
+    assert vigil_root_pid(os.getpid(), tmp_path) == os.getpid()
+    assert vigil_root_pid(os.getpid(), None) == os.getpid()
 
 
 def test_history_since_and_downsample() -> None:
