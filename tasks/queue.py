@@ -35,8 +35,8 @@ from core.maintenance import (
     record_queued,
     record_running,
 )
-from tasks.jobs import JOBS, Job
 from core.schedule import resolve_schedule
+from tasks.jobs import JOBS, Job
 
 log = logging.getLogger(__name__)
 

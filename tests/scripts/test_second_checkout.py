@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from core.database import connect_sync
-from tasks.schedule import DEFAULT_SCHEDULE
+from core.schedule import DEFAULT_SCHEDULE
 from tests.fake_llm import free_port
 from tests.processes import wait_for
 from tests.scripts import test_start_stop as start_stop

@@ -19,8 +19,8 @@ import pytest
 
 from core.config import Settings
 from core.database import connect_sync
-from tasks.queue import build_queue
 from core.schedule import DEFAULT_SCHEDULE
+from tasks.queue import build_queue
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url, free_port
 from tests.operator_cli import MAIN, cli_env, fill, rows
