@@ -250,10 +250,12 @@ def _register_operator_commands() -> None:
     # issue 6: `worker` (Huey consumer) and the operator CLI (status, backup, restore, ...).
     from core.cli import register as register_operator
     from tasks.queue import queue_depth
+    from tasks.run import register_ops_data
     from tasks.worker import register as register_worker
 
     register_worker(cli)
     register_operator(cli, queue_depth=queue_depth)
+    register_ops_data(cli)  # db, delete, run
 
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):
