@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import threading
 import uuid
 from collections.abc import Callable
@@ -427,3 +428,19 @@ def test_turns_wait_for_a_long_maintenance_on_the_writer(server: LiveServer, big
     assert set(turns.statuses) == {200}, turns.statuses
     stored = rows(big.db_path, "SELECT count(*) FROM messages WHERE chat_id LIKE 'local:busy%'")
     assert stored[0][0] == 2 * len(turns.statuses)
+
+
+def test_a_server_that_runs_but_does_not_answer_is_refused(
+    filled: Settings, fake_server_process: subprocess.Popen[bytes]
+) -> None:
+    filled.pid_file.write_text(f"{fake_server_process.pid}\n")
+    before = rows(filled.db_path, "SELECT count(*) FROM messages")[0][0]
+    for args in (["db", "vacuum"], ["delete", "--chat", "c0", "--confirm"]):
+        result = invoke(filled, *args)
+        assert result.exit_code == 1
+        assert result.stderr.strip() == (
+            f"vigil: the server (pid {fake_server_process.pid}) runs but does not answer "
+            f"{filled.base_url}/health/live; try again when it answers, or stop it first "
+            "(scripts/stop.sh)"
+        )
+    assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == before
