@@ -60,24 +60,27 @@ class DeleteIn(BaseModel):
 async def delete(runtime: RuntimeDep, body: DeleteIn) -> dict[str, Any]:
     db = runtime.db
     data_dir = runtime.settings.data_dir
-    if not body.confirm:
-        plan = await db.run_exclusive(
-            lambda conn: dbops.plan_deletion(conn, body.scope, body.target, data_dir=data_dir)
-        )
-        return {"dry_run": True, **plan.to_dict()}
-    result: dict[str, Any] = await db.run_exclusive(
-        lambda conn: dbops.delete_data(
-            conn,
-            body.scope,
-            body.target,
-            data_dir=data_dir,
-            db_path=db.path,
-            by=body.by,
-            vacuum=body.vacuum,
-        )
+    plan = await db.run_exclusive(
+        lambda conn: dbops.plan_deletion(conn, body.scope, body.target, data_dir=data_dir)
     )
-    for chat in result["affected"]:
-        runtime.memory.evict(chat)  # the cached window still holds the turns
+    if not body.confirm:
+        return {"dry_run": True, **plan.to_dict()}
+    # A turn running in one of these chats would store its reply after the
+    # deletion: wait for it (new turns there wait for the deletion).
+    async with runtime.chat.quiet(plan.affected):
+        result: dict[str, Any] = await db.run_exclusive(
+            lambda conn: dbops.delete_data(
+                conn,
+                body.scope,
+                body.target,
+                data_dir=data_dir,
+                db_path=db.path,
+                by=body.by,
+                vacuum=body.vacuum,
+            )
+        )
+        for chat in result["affected"]:
+            runtime.memory.evict(chat)  # the cached window still holds the turns
     log.info(
         "deleted the data of %s %s: %d message(s), %d file(s) (by %s)",
         body.scope,

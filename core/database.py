@@ -544,8 +544,8 @@ class Database:
 
             try:
                 result = await self._on_thread(alone)
-            except sqlite3.Error as exc:
-                raise self._failed(exc, "maintenance failed") from exc
+            except sqlite3.Error as exc:  # the operator's command failed, not the chat writes
+                raise translate(exc, "maintenance failed") from exc
             self._refuse_if_replaced()
             self._since_checkpoint = 0
         return result

@@ -20,6 +20,7 @@ from core import dbops
 from core.config import Settings
 from core.runtime import Runtime
 from tests.conftest import LiveServer
+from tests.fake_llm import FakeLLM
 from tests.operator_cli import fill, invoke, rows, run_cli
 
 
@@ -444,3 +445,34 @@ def test_a_server_that_runs_but_does_not_answer_is_refused(
             "(scripts/stop.sh)"
         )
     assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == before
+
+
+@pytest.mark.slow
+def test_delete_waits_for_the_turn_running_in_that_chat(
+    settings: Settings, live_server_factory: Callable[..., LiveServer], fake_llm: FakeLLM
+) -> None:
+    """Else the reply being written would be stored after the deletion."""
+    import time
+
+    fake_llm.reply = "one two three four five six seven eight"
+    fake_llm.token_delay_s = 1.0
+    server = live_server_factory(settings)
+    statuses: list[int] = []
+    turn = threading.Thread(
+        target=lambda: statuses.append(server.chat("slow", "a long answer please").status_code)
+    )
+    turn.start()
+    deadline = time.monotonic() + 20
+    while not rows(settings.db_path, "SELECT 1 FROM messages WHERE chat_id = 'local:slow'"):
+        assert time.monotonic() < deadline, "the user turn was never stored"
+        time.sleep(0.02)
+    done = run_cli(settings, "delete", "--chat", "slow", "--confirm", "--json")
+    turn.join(30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["messages"] == 2  # the user turn and the whole reply
+    assert statuses == [200]
+    assert (
+        rows(settings.db_path, "SELECT count(*) FROM messages WHERE chat_id = 'local:slow'")[0][0]
+        == 0
+    )
+    assert rows(settings.db_path, "SELECT count(*) FROM chats WHERE id = 'local:slow'")[0][0] == 0
