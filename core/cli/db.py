@@ -127,7 +127,8 @@ def run_with_progress(
 
 
 def _wal_progress(db_path: Path) -> Callable[[], tuple[int, int]] | None:
-    """VACUUM writes every live page into the WAL: its growth is the progress."""
+    """VACUUM first builds a copy in the temp directory (a pulse: nothing to measure),
+    then writes every live page into the WAL: its growth is the progress."""
     try:
         conn = connect_sync(db_path, readonly=True)
         try:
@@ -145,7 +146,10 @@ def _wal_progress(db_path: Path) -> Callable[[], tuple[int, int]] | None:
             size = wal.stat().st_size
         except OSError:
             size = 0
-        return (max(0, size - start) if size >= start else total), total
+        if size < start:  # a checkpoint emptied it: the copy is done
+            return total, total
+        grown = size - start
+        return (grown, total) if grown > 0 else (0, 0)
 
     return measure
 

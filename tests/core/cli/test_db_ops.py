@@ -8,6 +8,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from core.config import Settings
 from core.runtime import Runtime
 from tests.conftest import LiveServer
 from tests.fake_llm import FakeLLM
-from tests.operator_cli import fill, invoke, rows, run_cli
+from tests.operator_cli import MAIN, cli_env, fill, invoke, rows, run_cli
 
 
 def _json(result: Any) -> dict[str, Any]:
@@ -476,3 +477,34 @@ def test_delete_waits_for_the_turn_running_in_that_chat(
         == 0
     )
     assert rows(settings.db_path, "SELECT count(*) FROM chats WHERE id = 'local:slow'")[0][0] == 0
+
+
+@pytest.mark.slow
+def test_run_backup_waits_for_the_workers_heavy_task(filled: Settings) -> None:
+    """A manual backup never overlaps a scheduled backup or vacuum (the worker's lock)."""
+    import time
+
+    from tasks.queue import HEAVY_LOCK, create_huey
+
+    lock = create_huey(filled).lock_task(HEAVY_LOCK)
+    lock.acquire()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(MAIN), "run", "backup", "--json"],
+            env=cli_env(filled),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        assert proc.stderr.readline().strip() == (
+            "waiting for the running backup or vacuum to finish..."
+        )
+        time.sleep(1)
+        assert proc.poll() is None  # still waiting
+        assert not rows(filled.db_path, "SELECT 1 FROM server_tasks WHERE name = 'backup'")
+    finally:
+        lock.release()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["result"]["messages"] == 300
