@@ -508,3 +508,28 @@ def test_run_backup_waits_for_the_workers_heavy_task(filled: Settings) -> None:
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert json.loads(out)["result"]["messages"] == 300
+
+
+@pytest.mark.slow
+def test_checkpoint_held_back_by_a_reader(filled: Settings) -> None:
+    """TRUNCATE waits for a reader's old snapshot, then says so; PASSIVE never waits."""
+    reader = sqlite3.connect(filled.db_path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM messages").fetchone()  # holds this snapshot
+    fill(filled.db_path, 50)  # new pages in the WAL, after the reader's snapshot
+    try:
+        passive = invoke(filled, "db", "checkpoint", "--mode", "passive", "--json")
+        assert passive.exit_code == 0, passive.output
+        done = json.loads(passive.stdout)["checkpoint"]
+        assert done["checkpointed"] < done["wal_pages"]  # only up to the reader's snapshot
+        truncate = invoke(filled, "db", "checkpoint")
+        assert truncate.exit_code == 1
+        assert "busy (a reader or writer held it back)" in truncate.stdout
+        assert truncate.stderr.strip() == (
+            "vigil: the checkpoint was held back by a reader or writer; run it again later"
+        )
+    finally:
+        reader.execute("COMMIT")
+        reader.close()
+    again = _json(invoke(filled, "db", "checkpoint", "--json"))
+    assert again["checkpoint"]["busy"] == 0 and again["after"]["wal_bytes"] == 0
