@@ -190,6 +190,10 @@ def chat_id_of(target: str) -> str:
     target = target.strip()
     if not target or len(target) > 200 or any(ch in target for ch in "\x00\n\r"):
         raise BadRequest(f"not a chat id: {target[:80]!r}")
+    try:
+        target.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (bytes that were not UTF-8)
+        raise BadRequest(f"not a chat id: {target[:80]!r} is not valid UTF-8") from None
     return target if ":" in target else LOCAL_PREFIX + target
 
 

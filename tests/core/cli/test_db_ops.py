@@ -157,6 +157,9 @@ def test_delete_of_an_unknown_chat_or_a_bad_user_id(filled: Settings) -> None:
     result = invoke(filled, "delete", "--user", "@alice")
     assert result.exit_code == 2
     assert "--user takes a Telegram user id" in result.stderr
+    result = invoke(filled, "delete", "--chat", "caf\udcff")  # argv bytes that were not UTF-8
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "vigil: not a chat id: 'caf\\udcff' is not valid UTF-8"
 
 
 # --- "no trace": a unique marker everywhere, then searched for in every file -------------
@@ -329,6 +332,18 @@ def test_admin_db_endpoint_needs_the_token_and_a_known_operation(server: LiveSer
     )
     bad_mode = server.client.post("/admin/db/checkpoint", params={"mode": "x"})
     assert bad_mode.status_code == 400
+    for body, status in (
+        (b'{"scope": "chat", "target": "x\\ud800"}', 422),  # a lone surrogate in JSON
+        (b'{"scope": "everything", "target": "x"}', 422),
+        (b'{"scope": "user", "target": "bob"}', 400),
+    ):
+        answer = server.client.post(
+            "/admin/delete", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == status, answer.text
+        assert answer.json()["error"]["message"]
+    dry = server.client.post("/admin/delete", json={"scope": "chat", "target": "c0"})
+    assert dry.status_code == 200 and dry.json()["dry_run"] is True
 
 
 @pytest.mark.slow
