@@ -263,14 +263,17 @@ _register_modules()
 
 
 def _register_operator_commands() -> None:
-    # issue 6: `worker` (Huey consumer) and the operator CLI (status, backup, restore, ...).
+    # `worker` (Huey consumer) and the operator CLI (status, backup, restore, ...).
     from core.cli import register as register_operator
+    from core.cli.maintenance import register as register_maintenance
     from tasks.queue import queue_depth
+    from tasks.run import register_ops_data
     from tasks.worker import register as register_worker
 
     register_worker(cli)
     register_operator(cli, queue_depth=queue_depth)
-    __import__("core.cli.maintenance", fromlist=["register"]).register(cli)
+    register_maintenance(cli)  # maintenance, announce
+    register_ops_data(cli)  # db, delete, run
 
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):

@@ -207,6 +207,9 @@ def create_app(
     from monitoring.routes import router as monitoring_router
 
     app.include_router(monitoring_router)
+    from core.admin_routes import router as admin_router  # db maintenance, data deletion
+
+    app.include_router(admin_router)
     return app
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from core.admission import AdjustableLimiter, Admission
@@ -146,6 +146,18 @@ class ChatService:
             slot.users -= 1
             if slot.users == 0:
                 self._slots.pop(chat_id, None)
+
+    @contextlib.asynccontextmanager
+    async def quiet(self, chat_ids: Iterable[str]) -> AsyncIterator[None]:
+        """No turn runs in these chats meanwhile (their turn locks, taken in order).
+
+        For work that must not interleave with a turn (a data deletion): it
+        waits for the running turns to finish; new ones wait for it.
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            for chat_id in sorted(set(chat_ids)):
+                await stack.enter_async_context(self._chat_lock(chat_id))
+            yield
 
     async def reset(self, chat_id: str) -> int:
         """Forget a chat's context once any turn running in it has finished."""

@@ -17,7 +17,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -518,6 +518,39 @@ class Database:
     async def ping(self) -> None:
         """A cheap liveness query for health checks."""
         await self.scalar("SELECT count(*) FROM sqlite_master")
+
+    async def run_exclusive(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``fn(writer)`` alone: under the write lock, on the db thread, full busy timeout.
+
+        For long operator work (VACUUM, a data deletion): every other write of
+        this process waits for the lock instead of failing, and the event loop
+        stays free. ``fn`` may BEGIN and COMMIT its own transactions but must
+        leave none open (``WriterStateError`` otherwise, after a rollback).
+        """
+        async with self._write_lock:
+            writer = self._require_writer()
+
+            def alone() -> Any:
+                try:
+                    result = fn(writer)
+                finally:
+                    if writer.in_transaction:  # fn's own transaction: never someone else's
+                        with contextlib.suppress(sqlite3.Error):
+                            run_to_completion(writer, "ROLLBACK")
+                        left_open = True
+                    else:
+                        left_open = False
+                if left_open:
+                    raise WriterStateError("maintenance work left a transaction open")
+                return result
+
+            try:
+                result = await self._on_thread(alone)
+            except sqlite3.Error as exc:  # the operator's command failed, not the chat writes
+                raise translate(exc, "maintenance failed") from exc
+            self._refuse_if_replaced()
+            self._since_checkpoint = 0
+        return result
 
     async def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         """``PRAGMA wal_checkpoint(mode)`` on a thread; (busy, log, checkpointed)."""

@@ -211,7 +211,14 @@ def vacuum_if_worthwhile(
         log.warning("VACUUM skipped: not enough free disk (%s)", result["vacuum"])
     else:
         started = time.monotonic()
-        conn.execute("VACUUM")
+        # The transient copy on disk, not in this process's memory (temp_store=MEMORY
+        # from the pragmas would grow the worker by the database's size).
+        store = int(conn.execute("PRAGMA temp_store").fetchone()[0])
+        conn.execute("PRAGMA temp_store=FILE")
+        try:
+            conn.execute("VACUUM")
+        finally:
+            conn.execute(f"PRAGMA temp_store={store}")
         result["vacuum"] = "done"
         result["duration_s"] = round(time.monotonic() - started, 3)
         result["db_bytes_after"] = db_path.stat().st_size
