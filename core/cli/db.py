@@ -37,7 +37,7 @@ from core.cli.views import server_answers
 from core.config import Settings
 from core.database import connect_sync
 from core.errors import BadRequest
-from core.process import server_pid
+from core.process import running_supervisor, server_pid
 
 app = typer.Typer(
     help="Database maintenance: vacuum, analyze, reindex, checkpoint (safe while Vigil runs).",
@@ -64,11 +64,14 @@ def server_mode(settings: Settings) -> bool:
     """True: ask the running server. False: the server is stopped, work directly."""
     if server_answers(settings):
         return True
-    pid = server_pid(settings.pid_file)
+    # A supervisor holding its lock (systemd: no PID file) restarts the server
+    # at any moment: working beside it would race its writer.
+    pid = server_pid(settings.pid_file) or running_supervisor(settings.data_dir)
     if pid is not None:
         fail(
-            f"the server (pid {pid}) runs but does not answer {settings.base_url}/health/live; "
-            "try again when it answers, or stop it first (scripts/stop.sh)"
+            f"Vigil (pid {pid}) runs but its server does not answer "
+            f"{settings.base_url}/health/live; try again when it answers, or stop it first "
+            "(scripts/stop.sh)"
         )
     return False
 

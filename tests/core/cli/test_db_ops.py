@@ -456,11 +456,36 @@ def test_a_server_that_runs_but_does_not_answer_is_refused(
         result = invoke(filled, *args)
         assert result.exit_code == 1
         assert result.stderr.strip() == (
-            f"vigil: the server (pid {fake_server_process.pid}) runs but does not answer "
+            f"vigil: Vigil (pid {fake_server_process.pid}) runs but its server does not answer "
             f"{filled.base_url}/health/live; try again when it answers, or stop it first "
             "(scripts/stop.sh)"
         )
     assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == before
+
+
+def test_a_supervisor_without_a_pid_file_is_not_raced(filled: Settings) -> None:
+    """Under systemd there is no PID file: the supervisor's lock says Vigil runs."""
+    lock = filled.data_dir / "supervisor.json.lock"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        before = rows(filled.db_path, "SELECT count(*) FROM messages")[0][0]
+        result = invoke(filled, "db", "vacuum")
+        assert result.exit_code == 1
+        assert f"Vigil (pid {holder.pid}) runs but its server does not answer" in result.stderr
+        assert rows(filled.db_path, "SELECT count(*) FROM messages")[0][0] == before
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.slow
