@@ -200,21 +200,13 @@ def open_alerts(conn: sqlite3.Connection) -> dict[str, Any]:
 def maintenance_state(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
     """Maintenance mode: on while the ``maintenance`` row (id 1) exists and its ``until``
     has not passed (a window that has ended is off; the running server deletes its row)."""
-    row = conn.execute(
-        "SELECT reason, started_at, until, set_by FROM maintenance WHERE id = 1"
-    ).fetchone()
-    if row is None:
+    from core import maintenance_mode
+
+    window = maintenance_mode.read_sync(conn)
+    if window is None:
         return {"on": False}
-    until = row["until"]
-    ended = until is not None and until <= now
-    return {
-        "on": not ended,
-        "reason": row["reason"],
-        "started_at": row["started_at"],
-        "until": until,
-        "set_by": row["set_by"],
-        "ended": ended,
-    }
+    ended = window.is_over(now)
+    return {"on": not ended, **window.to_dict(), "ended": ended}
 
 
 def _backup_state(conn: sqlite3.Connection, settings: Settings, now: float) -> dict[str, Any]:
