@@ -313,7 +313,7 @@ def test_a_database_not_yet_migrated_says_so_and_shows_the_rest(tsettings: Setti
 def test_maintenance_is_on_until_its_window_ends(
     tsettings: Settings, until_offset: float | None, on: bool
 ) -> None:
-    until = None if until_offset is None else NOW + until_offset
+    until = None if until_offset is None else time.time() + until_offset
     tsettings.data_dir.mkdir(parents=True)
     conn = connect_sync(tsettings.db_path)
     migrate_sync(conn)
