@@ -27,6 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from core.backups.state import backup_period_s
 from core.counter_buffer import Key, Labels
 from core.errors import VigilError
 from core.metering import ERROR_KINDS
@@ -96,6 +97,7 @@ class ScrapeFacts:
     """What a scrape needs from the database and the files, read by ``prepare``."""
 
     backup_last_success: float | None = None
+    backup_period_s: float | None = None
     db_bytes: int = 0
     wal_bytes: int = 0
     names: dict[int, str] = field(default_factory=dict)
@@ -169,6 +171,7 @@ class VigilCollector(Collector):
             facts.backup_last_success = None if found is None else float(found)
         except (VigilError, sqlite3.Error):
             facts.backup_last_success = self.facts.backup_last_success
+        facts.backup_period_s = backup_period_s(rt.settings)
         path = rt.settings.db_path
         facts.db_bytes = _size(path)
         facts.wal_bytes = _size(path.with_name(path.name + "-wal"))
@@ -194,6 +197,12 @@ class VigilCollector(Collector):
                 "When the newest successful backup finished (unix time)",
                 facts.backup_last_success,
             )
+        if facts.backup_period_s is not None:
+            yield _gauge(
+                "vigil_backup_period_seconds",
+                "The longest gap between two scheduled backups (absent when backups are off)",
+                facts.backup_period_s,
+            )
         yield _gauge("vigil_db_size_bytes", "Size of system.db", facts.db_bytes)
         yield _gauge("vigil_wal_size_bytes", "Size of system.db-wal", facts.wal_bytes)
 
@@ -214,6 +223,11 @@ class VigilCollector(Collector):
         yield _gauge("vigil_llm_active", "LLM calls running", rt.limiter.active)
         yield _gauge("vigil_llm_queue", "Turns waiting for an LLM slot", rt.limiter.waiting)
         yield _gauge("vigil_throttled", "1 while new turns are throttled", rt.admission.throttled)
+        yield _gauge(
+            "vigil_maintenance_mode",
+            "1 while maintenance mode refuses new turns",
+            rt.admission.maintenance is not None,
+        )
         yield _gauge("vigil_draining", "1 while the server drains", rt.admission.draining)
         current = rt.telegram_state()
         yield _gauge(

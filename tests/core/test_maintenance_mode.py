@@ -110,12 +110,14 @@ def test_the_api_refuses_turns_with_503_while_monitoring_stays_up(
     assert health.json()["maintenance"]["reason"] == "database upgrade"
     for path in ("/health/live", "/metrics", "/resources/status", "/dashboard"):
         assert server.client.get(path).status_code == 200, path
+    assert "\nvigil_maintenance_mode 1.0\n" in server.client.get("/metrics").text
     history = server.client.get("/api/chats/notes/messages").json()["messages"]
     assert [m["content"] for m in history] == ["echo: before", "before"]  # nothing stored
 
     cli = run_cli(settings, "maintenance", "off")
     assert cli.returncode == 0 and "answers new turns again" in cli.stdout, cli
     assert server.chat("notes", "after").json()["reply"] == "echo: after"
+    assert "\nvigil_maintenance_mode 0.0\n" in server.client.get("/metrics").text
     assert server.runtime.pid == server.runtime.pid  # the same process all along
 
 

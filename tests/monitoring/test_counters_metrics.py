@@ -155,6 +155,8 @@ def test_new_gauges_are_exported(tmp_path: Path, live_server: LiveServer) -> Non
     # No successful backup yet: the series is absent (a rule alerts on absent()).
     assert ("vigil_backup_last_success_timestamp_seconds", ()) not in samples
     assert samples[("vigil_backup_failures_total", ())] == 0
+    assert samples[("vigil_backup_period_seconds", ())] == 3600  # the hourly default
+    assert samples[("vigil_maintenance_mode", ())] == 0
     states = {
         labels[0][1]: v for (name, labels), v in samples.items() if name == "vigil_telegram_state"
     }
@@ -170,6 +172,13 @@ def test_new_gauges_are_exported(tmp_path: Path, live_server: LiveServer) -> Non
     finally:
         conn.close()
     assert scrape(live_server)[("vigil_backup_last_success_timestamp_seconds", ())] == 1700000000
+
+
+def test_no_backup_period_while_backups_are_off(
+    settings: Settings, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    server = live_server_factory(settings.model_copy(update={"task_schedule": {"backup": "off"}}))
+    assert ("vigil_backup_period_seconds", ()) not in scrape(server)
 
 
 def test_process_memory_and_cpu_by_process(
