@@ -33,7 +33,7 @@ from core.cli.output import (
     require_db,
     show_table,
 )
-from core.cli.views import server_answers
+from core.cli.views import admin_token, server_answers
 from core.config import Settings
 from core.database import connect_sync
 from core.errors import BadRequest
@@ -45,13 +45,8 @@ app = typer.Typer(
 )
 
 
-def admin_token(settings: Settings) -> str:
-    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
-        return settings.admin_token.get_secret_value().strip()
-    try:
-        token = settings.admin_token_file.read_text(encoding="utf-8").strip()
-    except OSError:
-        token = ""
+def required_admin_token(settings: Settings) -> str:
+    token = admin_token(settings)
     if not token:
         fail(
             f"the server runs but no admin token is readable (VIGIL_ADMIN_TOKEN, or "
@@ -78,7 +73,7 @@ def server_mode(settings: Settings) -> bool:
 
 def admin_call(settings: Settings, path: str, **kwargs: Any) -> dict[str, Any]:
     """POST to an admin endpoint of the running server; one-line failure on any error."""
-    headers = {"Authorization": f"Bearer {admin_token(settings)}"}
+    headers = {"Authorization": f"Bearer {required_admin_token(settings)}"}
     try:
         response = httpx.post(
             settings.base_url + path,

@@ -28,7 +28,7 @@ from core.cli.output import (
     progress_bar,
     require_db,
 )
-from core.cli.views import server_answers
+from core.cli.views import admin_token, server_answers
 from core.config import Settings
 from core.database import connect_sync
 from core.errors import BadRequest
@@ -188,15 +188,6 @@ def off() -> None:
         f"{window.reason})"
     )
     _report_server(settings, on=False)
-
-
-def admin_token(settings: Settings) -> str | None:
-    if settings.admin_token is not None and settings.admin_token.get_secret_value():
-        return settings.admin_token.get_secret_value()
-    try:
-        return settings.admin_token_file.read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
 
 
 @guarded

@@ -28,6 +28,7 @@ import httpx
 
 from core.backups.backup import list_snapshots
 from core.cli.output import clip, fmt_age, fmt_bytes, fmt_time, show_table
+from core.cli.views import admin_token
 from core.config import Settings
 from core.database import connect_sync
 from core.maintenance import database_summary
@@ -59,16 +60,6 @@ def exit_text(code: int | None, sig: int | None = None) -> str | None:
         except ValueError:
             return f"signal {sig}"
     return None if code is None else f"exit {code}"
-
-
-def admin_token(settings: Settings) -> str | None:
-    """The token the server expects: configured, else the one it generated (never made here)."""
-    if settings.admin_token is not None and settings.admin_token.get_secret_value():
-        return settings.admin_token.get_secret_value()
-    try:
-        return settings.admin_token_file.read_text(encoding="utf-8").strip() or None
-    except OSError:
-        return None
 
 
 def _get_json(url: str, token: str | None = None, timeout: float = 2.0) -> Any:

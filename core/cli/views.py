@@ -29,6 +29,17 @@ def server_answers(settings: Settings) -> bool:
         return False
 
 
+def admin_token(settings: Settings) -> str | None:
+    """The token the running server expects: configured, else the one it generated
+    (``data/admin_token``; never made here). None when neither is readable."""
+    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
+        return settings.admin_token.get_secret_value().strip()
+    try:
+        return settings.admin_token_file.read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def render_snapshots(found: Sequence[Snapshot], states: dict[str, str]) -> None:
     columns = ["name", "created (UTC)", "kind", "size", "db size", "messages", "schema"]
     if states:
