@@ -10,6 +10,18 @@ import contextlib
 import os
 from pathlib import Path
 
+PROC = Path("/proc")
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file ``path`` leads to (symlinks followed); None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 # Exit code of a server that asks to be restarted (the governor, /restart/force,
 # a scheduled restart), and what the supervisor reads as "restart me, on
 # purpose": sysexits' EX_TEMPFAIL, "try again later".
@@ -56,15 +68,6 @@ def server_pid(pid_file: Path) -> int | None:
 # kill -9 included. It is the one test of "is Vigil running here?": a PID
 # file or a command line only says what some process was or looks like.
 SUPERVISOR_LOCK_NAME = "supervisor.json.lock"
-PROC = Path("/proc")
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def holds_flock(pid: int, path: Path, *, proc: Path = PROC) -> bool:
@@ -74,7 +77,7 @@ def holds_flock(pid: int, path: Path, *, proc: Path = PROC) -> bool:
     ``lock:`` line names a granted FLOCK (a waiter's line has ``->``). Nothing
     is locked or unlocked here. False for a process we may not inspect.
     """
-    ident = _identity(path)
+    ident = file_identity(path)
     if ident is None:
         return False
     fd_dir = proc / str(pid) / "fd"

@@ -22,16 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-PROC = Path("/proc")
-
-
-def file_identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file ``path`` leads to (symlinks followed); None if absent."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+from core.process import PROC, file_identity
 
 
 def same_file(a: Path, b: Path) -> bool:
