@@ -142,7 +142,17 @@ def test_a_supervisor_without_pid_file_is_left_alone_by_the_scripts(
         assert stopped.returncode != 0
         assert f"Vigil runs (pid {supervisor.pid}" in stopped.stderr
         assert "systemctl stop vigil" in stopped.stderr
-        assert supervisor.poll() is None and all(is_running(pid) for pid in children)
+        assert supervisor.poll() is None
+        # stop.sh signalled nothing: no child stopped or died. (On a loaded machine
+        # the watchdog may restart a slow child meanwhile: the supervisor's work,
+        # recorded as such, not stop.sh's.)
+        restarts = (
+            connect_sync(data / "system.db")
+            .execute("SELECT child, reason, exit_code, signal, detail FROM restarts")
+            .fetchall()
+        )
+        assert all(reason == "watchdog" for _, reason, *_ in restarts), restarts
+        children = wait_for(lambda: _try(lambda: _running_children(url)), 30, "the children")
         assert (data / "vigil.pid").read_text() == "999999999\n"
     finally:
         supervisor.send_signal(signal.SIGTERM)
