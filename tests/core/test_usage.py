@@ -138,3 +138,53 @@ def test_deleting_a_chat_deletes_its_usage(live_server: LiveServer) -> None:
     )
     assert response.status_code == 200, response.text
     assert [r["chat_id"] for r in usage_rows(live_server)] == ["local:kept"]
+
+
+def test_metrics_count_tokens_requests_by_outcome_and_ttft(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    live_server.chat("m", "hello there")
+    fake_llm.fail_status, fake_llm.fail_times = 400, 1
+    live_server.chat("m", "again")
+    rows = usage_rows(live_server)
+    live_server.call(lambda rt: rt.counters.flush(rt.db))
+    text = live_server.client.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    model = live_server.settings.llm_model
+    assert samples[("vigil_llm_tokens_total", (("kind", "prompt"), ("model", model)))] == sum(
+        r["prompt_tokens"] for r in rows
+    )
+    assert samples[("vigil_llm_tokens_total", (("kind", "completion"), ("model", model)))] == sum(
+        r["completion_tokens"] for r in rows
+    )
+    assert samples[("vigil_llm_requests_total", (("model", model), ("outcome", "ok")))] == 1
+    failed = ("vigil_llm_requests_total", (("model", model), ("outcome", "llm_bad_response")))
+    assert samples[failed] == 1
+    count = ("vigil_llm_time_to_first_token_seconds_count", (("model", model),))
+    assert samples[count] == 1
+
+
+def test_a_count_stored_before_the_labels_is_kept_under_outcome_unlabeled(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    from core import counters
+    from core.sqlite import connect_sync
+
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url)
+    first = live_server_factory(settings)
+    first.stop()
+    conn = connect_sync(settings.db_path)
+    try:
+        counters.add_sync(conn, "vigil_llm_requests", 41, {})
+        conn.commit()
+    finally:
+        conn.close()
+    server = live_server_factory(settings)
+    text = server.client.get("/metrics").text
+    assert 'vigil_llm_requests_total{model="",outcome="unlabeled"} 41.0' in text
