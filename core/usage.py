@@ -27,7 +27,7 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import StorageError
 from core.memory import estimate_tokens
@@ -166,6 +166,29 @@ class UsageRecorder:
 
 
 # --- reading --------------------------------------------------------------------------
+class Reader(Protocol):
+    """What the readers need: a ``Database``, or :class:`FileReader` for the CLI."""
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None: ...
+
+
+class FileReader:
+    """A read-only connection to the database file (the CLI, beside a running server)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+
 def day_of(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
@@ -244,7 +267,7 @@ def _merge(rows: Sequence[sqlite3.Row], key: str, prices: Prices) -> list[dict[s
 
 
 async def summary(
-    db: Database,
+    db: Reader,
     *,
     since: float | None = None,
     user: str | None = None,
@@ -295,7 +318,7 @@ async def summary(
     }
 
 
-async def user_totals(db: Database, user: str, since: float) -> tuple[int, int]:
+async def user_totals(db: Reader, user: str, since: float) -> tuple[int, int]:
     """(prompt, completion) tokens of ``user`` since ``since`` (raw rows only)."""
     row = await db.fetchone(
         "SELECT COALESCE(SUM(prompt_tokens), 0) AS p, COALESCE(SUM(completion_tokens), 0) AS c"
@@ -305,7 +328,7 @@ async def user_totals(db: Database, user: str, since: float) -> tuple[int, int]:
     return (int(row["p"]), int(row["c"])) if row is not None else (0, 0)
 
 
-async def hourly_tokens(db: Database, since: float) -> list[dict[str, Any]]:
+async def hourly_tokens(db: Reader, since: float) -> list[dict[str, Any]]:
     """Tokens per UTC hour since ``since`` (the dashboard chart)."""
     rows = await db.fetchall(
         "SELECT CAST(at / 3600 AS INTEGER) * 3600 AS hour, SUM(prompt_tokens) AS prompt,"
