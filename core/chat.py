@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field, replace
 
 from core.admission import AdjustableLimiter, Admission
+from core.budgets import ADMIN, Budgets, RateLimiter
 from core.channel import Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
@@ -44,6 +45,10 @@ RETRY_NOT_SHOWN = "⚠️ I could not show the new answer here; please send /ret
 MODEL_DOWN_REPLY = (
     "I can't reach my language model right now; the operator has been told. "
     "Please try again in a minute."
+)
+IDLE_RESET_NOTE = (
+    "ℹ️ It's been a while, so I started a fresh conversation "
+    "(/summary still shows what came before)."
 )
 # Channels whose every user is the operator (the local API needs the admin token).
 OPERATOR_CHANNELS = frozenset({"local"})
@@ -89,6 +94,10 @@ class ChatService:
         queue_limit: int = 20,
         status_line: Callable[[], Awaitable[str]] | None = None,
         operator_ids: frozenset[str] = frozenset(),
+        budgets: Budgets | None = None,
+        rate_limiter: RateLimiter | None = None,
+        idle_reset_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.memory = memory
         self.context = context
@@ -98,6 +107,10 @@ class ChatService:
         self.queue_limit = queue_limit
         self.status_line = status_line
         self.operator_ids = operator_ids
+        self.budgets = budgets
+        self.rate_limiter = rate_limiter
+        self.idle_reset_s = idle_reset_s
+        self.clock = clock  # wall clock of the idle reset
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
         self._background: set[asyncio.Task[object]] = set()
@@ -115,12 +128,45 @@ class ChatService:
         self.help_text = HELP_TEXT
 
     # --- entry point ------------------------------------------------------------
-    async def handle(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
+    async def handle(
+        self, msg: IncomingMessage, channel: Channel, *, admitted: bool = False
+    ) -> TurnResult:
+        """Answer ``msg``; ``admitted``: :meth:`admit_user` ran already (the stream path)."""
         command, args = parse_command(msg.text)
         if command is not None:
             return await self._run_command(command, args, msg, channel)
+        if not admitted:
+            self._check_rate(msg, channel)
         async with self._exclusive(msg.chat_id):
             return await self._turn(msg, channel)
+
+    def user_of(self, msg: IncomingMessage, channel: Channel) -> str:
+        """The user a turn is counted for: ``tg:<id>``, ``api:<user>`` or ``admin``."""
+        if channel.name in OPERATOR_CHANNELS:
+            return ADMIN if not msg.user_id else "api:" + msg.user_id
+        if msg.user_id is not None and msg.user_id in self.operator_ids:
+            return ADMIN
+        return "tg:" + (msg.user_id or msg.chat_id.removeprefix("tg:"))
+
+    def _check_rate(self, msg: IncomingMessage, channel: Channel) -> None:
+        if self.rate_limiter is not None:
+            self.rate_limiter.hit(self.user_of(msg, channel))
+
+    async def admit_user(self, msg: IncomingMessage, channel: Channel) -> None:
+        """The user's rate limit and budgets (UserLimitError), before a stream opens."""
+        if parse_command(msg.text)[0] is not None:
+            return
+        self._check_rate(msg, channel)
+        await self._check_budget(msg, channel)
+
+    async def _check_budget(self, msg: IncomingMessage, channel: Channel) -> None:
+        """Refuse (BudgetExceeded) before the model is called; send a due heads-up."""
+        if self.budgets is None:
+            return
+        notice = await self.budgets.check(self.user_of(msg, channel))
+        if notice:
+            with contextlib.suppress(VigilError):  # the turn matters more than the notice
+                await channel.send(msg.chat_id, notice)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, chat_id: str) -> AsyncIterator[None]:
@@ -171,6 +217,7 @@ class ChatService:
         is down loses nothing.
         """
         async with self._exclusive(msg.chat_id):
+            await self._check_budget(msg, channel)
             question = await self.memory.last_turn(msg.chat_id, "user")
             window = await self.memory.window(msg.chat_id)
             if question is None or all(t.id != question.id for t in window.turns):
@@ -219,6 +266,9 @@ class ChatService:
                     user_turn = stored
                     later = tuple(t.id for t in window.turns if t.id > stored.id)
         if user_turn is None:
+            # Checked in the chat's turn: queued turns of one user see each other's tokens.
+            await self._check_budget(msg, channel)
+            await self._idle_reset(msg, channel)
             user_turn = await self.memory.append(
                 msg.chat_id,
                 "user",
@@ -228,9 +278,23 @@ class ChatService:
             )
         return await self._answer(msg, channel, user_turn.id, exclude=later)
 
-    async def _pump(self, messages: list[dict[str, str]], streamer: StreamingOptimizer) -> None:
+    async def _idle_reset(self, msg: IncomingMessage, channel: Channel) -> None:
+        """A message after ``idle_reset_s`` of silence starts a fresh context."""
+        if not self.idle_reset_s:
+            return
+        window = await self.memory.window(msg.chat_id)
+        if not window.turns or self.clock() - window.turns[-1].created_at < self.idle_reset_s:
+            return
+        await self.memory.restart_context(msg.chat_id)
+        log.info("chat %s: context restarted after %.0f s idle", msg.chat_id, self.idle_reset_s)
+        with contextlib.suppress(VigilError):
+            await channel.send(msg.chat_id, IDLE_RESET_NOTE)
+
+    async def _pump(
+        self, messages: list[dict[str, str]], streamer: StreamingOptimizer, user: str = ""
+    ) -> None:
         try:
-            async with self.limiter.slot():
+            async with self.limiter.slot(user):
                 async for delta in self.llm.stream(messages):
                     await streamer.push(delta)
         finally:
@@ -244,7 +308,9 @@ class ChatService:
         prompt = await self.context.build(msg.chat_id, exclude=exclude)
         streamer = StreamingOptimizer(channel, msg.chat_id)
         await streamer.start()  # counted by the edit scheduler from here: _pump releases it
-        pump = asyncio.ensure_future(self._pump(prompt.messages, streamer))
+        pump = asyncio.ensure_future(
+            self._pump(prompt.messages, streamer, self.user_of(msg, channel))
+        )
         self._pumps[msg.chat_id] = (streamer, pump)
         try:
             await pump
@@ -323,7 +389,7 @@ class ChatService:
             )
 
     def handle_in_background(
-        self, msg: IncomingMessage, channel: Channel
+        self, msg: IncomingMessage, channel: Channel, *, admitted: bool = False
     ) -> asyncio.Task[TurnResult]:
         """Admit ``msg`` now (Draining/Busy raise here), then handle it as a task.
 
@@ -331,7 +397,7 @@ class ChatService:
         as an event inside a 200 stream. The task is drained at shutdown.
         """
         self._check_admission(msg.chat_id)
-        task = asyncio.ensure_future(self.handle(msg, channel))
+        task = asyncio.ensure_future(self.handle(msg, channel, admitted=admitted))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -377,6 +443,11 @@ class ChatService:
 
     async def _cmd_summary(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
         window = await self.memory.window(msg.chat_id)
+        if window.detached:
+            return (
+                "This chat started afresh after a long pause; before it, I remembered:\n"
+                + window.summary
+            )
         if not window.summary:
             return (
                 f"Nothing folded into a summary yet; {len(window.turns)} recent messages are "
