@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.channel import ADMIN_USER
 from core.errors import BudgetExceeded, UserRateLimited
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ADMIN = "admin"
+ADMIN = ADMIN_USER
 HEADS_UP = 80  # percent of a budget at which the user is told once per period
 USER_RE = re.compile(r"^(tg:-?[0-9]{1,20}|api:.{1,64}|admin)$", re.DOTALL)
 

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field, replace
 
 from core.admission import AdjustableLimiter, Admission
-from core.budgets import ADMIN, Budgets, RateLimiter
-from core.channel import Channel, IncomingMessage, Turn, TurnResult
+from core.budgets import Budgets, RateLimiter
+from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
 from core.llm import LLMClient
@@ -142,11 +142,11 @@ class ChatService:
 
     def user_of(self, msg: IncomingMessage, channel: Channel) -> str:
         """The user a turn is counted for: ``tg:<id>``, ``api:<user>`` or ``admin``."""
+        if msg.user_id:
+            return msg.user_id
         if channel.name in OPERATOR_CHANNELS:
-            return ADMIN if not msg.user_id else "api:" + msg.user_id
-        if msg.user_id is not None and msg.user_id in self.operator_ids:
-            return ADMIN
-        return "tg:" + (msg.user_id or msg.chat_id.removeprefix("tg:"))
+            return ADMIN_USER
+        return msg.chat_id  # no sender (a channel post): the chat is counted
 
     def _check_rate(self, msg: IncomingMessage, channel: Channel) -> None:
         if self.rate_limiter is not None:
@@ -242,8 +242,10 @@ class ChatService:
 
     def is_operator(self, msg: IncomingMessage, channel: Channel) -> bool:
         """The operator gets the model's failure in detail; chatters a neutral line."""
-        return channel.name in OPERATOR_CHANNELS or (
-            msg.user_id is not None and msg.user_id in self.operator_ids
+        return (
+            channel.name in OPERATOR_CHANNELS
+            or msg.user_id == ADMIN_USER
+            or (msg.user_id is not None and msg.user_id in self.operator_ids)
         )
 
     def pending(self, chat_id: str) -> int:
@@ -302,7 +304,12 @@ class ChatService:
             streamer.release()  # the stream is over, even when cancelled
 
     async def _answer(
-        self, msg: IncomingMessage, channel: Channel, user_id: int, *, exclude: Sequence[int] = ()
+        self,
+        msg: IncomingMessage,
+        channel: Channel,
+        question_id: int,
+        *,
+        exclude: Sequence[int] = (),
     ) -> TurnResult:
         started = time.monotonic()
         prompt = await self.context.build(msg.chat_id, exclude=exclude)
@@ -318,14 +325,14 @@ class ChatService:
             task = asyncio.current_task()
             if not streamer.cancelled or (task is not None and task.cancelling()):
                 raise
-            return await self._stopped(msg, streamer, user_id)
+            return await self._stopped(msg, streamer, question_id)
         except LLMError as exc:
             self.stats.failed += 1
             log.warning("chat %s: model failed: %s: %s", msg.chat_id, exc.code, exc.message)
             shown = exc.message if self.is_operator(msg, channel) else MODEL_DOWN_REPLY
             ids = await self._deliver(msg.chat_id, streamer, f"⚠️ {shown}")
             return TurnResult(
-                msg.chat_id, streamer.text, user_id, None, error_code=exc.code, sent_ids=ids
+                msg.chat_id, streamer.text, question_id, None, error_code=exc.code, sent_ids=ids
             )
         text = clean_text(streamer.text)
         # Stored before the last delivery step: a reply the chatter may already
@@ -335,7 +342,7 @@ class ChatService:
         self.stats.turns += 1
         self.stats.record(time.monotonic() - started)
         if prompt.refine_due:
-            self._spawn(self._refine(msg.chat_id))
+            self._spawn(self._refine(msg.chat_id, msg.user_id))
         log.info(
             "chat %s: turn done in %.2f s (%d prompt tokens, %d chars)",
             msg.chat_id,
@@ -343,7 +350,7 @@ class ChatService:
             prompt.tokens,
             len(text),
         )
-        return TurnResult(msg.chat_id, text, user_id, reply.id, sent_ids=ids)
+        return TurnResult(msg.chat_id, text, question_id, reply.id, sent_ids=ids)
 
     async def _deliver(
         self, chat_id: str, streamer: StreamingOptimizer, text: str
@@ -355,7 +362,7 @@ class ChatService:
             return tuple(streamer.message_ids)
 
     async def _stopped(
-        self, msg: IncomingMessage, streamer: StreamingOptimizer, user_id: int
+        self, msg: IncomingMessage, streamer: StreamingOptimizer, question_id: int
     ) -> TurnResult:
         partial = clean_text(streamer.text).rstrip()
         reply_id = None
@@ -366,10 +373,10 @@ class ChatService:
         )
         log.info("chat %s: reply stopped by /cancel after %d chars", msg.chat_id, len(partial))
         return TurnResult(
-            msg.chat_id, streamer.text, user_id, reply_id, cancelled=True, sent_ids=ids
+            msg.chat_id, streamer.text, question_id, reply_id, cancelled=True, sent_ids=ids
         )
 
-    async def _refine(self, chat_id: str) -> None:
+    async def _refine(self, chat_id: str, user_id: str | None = None) -> None:
         if self.llm.status.state != "ok":
             return  # the extractive summary stays until a model answers
         try:

@@ -35,6 +35,10 @@ class InvalidChatId(BadRequest):
     code = "invalid_chat_id"
 
 
+class InvalidUser(BadRequest):
+    code = "invalid_user"
+
+
 class EmptyText(BadRequest):
     code = "text_empty"
 

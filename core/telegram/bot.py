@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from core.channel import Channel, IncomingMessage
+from core.channel import Channel, IncomingMessage, telegram_user
 from core.chat import ChatService, parse_command
 from core.errors import Busy, Draining, UserLimitError, VigilError
 from core.lifecycle import STOP_REASONS
@@ -255,7 +255,7 @@ class TelegramBot:
         incoming = IncomingMessage(
             chat_id=chat_key(msg.chat_id),
             text=text,
-            user_id=None if msg.sender_id is None else str(msg.sender_id),
+            user_id=telegram_user(msg.sender_id, self.admin_id),
             username=msg.username,
             display_name=msg.display_name or msg.username,
             is_group=msg.is_group,

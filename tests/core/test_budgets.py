@@ -17,7 +17,7 @@ import pytest
 from core.api import LocalReply
 from core.app import build_runtime
 from core.budgets import Budgets, Periods, RateLimiter, parse_user
-from core.channel import IncomingMessage
+from core.channel import IncomingMessage, api_user
 from core.chat import IDLE_RESET_NOTE, ChatService
 from core.config import ConfigError, load_settings
 from core.database import Database
@@ -62,7 +62,7 @@ async def spend(db: Database, user: str, at: dt.datetime, tokens: int) -> None:
 
 
 def as_user(text: str, user: str | None = "alice", chat: str = "local:b") -> IncomingMessage:
-    return IncomingMessage(chat_id=chat, text=text, user_id=user)
+    return IncomingMessage(chat_id=chat, text=text, user_id=api_user(user))
 
 
 def budgets(service: ChatService, clock: Clock, **limits: int) -> Budgets:
