@@ -326,3 +326,6 @@ def test_api_answers_429_for_budget_and_rate_limit(
     assert 1 <= int(limited.headers["retry-after"]) <= 60
     # the admin (no "user") is exempt from both
     assert server.chat("api1", "admin").status_code == 200
+    metrics = server.client.get("/metrics").text
+    assert "vigil_budget_refusals_total 2.0" in metrics
+    assert "vigil_turns_rejected_total 1.0" in metrics
