@@ -274,6 +274,7 @@ def _register_operator_commands() -> None:
     register_operator(cli, queue_depth=queue_depth)
     register_maintenance(cli)  # maintenance, announce
     register_ops_data(cli)  # db, delete, run
+    __import__("core.cli.budget", fromlist=["register"]).register(cli)  # budget set/show/clear
 
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):

@@ -36,6 +36,18 @@ ADMIN = ADMIN_USER
 HEADS_UP = 80  # percent of a budget at which the user is told once per period
 USER_RE = re.compile(r"^(tg:-?[0-9]{1,20}|api:.{1,64}|admin)$", re.DOTALL)
 
+# (today, this month) of one user: a range scan of the index usage_user_at
+SPENT_SQL = (
+    "SELECT COALESCE(SUM(CASE WHEN at >= ? THEN prompt_tokens + completion_tokens"
+    " ELSE 0 END), 0) AS day, COALESCE(SUM(prompt_tokens + completion_tokens), 0)"
+    " AS month FROM usage WHERE user_id = ? AND at >= ? AND at < ?"
+)
+
+
+def spent_params(user_id: str, periods: Periods) -> tuple[float, str, float, float]:
+    return (periods.day_start, user_id, periods.month_start, periods.month_end)
+
+
 # (key, active, alert_type, severity, message, action): monitoring's ``condition``.
 AlertHook = Callable[..., Awaitable[None]]
 
@@ -155,12 +167,7 @@ class Budgets:
 
     async def spent(self, user_id: str, periods: Periods) -> tuple[int, int]:
         """(today, this month) tokens of ``user_id``: one range scan of usage_user_at."""
-        row = await self.db.fetchone(
-            "SELECT COALESCE(SUM(CASE WHEN at >= ? THEN prompt_tokens + completion_tokens"
-            " ELSE 0 END), 0) AS day, COALESCE(SUM(prompt_tokens + completion_tokens), 0)"
-            " AS month FROM usage WHERE user_id = ? AND at >= ? AND at < ?",
-            (periods.day_start, user_id, periods.month_start, periods.month_end),
-        )
+        row = await self.db.fetchone(SPENT_SQL, spent_params(user_id, periods))
         return (int(row["day"]), int(row["month"])) if row is not None else (0, 0)
 
     async def spent_total(self, periods: Periods) -> int:
