@@ -329,3 +329,34 @@ def test_api_answers_429_for_budget_and_rate_limit(
     metrics = server.client.get("/metrics").text
     assert "vigil_budget_refusals_total 2.0" in metrics
     assert "vigil_turns_rejected_total 1.0" in metrics
+
+
+@pytest.mark.slow
+def test_telegram_gets_polite_replies_and_the_model_is_not_called(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    from tests.core.telegram.test_app import ADA, BOB, Tg, tg_settings
+    from tests.fake_telegram import FakeTelegram
+
+    settings = tg_settings(
+        tmp_path, fake_llm, budget_user_tokens_day=10, rate_limit_user_per_min=2, timezone="UTC"
+    )
+    fake = FakeTelegram()
+    tg = Tg(live_server_factory(settings, telegram=fake.factory), fake)
+    tg.say("hi", sender=BOB, chat_id=43)
+    at = dt.datetime.now(dt.UTC)
+
+    async def used(runtime: Any) -> None:
+        await spend(runtime.db, "tg:43", at, 10)
+
+    tg.server.call(used)
+    tg.say("more", sender=BOB, chat_id=43)
+    tg.say("again", sender=BOB, chat_id=43)
+    texts = fake.texts(43)
+    assert texts[0] == "echo: hi"
+    assert texts[1].startswith("You have used your daily budget of 10 tokens. It resets at ")
+    assert texts[2].startswith("You are sending messages too fast (limit 2 a minute)")
+    assert len(fake_llm.requests) == 1
+    for i in range(3):  # the admin (ADA) is exempt from both
+        tg.say(f"boss {i}", sender=ADA, chat_id=42)
+    assert fake.texts(42) == [f"echo: boss {i}" for i in range(3)]
