@@ -360,3 +360,51 @@ def test_telegram_gets_polite_replies_and_the_model_is_not_called(
     for i in range(3):  # the admin (ADA) is exempt from both
         tg.say(f"boss {i}", sender=ADA, chat_id=42)
     assert fake.texts(42) == [f"echo: boss {i}" for i in range(3)]
+
+
+def test_a_reload_applies_new_limits_from_the_next_turn(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    from core.reload import reload_server
+
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, timezone="UTC")
+    server: LiveServer = live_server_factory(settings)
+
+    def post(text: str) -> Any:
+        return server.client.post("/api/chats/r/messages", json={"text": text, "user": "dan"})
+
+    assert post("one").status_code == 200
+
+    async def used(runtime: Any) -> None:
+        await spend(runtime.db, "api:dan", dt.datetime.now(dt.UTC), 50)
+
+    server.call(used)
+    assert post("two").status_code == 200  # no budget yet
+
+    def load() -> Any:
+        return make_settings(
+            tmp_path,
+            llm_base_url=fake_llm.url,
+            port=settings.port,
+            timezone="Asia/Tokyo",
+            budget_user_tokens_month=50,
+            rate_limit_user_per_min=5,
+            context_idle_reset_min=30,
+        )
+
+    async def hup(runtime: Any) -> Any:
+        return reload_server(runtime, load=load)
+
+    result = server.call(hup)
+    assert sorted(result.applied) == [
+        "budget_user_tokens_month",
+        "context_idle_reset_min",
+        "rate_limit_user_per_min",
+        "timezone",
+    ]
+    refused = post("three")
+    assert refused.status_code == 429
+    assert refused.json()["error"]["resets_at"].endswith("T00:00:00+09:00")
+    chat = server.runtime.chat
+    assert chat.rate_limiter is not None and chat.rate_limiter.per_min == 5
+    assert chat.idle_reset_s == 1800.0
