@@ -76,11 +76,12 @@ async def test_refused_exactly_at_the_daily_limit_and_the_model_is_not_called(
 ) -> None:
     clock = Clock(dt.datetime(2026, 12, 4, 15, 0, tzinfo=BERLIN))
     budget = budgets(service, clock, user_day=100)
-    await spend(service.memory.db, "api:alice", dt.datetime(2026, 12, 4, 9, 0, tzinfo=BERLIN), 99)
-    result = await service.handle(as_user("one below"), LocalReply())
+    morning = dt.datetime(2026, 12, 4, 9, 0, tzinfo=BERLIN)
+    await spend(service.memory.db, "api:below", morning, 99)
+    await spend(service.memory.db, "api:alice", morning, 100)
+    result = await service.handle(as_user("one below", "below"), LocalReply())
     assert result.reply == "echo: one below"
     calls = len(fake_llm.requests)
-    await spend(service.memory.db, "api:alice", dt.datetime(2026, 12, 4, 9, 1, tzinfo=BERLIN), 1)
     with pytest.raises(BudgetExceeded) as refused:
         await service.handle(as_user("at the limit"), LocalReply())
     assert len(fake_llm.requests) == calls  # the model was not called
@@ -92,10 +93,19 @@ async def test_refused_exactly_at_the_daily_limit_and_the_model_is_not_called(
     history = await service.memory.history("local:b", limit=10)
     assert "at the limit" not in [t.content for t in history]  # not stored either
     assert budget.refusals == 1
+    left = await budget.remaining("api:alice")  # what /usage shows
+    assert left["day"] == {
+        "limit": 100,
+        "spent": 100,
+        "remaining": 0,
+        "resets_at": "2026-12-05T00:00:00+01:00",
+    }
+    assert left["month"]["limit"] is None and left["month"]["remaining"] is None
     # another user and the admin are not affected
     assert (await service.handle(as_user("bob", "bob"), LocalReply())).reply == "echo: bob"
-    await spend(service.memory.db, "admin", dt.datetime(2026, 12, 4, 9, 0, tzinfo=BERLIN), 10**6)
+    await spend(service.memory.db, "admin", morning, 10**6)
     assert (await service.handle(as_user("boss", None), LocalReply())).reply == "echo: boss"
+    assert (await budget.remaining("admin"))["exempt"] is True
 
 
 async def test_the_daily_budget_resets_at_midnight_in_the_zone(service: ChatService) -> None:
@@ -156,23 +166,27 @@ async def test_heads_up_at_80_percent_is_sent_once_per_period(service: ChatServi
 async def test_total_budget_alerts_the_operator_and_refuses_users(service: ChatService) -> None:
     clock = Clock(dt.datetime(2026, 12, 4, 12, tzinfo=BERLIN))
     budget = budgets(service, clock, total_day=1000)
+    periods = Periods.at(clock(), BERLIN)
     alerts: list[tuple[str, bool]] = []
 
     async def condition(key: str, active: bool, **fields: Any) -> None:
         alerts.append((fields["alert_type"], active))
 
+    async def total_to(tokens: int) -> None:  # the turns' own usage may be recorded too
+        missing = tokens - await budget.spent_total(periods)
+        assert missing >= 0
+        await spend(service.memory.db, "tg:2", dt.datetime(2026, 12, 4, 9, tzinfo=BERLIN), missing)
+
     budget.alert = condition
-    db = service.memory.db
-    await spend(db, "tg:1", dt.datetime(2026, 12, 4, 9, tzinfo=BERLIN), 799)
+    await total_to(799)
     await service.handle(as_user("a"), LocalReply())
     assert ("budget_total_80", False) in alerts
-    await spend(db, "tg:2", dt.datetime(2026, 12, 4, 9, tzinfo=BERLIN), 201 - 1)
+    await total_to(999)
     alerts.clear()
-    # 999 + this turn's own usage is not recorded here: 999 < 1000, allowed
     await service.handle(as_user("b"), LocalReply())
     assert ("budget_total_80", True) in alerts
     assert ("budget_total_exceeded", False) in alerts
-    await spend(db, "tg:2", dt.datetime(2026, 12, 4, 9, tzinfo=BERLIN), 1)
+    await total_to(1000)
     alerts.clear()
     with pytest.raises(BudgetExceeded) as refused:
         await service.handle(as_user("c"), LocalReply())
@@ -408,3 +422,30 @@ def test_a_reload_applies_new_limits_from_the_next_turn(
     chat = server.runtime.chat
     assert chat.rate_limiter is not None and chat.rate_limiter.per_min == 5
     assert chat.idle_reset_s == 1800.0
+
+
+async def test_limiter_serves_keys_round_robin_and_survives_cancelled_waiters() -> None:
+    from core.admission import AdjustableLimiter
+
+    limiter = AdjustableLimiter(1)
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def turn(key: str, name: str) -> None:
+        async with limiter.slot(key):
+            order.append(name)
+            await gate.wait()
+
+    first = asyncio.ensure_future(turn("a", "a0"))
+    await asyncio.sleep(0)
+    waiters = [asyncio.ensure_future(turn("a", f"a{i}")) for i in range(1, 4)]
+    waiters += [asyncio.ensure_future(turn("b", "b1")), asyncio.ensure_future(turn("c", "c1"))]
+    await asyncio.sleep(0)
+    assert limiter.waiting == 5
+    waiters[1].cancel()  # a2 gives up while queued
+    await asyncio.sleep(0)
+    assert limiter.waiting == 4
+    gate.set()
+    await asyncio.gather(first, *waiters, return_exceptions=True)
+    assert order == ["a0", "a1", "b1", "c1", "a3"]
+    assert (limiter.active, limiter.waiting) == (0, 0)
