@@ -19,7 +19,16 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from core import __version__, announce, api, health, lifecycle, restart_routes, web
+from core import (
+    __version__,
+    announce,
+    api,
+    health,
+    lifecycle,
+    restart_routes,
+    usage_routes,
+    web,
+)
 from core.admission import AdjustableLimiter, Admission
 from core.budgets import Budgets, RateLimiter
 from core.chat import ChatService
@@ -33,6 +42,7 @@ from core.metering import RequestMeter, start_metering
 from core.runtime import QueueDepth, Runtime
 from core.sdnotify import SdNotifier
 from core.telegram import routes as telegram_routes
+from core.usage import UsageRecorder, prices_from
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +119,7 @@ def build_runtime(
         budgets=Budgets.from_settings(db, settings),
         rate_limiter=RateLimiter(settings.rate_limit_user_per_min),
         idle_reset_s=settings.context_idle_reset_min * 60.0,
+        usage=UsageRecorder(prices=prices_from(settings)),
     )
     started = time.monotonic()
     runtime = Runtime(
@@ -132,6 +143,7 @@ def build_runtime(
         started_monotonic=started,
         queue_depth=queue_depth,
     )
+    chat.usage.counters = runtime.counters
     return runtime
 
 
@@ -208,6 +220,7 @@ def create_app(
     app.include_router(restart_routes.router)
     app.include_router(telegram_routes.router)
     app.include_router(announce.router)
+    app.include_router(usage_routes.router)
     from monitoring.routes import router as monitoring_router
 
     app.include_router(monitoring_router)

@@ -19,7 +19,7 @@ import math
 import re
 import time
 import zoneinfo
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +138,9 @@ class Budgets:
         self.total_day = total_day
         self.tz = tz
         self.clock = clock
+        # Usage rows recorded but not yet written (``UsageRecorder.pending``: at,
+        # chat, user, kind, model, prompt, completion, ...): counted as spent.
+        self.pending: Callable[[], Sequence[Sequence[Any]]] = tuple
         self.refusals = 0  # vigil_budget_refusals_total (polled by the counter buffer)
         self.alert: AlertHook | None = None  # monitoring's condition(), set by its starter
 
@@ -168,7 +171,13 @@ class Budgets:
     async def spent(self, user_id: str, periods: Periods) -> tuple[int, int]:
         """(today, this month) tokens of ``user_id``: one range scan of usage_user_at."""
         row = await self.db.fetchone(SPENT_SQL, spent_params(user_id, periods))
-        return (int(row["day"]), int(row["month"])) if row is not None else (0, 0)
+        day, month = (int(row["day"]), int(row["month"])) if row is not None else (0, 0)
+        for at, _chat, user, _kind, _model, prompt, completion, *_ in self.pending():
+            if user == user_id and periods.month_start <= at < periods.month_end:
+                month += prompt + completion
+                if at >= periods.day_start:
+                    day += prompt + completion
+        return day, month
 
     async def spent_total(self, periods: Periods) -> int:
         value = await self.db.scalar(
@@ -176,7 +185,12 @@ class Budgets:
             " WHERE at >= ? AND at < ?",
             (periods.day_start, periods.day_end),
         )
-        return int(value or 0)
+        unwritten = sum(
+            row[5] + row[6]
+            for row in self.pending()
+            if periods.day_start <= row[0] < periods.day_end
+        )
+        return int(value or 0) + unwritten
 
     async def remaining(self, user_id: str) -> dict[str, Any]:
         """What ``/usage`` shows: limits, spent and left per period (None: unlimited)."""

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from core.admission import AdjustableLimiter, Admission
 from core.budgets import Budgets, RateLimiter
@@ -21,8 +22,9 @@ from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
 from core.llm import LLMClient
-from core.memory import ChatMemory
+from core.memory import ChatMemory, estimate_tokens
 from core.streaming import StreamingOptimizer
+from core.usage import CANCELLED, OK, CallMeter, UsageRecorder
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,7 @@ class ChatService:
         rate_limiter: RateLimiter | None = None,
         idle_reset_s: float = 0.0,
         clock: Callable[[], float] = time.time,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.memory = memory
         self.context = context
@@ -111,6 +114,10 @@ class ChatService:
         self.rate_limiter = rate_limiter
         self.idle_reset_s = idle_reset_s
         self.clock = clock  # wall clock of the idle reset
+        # Every model call, measured (core/usage.py); written in batches, off the turn.
+        self.usage = usage if usage is not None else UsageRecorder()
+        if budgets is not None:  # calls recorded but not yet written count as spent
+            budgets.pending = self.unwritten_usage
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
         self._background: set[asyncio.Task[object]] = set()
@@ -139,6 +146,9 @@ class ChatService:
             self._check_rate(msg, channel)
         async with self._exclusive(msg.chat_id):
             return await self._turn(msg, channel)
+
+    def unwritten_usage(self) -> list[tuple[Any, ...]]:
+        return self.usage.pending
 
     def user_of(self, msg: IncomingMessage, channel: Channel) -> str:
         """The user a turn is counted for: ``tg:<id>``, ``api:<user>`` or ``admin``."""
@@ -293,11 +303,16 @@ class ChatService:
             await channel.send(msg.chat_id, IDLE_RESET_NOTE)
 
     async def _pump(
-        self, messages: list[dict[str, str]], streamer: StreamingOptimizer, user: str = ""
+        self,
+        messages: list[dict[str, str]],
+        streamer: StreamingOptimizer,
+        meter: CallMeter,
+        user: str = "",
     ) -> None:
         try:
-            async with self.limiter.slot(user):
-                async for delta in self.llm.stream(messages):
+            async with self.limiter.slot(user):  # fair: round-robin across users
+                meter.started = time.monotonic()  # the call, not the wait for a slot
+                async for delta in self.llm.stream(messages, meter=meter):
                     await streamer.push(delta)
         finally:
             self._pumps.pop(streamer.chat_id, None)
@@ -315,24 +330,39 @@ class ChatService:
         prompt = await self.context.build(msg.chat_id, exclude=exclude)
         streamer = StreamingOptimizer(channel, msg.chat_id)
         await streamer.start()  # counted by the edit scheduler from here: _pump releases it
+        meter = CallMeter()
         pump = asyncio.ensure_future(
-            self._pump(prompt.messages, streamer, self.user_of(msg, channel))
+            self._pump(prompt.messages, streamer, meter, self.user_of(msg, channel))
         )
         self._pumps[msg.chat_id] = (streamer, pump)
+        outcome, generated = "error", None
         try:
             await pump
+            outcome = OK
         except asyncio.CancelledError:
+            outcome, generated = CANCELLED, streamer.text
             task = asyncio.current_task()
             if not streamer.cancelled or (task is not None and task.cancelling()):
                 raise
             return await self._stopped(msg, streamer, question_id)
         except LLMError as exc:
+            outcome, generated = exc.code, streamer.text  # before the error line is shown
             self.stats.failed += 1
             log.warning("chat %s: model failed: %s: %s", msg.chat_id, exc.code, exc.message)
             shown = exc.message if self.is_operator(msg, channel) else MODEL_DOWN_REPLY
             ids = await self._deliver(msg.chat_id, streamer, f"⚠️ {shown}")
             return TurnResult(
                 msg.chat_id, streamer.text, question_id, None, error_code=exc.code, sent_ids=ids
+            )
+        finally:
+            self.usage.record(
+                meter,
+                chat_id=msg.chat_id,
+                user_id=msg.user_id,
+                kind="turn",
+                outcome=outcome,
+                prompt_estimate=prompt.tokens,
+                completion_text=streamer.text if generated is None else generated,
             )
         text = clean_text(streamer.text)
         # Stored before the last delivery step: a reply the chatter may already
@@ -379,9 +409,33 @@ class ChatService:
     async def _refine(self, chat_id: str, user_id: str | None = None) -> None:
         if self.llm.status.state != "ok":
             return  # the extractive summary stays until a model answers
+
+        async def summarize(request: str) -> str:
+            meter, outcome, text = CallMeter(), "error", ""
+            try:
+                text = await self.llm.summarize(request, meter=meter)
+                outcome = OK
+                return text
+            except LLMError as exc:
+                outcome = exc.code
+                raise
+            except asyncio.CancelledError:
+                outcome = CANCELLED
+                raise
+            finally:
+                self.usage.record(
+                    meter,
+                    chat_id=chat_id,
+                    user_id=user_id,
+                    kind="summary",
+                    outcome=outcome,
+                    prompt_estimate=estimate_tokens(request),
+                    completion_text=text,
+                )
+
         try:
             async with self.limiter.slot():
-                await self.context.refine(chat_id, self.llm.summarize)
+                await self.context.refine(chat_id, summarize)
         except Exception:  # a loop boundary: a failed refinement keeps the fallback
             log.warning("chat %s: summary refinement failed", chat_id, exc_info=True)
 

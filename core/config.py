@@ -130,6 +130,9 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(default=1024, ge=1)
     llm_temperature: float = Field(default=0.7, ge=0, le=2)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
+    # Prices per million tokens (plain numbers, no currency); cost is shown when set.
+    llm_price_input_per_1m: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    llm_price_output_per_1m: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     llm_concurrency: int = Field(default=4, ge=1, le=256)
     llm_probe_interval_s: float = Field(default=30.0, gt=0)
     system_prompt: str = "You are Vigil, a helpful assistant. Answer concisely."
@@ -202,6 +205,8 @@ class Settings(BaseSettings):
     backup_keep_monthly: int = Field(default=12, ge=0)
     message_retention_days: int | None = Field(default=None, ge=1)
     task_retention_days: int = Field(default=7, ge=1)
+    # Raw usage rows are kept this long, then only their daily roll-up (core/usage.py).
+    usage_retention_days: int = Field(default=400, ge=1, le=36500)
     # Per-task cron overrides (UTC), e.g. {"backup": "0 */6 * * *", "vacuum": "off"}.
     task_schedule: dict[str, str] = Field(default_factory=dict)
 

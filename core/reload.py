@@ -93,6 +93,7 @@ FULL_STOP_START = (
     "backup_keep_monthly",
     "message_retention_days",
     "task_retention_days",
+    "usage_retention_days",
 )
 
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from core import maintenance
+from core import maintenance, usage
 from core.backups import runs as backup_runs
 from core.backups import temp as backup_temp
 from core.backups.retention import RetentionPolicy, prune_snapshots
@@ -39,6 +39,7 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
     with database(settings) as conn:
         deleted = maintenance.cleanup_old_tasks(conn, days=settings.task_retention_days)
         events = maintenance.cleanup_old_events(conn)
+        rolled = usage.rollup_and_expire(conn, days=settings.usage_retention_days)
     swept = backup_temp.sweep_leftovers(settings.backups_dir)
     return {
         "deleted": deleted,
@@ -48,6 +49,9 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
         "alerts_deleted": events["alerts"],
         "restarts_deleted": events["restarts"],
         "event_days": maintenance.EVENT_RETENTION_DAYS,
+        "usage_rolled_up": rolled["rolled_up"],
+        "usage_deleted": rolled["deleted"],
+        "usage_days": settings.usage_retention_days,
     }
 
 

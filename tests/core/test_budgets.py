@@ -67,6 +67,7 @@ def as_user(text: str, user: str | None = "alice", chat: str = "local:b") -> Inc
 
 def budgets(service: ChatService, clock: Clock, **limits: int) -> Budgets:
     found = Budgets(service.memory.db, tz=BERLIN, clock=clock, **limits)
+    found.pending = service.unwritten_usage
     service.budgets = found
     return found
 
@@ -172,9 +173,8 @@ async def test_total_budget_alerts_the_operator_and_refuses_users(service: ChatS
     async def condition(key: str, active: bool, **fields: Any) -> None:
         alerts.append((fields["alert_type"], active))
 
-    async def total_to(tokens: int) -> None:  # the turns' own usage may be recorded too
-        missing = tokens - await budget.spent_total(periods)
-        assert missing >= 0
+    async def total_to(tokens: int) -> None:  # at least: the turns' own usage counts too
+        missing = max(0, tokens - await budget.spent_total(periods))
         await spend(service.memory.db, "tg:2", dt.datetime(2026, 12, 4, 9, tzinfo=BERLIN), missing)
 
     budget.alert = condition
@@ -449,3 +449,20 @@ async def test_limiter_serves_keys_round_robin_and_survives_cancelled_waiters() 
     await asyncio.gather(first, *waiters, return_exceptions=True)
     assert order == ["a0", "a1", "b1", "c1", "a3"]
     assert (limiter.active, limiter.waiting) == (0, 0)
+
+
+async def test_a_turn_not_yet_written_to_the_usage_table_counts(
+    service: ChatService, fake_llm: FakeLLM
+) -> None:
+    """Usage rows are written in batches: the check counts the unwritten ones too."""
+    clock = Clock(dt.datetime.now(BERLIN))
+    budgets(service, clock, user_day=1)
+    assert (await service.handle(as_user("first"), LocalReply())).reply == "echo: first"
+    assert service.usage.pending  # recorded, not yet flushed
+    calls = len(fake_llm.requests)
+    with pytest.raises(BudgetExceeded):
+        await service.handle(as_user("second"), LocalReply())
+    assert len(fake_llm.requests) == calls
+    await service.usage.flush(service.memory.db)
+    with pytest.raises(BudgetExceeded):  # the same once written
+        await service.handle(as_user("third"), LocalReply())
