@@ -276,6 +276,7 @@ def _register_operator_commands() -> None:
     register_maintenance(cli)  # maintenance, announce
     register_ops_data(cli)  # db, delete, run
     register_usage(cli)  # usage
+    __import__("core.cli.budget", fromlist=["register"]).register(cli)  # budget set/show/clear
 
 
 # Long-running processes skip the operator CLI's imports (huey, redis, rich):

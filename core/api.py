@@ -198,8 +198,10 @@ async def post_message(
         result = await runtime.chat.handle(msg, reply)
         return result_json(chat_id, result)
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    channel = LocalReply(events)
     # Refused with 429/503 here, before the stream starts (not as an event in a 200 stream).
-    task = runtime.chat.handle_in_background(msg, LocalReply(events))
+    await runtime.chat.admit_user(msg, channel)  # rate limit, budgets (not commands)
+    task = runtime.chat.handle_in_background(msg, channel, admitted=True)
     return StreamingResponse(
         _sse(chat_id, task, events),
         media_type="text/event-stream",

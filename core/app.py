@@ -30,6 +30,7 @@ from core import (
     web,
 )
 from core.admission import AdjustableLimiter, Admission
+from core.budgets import Budgets, RateLimiter
 from core.chat import ChatService
 from core.config import Settings, load_settings
 from core.context import ContextWindowManager
@@ -115,6 +116,9 @@ def build_runtime(
             [] if settings.telegram_admin_id is None else [str(settings.telegram_admin_id)]
         ),
         status_line=status_line,
+        budgets=Budgets.from_settings(db, settings),
+        rate_limiter=RateLimiter(settings.rate_limit_user_per_min),
+        idle_reset_s=settings.context_idle_reset_min * 60.0,
         usage=UsageRecorder(prices=prices_from(settings)),
     )
     started = time.monotonic()

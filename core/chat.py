@@ -14,8 +14,10 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from core.admission import AdjustableLimiter, Admission
+from core.budgets import Budgets, RateLimiter
 from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
@@ -45,6 +47,10 @@ RETRY_NOT_SHOWN = "⚠️ I could not show the new answer here; please send /ret
 MODEL_DOWN_REPLY = (
     "I can't reach my language model right now; the operator has been told. "
     "Please try again in a minute."
+)
+IDLE_RESET_NOTE = (
+    "ℹ️ It's been a while, so I started a fresh conversation "
+    "(/summary still shows what came before)."
 )
 # Channels whose every user is the operator (the local API needs the admin token).
 OPERATOR_CHANNELS = frozenset({"local"})
@@ -90,6 +96,10 @@ class ChatService:
         queue_limit: int = 20,
         status_line: Callable[[], Awaitable[str]] | None = None,
         operator_ids: frozenset[str] = frozenset(),
+        budgets: Budgets | None = None,
+        rate_limiter: RateLimiter | None = None,
+        idle_reset_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
         usage: UsageRecorder | None = None,
     ) -> None:
         self.memory = memory
@@ -100,8 +110,14 @@ class ChatService:
         self.queue_limit = queue_limit
         self.status_line = status_line
         self.operator_ids = operator_ids
+        self.budgets = budgets
+        self.rate_limiter = rate_limiter
+        self.idle_reset_s = idle_reset_s
+        self.clock = clock  # wall clock of the idle reset
         # Every model call, measured (core/usage.py); written in batches, off the turn.
         self.usage = usage if usage is not None else UsageRecorder()
+        if budgets is not None:  # calls recorded but not yet written count as spent
+            budgets.pending = self.unwritten_usage
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
         self._background: set[asyncio.Task[object]] = set()
@@ -119,12 +135,48 @@ class ChatService:
         self.help_text = HELP_TEXT
 
     # --- entry point ------------------------------------------------------------
-    async def handle(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
+    async def handle(
+        self, msg: IncomingMessage, channel: Channel, *, admitted: bool = False
+    ) -> TurnResult:
+        """Answer ``msg``; ``admitted``: :meth:`admit_user` ran already (the stream path)."""
         command, args = parse_command(msg.text)
         if command is not None:
             return await self._run_command(command, args, msg, channel)
+        if not admitted:
+            self._check_rate(msg, channel)
         async with self._exclusive(msg.chat_id):
             return await self._turn(msg, channel)
+
+    def unwritten_usage(self) -> list[tuple[Any, ...]]:
+        return self.usage.pending
+
+    def user_of(self, msg: IncomingMessage, channel: Channel) -> str:
+        """The user a turn is counted for: ``tg:<id>``, ``api:<user>`` or ``admin``."""
+        if msg.user_id:
+            return msg.user_id
+        if channel.name in OPERATOR_CHANNELS:
+            return ADMIN_USER
+        return msg.chat_id  # no sender (a channel post): the chat is counted
+
+    def _check_rate(self, msg: IncomingMessage, channel: Channel) -> None:
+        if self.rate_limiter is not None:
+            self.rate_limiter.hit(self.user_of(msg, channel))
+
+    async def admit_user(self, msg: IncomingMessage, channel: Channel) -> None:
+        """The user's rate limit and budgets (UserLimitError), before a stream opens."""
+        if parse_command(msg.text)[0] is not None:
+            return
+        self._check_rate(msg, channel)
+        await self._check_budget(msg, channel)
+
+    async def _check_budget(self, msg: IncomingMessage, channel: Channel) -> None:
+        """Refuse (BudgetExceeded) before the model is called; send a due heads-up."""
+        if self.budgets is None:
+            return
+        notice = await self.budgets.check(self.user_of(msg, channel))
+        if notice:
+            with contextlib.suppress(VigilError):  # the turn matters more than the notice
+                await channel.send(msg.chat_id, notice)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, chat_id: str) -> AsyncIterator[None]:
@@ -175,6 +227,7 @@ class ChatService:
         is down loses nothing.
         """
         async with self._exclusive(msg.chat_id):
+            await self._check_budget(msg, channel)
             question = await self.memory.last_turn(msg.chat_id, "user")
             window = await self.memory.window(msg.chat_id)
             if question is None or all(t.id != question.id for t in window.turns):
@@ -225,6 +278,9 @@ class ChatService:
                     user_turn = stored
                     later = tuple(t.id for t in window.turns if t.id > stored.id)
         if user_turn is None:
+            # Checked in the chat's turn: queued turns of one user see each other's tokens.
+            await self._check_budget(msg, channel)
+            await self._idle_reset(msg, channel)
             user_turn = await self.memory.append(
                 msg.chat_id,
                 "user",
@@ -234,11 +290,27 @@ class ChatService:
             )
         return await self._answer(msg, channel, user_turn.id, exclude=later)
 
+    async def _idle_reset(self, msg: IncomingMessage, channel: Channel) -> None:
+        """A message after ``idle_reset_s`` of silence starts a fresh context."""
+        if not self.idle_reset_s:
+            return
+        window = await self.memory.window(msg.chat_id)
+        if not window.turns or self.clock() - window.turns[-1].created_at < self.idle_reset_s:
+            return
+        await self.memory.restart_context(msg.chat_id)
+        log.info("chat %s: context restarted after %.0f s idle", msg.chat_id, self.idle_reset_s)
+        with contextlib.suppress(VigilError):
+            await channel.send(msg.chat_id, IDLE_RESET_NOTE)
+
     async def _pump(
-        self, messages: list[dict[str, str]], streamer: StreamingOptimizer, meter: CallMeter
+        self,
+        messages: list[dict[str, str]],
+        streamer: StreamingOptimizer,
+        meter: CallMeter,
+        user: str = "",
     ) -> None:
         try:
-            async with self.limiter.slot():
+            async with self.limiter.slot(user):  # fair: round-robin across users
                 meter.started = time.monotonic()  # the call, not the wait for a slot
                 async for delta in self.llm.stream(messages, meter=meter):
                     await streamer.push(delta)
@@ -259,7 +331,9 @@ class ChatService:
         streamer = StreamingOptimizer(channel, msg.chat_id)
         await streamer.start()  # counted by the edit scheduler from here: _pump releases it
         meter = CallMeter()
-        pump = asyncio.ensure_future(self._pump(prompt.messages, streamer, meter))
+        pump = asyncio.ensure_future(
+            self._pump(prompt.messages, streamer, meter, self.user_of(msg, channel))
+        )
         self._pumps[msg.chat_id] = (streamer, pump)
         outcome, generated = "error", None
         try:
@@ -376,7 +450,7 @@ class ChatService:
             )
 
     def handle_in_background(
-        self, msg: IncomingMessage, channel: Channel
+        self, msg: IncomingMessage, channel: Channel, *, admitted: bool = False
     ) -> asyncio.Task[TurnResult]:
         """Admit ``msg`` now (Draining/Busy raise here), then handle it as a task.
 
@@ -384,7 +458,7 @@ class ChatService:
         as an event inside a 200 stream. The task is drained at shutdown.
         """
         self._check_admission(msg.chat_id)
-        task = asyncio.ensure_future(self.handle(msg, channel))
+        task = asyncio.ensure_future(self.handle(msg, channel, admitted=admitted))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -430,6 +504,11 @@ class ChatService:
 
     async def _cmd_summary(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
         window = await self.memory.window(msg.chat_id)
+        if window.detached:
+            return (
+                "This chat started afresh after a long pause; before it, I remembered:\n"
+                + window.summary
+            )
         if not window.summary:
             return (
                 f"Nothing folded into a summary yet; {len(window.turns)} recent messages are "

@@ -17,6 +17,7 @@ import os
 import re
 import tomllib
 import urllib.parse
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +38,7 @@ SECRET_FIELDS = ("admin_token", "llm_api_key", "telegram_api_hash", "telegram_bo
 SECRET_URL_FIELDS = ("huey_redis_url", "llm_base_url", "alert_webhook_url")
 SECRET_PLACEHOLDER = "VIGIL-SECRET-NOT-IN-BACKUP"
 _SCHEDULE_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+MAX_TOKENS_SETTING = 2**62  # budgets: beyond SQLite sums, a typo
 _SERVER_RE = re.compile(r"^(\d{1,3})@([^:@\s]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 
 
@@ -212,6 +214,15 @@ class Settings(BaseSettings):
     access_log: bool = False
     metrics_flush_interval_s: float = Field(default=5.0, gt=0, le=300)
 
+    # --- per-user limits: budgets, rate limit, idle reset (core/budgets.py) -----
+    budget_user_tokens_day: int = Field(default=0, ge=0, le=MAX_TOKENS_SETTING)
+    budget_user_tokens_month: int = Field(default=0, ge=0, le=MAX_TOKENS_SETTING)
+    budget_total_tokens_day: int = Field(default=0, ge=0, le=MAX_TOKENS_SETTING)
+    # IANA zone name for budget periods (days, months); None: the system's zone.
+    timezone: str | None = None
+    rate_limit_user_per_min: int = Field(default=20, ge=0, le=100_000)
+    context_idle_reset_min: float = Field(default=0.0, ge=0, le=525_600)
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -298,6 +309,19 @@ class Settings(BaseSettings):
         if value and not _SCHEDULE_RE.match(value):
             raise ValueError("must be a daily time HH:MM such as 04:00")
         return value or None
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            zoneinfo.ZoneInfo(value.strip())
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                "not a known time zone; use an IANA name such as Europe/Berlin or UTC"
+            ) from None
+        return value.strip()
 
     @field_validator("telegram_server")
     @classmethod

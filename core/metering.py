@@ -152,6 +152,12 @@ def track_core(runtime: Runtime) -> None:
     counters.track("vigil_turn_failures", lambda: chat.stats.failed)
     counters.track("vigil_commands", lambda: chat.stats.commands)
     counters.track("vigil_turns_rejected", lambda: admission.rejected + chat.stats.rejected)
+    if chat.rate_limiter is not None:  # the per-user rate limit refuses turns too
+        limiter = chat.rate_limiter
+        counters.track("vigil_turns_rejected", lambda: limiter.refusals)
+    if chat.budgets is not None:
+        budgets = chat.budgets
+        counters.track("vigil_budget_refusals", lambda: budgets.refusals)
     counters.track("vigil_llm_failures", lambda: llm.failures)
     counters.track("vigil_llm_retries", lambda: llm.retries)
     counters.track("vigil_errors", lambda: llm.failures, _kind("llm"))

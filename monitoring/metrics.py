@@ -44,6 +44,7 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...], tuple[Labels, ...]], ...] = (
     ("vigil_turn_failures", "Turns that ended with a model error", (), ((),)),
     ("vigil_commands", "Chat commands handled", (), ((),)),
     ("vigil_turns_rejected", "Turns refused (throttled, draining or queue full)", (), ((),)),
+    ("vigil_budget_refusals", "Turns refused because a token budget was used up", (), ((),)),
     (
         "vigil_llm_requests",
         "Model calls by outcome (ok, cancelled, or the error code) and model",

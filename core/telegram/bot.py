@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.channel import Channel, IncomingMessage, telegram_user
 from core.chat import ChatService, parse_command
-from core.errors import Busy, Draining, VigilError
+from core.errors import Busy, Draining, UserLimitError, VigilError
 from core.lifecycle import STOP_REASONS
 from core.maintenance_mode import MaintenanceError, fmt_utc
 from core.telegram.channel import REPLY_TO, chat_key
@@ -273,6 +273,9 @@ class TelegramBot:
             stopping = exc.fields.get("reason") in STOP_REASONS
             await self._say(msg.chat_id, STOPPING_REPLY if stopping else DRAINING_REPLY)
             return self.ledger is None  # without a ledger nothing would answer it later
+        except UserLimitError as exc:  # budget used up, too many messages: says when
+            log.info("chat %s: message %s refused: %s", *_key(msg), exc.code)
+            await self._say(msg.chat_id, exc.message)
         except Busy as exc:
             await self._say(msg.chat_id, BUSY_REPLY.format(seconds=max(1, round(exc.retry_after))))
         except VigilError as exc:
