@@ -36,7 +36,8 @@ HELP_TEXT = (
     "/status — server health in one line\n"
     "/summary — what I remember of earlier parts of this chat\n"
     "/cancel — stop the answer being written\n"
-    "/retry — write the last answer again"
+    "/retry — write the last answer again\n"
+    "/usage — your tokens today and this month, and the budget left"
 )
 STOPPED = "⏹ Stopped."
 NOTHING_TO_CANCEL = "Nothing is being written right now."
@@ -131,6 +132,7 @@ class ChatService:
             "summary": self._cmd_summary,
             "cancel": self._cmd_cancel,
             "retry": self._cmd_retry,
+            "usage": self._cmd_usage,
         }
         self.help_text = HELP_TEXT
 
@@ -520,6 +522,16 @@ class ChatService:
         if self.cancel(msg.chat_id):
             return ""  # the stopped reply itself says so
         return NOTHING_TO_CANCEL
+
+    async def _cmd_usage(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        from core import usage_command
+
+        user = self.user_of(msg, channel)
+        if args.strip().lower() == "all":
+            if user != ADMIN_USER:
+                return usage_command.ONLY_ADMIN
+            return await usage_command.all_usage(self)
+        return await usage_command.own_usage(self, user)
 
     async def _cmd_retry(
         self, msg: IncomingMessage, channel: Channel, args: str

@@ -188,3 +188,36 @@ def test_a_count_stored_before_the_labels_is_kept_under_outcome_unlabeled(
     server = live_server_factory(settings)
     text = server.client.get("/metrics").text
     assert 'vigil_llm_requests_total{model="",outcome="unlabeled"} 41.0' in text
+
+
+def command(server: LiveServer, text: str, user: str | None = None) -> str:
+    body: dict[str, Any] = {"text": text}
+    if user is not None:
+        body["user"] = user
+    response = server.client.post("/api/chats/cmd/messages", json=body)
+    assert response.status_code == 200, response.text
+    return str(response.json()["reply"])
+
+
+def test_usage_command_shows_own_tokens_and_the_budget_left(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, budget_user_tokens_day=100_000)
+    server = live_server_factory(settings)
+    server.client.post("/api/chats/cmd/messages", json={"text": "hello", "user": "ada"})
+    server.client.post("/api/chats/cmd/messages", json={"text": "other", "user": "bo"})
+    ada = [r for r in usage_rows(server) if r["user_id"] == "api:ada"]
+    spent = sum(r["prompt_tokens"] + r["completion_tokens"] for r in ada)
+    reply = command(server, "/usage", "ada")
+    assert f"Your usage today: {spent:,} tokens" in reply
+    assert f"This month: {spent:,} tokens" in reply
+    assert f"today: {100_000 - spent:,} of 100,000 left" in reply
+    assert "this month: unlimited" in reply
+    assert "admin: no budget" in command(server, "/usage")
+
+
+def test_usage_all_is_for_the_admin_only(live_server: LiveServer) -> None:
+    live_server.client.post("/api/chats/cmd/messages", json={"text": "hello", "user": "ada"})
+    assert "Only the admin" in command(live_server, "/usage all", "ada")
+    reply = command(live_server, "/usage all")
+    assert "Top users" in reply and "1. api:ada:" in reply
