@@ -221,3 +221,18 @@ def test_usage_all_is_for_the_admin_only(live_server: LiveServer) -> None:
     assert "Only the admin" in command(live_server, "/usage all", "ada")
     reply = command(live_server, "/usage all")
     assert "Top users" in reply and "1. api:ada:" in reply
+
+
+def test_usage_dashboard_data_has_every_hour_and_the_top_users(live_server: LiveServer) -> None:
+    for user in ("ada", "bo", "bo"):
+        live_server.client.post("/api/chats/d/messages", json={"text": "hello", "user": user})
+    body = live_server.client.get("/usage/dashboard", params={"hours": 24}).json()
+    assert len(body["hours"]) == 24
+    assert (
+        sum(h["prompt"] + h["completion"] for h in body["hours"]) == body["today"]["total_tokens"]
+    )
+    assert [u["user"] for u in body["top_users"]] == ["api:bo", "api:ada"]
+    assert live_server.client.get("/usage/dashboard", params={"hours": 0}).status_code == 422
+    assert (
+        live_server.client.get("/usage/dashboard", headers={"Authorization": ""}).status_code == 401
+    )
