@@ -22,9 +22,9 @@ from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
 from core.llm import LLMClient
-from core.memory import ChatMemory, estimate_tokens
+from core.memory import ChatMemory
 from core.streaming import StreamingOptimizer
-from core.usage import CANCELLED, OK, CallMeter, UsageRecorder
+from core.usage import CANCELLED, OK, CallMeter, UsageRecorder, metered_summarize
 
 log = logging.getLogger(__name__)
 
@@ -412,29 +412,7 @@ class ChatService:
         if self.llm.status.state != "ok":
             return  # the extractive summary stays until a model answers
 
-        async def summarize(request: str) -> str:
-            meter, outcome, text = CallMeter(), "error", ""
-            try:
-                text = await self.llm.summarize(request, meter=meter)
-                outcome = OK
-                return text
-            except LLMError as exc:
-                outcome = exc.code
-                raise
-            except asyncio.CancelledError:
-                outcome = CANCELLED
-                raise
-            finally:
-                self.usage.record(
-                    meter,
-                    chat_id=chat_id,
-                    user_id=user_id,
-                    kind="summary",
-                    outcome=outcome,
-                    prompt_estimate=estimate_tokens(request),
-                    completion_text=text,
-                )
-
+        summarize = metered_summarize(self.llm, self.usage, chat_id, user_id)
         try:
             async with self.limiter.slot():
                 await self.context.refine(chat_id, summarize)

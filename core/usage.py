@@ -21,11 +21,12 @@ roll-up and retention: :func:`rollup_and_expire` (the daily cleanup task).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from core.config import Settings
     from core.counter_buffer import CounterBuffer
     from core.database import Database
+    from core.llm import LLMClient
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +165,38 @@ class UsageRecorder:
             return 0
         self.written += len(batch)
         return len(batch)
+
+
+def metered_summarize(
+    llm: LLMClient, recorder: UsageRecorder, chat_id: str, user_id: str | None
+) -> Callable[[str], Awaitable[str]]:
+    """``llm.summarize`` whose call is recorded as a ``summary`` usage row."""
+    from core.errors import LLMError
+
+    async def summarize(request: str) -> str:
+        meter, outcome, text = CallMeter(), "error", ""
+        try:
+            text = await llm.summarize(request, meter=meter)
+            outcome = OK
+            return text
+        except LLMError as exc:
+            outcome = exc.code
+            raise
+        except asyncio.CancelledError:
+            outcome = CANCELLED
+            raise
+        finally:
+            recorder.record(
+                meter,
+                chat_id=chat_id,
+                user_id=user_id,
+                kind="summary",
+                outcome=outcome,
+                prompt_estimate=estimate_tokens(request),
+                completion_text=text,
+            )
+
+    return summarize
 
 
 # --- reading --------------------------------------------------------------------------
