@@ -236,3 +236,27 @@ def test_usage_dashboard_data_has_every_hour_and_the_top_users(live_server: Live
     assert (
         live_server.client.get("/usage/dashboard", headers={"Authorization": ""}).status_code == 401
     )
+
+
+@pytest.mark.slow
+def test_telegram_turns_count_for_tg_ids_and_the_admin_sees_usage_all(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    from tests.core.telegram.test_app import ADA, BOB, Tg, tg_settings
+    from tests.fake_telegram import FakeTelegram
+
+    fake = FakeTelegram()
+    tg = Tg(live_server_factory(tg_settings(tmp_path, fake_llm), telegram=fake.factory), fake)
+    tg.say("hi", sender=BOB, chat_id=43)
+    tg.say("boss here", sender=ADA, chat_id=42)
+    rows = usage_rows(tg.server)
+    assert [(r["chat_id"], r["user_id"]) for r in rows] == [("tg:43", "tg:43"), ("tg:42", "admin")]
+    tg.say("/usage", sender=BOB, chat_id=43)
+    tg.say("/usage all", sender=BOB, chat_id=43)
+    tg.say("/usage all", sender=ADA, chat_id=42)
+    bob = fake.texts(43)
+    spent = rows[0]["prompt_tokens"] + rows[0]["completion_tokens"]
+    assert bob[1].startswith(f"Your usage today: {spent:,} tokens")
+    assert bob[2] == "Only the admin can see everyone's usage. /usage shows yours."
+    admin = fake.texts(42)[-1]
+    assert "Top users" in admin and "tg:43" in admin and "admin" in admin
