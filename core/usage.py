@@ -135,8 +135,9 @@ class UsageRecorder:
             )
         )
         if len(self.pending) > MAX_PENDING:
-            del self.pending[: len(self.pending) - MAX_PENDING]
-            self.dropped += 1
+            excess = len(self.pending) - MAX_PENDING
+            del self.pending[:excess]
+            self.dropped += excess
         counters = self.counters
         if counters is not None:
             counters.add("vigil_llm_requests", 1.0, (("model", model), ("outcome", outcome)))
