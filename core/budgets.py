@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.channel import ADMIN_USER
-from core.errors import BudgetExceeded, UserRateLimited
+from core.errors import BudgetExceeded, StorageError, UserRateLimited
 
 if TYPE_CHECKING:
     from core.config import Settings
@@ -143,6 +143,7 @@ class Budgets:
         self.pending: Callable[[], Sequence[Sequence[Any]]] = tuple
         self.refusals = 0  # vigil_budget_refusals_total (polled by the counter buffer)
         self.alert: AlertHook | None = None  # monitoring's condition(), set by its starter
+        self._noticed: set[tuple[str, str, int]] = set()  # saves a write per turn past 80 %
 
     @classmethod
     def from_settings(cls, db: Database, settings: Settings) -> Budgets:
@@ -306,13 +307,23 @@ class Budgets:
 
     async def _first_notice(self, scope: str, period: str, level: int) -> bool:
         """Record a notice; True only the first time for this scope, period and level."""
-        async with self.db.transaction() as tx:
-            cursor = await tx.execute(
-                "INSERT OR IGNORE INTO budget_notices (scope, period, level, at)"
-                " VALUES (?, ?, ?, ?)",
-                (scope, period, level, self.clock()),
-            )
-            return bool(cursor.rowcount)
+        key = (scope, period, level)
+        if key in self._noticed:
+            return False
+        if len(self._noticed) > 100_000:
+            self._noticed.clear()
+        self._noticed.add(key)
+        try:
+            async with self.db.transaction() as tx:
+                cursor = await tx.execute(
+                    "INSERT OR IGNORE INTO budget_notices (scope, period, level, at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (scope, period, level, self.clock()),
+                )
+                return bool(cursor.rowcount)
+        except StorageError as exc:  # a notice not recorded must not fail the turn
+            log.warning("could not record the budget notice for %s: %s", scope, exc)
+            return False
 
     # --- operator overrides (the CLI) -------------------------------------------------
     async def set_override(self, user_id: str, day: int | None, month: int | None) -> None:
