@@ -68,6 +68,7 @@ async def delete(runtime: RuntimeDep, body: DeleteIn) -> dict[str, Any]:
     # A turn running in one of these chats would store its reply after the
     # deletion: wait for it (new turns there wait for the deletion).
     async with runtime.chat.quiet(plan.affected):
+        await runtime.chat.usage.flush(db)  # usage rows still in memory go too
         result: dict[str, Any] = await db.run_exclusive(
             lambda conn: dbops.delete_data(
                 conn,

@@ -9,6 +9,7 @@ starts a turn and wraps the turn in :meth:`Admission.turn`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -87,32 +88,69 @@ class Admission:
 
 
 class AdjustableLimiter:
-    """A semaphore whose limit can be lowered and raised at run time."""
+    """A semaphore whose limit can be lowered and raised at run time, fair across keys.
+
+    When every slot is taken, waiters queue per key (a user) and are served
+    round-robin across keys: one user's burst waits behind everyone else's
+    next turn instead of starving them. Waiters of one key are served in order.
+    """
 
     def __init__(self, limit: int) -> None:
         self.configured = limit
         self.limit = limit
         self.active = 0
         self.waiting = 0
-        self._cond = asyncio.Condition()
+        # key -> its waiters, in round-robin order (the next key to serve first)
+        self._queues: collections.OrderedDict[str, collections.deque[asyncio.Future[None]]] = (
+            collections.OrderedDict()
+        )
 
     async def set_limit(self, limit: int) -> None:
-        async with self._cond:
-            self.limit = max(1, limit)
-            self._cond.notify_all()
+        self.limit = max(1, limit)
+        self._wake()
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        async with self._cond:
-            self.waiting += 1
-            try:
-                await self._cond.wait_for(lambda: self.active < self.limit)
-            finally:
-                self.waiting -= 1
-            self.active += 1
+    async def slot(self, key: str = "") -> AsyncIterator[None]:
+        await self._acquire(key)
         try:
             yield
         finally:
-            async with self._cond:
+            self.active -= 1
+            self._wake()
+
+    async def _acquire(self, key: str) -> None:
+        if self.active < self.limit and not self._queues:
+            self.active += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._queues.setdefault(key, collections.deque())
+        queue.append(waiter)
+        self.waiting += 1
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # granted, then cancelled: pass it on
                 self.active -= 1
-                self._cond.notify()
+                self._wake()
+            else:
+                queue = self._queues.get(key, collections.deque())
+                with contextlib.suppress(ValueError):
+                    queue.remove(waiter)
+                if not queue:
+                    self._queues.pop(key, None)
+            raise
+        finally:
+            self.waiting -= 1
+
+    def _wake(self) -> None:
+        while self.active < self.limit and self._queues:
+            key, queue = next(iter(self._queues.items()))
+            waiter = queue.popleft()
+            if queue:
+                self._queues.move_to_end(key)  # round robin: this key waits its turn again
+            else:
+                del self._queues[key]
+            if waiter.done():
+                continue
+            self.active += 1
+            waiter.set_result(None)

@@ -19,8 +19,15 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from core.channel import IncomingMessage, Turn, TurnResult
-from core.errors import BadRequest, EmptyText, InvalidChatId, TextTooLong, VigilError
+from core.channel import IncomingMessage, Turn, TurnResult, api_user
+from core.errors import (
+    BadRequest,
+    EmptyText,
+    InvalidChatId,
+    InvalidUser,
+    TextTooLong,
+    VigilError,
+)
 from core.http import check_admin
 from core.runtime import Runtime, RuntimeDep
 
@@ -29,6 +36,7 @@ CHAT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 # A full id as GET /api/chats lists it: "local:<id>" or "tg:<Telegram chat id>".
 STORED_CHAT_ID_RE = re.compile(r"^(local:[A-Za-z0-9_.-]{1,64}|tg:-?[0-9]{1,20})$")
 LOCAL_PREFIX = "local:"
+MAX_USER_CHARS = 64
 
 router = APIRouter(prefix="/api", tags=["local chat"], dependencies=[Depends(check_admin)])
 
@@ -148,16 +156,38 @@ def _validate_text(runtime: Runtime, body: MessageIn) -> str:
     return body.text
 
 
+def validate_user(user: str | None) -> str | None:
+    """The end user an integration speaks for: 1-64 printable characters, or None."""
+    if user is None:
+        return None
+    if not 1 <= len(user) <= MAX_USER_CHARS or not user.strip():
+        raise InvalidUser(
+            f"user must be 1-{MAX_USER_CHARS} characters, not blank (got {len(user)})",
+            field="user",
+        )
+    if not user.isprintable():
+        raise InvalidUser(
+            "user must hold printable characters only (no control characters or newlines)",
+            field="user",
+        )
+    try:
+        user.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidUser("user is not valid Unicode", field="user") from None
+    return user
+
+
 @router.post("/chats/{chat_id}/messages")
 async def post_message(
     request: Request, runtime: RuntimeDep, chat_id: ChatIdPath, body: MessageIn
 ) -> Any:
     full_id = local_chat_id(chat_id)
     text = _validate_text(runtime, body)
+    user = validate_user(body.user)
     msg = IncomingMessage(
         chat_id=full_id,
         text=text,
-        user_id=body.user,
+        user_id=api_user(user),
         username=body.user,
         display_name=body.user,
         received_at=time.time(),
@@ -168,8 +198,10 @@ async def post_message(
         result = await runtime.chat.handle(msg, reply)
         return result_json(chat_id, result)
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    channel = LocalReply(events)
     # Refused with 429/503 here, before the stream starts (not as an event in a 200 stream).
-    task = runtime.chat.handle_in_background(msg, LocalReply(events))
+    await runtime.chat.admit_user(msg, channel)  # rate limit, budgets (not commands)
+    task = runtime.chat.handle_in_background(msg, channel, admitted=True)
     return StreamingResponse(
         _sse(chat_id, task, events),
         media_type="text/event-stream",

@@ -19,8 +19,18 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from core import __version__, announce, api, health, lifecycle, restart_routes, web
+from core import (
+    __version__,
+    announce,
+    api,
+    health,
+    lifecycle,
+    restart_routes,
+    usage_routes,
+    web,
+)
 from core.admission import AdjustableLimiter, Admission
+from core.budgets import Budgets, RateLimiter
 from core.chat import ChatService
 from core.config import Settings, load_settings
 from core.context import ContextWindowManager
@@ -32,6 +42,7 @@ from core.metering import RequestMeter, start_metering
 from core.runtime import QueueDepth, Runtime
 from core.sdnotify import SdNotifier
 from core.telegram import routes as telegram_routes
+from core.usage import UsageRecorder, prices_from
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +116,10 @@ def build_runtime(
             [] if settings.telegram_admin_id is None else [str(settings.telegram_admin_id)]
         ),
         status_line=status_line,
+        budgets=Budgets.from_settings(db, settings),
+        rate_limiter=RateLimiter(settings.rate_limit_user_per_min),
+        idle_reset_s=settings.context_idle_reset_min * 60.0,
+        usage=UsageRecorder(prices=prices_from(settings)),
     )
     started = time.monotonic()
     runtime = Runtime(
@@ -128,6 +143,7 @@ def build_runtime(
         started_monotonic=started,
         queue_depth=queue_depth,
     )
+    chat.usage.counters = runtime.counters
     return runtime
 
 
@@ -204,6 +220,7 @@ def create_app(
     app.include_router(restart_routes.router)
     app.include_router(telegram_routes.router)
     app.include_router(announce.router)
+    app.include_router(usage_routes.router)
     from monitoring.routes import router as monitoring_router
 
     app.include_router(monitoring_router)

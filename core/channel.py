@@ -9,6 +9,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+ADMIN_USER = "admin"
+TELEGRAM_USER_PREFIX = "tg:"
+API_USER_PREFIX = "api:"
+
+
+def telegram_user(sender_id: int | None, admin_id: int | None) -> str | None:
+    """A Telegram sender's user id: ``admin`` for the admin, else ``tg:<id>``."""
+    if sender_id is None:
+        return None
+    if admin_id is not None and sender_id == admin_id:
+        return ADMIN_USER
+    return f"{TELEGRAM_USER_PREFIX}{sender_id}"
+
+
+def api_user(user: str | None) -> str:
+    """A local-API message's user id: ``api:<user>``, or ``admin`` without a user."""
+    return ADMIN_USER if user is None else f"{API_USER_PREFIX}{user}"
+
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
@@ -16,6 +34,9 @@ class IncomingMessage:
 
     chat_id: str  # namespaced: "local:demo", "tg:12345"
     text: str
+    # Who the turn is for (usage and budgets count it against this identity):
+    # "tg:<Telegram sender id>", "api:<the local API's user field>", or ADMIN_USER
+    # for the operator (the Telegram admin; a local-API message without "user").
     user_id: str | None = None
     username: str | None = None
     display_name: str | None = None

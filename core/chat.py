@@ -14,14 +14,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from core.admission import AdjustableLimiter, Admission
-from core.channel import Channel, IncomingMessage, Turn, TurnResult
+from core.budgets import Budgets, RateLimiter
+from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
 from core.llm import LLMClient
 from core.memory import ChatMemory
 from core.streaming import StreamingOptimizer
+from core.usage import CANCELLED, OK, CallMeter, UsageRecorder, metered_summarize
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,8 @@ HELP_TEXT = (
     "/status — server health in one line\n"
     "/summary — what I remember of earlier parts of this chat\n"
     "/cancel — stop the answer being written\n"
-    "/retry — write the last answer again"
+    "/retry — write the last answer again\n"
+    "/usage — your tokens today and this month, and the budget left"
 )
 STOPPED = "⏹ Stopped."
 NOTHING_TO_CANCEL = "Nothing is being written right now."
@@ -44,6 +48,10 @@ RETRY_NOT_SHOWN = "⚠️ I could not show the new answer here; please send /ret
 MODEL_DOWN_REPLY = (
     "I can't reach my language model right now; the operator has been told. "
     "Please try again in a minute."
+)
+IDLE_RESET_NOTE = (
+    "ℹ️ It's been a while, so I started a fresh conversation "
+    "(/summary still shows what came before)."
 )
 # Channels whose every user is the operator (the local API needs the admin token).
 OPERATOR_CHANNELS = frozenset({"local"})
@@ -89,6 +97,11 @@ class ChatService:
         queue_limit: int = 20,
         status_line: Callable[[], Awaitable[str]] | None = None,
         operator_ids: frozenset[str] = frozenset(),
+        budgets: Budgets | None = None,
+        rate_limiter: RateLimiter | None = None,
+        idle_reset_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
+        usage: UsageRecorder | None = None,
     ) -> None:
         self.memory = memory
         self.context = context
@@ -98,6 +111,14 @@ class ChatService:
         self.queue_limit = queue_limit
         self.status_line = status_line
         self.operator_ids = operator_ids
+        self.budgets = budgets
+        self.rate_limiter = rate_limiter
+        self.idle_reset_s = idle_reset_s
+        self.clock = clock  # wall clock of the idle reset
+        # Every model call, measured (core/usage.py); written in batches, off the turn.
+        self.usage = usage if usage is not None else UsageRecorder()
+        if budgets is not None:  # calls recorded but not yet written count as spent
+            budgets.pending = self.unwritten_usage
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
         self._background: set[asyncio.Task[object]] = set()
@@ -111,16 +132,53 @@ class ChatService:
             "summary": self._cmd_summary,
             "cancel": self._cmd_cancel,
             "retry": self._cmd_retry,
+            "usage": self._cmd_usage,
         }
         self.help_text = HELP_TEXT
 
     # --- entry point ------------------------------------------------------------
-    async def handle(self, msg: IncomingMessage, channel: Channel) -> TurnResult:
+    async def handle(
+        self, msg: IncomingMessage, channel: Channel, *, admitted: bool = False
+    ) -> TurnResult:
+        """Answer ``msg``; ``admitted``: :meth:`admit_user` ran already (the stream path)."""
         command, args = parse_command(msg.text)
         if command is not None:
             return await self._run_command(command, args, msg, channel)
+        if not admitted:
+            self._check_rate(msg, channel)
         async with self._exclusive(msg.chat_id):
             return await self._turn(msg, channel)
+
+    def unwritten_usage(self) -> list[tuple[Any, ...]]:
+        return self.usage.pending
+
+    def user_of(self, msg: IncomingMessage, channel: Channel) -> str:
+        """The user a turn is counted for: ``tg:<id>``, ``api:<user>`` or ``admin``."""
+        if msg.user_id:
+            return msg.user_id
+        if channel.name in OPERATOR_CHANNELS:
+            return ADMIN_USER
+        return msg.chat_id  # no sender (a channel post): the chat is counted
+
+    def _check_rate(self, msg: IncomingMessage, channel: Channel) -> None:
+        if self.rate_limiter is not None:
+            self.rate_limiter.hit(self.user_of(msg, channel))
+
+    async def admit_user(self, msg: IncomingMessage, channel: Channel) -> None:
+        """The user's rate limit and budgets (UserLimitError), before a stream opens."""
+        if parse_command(msg.text)[0] is not None:
+            return
+        self._check_rate(msg, channel)
+        await self._check_budget(msg, channel)
+
+    async def _check_budget(self, msg: IncomingMessage, channel: Channel) -> None:
+        """Refuse (BudgetExceeded) before the model is called; send a due heads-up."""
+        if self.budgets is None:
+            return
+        notice = await self.budgets.check(self.user_of(msg, channel))
+        if notice:
+            with contextlib.suppress(VigilError):  # the turn matters more than the notice
+                await channel.send(msg.chat_id, notice)
 
     @contextlib.asynccontextmanager
     async def _exclusive(self, chat_id: str) -> AsyncIterator[None]:
@@ -171,6 +229,7 @@ class ChatService:
         is down loses nothing.
         """
         async with self._exclusive(msg.chat_id):
+            await self._check_budget(msg, channel)
             question = await self.memory.last_turn(msg.chat_id, "user")
             window = await self.memory.window(msg.chat_id)
             if question is None or all(t.id != question.id for t in window.turns):
@@ -195,8 +254,10 @@ class ChatService:
 
     def is_operator(self, msg: IncomingMessage, channel: Channel) -> bool:
         """The operator gets the model's failure in detail; chatters a neutral line."""
-        return channel.name in OPERATOR_CHANNELS or (
-            msg.user_id is not None and msg.user_id in self.operator_ids
+        return (
+            channel.name in OPERATOR_CHANNELS
+            or msg.user_id == ADMIN_USER
+            or (msg.user_id is not None and msg.user_id in self.operator_ids)
         )
 
     def pending(self, chat_id: str) -> int:
@@ -219,6 +280,9 @@ class ChatService:
                     user_turn = stored
                     later = tuple(t.id for t in window.turns if t.id > stored.id)
         if user_turn is None:
+            # Checked in the chat's turn: queued turns of one user see each other's tokens.
+            await self._check_budget(msg, channel)
+            await self._idle_reset(msg, channel)
             user_turn = await self.memory.append(
                 msg.chat_id,
                 "user",
@@ -228,38 +292,79 @@ class ChatService:
             )
         return await self._answer(msg, channel, user_turn.id, exclude=later)
 
-    async def _pump(self, messages: list[dict[str, str]], streamer: StreamingOptimizer) -> None:
+    async def _idle_reset(self, msg: IncomingMessage, channel: Channel) -> None:
+        """A message after ``idle_reset_s`` of silence starts a fresh context."""
+        if not self.idle_reset_s:
+            return
+        window = await self.memory.window(msg.chat_id)
+        if not window.turns or self.clock() - window.turns[-1].created_at < self.idle_reset_s:
+            return
+        await self.memory.restart_context(msg.chat_id)
+        log.info("chat %s: context restarted after %.0f s idle", msg.chat_id, self.idle_reset_s)
+        with contextlib.suppress(VigilError):
+            await channel.send(msg.chat_id, IDLE_RESET_NOTE)
+
+    async def _pump(
+        self,
+        messages: list[dict[str, str]],
+        streamer: StreamingOptimizer,
+        meter: CallMeter,
+        user: str = "",
+    ) -> None:
         try:
-            async with self.limiter.slot():
-                async for delta in self.llm.stream(messages):
+            async with self.limiter.slot(user):  # fair: round-robin across users
+                meter.started = time.monotonic()  # the call, not the wait for a slot
+                async for delta in self.llm.stream(messages, meter=meter):
                     await streamer.push(delta)
         finally:
             self._pumps.pop(streamer.chat_id, None)
             streamer.release()  # the stream is over, even when cancelled
 
     async def _answer(
-        self, msg: IncomingMessage, channel: Channel, user_id: int, *, exclude: Sequence[int] = ()
+        self,
+        msg: IncomingMessage,
+        channel: Channel,
+        question_id: int,
+        *,
+        exclude: Sequence[int] = (),
     ) -> TurnResult:
         started = time.monotonic()
         prompt = await self.context.build(msg.chat_id, exclude=exclude)
         streamer = StreamingOptimizer(channel, msg.chat_id)
         await streamer.start()  # counted by the edit scheduler from here: _pump releases it
-        pump = asyncio.ensure_future(self._pump(prompt.messages, streamer))
+        meter = CallMeter()
+        pump = asyncio.ensure_future(
+            self._pump(prompt.messages, streamer, meter, self.user_of(msg, channel))
+        )
         self._pumps[msg.chat_id] = (streamer, pump)
+        outcome, generated = "error", None
         try:
             await pump
+            outcome = OK
         except asyncio.CancelledError:
+            outcome, generated = CANCELLED, streamer.text
             task = asyncio.current_task()
             if not streamer.cancelled or (task is not None and task.cancelling()):
                 raise
-            return await self._stopped(msg, streamer, user_id)
+            return await self._stopped(msg, streamer, question_id)
         except LLMError as exc:
+            outcome, generated = exc.code, streamer.text  # before the error line is shown
             self.stats.failed += 1
             log.warning("chat %s: model failed: %s: %s", msg.chat_id, exc.code, exc.message)
             shown = exc.message if self.is_operator(msg, channel) else MODEL_DOWN_REPLY
             ids = await self._deliver(msg.chat_id, streamer, f"⚠️ {shown}")
             return TurnResult(
-                msg.chat_id, streamer.text, user_id, None, error_code=exc.code, sent_ids=ids
+                msg.chat_id, streamer.text, question_id, None, error_code=exc.code, sent_ids=ids
+            )
+        finally:
+            self.usage.record(
+                meter,
+                chat_id=msg.chat_id,
+                user_id=msg.user_id,
+                kind="turn",
+                outcome=outcome,
+                prompt_estimate=prompt.tokens,
+                completion_text=streamer.text if generated is None else generated,
             )
         text = clean_text(streamer.text)
         # Stored before the last delivery step: a reply the chatter may already
@@ -269,7 +374,7 @@ class ChatService:
         self.stats.turns += 1
         self.stats.record(time.monotonic() - started)
         if prompt.refine_due:
-            self._spawn(self._refine(msg.chat_id))
+            self._spawn(self._refine(msg.chat_id, msg.user_id))
         log.info(
             "chat %s: turn done in %.2f s (%d prompt tokens, %d chars)",
             msg.chat_id,
@@ -277,7 +382,7 @@ class ChatService:
             prompt.tokens,
             len(text),
         )
-        return TurnResult(msg.chat_id, text, user_id, reply.id, sent_ids=ids)
+        return TurnResult(msg.chat_id, text, question_id, reply.id, sent_ids=ids)
 
     async def _deliver(
         self, chat_id: str, streamer: StreamingOptimizer, text: str
@@ -289,7 +394,7 @@ class ChatService:
             return tuple(streamer.message_ids)
 
     async def _stopped(
-        self, msg: IncomingMessage, streamer: StreamingOptimizer, user_id: int
+        self, msg: IncomingMessage, streamer: StreamingOptimizer, question_id: int
     ) -> TurnResult:
         partial = clean_text(streamer.text).rstrip()
         reply_id = None
@@ -300,15 +405,17 @@ class ChatService:
         )
         log.info("chat %s: reply stopped by /cancel after %d chars", msg.chat_id, len(partial))
         return TurnResult(
-            msg.chat_id, streamer.text, user_id, reply_id, cancelled=True, sent_ids=ids
+            msg.chat_id, streamer.text, question_id, reply_id, cancelled=True, sent_ids=ids
         )
 
-    async def _refine(self, chat_id: str) -> None:
+    async def _refine(self, chat_id: str, user_id: str | None = None) -> None:
         if self.llm.status.state != "ok":
             return  # the extractive summary stays until a model answers
+
+        summarize = metered_summarize(self.llm, self.usage, chat_id, user_id)
         try:
             async with self.limiter.slot():
-                await self.context.refine(chat_id, self.llm.summarize)
+                await self.context.refine(chat_id, summarize)
         except Exception:  # a loop boundary: a failed refinement keeps the fallback
             log.warning("chat %s: summary refinement failed", chat_id, exc_info=True)
 
@@ -323,7 +430,7 @@ class ChatService:
             )
 
     def handle_in_background(
-        self, msg: IncomingMessage, channel: Channel
+        self, msg: IncomingMessage, channel: Channel, *, admitted: bool = False
     ) -> asyncio.Task[TurnResult]:
         """Admit ``msg`` now (Draining/Busy raise here), then handle it as a task.
 
@@ -331,7 +438,7 @@ class ChatService:
         as an event inside a 200 stream. The task is drained at shutdown.
         """
         self._check_admission(msg.chat_id)
-        task = asyncio.ensure_future(self.handle(msg, channel))
+        task = asyncio.ensure_future(self.handle(msg, channel, admitted=admitted))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -377,6 +484,11 @@ class ChatService:
 
     async def _cmd_summary(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
         window = await self.memory.window(msg.chat_id)
+        if window.detached:
+            return (
+                "This chat started afresh after a long pause; before it, I remembered:\n"
+                + window.summary
+            )
         if not window.summary:
             return (
                 f"Nothing folded into a summary yet; {len(window.turns)} recent messages are "
@@ -388,6 +500,16 @@ class ChatService:
         if self.cancel(msg.chat_id):
             return ""  # the stopped reply itself says so
         return NOTHING_TO_CANCEL
+
+    async def _cmd_usage(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        from core import usage_command
+
+        user = self.user_of(msg, channel)
+        if args.strip().lower() == "all":
+            if user != ADMIN_USER:
+                return usage_command.ONLY_ADMIN
+            return await usage_command.all_usage(self)
+        return await usage_command.own_usage(self, user)
 
     async def _cmd_retry(
         self, msg: IncomingMessage, channel: Channel, args: str

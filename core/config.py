@@ -17,6 +17,7 @@ import os
 import re
 import tomllib
 import urllib.parse
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +38,7 @@ SECRET_FIELDS = ("admin_token", "llm_api_key", "telegram_api_hash", "telegram_bo
 SECRET_URL_FIELDS = ("huey_redis_url", "llm_base_url", "alert_webhook_url")
 SECRET_PLACEHOLDER = "VIGIL-SECRET-NOT-IN-BACKUP"
 _SCHEDULE_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+MAX_TOKENS_SETTING = 2**62  # budgets: beyond SQLite sums, a typo
 _SERVER_RE = re.compile(r"^(\d{1,3})@([^:@\s]+|\[[0-9a-fA-F:]+\]):(\d{1,5})$")
 
 
@@ -128,6 +130,9 @@ class Settings(BaseSettings):
     llm_max_tokens: int = Field(default=1024, ge=1)
     llm_temperature: float = Field(default=0.7, ge=0, le=2)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
+    # Prices per million tokens (plain numbers, no currency); cost is shown when set.
+    llm_price_input_per_1m: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    llm_price_output_per_1m: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     llm_concurrency: int = Field(default=4, ge=1, le=256)
     llm_probe_interval_s: float = Field(default=30.0, gt=0)
     system_prompt: str = "You are Vigil, a helpful assistant. Answer concisely."
@@ -200,12 +205,23 @@ class Settings(BaseSettings):
     backup_keep_monthly: int = Field(default=12, ge=0)
     message_retention_days: int | None = Field(default=None, ge=1)
     task_retention_days: int = Field(default=7, ge=1)
+    # Raw usage rows are kept this long, then only their daily roll-up (core/usage.py).
+    usage_retention_days: int = Field(default=400, ge=1, le=36500)
     # Per-task cron overrides (UTC), e.g. {"backup": "0 */6 * * *", "vacuum": "off"}.
     task_schedule: dict[str, str] = Field(default_factory=dict)
 
     # --- metrics and access log (core/metering.py) ----------------------------
     access_log: bool = False
     metrics_flush_interval_s: float = Field(default=5.0, gt=0, le=300)
+
+    # --- per-user limits: budgets, rate limit, idle reset (core/budgets.py) -----
+    budget_user_tokens_day: int = Field(default=0, ge=0, le=MAX_TOKENS_SETTING)
+    budget_user_tokens_month: int = Field(default=0, ge=0, le=MAX_TOKENS_SETTING)
+    budget_total_tokens_day: int = Field(default=0, ge=0, le=MAX_TOKENS_SETTING)
+    # IANA zone name for budget periods (days, months); None: the system's zone.
+    timezone: str | None = None
+    rate_limit_user_per_min: int = Field(default=20, ge=0, le=100_000)
+    context_idle_reset_min: float = Field(default=0.0, ge=0, le=525_600)
 
     @classmethod
     def settings_customise_sources(
@@ -293,6 +309,19 @@ class Settings(BaseSettings):
         if value and not _SCHEDULE_RE.match(value):
             raise ValueError("must be a daily time HH:MM such as 04:00")
         return value or None
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            zoneinfo.ZoneInfo(value.strip())
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                "not a known time zone; use an IANA name such as Europe/Berlin or UTC"
+            ) from None
+        return value.strip()
 
     @field_validator("telegram_server")
     @classmethod

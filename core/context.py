@@ -103,7 +103,7 @@ class ContextWindowManager:
         self.refines = 0
 
     def _budget(self, window: ChatWindow) -> int:
-        fixed = self.memory.estimate(self.system_prompt) + self.memory.estimate(window.summary)
+        fixed = self.memory.estimate(self.system_prompt) + self.memory.estimate(window.live_summary)
         return max(
             MESSAGE_OVERHEAD_TOKENS * 2, self.max_tokens - fixed - 2 * MESSAGE_OVERHEAD_TOKENS
         )
@@ -132,7 +132,7 @@ class ContextWindowManager:
     async def _fold(self, window: ChatWindow, turns: Sequence[Turn]) -> None:
         self.memory.sync_summary(window)  # the worker may have refined it meanwhile
         summary = extractive_summary(
-            window.summary,
+            window.live_summary,  # after an idle restart: a new summary, not the old one
             turns,
             max_tokens=self.summary_max_tokens,
             estimate=self.memory.estimate,
@@ -144,8 +144,8 @@ class ContextWindowManager:
 
     def _render(self, window: ChatWindow, keep: Sequence[Turn], *, folded: int) -> Prompt:
         system = self.system_prompt
-        if window.summary:
-            system += "\n\nSummary of the earlier conversation:\n" + window.summary
+        if window.live_summary:
+            system += "\n\nSummary of the earlier conversation:\n" + window.live_summary
         messages = [{"role": "system", "content": system}]
         for turn in keep:
             content = turn.content
@@ -154,7 +154,7 @@ class ContextWindowManager:
             messages.append({"role": turn.role, "content": content})
         tokens = sum(self.memory.estimate(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages)
         due = window.unrefined >= self.refine_after
-        return Prompt(messages, tuple(keep), window.summary, tokens, folded, due)
+        return Prompt(messages, tuple(keep), window.live_summary, tokens, folded, due)
 
     async def prune(self, chat_id: str) -> int:
         """Fold whatever exceeds the limits now (the governor's optimisation)."""
@@ -169,7 +169,7 @@ class ContextWindowManager:
     async def refine(self, chat_id: str, summarize: Summarizer) -> bool:
         """Rewrite the chat's extractive summary with the model, if still current."""
         window = await self.memory.window(chat_id)
-        if not window.summary:
+        if not window.live_summary:
             return False
         window.unrefined = 0  # one refinement at a time per batch of folds
         upto = window.summary_upto_id

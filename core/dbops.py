@@ -174,11 +174,15 @@ LOCAL_PREFIX = "local:"
 CHAT_TABLES: list[tuple[str, str]] = [
     ("telegram_inbound", "chat_id = :peer"),  # payloads hold the message text
     ("telegram_refusals", "chat_id = :peer"),
+    ("usage", "chat_id = :chat"),
+    ("usage_daily", "chat_id = :chat"),
 ]
 # The same for a Telegram user (:user = the numeric id) in every chat.
 USER_TABLES: list[tuple[str, str]] = [
     ("telegram_inbound", "sender_id = :user"),
     ("telegram_refusals", "user_id = :user"),
+    ("usage", "user_id = 'tg:' || :user"),
+    ("usage_daily", "user_id = 'tg:' || :user"),
 ]
 # Files of a chat under the data directory: functions (data_dir, chat id) -> paths.
 # Media files are one line here once they exist (e.g. data/media/<chat>/).

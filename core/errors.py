@@ -35,6 +35,10 @@ class InvalidChatId(BadRequest):
     code = "invalid_chat_id"
 
 
+class InvalidUser(BadRequest):
+    code = "invalid_user"
+
+
 class EmptyText(BadRequest):
     code = "text_empty"
 
@@ -132,3 +136,26 @@ class ChannelError(VigilError):
 
     code = "channel_error"
     status = 502
+
+
+class UserLimitError(VigilError):
+    """One chatter's own limit (token budget, rate limit); ``message`` is fit for them."""
+
+    code = "user_limit"
+    status = 429
+
+
+class BudgetExceeded(UserLimitError):
+    """A token budget is used up until ``resets_at`` (ISO 8601, the budget's zone)."""
+
+    code = "budget_exceeded"
+
+
+class UserRateLimited(UserLimitError):
+    """Too many messages from one user this minute; carries ``retry_after`` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float, **fields: Any) -> None:
+        super().__init__(message, retry_after=max(1, round(retry_after)), **fields)
+        self.retry_after = retry_after

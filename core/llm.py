@@ -27,6 +27,7 @@ from core.errors import LLMBadResponse, LLMError, LLMTimeout, LLMUnavailable
 
 if TYPE_CHECKING:
     from core.config import Settings
+    from core.usage import CallMeter
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,27 @@ class LLMClient:
 
     # --- streaming ---------------------------------------------------------
     async def stream(
-        self, messages: list[dict[str, str]], *, max_tokens: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        meter: CallMeter | None = None,
     ) -> AsyncIterator[str]:
-        """Yield text deltas of the model's answer; raises LLMError subclasses."""
+        """Yield text deltas of the model's answer; raises LLMError subclasses.
+
+        ``meter`` (optional) gets the model's own token counts, when its server
+        sends a ``usage`` chunk, and the time of the first token.
+        """
         payload: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
             "stream": True,
+            "stream_options": {"include_usage": True},
             "max_tokens": max_tokens or self.max_tokens,
             "temperature": self.temperature,
         }
+        if meter is not None:
+            meter.model = self.model
         url = f"{self.base_url}/chat/completions"
         self.requests += 1
         attempt = 0
@@ -117,7 +129,9 @@ class LLMClient:
                     if response.status_code >= 400:
                         body = (await response.aread()).decode("utf-8", "replace")
                         raise self._http_error(response.status_code, body)
-                    async for delta in self._deltas(response):
+                    async for delta in self._deltas(response, meter):
+                        if meter is not None and meter.first_token is None:
+                            meter.first_token = time.monotonic()
                         yield delta
                 self._mark("ok", "", started)
                 return
@@ -156,21 +170,26 @@ class LLMClient:
                 )
                 raise
 
-    async def _deltas(self, response: httpx.Response) -> AsyncIterator[str]:
+    async def _deltas(
+        self, response: httpx.Response, meter: CallMeter | None
+    ) -> AsyncIterator[str]:
         """Text deltas, never ending inside a surrogate pair (see ``_whole``)."""
         held = ""
-        async for delta in self._raw_deltas(response):
+        async for delta in self._raw_deltas(response, meter):
             text, held = _whole(held + delta)
             if text:
                 yield text
         if held:
             yield "\ufffd"
 
-    async def _raw_deltas(self, response: httpx.Response) -> AsyncIterator[str]:
+    async def _raw_deltas(
+        self, response: httpx.Response, meter: CallMeter | None
+    ) -> AsyncIterator[str]:
         ctype = response.headers.get("content-type", "")
         if "application/json" in ctype:  # a server that ignored stream=true
-            body = await response.aread()
-            yield _content_of(_loads(body.decode("utf-8", "replace")), streaming=False)
+            body = _loads((await response.aread()).decode("utf-8", "replace"))
+            _take_usage(body, meter)
+            yield _content_of(body, streaming=False)
             return
         got_any = False
         async for line in response.aiter_lines():
@@ -187,6 +206,7 @@ class LLMClient:
                     "of its answer (the model server's text is in logs/system.log).",
                     url=self.display_url,
                 )
+            _take_usage(chunk, meter)
             delta = _content_of(chunk, streaming=True)
             if delta:
                 got_any = True
@@ -199,14 +219,21 @@ class LLMClient:
             )
 
     async def complete(
-        self, messages: list[dict[str, str]], *, max_tokens: int | None = None
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int | None = None,
+        meter: CallMeter | None = None,
     ) -> str:
         """The whole answer as one string (summaries, probes)."""
-        parts = [delta async for delta in self.stream(messages, max_tokens=max_tokens)]
+        stream = self.stream(messages, max_tokens=max_tokens, meter=meter)
+        parts = [delta async for delta in stream]
         return "".join(parts)
 
-    async def summarize(self, request: str) -> str:
-        return await self.complete([{"role": "user", "content": request}], max_tokens=400)
+    async def summarize(self, request: str, *, meter: CallMeter | None = None) -> str:
+        return await self.complete(
+            [{"role": "user", "content": request}], max_tokens=400, meter=meter
+        )
 
     # --- health -------------------------------------------------------------------
     async def probe(self, *, timeout_s: float = 3.0) -> LLMStatus:
@@ -366,13 +393,28 @@ def _error_text(error: Any) -> str:
     return "" if error is None else str(error)[:200]
 
 
+def _take_usage(chunk: Any, meter: CallMeter | None) -> None:
+    """The model's own token counts (OpenAI: a last chunk with ``usage``; vLLM may
+    send them in every chunk: the last one wins)."""
+    if meter is None or not isinstance(chunk, dict):
+        return
+    usage = chunk.get("usage")
+    if not isinstance(usage, dict):
+        return
+    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    counts = (prompt, completion)
+    if all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts):
+        meter.prompt_tokens, meter.completion_tokens = prompt, completion
+
+
 def _content_of(chunk: Any, *, streaming: bool) -> str:
     try:
         choice = chunk["choices"][0]
         part = choice["delta"] if streaming else choice["message"]
         content = part.get("content") or ""
     except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        if streaming and isinstance(chunk, dict) and chunk.get("choices") == []:
+        usage_only = isinstance(chunk, dict) and ("choices" in chunk or "usage" in chunk)
+        if streaming and usage_only and chunk.get("choices", []) == []:
             return ""  # usage-only chunks
         raise LLMBadResponse(
             "The language model sent a response without the OpenAI 'choices' field. Check that "

@@ -46,6 +46,16 @@ class ChatWindow:
     def tokens(self) -> int:
         return sum(t.tokens for t in self.turns)
 
+    @property
+    def detached(self) -> bool:
+        """The summary is from before an idle restart of the context (not in the prompt)."""
+        return bool(self.summary) and self.context_start_id > self.summary_upto_id + 1
+
+    @property
+    def live_summary(self) -> str:
+        """The summary the prompt carries ("" after an idle restart, until the next fold)."""
+        return "" if self.detached else self.summary
+
 
 @dataclass(frozen=True, slots=True)
 class SearchHit:
@@ -201,6 +211,21 @@ class ChatMemory:
                 "UPDATE chats SET context_start_id = ?, summary = '', summary_upto_id = ?"
                 " WHERE id = ?",
                 (last + 1, last, chat_id),
+            )
+        self._windows.pop(chat_id, None)
+        return last
+
+    async def restart_context(self, chat_id: str) -> int:
+        """A fresh context after a long idle: unlike :meth:`reset` the summary stays
+        (``/summary`` shows it), but the prompt no longer carries it."""
+        async with self.db.transaction() as conn:
+            cursor = await conn.execute(
+                "SELECT coalesce(max(id), 0) FROM messages WHERE chat_id = ?", (chat_id,)
+            )
+            row = await cursor.fetchone()
+            last = int(row[0]) if row else 0
+            await conn.execute(
+                "UPDATE chats SET context_start_id = ? WHERE id = ?", (last + 1, chat_id)
             )
         self._windows.pop(chat_id, None)
         return last

@@ -152,7 +152,12 @@ def track_core(runtime: Runtime) -> None:
     counters.track("vigil_turn_failures", lambda: chat.stats.failed)
     counters.track("vigil_commands", lambda: chat.stats.commands)
     counters.track("vigil_turns_rejected", lambda: admission.rejected + chat.stats.rejected)
-    counters.track("vigil_llm_requests", lambda: llm.requests)
+    if chat.rate_limiter is not None:  # the per-user rate limit refuses turns too
+        limiter = chat.rate_limiter
+        counters.track("vigil_turns_rejected", lambda: limiter.refusals)
+    if chat.budgets is not None:
+        budgets = chat.budgets
+        counters.track("vigil_budget_refusals", lambda: budgets.refusals)
     counters.track("vigil_llm_failures", lambda: llm.failures)
     counters.track("vigil_llm_retries", lambda: llm.retries)
     counters.track("vigil_errors", lambda: llm.failures, _kind("llm"))
@@ -175,6 +180,7 @@ async def _flush_loop(runtime: Runtime, interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
         try:
+            await runtime.chat.usage.flush(runtime.db)
             await runtime.counters.flush(runtime.db)
             runtime.audit.sweep()
         except Exception:  # a loop boundary: the next round tries again
@@ -200,6 +206,7 @@ async def start_metering(app: FastAPI, runtime: Runtime, stack: contextlib.Async
 
 async def _final_flush(runtime: Runtime) -> None:
     runtime.audit.sweep()
+    await runtime.chat.usage.flush(runtime.db)
     if await runtime.counters.flush(runtime.db) or not runtime.counters.pending:
         return
     log.warning("%d counter(s) not stored at shutdown", len(runtime.counters.pending))

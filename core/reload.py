@@ -31,6 +31,7 @@ from core.config import ENV_PREFIX, ConfigError, Settings, load_settings
 from core.logs import reopen_logging
 
 if TYPE_CHECKING:
+    from core.chat import ChatService
     from core.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -48,8 +49,18 @@ GOVERNOR_LIVE = (
     "governor_clear_hold_s",
     "governor_cleanup_cooldown_s",
 )
+# The per-user limits (core/budgets.py): read at each turn.
+LIMITS_LIVE = (
+    "budget_user_tokens_day",
+    "budget_user_tokens_month",
+    "budget_total_tokens_day",
+    "timezone",
+    "rate_limit_user_per_min",
+    "context_idle_reset_min",
+)
 SERVER_LIVE = (
     *EVERYWHERE,
+    *LIMITS_LIVE,
     "telegram_allowed_users",
     "telegram_admin_id",
     "chat_queue_limit",
@@ -82,6 +93,7 @@ FULL_STOP_START = (
     "backup_keep_monthly",
     "message_retention_days",
     "task_retention_days",
+    "usage_retention_days",
 )
 
 
@@ -198,11 +210,27 @@ def reload_server(runtime: Runtime, load: Callable[[], Settings] = load_settings
         runtime.chat.queue_limit = settings.chat_queue_limit
     if "system_prompt" in applied:
         runtime.context.system_prompt = settings.system_prompt
+    if applied & set(LIMITS_LIVE):
+        apply_limits(runtime.chat, settings)
     if applied & set(GOVERNOR_LIVE):
         reload_thresholds = getattr(runtime.monitoring, "reload_thresholds", None)
         if reload_thresholds is not None:
             reload_thresholds(settings)
     return result
+
+
+def apply_limits(chat: ChatService, settings: Settings) -> None:
+    """Budgets, the rate limit and the idle restart take new values from the next turn."""
+    from core.budgets import zone_of
+
+    if chat.budgets is not None:
+        chat.budgets.user_day = settings.budget_user_tokens_day
+        chat.budgets.user_month = settings.budget_user_tokens_month
+        chat.budgets.total_day = settings.budget_total_tokens_day
+        chat.budgets.tz = zone_of(settings.timezone)
+    if chat.rate_limiter is not None:
+        chat.rate_limiter.per_min = settings.rate_limit_user_per_min
+    chat.idle_reset_s = settings.context_idle_reset_min * 60.0
 
 
 def install_server_handler(runtime: Runtime) -> Callable[[], None]:

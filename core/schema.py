@@ -172,6 +172,53 @@ MIGRATIONS: list[str] = [
         files INTEGER NOT NULL DEFAULT 0
     );
     """,
+    # 5: usage accounting: one row per model call (tokens from the model's own usage,
+    #    or estimated), its daily roll-up, per-user budget overrides and the one-time
+    #    notices already sent for a budget period
+    """
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        chat_id TEXT NOT NULL,
+        user_id TEXT,
+        kind TEXT NOT NULL,
+        model TEXT NOT NULL,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        estimated INTEGER NOT NULL DEFAULT 0,
+        latency_ms REAL,
+        ttft_ms REAL,
+        outcome TEXT NOT NULL
+    );
+    CREATE INDEX usage_at ON usage (at);
+    CREATE INDEX usage_user_at ON usage (user_id, at);
+    CREATE INDEX usage_chat_at ON usage (chat_id, at);
+    CREATE TABLE usage_daily (
+        day TEXT NOT NULL,
+        user_id TEXT NOT NULL DEFAULT '',
+        chat_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        prompt_tokens INTEGER NOT NULL DEFAULT 0,
+        completion_tokens INTEGER NOT NULL DEFAULT 0,
+        estimated_requests INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, user_id, chat_id, kind, model)
+    ) WITHOUT ROWID;
+    CREATE TABLE budgets (
+        user_id TEXT PRIMARY KEY,
+        day_tokens INTEGER,
+        month_tokens INTEGER,
+        updated_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE budget_notices (
+        scope TEXT NOT NULL,
+        period TEXT NOT NULL,
+        level INTEGER NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (scope, period, level)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

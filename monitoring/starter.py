@@ -104,6 +104,8 @@ async def start_monitoring(app: Any, runtime: Runtime, stack: contextlib.AsyncEx
     probe = LoopLagProbe()
     system = build_monitoring(runtime, probe=probe)
     runtime.monitoring = system
+    if runtime.chat.budgets is not None:  # budget_total_80 / budget_total_exceeded
+        runtime.chat.budgets.alert = system.condition
     runtime.metrics_registry = build_registry(runtime)
     track_governor(runtime, system)
     stack.push_async_callback(system.dispatcher.drain)  # also the stale "resolved" events

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from core import maintenance
+from core import maintenance, usage
 from core.backups import runs as backup_runs
 from core.backups import temp as backup_temp
 from core.backups.retention import RetentionPolicy, prune_snapshots
@@ -39,6 +39,7 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
     with database(settings) as conn:
         deleted = maintenance.cleanup_old_tasks(conn, days=settings.task_retention_days)
         events = maintenance.cleanup_old_events(conn)
+        rolled = usage.rollup_and_expire(conn, days=settings.usage_retention_days)
     swept = backup_temp.sweep_leftovers(settings.backups_dir)
     return {
         "deleted": deleted,
@@ -48,6 +49,9 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
         "alerts_deleted": events["alerts"],
         "restarts_deleted": events["restarts"],
         "event_days": maintenance.EVENT_RETENTION_DAYS,
+        "usage_rolled_up": rolled["rolled_up"],
+        "usage_deleted": rolled["deleted"],
+        "usage_days": settings.usage_retention_days,
     }
 
 
@@ -121,12 +125,15 @@ async def _refine(settings: Settings, chats: list[str]) -> dict[str, Any]:
             summary_max_tokens=settings.context_summary_max_tokens,
         )
         refined, failed = 0, 0
+        recorder = usage.UsageRecorder()  # kind "summary", no user: the worker's own calls
         for chat_id in chats:
             try:
-                refined += int(await context.refine(chat_id, llm.summarize))
+                summarize = usage.metered_summarize(llm, recorder, chat_id, None)
+                refined += int(await context.refine(chat_id, summarize))
             except LLMError as exc:
                 failed += 1
                 log.warning("summary of chat %s not refined: %s", chat_id, exc)
+        await recorder.flush(db)
         return {"refined": refined, "failed": failed, "candidates": len(chats)}
     finally:
         await db.close()

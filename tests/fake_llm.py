@@ -17,6 +17,10 @@ behaviour, and can be changed while it runs:
   servers do (the API key must never travel further)
 - ``stream_error``: send an SSE ``error`` chunk (echoing the header too)
 - ``reset_after_chunks``: reset the connection (RST) after N chunks
+- ``send_usage``: end the stream with an OpenAI ``usage`` chunk (``choices: []``) when the
+  request asks for it (``stream_options.include_usage``); False: a server that never
+  sends one. The counts are :meth:`FakeLLM.usage_of` (prompt: words of the messages
+  plus 3 per message; completion: the number of chunks sent)
 - ``refuse``: not a behaviour of this server; stop it, or point clients at
   ``dead_url()`` for a port where nothing listens.
 
@@ -82,6 +86,7 @@ class FakeLLM:
         self.echo_auth = False
         self.stream_error = False
         self.reset_after_chunks: int | None = None
+        self.send_usage = True
         self.requests: list[dict[str, Any]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -147,6 +152,10 @@ class FakeLLM:
         words = text.split(" ")
         return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
+    def usage_of(self, messages: list[dict[str, str]], text: str) -> tuple[int, int]:
+        prompt = sum(3 + len(str(m.get("content", "")).split()) for m in messages)
+        return prompt, len(self.chunks(text))
+
     def error_body(self, handler: BaseHTTPRequestHandler) -> dict[str, Any]:
         message = "scripted failure"
         if self.echo_auth:
@@ -168,20 +177,32 @@ class FakeLLM:
             self._send_json(handler, self.fail_status, self.error_body(handler))
             return
         text = self.answer_for(body.get("messages", []))
+        prompt, completion = self.usage_of(body.get("messages", []), text)
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
         if self.plain_json or not body.get("stream"):
-            self._send_json(
-                handler, 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}
-            )
+            answer: dict[str, Any] = {
+                "choices": [{"message": {"role": "assistant", "content": text}}]
+            }
+            if self.send_usage:
+                answer["usage"] = usage
+            self._send_json(handler, 200, answer)
             return
         handler.send_response(200)
         handler.send_header("Content-Type", "text/event-stream")
         handler.end_headers()
+        asked = (body.get("stream_options") or {}).get("include_usage") is True
         try:
-            self._stream(handler, text)
+            self._stream(handler, text, usage if self.send_usage and asked else None)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
-    def _stream(self, handler: BaseHTTPRequestHandler, text: str) -> None:
+    def _stream(
+        self, handler: BaseHTTPRequestHandler, text: str, usage: dict[str, int] | None = None
+    ) -> None:
         write = handler.wfile.write
         if self.garbage:
             write(b"data: {this is not json\n\n")
@@ -210,5 +231,7 @@ class FakeLLM:
                 chunk = {"id": "x", "object": "chat.completion.chunk"}
             write(f"data: {json.dumps(chunk)}\n\n".encode())
             handler.wfile.flush()
+        if usage is not None:
+            write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         write(b"data: [DONE]\n\n")
         handler.wfile.flush()

@@ -28,9 +28,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from core.channel import Channel, IncomingMessage
+from core.channel import Channel, IncomingMessage, telegram_user
 from core.chat import ChatService, parse_command
-from core.errors import Busy, Draining, VigilError
+from core.errors import Busy, Draining, UserLimitError, VigilError
 from core.lifecycle import STOP_REASONS
 from core.maintenance_mode import MaintenanceError, fmt_utc
 from core.telegram.channel import REPLY_TO, chat_key
@@ -255,7 +255,7 @@ class TelegramBot:
         incoming = IncomingMessage(
             chat_id=chat_key(msg.chat_id),
             text=text,
-            user_id=None if msg.sender_id is None else str(msg.sender_id),
+            user_id=telegram_user(msg.sender_id, self.admin_id),
             username=msg.username,
             display_name=msg.display_name or msg.username,
             is_group=msg.is_group,
@@ -273,6 +273,9 @@ class TelegramBot:
             stopping = exc.fields.get("reason") in STOP_REASONS
             await self._say(msg.chat_id, STOPPING_REPLY if stopping else DRAINING_REPLY)
             return self.ledger is None  # without a ledger nothing would answer it later
+        except UserLimitError as exc:  # budget used up, too many messages: says when
+            log.info("chat %s: message %s refused: %s", *_key(msg), exc.code)
+            await self._say(msg.chat_id, exc.message)
         except Busy as exc:
             await self._say(msg.chat_id, BUSY_REPLY.format(seconds=max(1, round(exc.retry_after))))
         except VigilError as exc:

@@ -24,6 +24,8 @@ from tests.conftest import LiveServer
 from tests.fake_llm import FakeLLM
 from tests.operator_cli import MAIN, cli_env, fill, invoke, rows, run_cli
 
+NO_USAGE = {"usage": 0, "usage_daily": 0}  # tables the deletion also covers
+
 
 def _json(result: Any) -> dict[str, Any]:
     assert result.exit_code == 0, result.output
@@ -223,7 +225,7 @@ def test_delete_directly_leaves_no_trace_in_any_file(filled: Settings, marker: s
     result = invoke(filled, "delete", "--chat", "tg:4242", "--confirm", "--json")
     report = _json(result)
     assert report["messages"] == 40 and report["chats"] == ["tg:4242"]
-    assert report["rows"] == {"telegram_inbound": 1, "telegram_refusals": 1}
+    assert report["rows"] == {"telegram_inbound": 1, "telegram_refusals": 1, **NO_USAGE}
     assert report["vacuum"] == "done" and report["checkpoint"]["busy"] == 0
     skip = filled.backups_dir
     assert _files_holding(marker.encode(), filled.data_dir, filled.logs_dir, skip=skip) == []
@@ -411,7 +413,7 @@ def test_delete_user_removes_private_chat_group_messages_and_ledger(
     assert report["messages"] == 41
     assert report["affected"] == ["tg:-100", "tg:4242"]
     assert report["summaries_cleared"] == ["tg:-100"]
-    assert report["rows"] == {"telegram_inbound": 2, "telegram_refusals": 1}
+    assert report["rows"] == {"telegram_inbound": 2, "telegram_refusals": 1, **NO_USAGE}
     left = rows(filled.db_path, "SELECT content FROM messages WHERE chat_id = 'tg:-100'")
     assert [r[0] for r in left] == ["from someone else"]
     assert _files_holding(marker.encode(), filled.data_dir, skip=filled.backups_dir) == []
