@@ -466,3 +466,28 @@ async def test_a_turn_not_yet_written_to_the_usage_table_counts(
     await service.usage.flush(service.memory.db)
     with pytest.raises(BudgetExceeded):  # the same once written
         await service.handle(as_user("third"), LocalReply())
+
+
+async def test_a_budgeted_user_in_two_chats_at_once_goes_over_by_one_turn_at_most(
+    service: ChatService, fake_llm: FakeLLM
+) -> None:
+    fake_llm.token_delay_s = 0.02
+    service.limiter.limit = 4
+    clock = Clock(dt.datetime.now(BERLIN))
+    budgets(service, clock, user_day=1)
+    turns = [
+        asyncio.ensure_future(service.handle(as_user(f"q{i}", chat=f"local:p{i}"), LocalReply()))
+        for i in range(4)
+    ]
+    outcomes = await asyncio.gather(*turns, return_exceptions=True)
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(answered) == 1, outcomes
+    assert all(isinstance(o, BudgetExceeded) for o in outcomes if o not in answered)
+    assert len(fake_llm.requests) == 1
+    assert not service._user_locks  # nothing left behind
+    # the admin's turns are neither serialized nor refused
+    both = await asyncio.gather(
+        service.handle(as_user("boss 1", None, "local:x1"), LocalReply()),
+        service.handle(as_user("boss 2", None, "local:x2"), LocalReply()),
+    )
+    assert [r.reply for r in both] == ["echo: boss 1", "echo: boss 2"]
