@@ -266,6 +266,7 @@ def _register_operator_commands() -> None:
     # `worker` (Huey consumer) and the operator CLI (status, backup, restore, ...).
     from core.cli import register as register_operator
     from core.cli.maintenance import register as register_maintenance
+    from core.cli.usage import register as register_usage
     from tasks.queue import queue_depth
     from tasks.run import register_ops_data
     from tasks.worker import register as register_worker
@@ -274,6 +275,7 @@ def _register_operator_commands() -> None:
     register_operator(cli, queue_depth=queue_depth)
     register_maintenance(cli)  # maintenance, announce
     register_ops_data(cli)  # db, delete, run
+    register_usage(cli)  # usage
     __import__("core.cli.budget", fromlist=["register"]).register(cli)  # budget set/show/clear
 
 

@@ -22,9 +22,9 @@ from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
 from core.llm import LLMClient
-from core.memory import ChatMemory, estimate_tokens
+from core.memory import ChatMemory
 from core.streaming import StreamingOptimizer
-from core.usage import CANCELLED, OK, CallMeter, UsageRecorder
+from core.usage import CANCELLED, OK, CallMeter, UsageRecorder, metered_summarize
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,8 @@ HELP_TEXT = (
     "/status — server health in one line\n"
     "/summary — what I remember of earlier parts of this chat\n"
     "/cancel — stop the answer being written\n"
-    "/retry — write the last answer again"
+    "/retry — write the last answer again\n"
+    "/usage — your tokens today and this month, and the budget left"
 )
 STOPPED = "⏹ Stopped."
 NOTHING_TO_CANCEL = "Nothing is being written right now."
@@ -132,6 +133,7 @@ class ChatService:
             "summary": self._cmd_summary,
             "cancel": self._cmd_cancel,
             "retry": self._cmd_retry,
+            "usage": self._cmd_usage,
         }
         self.help_text = HELP_TEXT
 
@@ -434,29 +436,7 @@ class ChatService:
         if self.llm.status.state != "ok":
             return  # the extractive summary stays until a model answers
 
-        async def summarize(request: str) -> str:
-            meter, outcome, text = CallMeter(), "error", ""
-            try:
-                text = await self.llm.summarize(request, meter=meter)
-                outcome = OK
-                return text
-            except LLMError as exc:
-                outcome = exc.code
-                raise
-            except asyncio.CancelledError:
-                outcome = CANCELLED
-                raise
-            finally:
-                self.usage.record(
-                    meter,
-                    chat_id=chat_id,
-                    user_id=user_id,
-                    kind="summary",
-                    outcome=outcome,
-                    prompt_estimate=estimate_tokens(request),
-                    completion_text=text,
-                )
-
+        summarize = metered_summarize(self.llm, self.usage, chat_id, user_id)
         try:
             async with self.limiter.slot():
                 await self.context.refine(chat_id, summarize)
@@ -544,6 +524,16 @@ class ChatService:
         if self.cancel(msg.chat_id):
             return ""  # the stopped reply itself says so
         return NOTHING_TO_CANCEL
+
+    async def _cmd_usage(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        from core import usage_command
+
+        user = self.user_of(msg, channel)
+        if args.strip().lower() == "all":
+            if user != ADMIN_USER:
+                return usage_command.ONLY_ADMIN
+            return await usage_command.all_usage(self)
+        return await usage_command.own_usage(self, user)
 
     async def _cmd_retry(
         self, msg: IncomingMessage, channel: Channel, args: str

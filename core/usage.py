@@ -21,13 +21,14 @@ roll-up and retention: :func:`rollup_and_expire` (the daily cleanup task).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from core.errors import StorageError
 from core.memory import estimate_tokens
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from core.config import Settings
     from core.counter_buffer import CounterBuffer
     from core.database import Database
+    from core.llm import LLMClient
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,9 @@ class UsageRecorder:
             )
         )
         if len(self.pending) > MAX_PENDING:
-            del self.pending[: len(self.pending) - MAX_PENDING]
-            self.dropped += 1
+            excess = len(self.pending) - MAX_PENDING
+            del self.pending[:excess]
+            self.dropped += excess
         counters = self.counters
         if counters is not None:
             counters.add("vigil_llm_requests", 1.0, (("model", model), ("outcome", outcome)))
@@ -165,7 +168,62 @@ class UsageRecorder:
         return len(batch)
 
 
+def metered_summarize(
+    llm: LLMClient, recorder: UsageRecorder, chat_id: str, user_id: str | None
+) -> Callable[[str], Awaitable[str]]:
+    """``llm.summarize`` whose call is recorded as a ``summary`` usage row."""
+    from core.errors import LLMError
+
+    async def summarize(request: str) -> str:
+        meter, outcome, text = CallMeter(), "error", ""
+        try:
+            text = await llm.summarize(request, meter=meter)
+            outcome = OK
+            return text
+        except LLMError as exc:
+            outcome = exc.code
+            raise
+        except asyncio.CancelledError:
+            outcome = CANCELLED
+            raise
+        finally:
+            recorder.record(
+                meter,
+                chat_id=chat_id,
+                user_id=user_id,
+                kind="summary",
+                outcome=outcome,
+                prompt_estimate=estimate_tokens(request),
+                completion_text=text,
+            )
+
+    return summarize
+
+
 # --- reading --------------------------------------------------------------------------
+class Reader(Protocol):
+    """What the readers need: a ``Database``, or :class:`FileReader` for the CLI."""
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None: ...
+
+
+class FileReader:
+    """A read-only connection to the database file (the CLI, beside a running server)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        conn.row_factory = sqlite3.Row
+        self.conn = conn
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return list(self.conn.execute(sql, params).fetchall())
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, params).fetchone()
+        return row
+
+
 def day_of(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d")
 
@@ -244,7 +302,7 @@ def _merge(rows: Sequence[sqlite3.Row], key: str, prices: Prices) -> list[dict[s
 
 
 async def summary(
-    db: Database,
+    db: Reader,
     *,
     since: float | None = None,
     user: str | None = None,
@@ -295,7 +353,7 @@ async def summary(
     }
 
 
-async def user_totals(db: Database, user: str, since: float) -> tuple[int, int]:
+async def user_totals(db: Reader, user: str, since: float) -> tuple[int, int]:
     """(prompt, completion) tokens of ``user`` since ``since`` (raw rows only)."""
     row = await db.fetchone(
         "SELECT COALESCE(SUM(prompt_tokens), 0) AS p, COALESCE(SUM(completion_tokens), 0) AS c"
@@ -305,7 +363,7 @@ async def user_totals(db: Database, user: str, since: float) -> tuple[int, int]:
     return (int(row["p"]), int(row["c"])) if row is not None else (0, 0)
 
 
-async def hourly_tokens(db: Database, since: float) -> list[dict[str, Any]]:
+async def hourly_tokens(db: Reader, since: float) -> list[dict[str, Any]]:
     """Tokens per UTC hour since ``since`` (the dashboard chart)."""
     rows = await db.fetchall(
         "SELECT CAST(at / 3600 AS INTEGER) * 3600 AS hour, SUM(prompt_tokens) AS prompt,"

@@ -45,7 +45,13 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...], tuple[Labels, ...]], ...] = (
     ("vigil_commands", "Chat commands handled", (), ((),)),
     ("vigil_turns_rejected", "Turns refused (throttled, draining or queue full)", (), ((),)),
     ("vigil_budget_refusals", "Turns refused because a token budget was used up", (), ((),)),
-    ("vigil_llm_requests", "Requests sent to the model", (), ((),)),
+    (
+        "vigil_llm_requests",
+        "Model calls by outcome (ok, cancelled, or the error code) and model",
+        ("model", "outcome"),
+        (),
+    ),
+    ("vigil_llm_tokens", "Tokens by kind (prompt, completion) and model", ("kind", "model"), ()),
     ("vigil_llm_failures", "Model requests that failed", (), ((),)),
     ("vigil_llm_retries", "Model requests retried", (), ((),)),
     ("vigil_governor_samples", "Snapshots taken by the governor", (), ((),)),
@@ -89,7 +95,14 @@ HISTOGRAMS = (
         ("method", "route"),
     ),
     ("vigil_turn_duration_seconds", "Duration of answered chat turns", ()),
+    (
+        "vigil_llm_time_to_first_token_seconds",
+        "Time from sending a model call to its first token, by model",
+        ("model",),
+    ),
 )
+# Stored before the model calls had labels: exported under these, so the sum never drops.
+UNLABELED = {"vigil_llm_requests": (("model", ""), ("outcome", "unlabeled"))}
 
 
 @dataclass
@@ -120,6 +133,8 @@ def _counters(values: dict[Key, float]) -> Iterator[Metric]:
         family = CounterMetricFamily(name, doc, labels=list(label_names))
         rows = {labels: 0.0 for labels in defaults}
         rows.update({labels: v for (n, labels), v in values.items() if n == name})
+        if name in UNLABELED and () in rows:
+            rows[UNLABELED[name]] = rows.pop(())
         for labels, value in sorted(rows.items()):
             found = dict(labels)
             if set(found) == set(label_names):  # a row of another shape is not ours

@@ -125,12 +125,15 @@ async def _refine(settings: Settings, chats: list[str]) -> dict[str, Any]:
             summary_max_tokens=settings.context_summary_max_tokens,
         )
         refined, failed = 0, 0
+        recorder = usage.UsageRecorder()  # kind "summary", no user: the worker's own calls
         for chat_id in chats:
             try:
-                refined += int(await context.refine(chat_id, llm.summarize))
+                summarize = usage.metered_summarize(llm, recorder, chat_id, None)
+                refined += int(await context.refine(chat_id, summarize))
             except LLMError as exc:
                 failed += 1
                 log.warning("summary of chat %s not refined: %s", chat_id, exc)
+        await recorder.flush(db)
         return {"refined": refined, "failed": failed, "candidates": len(chats)}
     finally:
         await db.close()

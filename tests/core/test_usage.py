@@ -138,3 +138,125 @@ def test_deleting_a_chat_deletes_its_usage(live_server: LiveServer) -> None:
     )
     assert response.status_code == 200, response.text
     assert [r["chat_id"] for r in usage_rows(live_server)] == ["local:kept"]
+
+
+def test_metrics_count_tokens_requests_by_outcome_and_ttft(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    live_server.chat("m", "hello there")
+    fake_llm.fail_status, fake_llm.fail_times = 400, 1
+    live_server.chat("m", "again")
+    rows = usage_rows(live_server)
+    live_server.call(lambda rt: rt.counters.flush(rt.db))
+    text = live_server.client.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    model = live_server.settings.llm_model
+    assert samples[("vigil_llm_tokens_total", (("kind", "prompt"), ("model", model)))] == sum(
+        r["prompt_tokens"] for r in rows
+    )
+    assert samples[("vigil_llm_tokens_total", (("kind", "completion"), ("model", model)))] == sum(
+        r["completion_tokens"] for r in rows
+    )
+    assert samples[("vigil_llm_requests_total", (("model", model), ("outcome", "ok")))] == 1
+    failed = ("vigil_llm_requests_total", (("model", model), ("outcome", "llm_bad_response")))
+    assert samples[failed] == 1
+    count = ("vigil_llm_time_to_first_token_seconds_count", (("model", model),))
+    assert samples[count] == 1
+
+
+def test_a_count_stored_before_the_labels_is_kept_under_outcome_unlabeled(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    from core import counters
+    from core.sqlite import connect_sync
+
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url)
+    first = live_server_factory(settings)
+    first.stop()
+    conn = connect_sync(settings.db_path)
+    try:
+        counters.add_sync(conn, "vigil_llm_requests", 41, {})
+        conn.commit()
+    finally:
+        conn.close()
+    server = live_server_factory(settings)
+    text = server.client.get("/metrics").text
+    assert 'vigil_llm_requests_total{model="",outcome="unlabeled"} 41.0' in text
+
+
+def command(server: LiveServer, text: str, user: str | None = None) -> str:
+    body: dict[str, Any] = {"text": text}
+    if user is not None:
+        body["user"] = user
+    response = server.client.post("/api/chats/cmd/messages", json=body)
+    assert response.status_code == 200, response.text
+    return str(response.json()["reply"])
+
+
+def test_usage_command_shows_own_tokens_and_the_budget_left(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, budget_user_tokens_day=100_000)
+    server = live_server_factory(settings)
+    server.client.post("/api/chats/cmd/messages", json={"text": "hello", "user": "ada"})
+    server.client.post("/api/chats/cmd/messages", json={"text": "other", "user": "bo"})
+    ada = [r for r in usage_rows(server) if r["user_id"] == "api:ada"]
+    spent = sum(r["prompt_tokens"] + r["completion_tokens"] for r in ada)
+    reply = command(server, "/usage", "ada")
+    assert f"Your usage today: {spent:,} tokens" in reply
+    assert f"This month: {spent:,} tokens" in reply
+    assert f"today: {100_000 - spent:,} of 100,000 left" in reply
+    assert "this month: unlimited" in reply
+    assert "admin: no budget" in command(server, "/usage")
+
+
+def test_usage_all_is_for_the_admin_only(live_server: LiveServer) -> None:
+    live_server.client.post("/api/chats/cmd/messages", json={"text": "hello", "user": "ada"})
+    assert "Only the admin" in command(live_server, "/usage all", "ada")
+    reply = command(live_server, "/usage all")
+    assert "Top users" in reply and "1. api:ada:" in reply
+
+
+def test_usage_dashboard_data_has_every_hour_and_the_top_users(live_server: LiveServer) -> None:
+    for user in ("ada", "bo", "bo"):
+        live_server.client.post("/api/chats/d/messages", json={"text": "hello", "user": user})
+    body = live_server.client.get("/usage/dashboard", params={"hours": 24}).json()
+    assert len(body["hours"]) == 24
+    assert (
+        sum(h["prompt"] + h["completion"] for h in body["hours"]) == body["today"]["total_tokens"]
+    )
+    assert [u["user"] for u in body["top_users"]] == ["api:bo", "api:ada"]
+    assert live_server.client.get("/usage/dashboard", params={"hours": 0}).status_code == 422
+    assert (
+        live_server.client.get("/usage/dashboard", headers={"Authorization": ""}).status_code == 401
+    )
+
+
+@pytest.mark.slow
+def test_telegram_turns_count_for_tg_ids_and_the_admin_sees_usage_all(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    from tests.core.telegram.test_app import ADA, BOB, Tg, tg_settings
+    from tests.fake_telegram import FakeTelegram
+
+    fake = FakeTelegram()
+    tg = Tg(live_server_factory(tg_settings(tmp_path, fake_llm), telegram=fake.factory), fake)
+    tg.say("hi", sender=BOB, chat_id=43)
+    tg.say("boss here", sender=ADA, chat_id=42)
+    rows = usage_rows(tg.server)
+    assert [(r["chat_id"], r["user_id"]) for r in rows] == [("tg:43", "tg:43"), ("tg:42", "admin")]
+    tg.say("/usage", sender=BOB, chat_id=43)
+    tg.say("/usage all", sender=BOB, chat_id=43)
+    tg.say("/usage all", sender=ADA, chat_id=42)
+    bob = fake.texts(43)
+    spent = rows[0]["prompt_tokens"] + rows[0]["completion_tokens"]
+    assert bob[1].startswith(f"Your usage today: {spent:,} tokens")
+    assert bob[2] == "Only the admin can see everyone's usage. /usage shows yours."
+    admin = fake.texts(42)[-1]
+    assert "Top users" in admin and "tg:43" in admin and "admin" in admin

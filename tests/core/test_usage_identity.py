@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,36 @@ def test_a_good_user_field_is_accepted(live_server: LiveServer) -> None:
         )
         assert response.status_code == 200, response.text
         assert response.json()["reply"] == "echo: hi"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"VIGIL_USAGE_RETENTION_DAYS": "0"},
+            "VIGIL_USAGE_RETENTION_DAYS: Input should be greater",
+        ),
+        ({"VIGIL_USAGE_RETENTION_DAYS": "a year"}, "VIGIL_USAGE_RETENTION_DAYS: Input should be"),
+        ({"VIGIL_LLM_PRICE_INPUT_PER_1M": "-1"}, "VIGIL_LLM_PRICE_INPUT_PER_1M: Input should be"),
+        ({"VIGIL_LLM_PRICE_INPUT_PER_1M": "0.15 USD"}, "VIGIL_LLM_PRICE_INPUT_PER_1M: Input"),
+        ({"VIGIL_LLM_PRICE_OUTPUT_PER_1M": "nan"}, "VIGIL_LLM_PRICE_OUTPUT_PER_1M: Input"),
+        ({"VIGIL_LLM_PRICE_OUTPUT_PER_1M": "inf"}, "VIGIL_LLM_PRICE_OUTPUT_PER_1M: Input"),
+    ],
+)
+def test_bad_usage_settings_stop_with_one_line(
+    tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    from tests.core.test_config import run_env
+
+    result = run_env(tmp_path, env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+
+
+def test_prices_are_plain_numbers(tmp_path: Path) -> None:
+    from tests.core.test_config import run_env
+
+    result = run_env(tmp_path, {"VIGIL_LLM_PRICE_INPUT_PER_1M": "0.15"})
+    assert result.returncode == 0, result.stderr

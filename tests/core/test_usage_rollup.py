@@ -97,3 +97,33 @@ def test_since_forms() -> None:
     assert usage.parse_since("2026-12-01", now=NOW) == usage.day_start("2026-12-01")
     assert usage.parse_since(None, now=NOW) == NOW - 30 * DAY
     assert usage.parse_since("1700000000", now=NOW) == 1700000000.0
+
+
+async def test_a_summary_call_is_recorded_as_kind_summary(db: Database) -> None:
+    from core.llm import LLMClient
+    from tests.fake_llm import FakeLLM
+
+    with FakeLLM() as fake:
+        fake.reply = "a short summary"
+        llm = LLMClient(base_url=fake.url, model="m1", max_retries=0)
+        recorder = usage.UsageRecorder()
+        try:
+            summarize = usage.metered_summarize(llm, recorder, "local:a", "api:ada")
+            assert await summarize("condense these notes") == "a short summary"
+            fake.send_usage = False
+            await summarize("again")
+        finally:
+            await llm.aclose()
+        await recorder.flush(db)
+        prompt, completion = fake.usage_of(fake.requests[0]["messages"], "a short summary")
+    rows = await db.fetchall("SELECT * FROM usage ORDER BY id")
+    assert [(r["kind"], r["user_id"], r["model"], r["outcome"]) for r in rows] == [
+        ("summary", "api:ada", "m1", "ok"),
+        ("summary", "api:ada", "m1", "ok"),
+    ]
+    assert (rows[0]["prompt_tokens"], rows[0]["completion_tokens"], rows[0]["estimated"]) == (
+        prompt,
+        completion,
+        0,
+    )
+    assert rows[1]["estimated"] == 1 and rows[1]["completion_tokens"] > 0

@@ -77,3 +77,41 @@ def test_a_child_killed_by_a_signal_shows_the_signal_by_name(
         page.wait_for_selector("#restart-history tr")
         row = page.inner_text("#restart-history")
         assert "SIGKILL" in row and "signal 9" not in row
+
+
+def test_dashboard_shows_tokens_per_hour_and_the_top_users_with_the_token(
+    tmp_path, fake_llm: FakeLLM, live_server_factory
+) -> None:
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, llm_price_input_per_1m=1.5)
+    server: LiveServer = live_server_factory(settings)
+    for user in ("ada", "ada", "bo"):
+        server.client.post("/api/chats/dash/messages", json={"text": "hello", "user": user})
+    with chromium() as browser:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url + "/dashboard")
+        page.wait_for_function(
+            "document.getElementById('usage-note').textContent.includes('admin token')"
+        )
+        assert page.locator("#top-users tr").count() == 0  # no user ids without the token
+        page.fill("#token", server.token)
+        page.click("#save")
+        page.wait_for_function(
+            "document.getElementById('top-users').textContent.includes('api:ada')"
+        )
+        rows = page.locator("#top-users tr").all_inner_texts()
+        assert rows[0].startswith("api:ada") and rows[1].startswith("api:bo")
+        assert "today:" in page.inner_text("#usage-note")
+        drawn = page.evaluate(
+            """() => {
+              const c = document.getElementById('c-tokens');
+              const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+              let blue = 0;
+              for (let i = 0; i < d.length; i += 4)
+                if (d[i + 3] && d[i] < 120 && d[i + 2] > 200) blue++;  // the prompt line
+              return blue;
+            }"""
+        )
+        assert drawn > 20
+        assert errors == []
