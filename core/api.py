@@ -196,7 +196,13 @@ async def post_message(
     if not wants_stream:
         reply = LocalReply()
         result = await runtime.chat.handle(msg, reply)
-        return result_json(chat_id, result)
+        body_out = result_json(chat_id, result)
+        # Said besides the reply (a budget heads-up, a fresh-context note): the
+        # streamed form sends them as deltas; a JSON client gets them here.
+        notices = [m for i, m in enumerate(reply.messages) if str(i) not in result.sent_ids]
+        if notices and result.command is None:
+            body_out["notices"] = notices
+        return body_out
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     channel = LocalReply(events)
     # Refused with 429/503 here, before the stream starts (not as an event in a 200 stream).

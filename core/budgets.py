@@ -169,6 +169,15 @@ class Budgets:
             overridden=True,
         )
 
+    async def applies(self, user_id: str) -> bool:
+        """Whether ``user_id`` has a daily or monthly budget (the admin never has)."""
+        if user_id == ADMIN:
+            return False
+        if self.user_day or self.user_month:
+            return True
+        limits = await self.limits(user_id)
+        return bool(limits.day or limits.month)
+
     async def spent(self, user_id: str, periods: Periods) -> tuple[int, int]:
         """(today, this month) tokens of ``user_id``: one range scan of usage_user_at."""
         row = await self.db.fetchone(SPENT_SQL, spent_params(user_id, periods))

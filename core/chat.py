@@ -121,6 +121,7 @@ class ChatService:
             budgets.pending = self.unwritten_usage
         self.stats = TurnStats()
         self._slots: dict[str, _ChatSlot] = {}
+        self._user_locks: dict[str, list[Any]] = {}  # user -> [Lock, holders + waiters]
         self._background: set[asyncio.Task[object]] = set()
         # chat id -> (streamer, task pumping the model) of the reply being written
         self._pumps: dict[str, tuple[StreamingOptimizer, asyncio.Future[None]]] = {}
@@ -170,6 +171,30 @@ class ChatService:
             return
         self._check_rate(msg, channel)
         await self._check_budget(msg, channel)
+
+    @contextlib.asynccontextmanager
+    async def _budgeted(self, msg: IncomingMessage, channel: Channel) -> AsyncIterator[None]:
+        """The budget check, then the turn; one at a time per user with a budget.
+
+        A budgeted user's turns (in any chat) run one after the other, each
+        checked after the previous one's usage was recorded: a user ends a
+        period at most one turn over the budget.
+        """
+        user = self.user_of(msg, channel)
+        if self.budgets is None or not await self.budgets.applies(user):
+            await self._check_budget(msg, channel)
+            yield
+            return
+        entry = self._user_locks.setdefault(user, [asyncio.Lock(), 0])
+        entry[1] += 1
+        try:
+            async with entry[0]:
+                await self._check_budget(msg, channel)
+                yield
+        finally:
+            entry[1] -= 1
+            if entry[1] == 0:
+                self._user_locks.pop(user, None)
 
     async def _check_budget(self, msg: IncomingMessage, channel: Channel) -> None:
         """Refuse (BudgetExceeded) before the model is called; send a due heads-up."""
@@ -228,8 +253,7 @@ class ChatService:
         The old answer stays until a new one is stored: a retry while the model
         is down loses nothing.
         """
-        async with self._exclusive(msg.chat_id):
-            await self._check_budget(msg, channel)
+        async with self._exclusive(msg.chat_id), self._budgeted(msg, channel):
             question = await self.memory.last_turn(msg.chat_id, "user")
             window = await self.memory.window(msg.chat_id)
             if question is None or all(t.id != question.id for t in window.turns):
@@ -279,9 +303,9 @@ class ChatService:
                 if any(t.id == stored.id for t in window.turns):  # else: folded, store again
                     user_turn = stored
                     later = tuple(t.id for t in window.turns if t.id > stored.id)
-        if user_turn is None:
-            # Checked in the chat's turn: queued turns of one user see each other's tokens.
-            await self._check_budget(msg, channel)
+        if user_turn is not None:
+            return await self._answer(msg, channel, user_turn.id, exclude=later)
+        async with self._budgeted(msg, channel):
             await self._idle_reset(msg, channel)
             user_turn = await self.memory.append(
                 msg.chat_id,
@@ -290,7 +314,7 @@ class ChatService:
                 author=author,
                 external_id=msg.external_id,
             )
-        return await self._answer(msg, channel, user_turn.id, exclude=later)
+            return await self._answer(msg, channel, user_turn.id)
 
     async def _idle_reset(self, msg: IncomingMessage, channel: Channel) -> None:
         """A message after ``idle_reset_s`` of silence starts a fresh context."""

@@ -317,7 +317,9 @@ def test_api_answers_429_for_budget_and_rate_limit(
             "/api/chats/api1/messages", json={"text": text, "user": "carol"}, **kwargs
         )
 
-    assert post("hi").status_code == 200
+    first = post("hi")
+    assert first.status_code == 200
+    assert "notices" not in first.json()
     at = dt.datetime.now(dt.UTC)
 
     async def used(runtime: Any) -> None:
@@ -466,3 +468,52 @@ async def test_a_turn_not_yet_written_to_the_usage_table_counts(
     await service.usage.flush(service.memory.db)
     with pytest.raises(BudgetExceeded):  # the same once written
         await service.handle(as_user("third"), LocalReply())
+
+
+async def test_a_budgeted_user_in_two_chats_at_once_goes_over_by_one_turn_at_most(
+    service: ChatService, fake_llm: FakeLLM
+) -> None:
+    fake_llm.token_delay_s = 0.02
+    service.limiter.limit = 4
+    clock = Clock(dt.datetime.now(BERLIN))
+    budgets(service, clock, user_day=1)
+    turns = [
+        asyncio.ensure_future(service.handle(as_user(f"q{i}", chat=f"local:p{i}"), LocalReply()))
+        for i in range(4)
+    ]
+    outcomes = await asyncio.gather(*turns, return_exceptions=True)
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(answered) == 1, outcomes
+    assert all(isinstance(o, BudgetExceeded) for o in outcomes if o not in answered)
+    assert len(fake_llm.requests) == 1
+    assert not service._user_locks  # nothing left behind
+    # the admin's turns are neither serialized nor refused
+    both = await asyncio.gather(
+        service.handle(as_user("boss 1", None, "local:x1"), LocalReply()),
+        service.handle(as_user("boss 2", None, "local:x2"), LocalReply()),
+    )
+    assert [r.reply for r in both] == ["echo: boss 1", "echo: boss 2"]
+
+
+def test_a_json_api_client_gets_the_heads_up_in_notices(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Any
+) -> None:
+    settings = make_settings(
+        tmp_path, llm_base_url=fake_llm.url, budget_user_tokens_day=1000, timezone="UTC"
+    )
+    server: LiveServer = live_server_factory(settings)
+
+    async def used(runtime: Any) -> None:
+        await spend(runtime.db, "api:erin", dt.datetime.now(dt.UTC), 850)
+
+    server.call(used)
+
+    def post(text: str) -> dict[str, Any]:
+        response = server.client.post("/api/chats/n/messages", json={"text": text, "user": "erin"})
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    first = post("one")
+    assert first["reply"] == "echo: one"
+    assert [n[:40] for n in first["notices"]] == ["ℹ️ Heads-up: you have used 85 % of your "]
+    assert "notices" not in post("two")  # once per period
