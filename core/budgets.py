@@ -179,10 +179,15 @@ class Budgets:
         return bool(limits.day or limits.month)
 
     async def spent(self, user_id: str, periods: Periods) -> tuple[int, int]:
-        """(today, this month) tokens of ``user_id``: one range scan of usage_user_at."""
+        """(today, this month) tokens of ``user_id``: one range scan of usage_user_at.
+
+        The unwritten rows are taken before the query: a batch committed while it
+        runs is then counted twice at worst, never missed.
+        """
+        unwritten = list(self.pending())
         row = await self.db.fetchone(SPENT_SQL, spent_params(user_id, periods))
         day, month = (int(row["day"]), int(row["month"])) if row is not None else (0, 0)
-        for at, _chat, user, _kind, _model, prompt, completion, *_ in self.pending():
+        for at, _chat, user, _kind, _model, prompt, completion, *_ in unwritten:
             if user == user_id and periods.month_start <= at < periods.month_end:
                 month += prompt + completion
                 if at >= periods.day_start:
@@ -190,6 +195,7 @@ class Budgets:
         return day, month
 
     async def spent_total(self, periods: Periods) -> int:
+        rows = list(self.pending())  # before the query, as in spent()
         value = await self.db.scalar(
             "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM usage"
             " WHERE at >= ? AND at < ?",
@@ -197,7 +203,7 @@ class Budgets:
         )
         unwritten = sum(
             row[5] + row[6]
-            for row in self.pending()
+            for row in rows
             if periods.day_start <= row[0] < periods.day_end
         )
         return int(value or 0) + unwritten

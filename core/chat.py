@@ -151,7 +151,7 @@ class ChatService:
             return await self._turn(msg, channel)
 
     def unwritten_usage(self) -> list[tuple[Any, ...]]:
-        return self.usage.pending
+        return self.usage.unwritten()
 
     def user_of(self, msg: IncomingMessage, channel: Channel) -> str:
         """The user a turn is counted for: ``tg:<id>``, ``api:<user>`` or ``admin``."""

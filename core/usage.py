@@ -94,6 +94,8 @@ class UsageRecorder:
         self.counters = counters
         self.prices = prices or Prices()
         self.pending: list[tuple[Any, ...]] = []
+        self.writing: list[tuple[Any, ...]] = []  # the batch a flush is committing
+        self._flushing = asyncio.Lock()  # one batch at a time; a caller waits for the one before
         self.written = 0
         self.dropped = 0
 
@@ -152,11 +154,24 @@ class UsageRecorder:
                     "vigil_llm_time_to_first_token_seconds", ttft, TTFT_BUCKETS, (("model", model),)
                 )
 
+    def unwritten(self) -> list[tuple[Any, ...]]:
+        """Rows not yet known to be in the table: the batch being written, then the rest.
+
+        A reader that takes these BEFORE it queries the table never misses a row
+        (at worst, one committed meanwhile is counted twice: a budget errs strict).
+        """
+        return self.writing + self.pending
+
     async def flush(self, db: Database) -> int:
         """Write what is pending in one transaction; kept for the next try on failure."""
+        async with self._flushing:
+            return await self._flush(db)
+
+    async def _flush(self, db: Database) -> int:
         if not self.pending:
             return 0
         batch, self.pending = self.pending, []
+        self.writing = batch  # still counted by budgets while the transaction runs
         try:
             async with db.transaction() as tx:
                 await tx.executemany(INSERT, batch)
@@ -164,6 +179,8 @@ class UsageRecorder:
             self.pending[:0] = batch
             log.warning("could not store %d usage row(s): %s", len(batch), exc)
             return 0
+        finally:
+            self.writing = []
         self.written += len(batch)
         return len(batch)
 

@@ -517,3 +517,32 @@ def test_a_json_api_client_gets_the_heads_up_in_notices(
     assert first["reply"] == "echo: one"
     assert [n[:40] for n in first["notices"]] == ["ℹ️ Heads-up: you have used 85 % of your "]
     assert "notices" not in post("two")  # once per period
+
+
+async def test_a_batch_being_written_still_counts(service: ChatService, fake_llm: FakeLLM) -> None:
+    """While a flush waits for the writer, its rows are in neither list nor table:
+    they must still count (else a user could slip past the limit at that moment)."""
+    clock = Clock(dt.datetime.now(BERLIN))
+    budgets(service, clock, user_day=1)
+    assert (await service.handle(as_user("first"), LocalReply())).reply == "echo: first"
+    db = service.memory.db
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def hold_the_writer() -> None:
+        async with db.transaction():
+            holding.set()
+            await release.wait()
+
+    holder = asyncio.create_task(hold_the_writer())
+    await holding.wait()
+    flush = asyncio.create_task(service.usage.flush(db))
+    await asyncio.sleep(0.05)  # the flush took the batch and waits for the writer
+    assert not service.usage.pending and service.usage.writing
+    calls = len(fake_llm.requests)
+    with pytest.raises(BudgetExceeded):  # refused before it would wait for the writer
+        await asyncio.wait_for(service.handle(as_user("second"), LocalReply()), 5)
+    assert len(fake_llm.requests) == calls
+    release.set()
+    await holder
+    assert await flush == 1
+    assert not service.usage.unwritten()
