@@ -206,7 +206,8 @@ class Settings(BaseSettings):
     message_retention_days: int | None = Field(default=None, ge=1)
     task_retention_days: int = Field(default=7, ge=1)
     # Raw usage rows are kept this long, then only their daily roll-up (core/usage.py).
-    usage_retention_days: int = Field(default=400, ge=1, le=36500)
+    # At least 32: a monthly budget sums the raw rows of the month so far.
+    usage_retention_days: int = Field(default=400, ge=32, le=36500)
     # Per-task cron overrides (UTC), e.g. {"backup": "0 */6 * * *", "vacuum": "off"}.
     task_schedule: dict[str, str] = Field(default_factory=dict)
 

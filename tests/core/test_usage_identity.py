@@ -55,7 +55,7 @@ def test_a_good_user_field_is_accepted(live_server: LiveServer) -> None:
     ("env", "expected"),
     [
         (
-            {"VIGIL_USAGE_RETENTION_DAYS": "0"},
+            {"VIGIL_USAGE_RETENTION_DAYS": "31"},
             "VIGIL_USAGE_RETENTION_DAYS: Input should be greater",
         ),
         ({"VIGIL_USAGE_RETENTION_DAYS": "a year"}, "VIGIL_USAGE_RETENTION_DAYS: Input should be"),
