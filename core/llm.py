@@ -84,6 +84,9 @@ class LLMClient:
             transport=transport,
         )
         self.status = LLMStatus()
+        # Ask for the model's own token counts until the server says it knows no
+        # such option (then usage is estimated, and marked so).
+        self.usage_option = True
         self.requests = 0
         self.failures = 0
         self.retries = 0
@@ -108,10 +111,11 @@ class LLMClient:
             "model": self.model,
             "messages": messages,
             "stream": True,
-            "stream_options": {"include_usage": True},
             "max_tokens": max_tokens or self.max_tokens,
             "temperature": self.temperature,
         }
+        if self.usage_option:
+            payload["stream_options"] = {"include_usage": True}
         if meter is not None:
             meter.model = self.model
         url = f"{self.base_url}/chat/completions"
@@ -128,6 +132,8 @@ class LLMClient:
                         continue
                     if response.status_code >= 400:
                         body = (await response.aread()).decode("utf-8", "replace")
+                        if self._refuses_usage_option(response.status_code, body, payload):
+                            continue  # the same request without it, at once
                         raise self._http_error(response.status_code, body)
                     async for delta in self._deltas(response, meter):
                         if meter is not None and meter.first_token is None:
@@ -169,6 +175,21 @@ class LLMClient:
                     exc.code,
                 )
                 raise
+
+    def _refuses_usage_option(self, status: int, body: str, payload: dict[str, Any]) -> bool:
+        """A server that rejects ``stream_options``: drop it for good (usage estimated)."""
+        if status not in (400, 422) or "stream_options" not in payload:
+            return False
+        if "stream_options" not in body and "include_usage" not in body:
+            return False
+        payload.pop("stream_options")
+        self.usage_option = False
+        log.warning(
+            "the model server at %s does not accept stream_options: token counts are "
+            "estimated from now on (usage rows marked estimated)",
+            self.display_url,
+        )
+        return True
 
     async def _deltas(
         self, response: httpx.Response, meter: CallMeter | None

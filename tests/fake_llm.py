@@ -21,6 +21,8 @@ behaviour, and can be changed while it runs:
   request asks for it (``stream_options.include_usage``); False: a server that never
   sends one. The counts are :meth:`FakeLLM.usage_of` (prompt: words of the messages
   plus 3 per message; completion: the number of chunks sent)
+- ``reject_stream_options``: answer 400 to a request that carries ``stream_options``,
+  as strict servers that know no such field do
 - ``refuse``: not a behaviour of this server; stop it, or point clients at
   ``dead_url()`` for a port where nothing listens.
 
@@ -87,6 +89,7 @@ class FakeLLM:
         self.stream_error = False
         self.reset_after_chunks: int | None = None
         self.send_usage = True
+        self.reject_stream_options = False
         self.requests: list[dict[str, Any]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -171,6 +174,10 @@ class FakeLLM:
         handler.wfile.write(data)
 
     def _complete(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        if self.reject_stream_options and "stream_options" in body:
+            error = {"message": "Unrecognized request argument supplied: stream_options"}
+            self._send_json(handler, 400, {"error": error})
+            return
         if self.fail_times != 0:
             if self.fail_times > 0:
                 self.fail_times -= 1

@@ -60,6 +60,24 @@ def test_a_server_without_usage_gets_an_estimate_marked_as_such(
     assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
 
 
+def test_a_server_that_rejects_stream_options_is_asked_without_them(
+    live_server: LiveServer, fake_llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Strict servers answer 400 to an unknown field: the turn is answered anyway, and
+    from then on usage is estimated (one warning, not one per turn)."""
+    fake_llm.reject_stream_options = True
+    for text in ("hello", "again"):
+        response = live_server.client.post("/api/chats/demo/messages", json={"text": text})
+        assert response.status_code == 200 and response.json()["reply"] == f"echo: {text}"
+    asked = ["stream_options" in body for body in fake_llm.requests if "messages" in body]
+    assert asked == [True, False, False]  # refused once, then never sent again
+    rows = usage_rows(live_server)
+    assert [r["outcome"] for r in rows] == ["ok", "ok"]
+    assert all(r["estimated"] == 1 for r in rows)
+    warnings = [r for r in caplog.records if "does not accept stream_options" in r.getMessage()]
+    assert len(warnings) == 1
+
+
 def test_a_failed_call_is_recorded_with_its_error_kind(
     tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
 ) -> None:
