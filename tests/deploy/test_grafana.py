@@ -80,8 +80,9 @@ def test_it_covers_health_resources_turns_restarts_backups_http_and_alerts() -> 
         "vigil_http_request_duration_seconds_bucket",
         "vigil_errors_total",
         "vigil_alerts_active",
+        "vigil_llm_tokens_total",
+        "vigil_llm_time_to_first_token_seconds_bucket",
+        "vigil_budget_refusals_total",
         "ALERTS",
     }
     assert wanted <= named, wanted - named
-    # no token usage is exported yet: no panel may pretend otherwise
-    assert not any("token" in name for name in named)
