@@ -147,6 +147,30 @@ class JsonFormatter(logging.Formatter):
 ALL_FILES = frozenset({"system.log", *SUBSYSTEM_FILES})
 
 
+class _WatchedFile(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler whose log calls never raise.
+
+    The stdlib one reopens outside its error handling: with the logs directory
+    moved or removed (``mv logs logs.old``), the next log line raised
+    FileNotFoundError out of ``log.info`` and killed the supervisor (and so the
+    whole service). The directory is made again (0700); any other failure goes
+    to ``handleError`` (one report on stderr) and the process goes on.
+    """
+
+    def _open(self) -> Any:
+        try:
+            return super()._open()
+        except FileNotFoundError:
+            Path(self.baseFilename).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return super()._open()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)
+        except Exception:
+            self.handleError(record)
+
+
 def _file_handler(path: Path, formatter: logging.Formatter, *, rotate: bool) -> logging.Handler:
     handler: logging.Handler
     if rotate:
@@ -154,7 +178,7 @@ def _file_handler(path: Path, formatter: logging.Formatter, *, rotate: bool) -> 
             path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
         )
     else:
-        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        handler = _WatchedFile(path, encoding="utf-8")
     handler.setFormatter(formatter)
     return handler
 
