@@ -148,8 +148,9 @@ def test_sighup_after_the_logs_directory_was_moved_away_stops_nothing(
         os.kill(sup.proc.pid, signal.SIGHUP)
 
         for process in ("server", "worker"):
+            line = f"reload ({process}, pid"
             wait_for(
-                lambda p=process: f"reload ({p}, pid" in text(logs / "system.log"),
+                lambda line=line: line in text(logs / "system.log"),  # type: ignore[misc]
                 20,
                 f"the {process}'s reload line in a new logs/system.log",
             )
