@@ -240,6 +240,7 @@ def restore_live(
         try:
             _refuse_if_running(db_path, lock_free=True, answering=None)
             _carry_counters(db_path, temp)
+            _carry_backup_runs(db_path, temp)
             aside = _swap(temp, db_path, now=now)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -275,6 +276,50 @@ def _carry_counters(db_path: Path, temp: Path) -> None:
         log.warning("counters not carried over to the restored database: %s", exc)
         return
     log.info("restore: %d counter(s) carried over from the replaced database", raised)
+
+
+BACKUP_RUN_COLUMNS = "started_at, finished_at, ok, trigger, path, size_bytes, error"
+
+
+def _carry_backup_runs(db_path: Path, temp: Path) -> None:
+    """The replaced database's backup history newer than the snapshot's is kept.
+
+    A snapshot is copied before its own ``backup_runs`` row is finished, so a
+    restored database knew of no backup at all ("never": no stale alert, no
+    ``vigil_backup_last_success_timestamp_seconds``) although its snapshots exist.
+    """
+    if not db_path.exists():
+        return
+    try:
+        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            # Its unfinished rows (the very backup that made it) are taken from the replaced one.
+            newest = restored.execute(
+                "SELECT max(started_at) FROM backup_runs WHERE finished_at IS NOT NULL"
+            ).fetchone()[0]
+            current = open_readonly(db_path)
+            try:
+                rows = current.execute(
+                    f"SELECT {BACKUP_RUN_COLUMNS} FROM backup_runs"
+                    " WHERE started_at > ? ORDER BY id",
+                    (-1.0 if newest is None else float(newest),),
+                ).fetchall()
+            finally:
+                current.close()
+            restored.execute("BEGIN IMMEDIATE")
+            if rows:
+                restored.execute("DELETE FROM backup_runs WHERE finished_at IS NULL")
+            restored.executemany(
+                f"INSERT INTO backup_runs ({BACKUP_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            restored.execute("COMMIT")
+        finally:
+            restored.close()
+    except sqlite3.Error as exc:  # e.g. a snapshot older than the backup_runs table
+        log.warning("backup history not carried over to the restored database: %s", exc)
+        return
+    log.info("restore: %d backup run(s) carried over from the replaced database", len(rows))
 
 
 def _swap(temp: Path, db_path: Path, *, now: float | None) -> list[Path]:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from core.backups.backup import BackupFailed, InvalidName
 from core.backups.runs import record_finish, take_backup
+from core.backups.state import read_backup_state
 from core.config import Settings
 from core.errors import StorageError
 from tasks.jobs import backup_and_prune
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url
-from tests.operator_cli import fill, rows
+from tests.operator_cli import fill, invoke, rows
 
 
 def test_the_scheduled_job_records_success_and_failure(tsettings: Settings, tmp_path: Path) -> None:
@@ -68,3 +71,29 @@ def test_a_bad_or_taken_name_is_no_failed_backup(tsettings: Settings) -> None:
     runs = rows(tsettings.db_path, "SELECT ok FROM backup_runs")
     assert [r[0] for r in runs] == [1]
     assert rows(tsettings.db_path, "SELECT count(*) FROM counters")[0][0] == 0
+
+
+def test_a_restore_keeps_the_backup_history_the_snapshot_never_saw(tsettings: Settings) -> None:
+    # A snapshot is copied before its own backup_runs row is finished: restoring it
+    # left "no backup has been taken yet" (no stale alert, no last-success metric).
+    fill(tsettings.db_path, 10)
+    taken = invoke(tsettings, "backup", "--name", "before")
+    assert taken.exit_code == 0, taken.output
+    later = invoke(tsettings, "backup", "--name", "later")
+    assert later.exit_code == 0, later.output
+
+    restored = invoke(tsettings, "restore", "before", "--confirm")
+
+    assert restored.exit_code == 0, restored.output
+    runs = rows(tsettings.db_path, "SELECT ok, path FROM backup_runs ORDER BY id")
+    assert [(r[0], Path(r[1] or "-").name) for r in runs] == [
+        (1, "before.db.gz"),
+        (1, "later.db.gz"),
+    ]
+    conn = sqlite3.connect(tsettings.db_path)
+    try:
+        state = read_backup_state(conn, tsettings, time.time())
+    finally:
+        conn.close()
+    assert state.status == "ok" and state.last_success_path is not None
+    assert state.last_success_path.endswith("later.db.gz")
