@@ -61,6 +61,9 @@ class RestoreResult:
     snapshot: str
     messages: int
     kept_aside: list[Path]
+    # Deletions (``vigilctl delete``) done after the snapshot was taken: the restored
+    # copy holds that data again. ``(scope, target)``; their records are carried over.
+    redo_deletions: tuple[tuple[str, str], ...] = ()
 
 
 def _check_target(target: Path, *, overwrite: bool) -> None:
@@ -241,6 +244,7 @@ def restore_live(
             _refuse_if_running(db_path, lock_free=True, answering=None)
             _carry_counters(db_path, temp)
             _carry_backup_runs(db_path, temp)
+            redo = _carry_deletions(db_path, temp)
             aside = _swap(temp, db_path, now=now)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -252,7 +256,7 @@ def restore_live(
         messages,
         ", ".join(p.name for p in aside) or "nothing (no database existed)",
     )
-    return RestoreResult(db_path, snapshot.name, messages, aside)
+    return RestoreResult(db_path, snapshot.name, messages, aside, redo)
 
 
 def _carry_counters(db_path: Path, temp: Path) -> None:
@@ -320,6 +324,48 @@ def _carry_backup_runs(db_path: Path, temp: Path) -> None:
         log.warning("backup history not carried over to the restored database: %s", exc)
         return
     log.info("restore: %d backup run(s) carried over from the replaced database", len(rows))
+
+
+DELETION_COLUMNS = "deleted_at, deleted_by, scope, target, messages, files"
+
+
+def _carry_deletions(db_path: Path, temp: Path) -> tuple[tuple[str, str], ...]:
+    """The deletions recorded after the snapshot: carried over (the record of who
+    deleted what and when stays) and returned, as the restored copy holds that
+    data again until they are run again."""
+    if not db_path.exists():
+        return ()
+    try:
+        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            newest = restored.execute("SELECT max(deleted_at) FROM deletions").fetchone()[0]
+            current = open_readonly(db_path)
+            try:
+                rows = current.execute(
+                    f"SELECT {DELETION_COLUMNS} FROM deletions WHERE deleted_at > ? ORDER BY id",
+                    (-1.0 if newest is None else float(newest),),
+                ).fetchall()
+            finally:
+                current.close()
+            restored.execute("BEGIN IMMEDIATE")
+            restored.executemany(
+                f"INSERT INTO deletions ({DELETION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+            restored.execute("COMMIT")
+        finally:
+            restored.close()
+    except sqlite3.Error as exc:  # e.g. a snapshot older than the deletions table
+        log.warning("deletion records not carried over to the restored database: %s", exc)
+        return ()
+    redo = tuple(dict.fromkeys((str(r[2]), str(r[3])) for r in rows))
+    if redo:
+        log.warning(
+            "restore: the snapshot predates %d deletion(s); the restored database holds "
+            "their data again: %s",
+            len(redo),
+            ", ".join(f"{scope} {target}" for scope, target in redo),
+        )
+    return redo
 
 
 def _swap(temp: Path, db_path: Path, *, now: float | None) -> list[Path]:

@@ -97,3 +97,27 @@ def test_a_restore_keeps_the_backup_history_the_snapshot_never_saw(tsettings: Se
         conn.close()
     assert state.status == "ok" and state.last_success_path is not None
     assert state.last_success_path.endswith("later.db.gz")
+
+
+def test_a_restore_says_which_deletions_it_undid_and_keeps_their_record(
+    tsettings: Settings,
+) -> None:
+    # A snapshot taken before `delete --chat` holds the chat: restoring it brought the
+    # data back silently and dropped the deletion's record.
+    fill(tsettings.db_path, 12)
+    assert invoke(tsettings, "backup", "--name", "before").exit_code == 0
+    deleted = invoke(tsettings, "delete", "--chat", "c1", "--confirm")
+    assert deleted.exit_code == 0, deleted.output
+
+    restored = invoke(tsettings, "restore", "before", "--confirm")
+
+    assert restored.exit_code == 0, restored.output
+    told = [line for line in restored.output.splitlines() if "predates the deletion" in line]
+    assert told == [
+        "the snapshot predates the deletion of chat local:c1: its data is back; "
+        "delete it again: scripts/vigilctl delete --chat local:c1 --confirm"
+    ]
+    records = rows(tsettings.db_path, "SELECT scope, target, messages FROM deletions")
+    assert [tuple(r) for r in records] == [("chat", "local:c1", 4)]
+    again = invoke(tsettings, "delete", "--chat", "local:c1", "--confirm")
+    assert again.exit_code == 0, again.output
