@@ -12,6 +12,7 @@ every configured secret with ``***`` before any handler sees the record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -196,6 +197,7 @@ def reopen_logging(*, level: str | None = None, json_lines: bool | None = None) 
     ours = _HANDLERS
     if not _ACTIVE or not any(h in root.handlers for h in ours):
         return False  # someone else configured logging since: not ours to reopen
+    _reopen_access_log()
     foreign = [h for h in root.handlers if h not in ours]
     for handler in foreign:  # kept as they are (e.g. a test's capture handler)
         root.removeHandler(handler)
@@ -283,6 +285,17 @@ def attach_access_log(
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     return handler
+
+
+def _reopen_access_log() -> None:
+    """SIGHUP: the access log is reopened too (a renamed access.log got every
+    later line, and was lost once logrotate compressed and removed it)."""
+    for handler in logging.getLogger(ACCESS_LOGGER).handlers:
+        if isinstance(handler, logging.FileHandler):
+            with handler.lock or contextlib.nullcontext():
+                if handler.stream is not None:
+                    handler.stream.close()
+                    handler.stream = None  # reopened by the next line
 
 
 def detach_access_log(handler: logging.Handler) -> None:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from core.logs import setup_logging
+from core.logs import (
+    ACCESS_LOGGER,
+    attach_access_log,
+    detach_access_log,
+    reopen_logging,
+    setup_logging,
+)
 
 
 @pytest.fixture
@@ -125,6 +131,25 @@ def test_a_removed_logs_directory_never_makes_a_log_call_raise(
     text = (logs / "system.log").read_text()
     assert "after the move" in text and "and once more" in text
     assert (logs.stat().st_mode & 0o777) == 0o700
+
+
+def test_sighup_reopens_the_access_log_too(tmp_path: Path, restore_root: None) -> None:
+    # logrotate renames access.log and sends SIGHUP: the server went on writing the
+    # renamed file (lost once compressed and removed).
+    setup_logging(tmp_path, console=False)
+    handler = attach_access_log(tmp_path)
+    try:
+        access = logging.getLogger(ACCESS_LOGGER)
+        access.info("127.0.0.1 GET /before 200 1.0 ms")
+        (tmp_path / "access.log").rename(tmp_path / "access.log.1")
+
+        assert reopen_logging()
+        access.info("127.0.0.1 GET /after 200 1.0 ms")
+
+        assert "/after" in (tmp_path / "access.log").read_text()
+        assert "/after" not in (tmp_path / "access.log.1").read_text()
+    finally:
+        detach_access_log(handler)
 
 
 def test_identical_records_are_rate_limited_and_counted(tmp_path: Path, restore_root: None) -> None:
