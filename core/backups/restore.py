@@ -41,6 +41,7 @@ from core.backups.backup import (
 )
 from core.backups.file_users import describe_holders, exclusive_lock, holders, same_file
 from core.errors import BadRequest, StorageError, StorageFull
+from core.restarts import COLUMNS as RESTART_COLUMNS
 from core.schema import SCHEMA_VERSION
 from core.sqlite import BUSY_TIMEOUT_S
 
@@ -245,6 +246,7 @@ def restore_live(
             _carry_counters(db_path, temp)
             _carry_backup_runs(db_path, temp)
             redo = _carry_deletions(db_path, temp)
+            _carry_restarts(db_path, temp)
             aside = _swap(temp, db_path, now=now)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -366,6 +368,34 @@ def _carry_deletions(db_path: Path, temp: Path) -> tuple[tuple[str, str], ...]:
             ", ".join(f"{scope} {target}" for scope, target in redo),
         )
     return redo
+
+
+def _carry_restarts(db_path: Path, temp: Path) -> None:
+    """The restart history newer than the snapshot's is kept: the stop right before
+    a restore (and any restart since the snapshot) stays in ``status``."""
+    if not db_path.exists():
+        return
+    columns = ", ".join(RESTART_COLUMNS)
+    try:
+        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            newest = restored.execute("SELECT max(at) FROM restarts").fetchone()[0]
+            current = open_readonly(db_path)
+            try:
+                rows = current.execute(
+                    f"SELECT {columns} FROM restarts WHERE at > ? ORDER BY id",
+                    (-1.0 if newest is None else float(newest),),
+                ).fetchall()
+            finally:
+                current.close()
+            restored.execute("BEGIN IMMEDIATE")
+            marks = ", ".join("?" * len(RESTART_COLUMNS))
+            restored.executemany(f"INSERT INTO restarts ({columns}) VALUES ({marks})", rows)
+            restored.execute("COMMIT")
+        finally:
+            restored.close()
+    except sqlite3.Error as exc:
+        log.warning("restart history not carried over to the restored database: %s", exc)
 
 
 def _swap(temp: Path, db_path: Path, *, now: float | None) -> list[Path]:

@@ -121,3 +121,22 @@ def test_a_restore_says_which_deletions_it_undid_and_keeps_their_record(
     assert [tuple(r) for r in records] == [("chat", "local:c1", 4)]
     again = invoke(tsettings, "delete", "--chat", "local:c1", "--confirm")
     assert again.exit_code == 0, again.output
+
+
+def test_a_restore_keeps_the_restart_history_newer_than_the_snapshot(tsettings: Settings) -> None:
+    # The stop.sh right before a restore vanished from `status` ("planned stops").
+    fill(tsettings.db_path, 6)
+    assert invoke(tsettings, "backup", "--name", "before").exit_code == 0
+    conn = sqlite3.connect(tsettings.db_path)
+    conn.execute(
+        "INSERT INTO restarts (at, child, reason, exit_code, detail) VALUES (?, ?, ?, ?, ?)",
+        (time.time(), "server", "stop", 0, "SIGTERM; drained in 0.0 s"),
+    )
+    conn.commit()
+    conn.close()
+
+    restored = invoke(tsettings, "restore", "before", "--confirm")
+
+    assert restored.exit_code == 0, restored.output
+    history = rows(tsettings.db_path, "SELECT child, reason, exit_code FROM restarts")
+    assert [tuple(r) for r in history] == [("server", "stop", 0)]
