@@ -172,12 +172,12 @@ def snapshots(
     settings = cli_settings()
     found = backups.list_snapshots(settings.backups_dir)
     if not settings.backups_dir.is_dir():
-        what = "does not exist" if not settings.backups_dir.exists() else "is not a directory"
-        typer.echo(
-            f"vigil: backup directory {settings.backups_dir} {what} (VIGIL_BACKUP_DIR); "
-            "the first backup creates it",
-            err=True,
+        what = (
+            "does not exist (VIGIL_BACKUP_DIR); the first backup creates it"
+            if not settings.backups_dir.exists()
+            else "is not a directory (VIGIL_BACKUP_DIR): backups fail until it is one"
         )
+        typer.echo(f"vigil: backup directory {settings.backups_dir} {what}", err=True)
     states: dict[str, str] = {}
     if verify:
         with progress_bar(not as_json) as progress:

@@ -193,3 +193,10 @@ def test_latest_is_reserved_and_needs_a_verified_snapshot(tsettings: Settings) -
     listed = vigil(tsettings, "snapshots", backup_dir=nowhere)
     assert listed.returncode == 0
     assert f"backup directory {nowhere} does not exist (VIGIL_BACKUP_DIR)" in listed.stderr
+    # a file where the directory should be is not created by the next backup: it fails
+    blocker = tsettings.data_dir.parent / "a-file"
+    blocker.write_text("x")
+    listed = vigil(tsettings, "snapshots", backup_dir=blocker)
+    assert listed.returncode == 0
+    assert f"backup directory {blocker} is not a directory (VIGIL_BACKUP_DIR)" in listed.stderr
+    assert "creates it" not in listed.stderr and "backups fail" in listed.stderr
