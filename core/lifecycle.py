@@ -53,7 +53,7 @@ RESTART_REASONS = (
     "database_replaced",
 )
 # ``stop``: a planned stop (the supervisor is stopping, or none runs us); ``signal``:
-# someone signalled the server alone and the supervisor brings it back.
+# someone signalled the server alone (the supervisor brings it back), or the supervisor died.
 STOP_REASONS = ("stop", "signal")
 RETRY_AFTER_S = 15.0
 
@@ -207,6 +207,7 @@ class VigilServer(uvicorn.Server):
         super().__init__(config)
         self.app = app
         self.exit_code = 0
+        self.parent_pid = os.getppid()  # the supervisor, if one started us
         app.state.exit_hook = self.request_exit
 
     def request_exit(self, code: int) -> None:
@@ -228,7 +229,7 @@ class VigilServer(uvicorn.Server):
             # turn it into a stop (exit 0), not be lost and come back as 75.
             loop = asyncio.get_event_loop()
             detail = signal.Signals(sig).name
-            reason = signal_reason(lifecycle.settings)
+            reason = signal_reason(lifecycle.settings, started_by=self.parent_pid)
             loop.call_soon_threadsafe(lifecycle.request_restart, reason, detail)
         elif sig == signal.SIGINT:
             log.warning("second interrupt: exiting without waiting for the drain")
@@ -242,15 +243,26 @@ class VigilServer(uvicorn.Server):
             lifecycle.notifier.notify(f"READY=1\nSTATUS=serving, pid {os.getpid()}")
 
 
-def signal_reason(settings: Settings) -> str:
-    """``stop`` for a planned stop, ``signal`` when our supervisor will start us again.
+def signal_reason(settings: Settings, *, started_by: int | None = None) -> str:
+    """``stop`` for a planned stop, ``signal`` for any other SIGTERM.
 
     The supervisor marks its state file ``stopping`` before it passes a stop
     on to the server; a server whose parent is no (live) supervisor of this
-    data dir is not coming back either.
+    data dir is not coming back either. But when the supervisor that started
+    us (``started_by``) died without stopping (kill -9, the OOM killer), the
+    SIGTERM is its parent-death signal: no planned stop.
     """
     state = read_supervisor_state(settings.data_dir)
-    return "signal" if state["supervised"] and not state.get("stopping") else "stop"
+    if state["supervised"]:
+        return "stop" if state.get("stopping") else "signal"
+    died = (
+        started_by is not None
+        and started_by > 1
+        and state.get("pid") == started_by
+        and not state.get("stopping")
+        and not state.get("stopped")
+    )
+    return "signal" if died else "stop"
 
 
 def run_server(app: FastAPI, settings: Settings) -> int:

@@ -12,6 +12,7 @@ every configured secret with ``***`` before any handler sees the record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -147,6 +148,30 @@ class JsonFormatter(logging.Formatter):
 ALL_FILES = frozenset({"system.log", *SUBSYSTEM_FILES})
 
 
+class _WatchedFile(logging.handlers.WatchedFileHandler):
+    """A WatchedFileHandler whose log calls never raise.
+
+    The stdlib one reopens outside its error handling: with the logs directory
+    moved or removed (``mv logs logs.old``), the next log line raised
+    FileNotFoundError out of ``log.info`` and killed the supervisor (and so the
+    whole service). The directory is made again (0700); any other failure goes
+    to ``handleError`` (one report on stderr) and the process goes on.
+    """
+
+    def _open(self) -> Any:
+        try:
+            return super()._open()
+        except FileNotFoundError:
+            Path(self.baseFilename).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return super()._open()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            super().emit(record)
+        except Exception:
+            self.handleError(record)
+
+
 def _file_handler(path: Path, formatter: logging.Formatter, *, rotate: bool) -> logging.Handler:
     handler: logging.Handler
     if rotate:
@@ -154,7 +179,7 @@ def _file_handler(path: Path, formatter: logging.Formatter, *, rotate: bool) -> 
             path, maxBytes=MAX_BYTES, backupCount=BACKUPS, encoding="utf-8"
         )
     else:
-        handler = logging.handlers.WatchedFileHandler(path, encoding="utf-8")
+        handler = _WatchedFile(path, encoding="utf-8")
     handler.setFormatter(formatter)
     return handler
 
@@ -172,6 +197,7 @@ def reopen_logging(*, level: str | None = None, json_lines: bool | None = None) 
     ours = _HANDLERS
     if not _ACTIVE or not any(h in root.handlers for h in ours):
         return False  # someone else configured logging since: not ours to reopen
+    _reopen_access_log()
     foreign = [h for h in root.handlers if h not in ours]
     for handler in foreign:  # kept as they are (e.g. a test's capture handler)
         root.removeHandler(handler)
@@ -259,6 +285,17 @@ def attach_access_log(
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     return handler
+
+
+def _reopen_access_log() -> None:
+    """SIGHUP: the access log is reopened too (a renamed access.log got every
+    later line, and was lost once logrotate compressed and removed it)."""
+    for handler in logging.getLogger(ACCESS_LOGGER).handlers:
+        if isinstance(handler, logging.FileHandler):
+            with handler.lock or contextlib.nullcontext():
+                if handler.stream is not None:
+                    handler.stream.close()
+                    handler.stream = None  # reopened by the next line
 
 
 def detach_access_log(handler: logging.Handler) -> None:

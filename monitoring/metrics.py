@@ -39,6 +39,23 @@ from monitoring.rules import RULES
 if TYPE_CHECKING:
     from core.runtime import Runtime
 
+# Every alert type the server raises: the governor's rules and those raised by a
+# condition (backups, the database, the model) or by the governor itself.
+ALERT_TYPES = tuple(
+    sorted(
+        {r.alert_type for r in RULES}
+        | {
+            "alert_flapping",
+            "restart_not_helping",
+            "backup_failed",
+            "backup_stale",
+            "database_replaced",
+            "database_write_failing",
+            "llm_unreachable",
+        }
+    )
+)
+
 # Counters: (stored name, help, label names, label sets always exported as 0).
 COUNTERS: tuple[tuple[str, str, tuple[str, ...], tuple[Labels, ...]], ...] = (
     ("vigil_turns", "Chat turns answered", (), ((),)),
@@ -62,9 +79,7 @@ COUNTERS: tuple[tuple[str, str, tuple[str, ...], tuple[Labels, ...]], ...] = (
         "vigil_alerts_raised",
         "Alerts raised",
         ("alert_type",),
-        tuple(
-            (("alert_type", t),) for t in sorted({r.alert_type for r in RULES} | {"alert_flapping"})
-        ),
+        tuple((("alert_type", t),) for t in ALERT_TYPES),
     ),
     (
         "vigil_restart_requests",
@@ -361,7 +376,7 @@ def track_governor(runtime: Runtime, system: Any) -> None:
     counters.track("vigil_governor_errors", lambda: system.errors)
     counters.track("vigil_errors", lambda: system.errors, (("kind", "governor"),))
     counters.track("vigil_emergency_cleanups", lambda: system.emergency_cleanups)
-    for alert_type in sorted({r.alert_type for r in RULES} | {"alert_flapping"}):
+    for alert_type in ALERT_TYPES:
         counters.track(
             "vigil_alerts_raised",
             lambda t=alert_type: system.raised_total.get(t, 0),  # type: ignore[misc]

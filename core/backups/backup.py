@@ -501,7 +501,8 @@ def find_snapshot(backups_dir: Path, name: str) -> Snapshot:
     snapshot = _read_manifest(path) if path.exists() else None
     if snapshot is None:
         raise SnapshotNotFound(
-            f"no snapshot named {name!r} in {backups_dir} (list them with `snapshots`)",
+            f"no snapshot named {name!r} in {backups_dir} "
+            "(list them with `scripts/vigilctl snapshots`)",
             name=name,
         )
     return snapshot

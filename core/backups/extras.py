@@ -63,17 +63,24 @@ def _setting_name(key: str) -> str:
     return (key[len(ENV_PREFIX) :] if key.upper().startswith(ENV_PREFIX) else key).lower()
 
 
-def _redact_url(url: str) -> str:
+# Webhook URLs carry their token in the path or query (Slack, Discord, ntfy):
+# all of it after the host is the secret (``vigilctl config`` shows it as *** too).
+SECRET_PATH_URL_FIELDS = ("alert_webhook_url",)
+
+
+def _redact_url(url: str, *, path_too: bool = False) -> str:
     try:
         parts = urllib.parse.urlsplit(url)
         password = parts.password
     except ValueError:
-        return url
-    if not password:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    name = user.split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{name}:{SECRET_PLACEHOLDER}@{host}"))
+        return SECRET_PLACEHOLDER if path_too else url
+    if path_too and (parts.path.strip("/") or parts.query or parts.fragment):
+        parts = parts._replace(path="/" + SECRET_PLACEHOLDER, query="", fragment="")
+    if password:
+        user, _, host = parts.netloc.rpartition("@")
+        name = user.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{name}:{SECRET_PLACEHOLDER}@{host}")
+    return urllib.parse.urlunsplit(parts)
 
 
 def _redacted_value(setting: str, raw: str) -> str | None:
@@ -83,7 +90,7 @@ def _redacted_value(setting: str, raw: str) -> str | None:
     if setting in SECRET_FIELDS:
         return f"{quote}{SECRET_PLACEHOLDER}{quote}" if inner else None
     if setting in SECRET_URL_FIELDS:
-        redacted = _redact_url(inner)
+        redacted = _redact_url(inner, path_too=setting in SECRET_PATH_URL_FIELDS)
         return None if redacted == inner else f"{quote}{redacted}{quote}"
     return None
 
@@ -111,7 +118,7 @@ def _redact_mapping(data: dict[str, object]) -> dict[str, object]:
         if isinstance(value, str) and setting in SECRET_FIELDS and value:
             value = SECRET_PLACEHOLDER
         elif isinstance(value, str) and setting in SECRET_URL_FIELDS:
-            value = _redact_url(value)
+            value = _redact_url(value, path_too=setting in SECRET_PATH_URL_FIELDS)
         result[key] = value
     return result
 

@@ -41,6 +41,7 @@ from core.backups.backup import (
 )
 from core.backups.file_users import describe_holders, exclusive_lock, holders, same_file
 from core.errors import BadRequest, StorageError, StorageFull
+from core.restarts import COLUMNS as RESTART_COLUMNS
 from core.schema import SCHEMA_VERSION
 from core.sqlite import BUSY_TIMEOUT_S
 
@@ -61,6 +62,9 @@ class RestoreResult:
     snapshot: str
     messages: int
     kept_aside: list[Path]
+    # Deletions (``vigilctl delete``) done after the snapshot was taken: the restored
+    # copy holds that data again. ``(scope, target)``; their records are carried over.
+    redo_deletions: tuple[tuple[str, str], ...] = ()
 
 
 def _check_target(target: Path, *, overwrite: bool) -> None:
@@ -240,6 +244,9 @@ def restore_live(
         try:
             _refuse_if_running(db_path, lock_free=True, answering=None)
             _carry_counters(db_path, temp)
+            _carry_backup_runs(db_path, temp)
+            redo = _carry_deletions(db_path, temp)
+            _carry_restarts(db_path, temp)
             aside = _swap(temp, db_path, now=now)
         except BaseException:
             temp.unlink(missing_ok=True)
@@ -251,7 +258,7 @@ def restore_live(
         messages,
         ", ".join(p.name for p in aside) or "nothing (no database existed)",
     )
-    return RestoreResult(db_path, snapshot.name, messages, aside)
+    return RestoreResult(db_path, snapshot.name, messages, aside, redo)
 
 
 def _carry_counters(db_path: Path, temp: Path) -> None:
@@ -275,6 +282,120 @@ def _carry_counters(db_path: Path, temp: Path) -> None:
         log.warning("counters not carried over to the restored database: %s", exc)
         return
     log.info("restore: %d counter(s) carried over from the replaced database", raised)
+
+
+BACKUP_RUN_COLUMNS = "started_at, finished_at, ok, trigger, path, size_bytes, error"
+
+
+def _carry_backup_runs(db_path: Path, temp: Path) -> None:
+    """The replaced database's backup history newer than the snapshot's is kept.
+
+    A snapshot is copied before its own ``backup_runs`` row is finished, so a
+    restored database knew of no backup at all ("never": no stale alert, no
+    ``vigil_backup_last_success_timestamp_seconds``) although its snapshots exist.
+    """
+    if not db_path.exists():
+        return
+    try:
+        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            # Its unfinished rows (the very backup that made it) are taken from the replaced one.
+            newest = restored.execute(
+                "SELECT max(started_at) FROM backup_runs WHERE finished_at IS NOT NULL"
+            ).fetchone()[0]
+            current = open_readonly(db_path)
+            try:
+                rows = current.execute(
+                    f"SELECT {BACKUP_RUN_COLUMNS} FROM backup_runs"
+                    " WHERE started_at > ? ORDER BY id",
+                    (-1.0 if newest is None else float(newest),),
+                ).fetchall()
+            finally:
+                current.close()
+            restored.execute("BEGIN IMMEDIATE")
+            if rows:
+                restored.execute("DELETE FROM backup_runs WHERE finished_at IS NULL")
+            restored.executemany(
+                f"INSERT INTO backup_runs ({BACKUP_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            restored.execute("COMMIT")
+        finally:
+            restored.close()
+    except sqlite3.Error as exc:  # e.g. a snapshot older than the backup_runs table
+        log.warning("backup history not carried over to the restored database: %s", exc)
+        return
+    log.info("restore: %d backup run(s) carried over from the replaced database", len(rows))
+
+
+DELETION_COLUMNS = "deleted_at, deleted_by, scope, target, messages, files"
+
+
+def _carry_deletions(db_path: Path, temp: Path) -> tuple[tuple[str, str], ...]:
+    """The deletions recorded after the snapshot: carried over (the record of who
+    deleted what and when stays) and returned, as the restored copy holds that
+    data again until they are run again."""
+    if not db_path.exists():
+        return ()
+    try:
+        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            newest = restored.execute("SELECT max(deleted_at) FROM deletions").fetchone()[0]
+            current = open_readonly(db_path)
+            try:
+                rows = current.execute(
+                    f"SELECT {DELETION_COLUMNS} FROM deletions WHERE deleted_at > ? ORDER BY id",
+                    (-1.0 if newest is None else float(newest),),
+                ).fetchall()
+            finally:
+                current.close()
+            restored.execute("BEGIN IMMEDIATE")
+            restored.executemany(
+                f"INSERT INTO deletions ({DELETION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows
+            )
+            restored.execute("COMMIT")
+        finally:
+            restored.close()
+    except sqlite3.Error as exc:  # e.g. a snapshot older than the deletions table
+        log.warning("deletion records not carried over to the restored database: %s", exc)
+        return ()
+    redo = tuple(dict.fromkeys((str(r[2]), str(r[3])) for r in rows))
+    if redo:
+        log.warning(
+            "restore: the snapshot predates %d deletion(s); the restored database holds "
+            "their data again: %s",
+            len(redo),
+            ", ".join(f"{scope} {target}" for scope, target in redo),
+        )
+    return redo
+
+
+def _carry_restarts(db_path: Path, temp: Path) -> None:
+    """The restart history newer than the snapshot's is kept: the stop right before
+    a restore (and any restart since the snapshot) stays in ``status``."""
+    if not db_path.exists():
+        return
+    columns = ", ".join(RESTART_COLUMNS)
+    try:
+        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            newest = restored.execute("SELECT max(at) FROM restarts").fetchone()[0]
+            current = open_readonly(db_path)
+            try:
+                rows = current.execute(
+                    f"SELECT {columns} FROM restarts WHERE at > ? ORDER BY id",
+                    (-1.0 if newest is None else float(newest),),
+                ).fetchall()
+            finally:
+                current.close()
+            restored.execute("BEGIN IMMEDIATE")
+            marks = ", ".join("?" * len(RESTART_COLUMNS))
+            restored.executemany(f"INSERT INTO restarts ({columns}) VALUES ({marks})", rows)
+            restored.execute("COMMIT")
+        finally:
+            restored.close()
+    except sqlite3.Error as exc:
+        log.warning("restart history not carried over to the restored database: %s", exc)
 
 
 def _swap(temp: Path, db_path: Path, *, now: float | None) -> list[Path]:

@@ -6,6 +6,7 @@ core/backups/ (backup.py, restore.py, retention.py, integrity.py).
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,9 @@ def restore_cmd(
         "kept_aside": [str(p) for p in result.kept_aside],
         "files": extras,
         "skipped": skipped,
+        "redo_deletions": [
+            {"scope": scope, "target": target} for scope, target in result.redo_deletions
+        ],
     }
     if as_json:
         print_json(data)
@@ -152,6 +156,11 @@ def restore_cmd(
         typer.echo(f"previous file kept as {path}")
     for line in extras:
         typer.echo(line)
+    for scope, target in result.redo_deletions:
+        typer.echo(
+            f"the snapshot predates the deletion of {scope} {target}: its data is back; "
+            f"delete it again: scripts/vigilctl delete --{scope} {shlex.quote(target)} --confirm"
+        )
 
 
 @guarded
@@ -163,12 +172,12 @@ def snapshots(
     settings = cli_settings()
     found = backups.list_snapshots(settings.backups_dir)
     if not settings.backups_dir.is_dir():
-        what = "does not exist" if not settings.backups_dir.exists() else "is not a directory"
-        typer.echo(
-            f"vigil: backup directory {settings.backups_dir} {what} (VIGIL_BACKUP_DIR); "
-            "the first backup creates it",
-            err=True,
+        what = (
+            "does not exist (VIGIL_BACKUP_DIR); the first backup creates it"
+            if not settings.backups_dir.exists()
+            else "is not a directory (VIGIL_BACKUP_DIR): backups fail until it is one"
         )
+        typer.echo(f"vigil: backup directory {settings.backups_dir} {what}", err=True)
     states: dict[str, str] = {}
     if verify:
         with progress_bar(not as_json) as progress:

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from core import dbops
+from core.backups.backup import list_snapshots
 from core.cli.db import admin_call, run_with_progress, server_mode
 from core.cli.output import JSON_OPT, cli_settings, fail, guarded, print_json, require_db
 from core.database import connect_sync
@@ -46,6 +47,26 @@ def _direct(settings: Any, scope: str, target: str, *, confirm: bool, vacuum: bo
         return {"dry_run": False, **result}
     finally:
         conn.close()
+
+
+# Copies of the database that restore (before-restore), the database watch
+# (replaced, deleted) keep aside in data/: a deletion never touches them.
+KEPT_COPY_TAGS = (".before-restore-", ".replaced-", ".deleted-")
+
+
+def _not_touched(settings: Any) -> list[str]:
+    """What may still hold the deleted data: kept database copies and snapshots."""
+    db = settings.db_path
+    kept = sorted(
+        p.name
+        for p in db.parent.glob(db.name + ".*")
+        if any(tag in p.name for tag in KEPT_COPY_TAGS) and not p.name.endswith(("-wal", "-shm"))
+    )
+    found = [str(db.parent / name) for name in kept]
+    snapshots = len(list_snapshots(settings.backups_dir))
+    if snapshots:
+        found.append(f"{snapshots} snapshot(s) in {settings.backups_dir}")
+    return found
 
 
 def _nothing(result: dict[str, Any]) -> bool:
@@ -99,6 +120,8 @@ def delete(
     what = "chat" if scope == "chat" else "Telegram user"
     if result["dry_run"] and _nothing(result):
         fail(f"nothing stored for {what} {shown!r}")
+    if not result["dry_run"]:
+        result["not_touched"] = _not_touched(settings)
     if as_json:
         print_json(result)
         return
@@ -116,6 +139,11 @@ def delete(
         typer.echo("dry run: nothing deleted; add --confirm to delete")
         return
     typer.echo(f"done in {result['duration_s']:.2f} s; vacuum {result['vacuum']}")
+    if result["not_touched"]:
+        typer.echo(
+            "older copies may still hold it (not touched; delete them to be rid of it): "
+            + "; ".join(result["not_touched"])
+        )
     if result["checkpoint"]["busy"]:
         fail("a reader held the WAL: run scripts/vigilctl db checkpoint to empty it")
 

@@ -147,6 +147,9 @@ def on(
     ),
 ) -> None:
     """Turn maintenance mode on: new turns get a polite reply / HTTP 503 `maintenance`."""
+    # One printable line: the reason goes into the logs (a newline forged a log
+    # line, an escape sequence reached the terminal), status tables and replies.
+    reason = " ".join("".join(c if c.isprintable() else " " for c in reason).split())
     if not reason.strip():
         raise BadRequest("the reason must not be empty")
     if len(reason) > MAX_REASON:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from core.logs import setup_logging
+from core.logs import (
+    ACCESS_LOGGER,
+    attach_access_log,
+    detach_access_log,
+    reopen_logging,
+    setup_logging,
+)
 
 
 @pytest.fixture
@@ -97,14 +103,53 @@ def test_json_lines(tmp_path: Path, restore_root: None) -> None:
 def test_non_owner_processes_follow_the_owners_rotation(tmp_path: Path, restore_root: None) -> None:
     # The worker appends to system.log but never rotates it; the server does.
     setup_logging(tmp_path, console=False, rotates=frozenset({"tasks.log"}))
-    kinds = {type(h) for h in logging.getLogger().handlers}
-    assert logging.handlers.WatchedFileHandler in kinds
+    handlers = logging.getLogger().handlers
+    assert any(isinstance(h, logging.handlers.WatchedFileHandler) for h in handlers)
     log = logging.getLogger("tasks.worker")
     log.info("before the rotation")
     (tmp_path / "system.log").rename(tmp_path / "system.log.1")  # what the owner does
     log.info("after the rotation")
     assert "after the rotation" in (tmp_path / "system.log").read_text()
     assert "after the rotation" not in (tmp_path / "system.log.1").read_text()
+
+
+def test_a_removed_logs_directory_never_makes_a_log_call_raise(
+    tmp_path: Path, restore_root: None
+) -> None:
+    # The supervisor and the worker append with watched handlers; `mv logs logs.old`
+    # made their next log line raise FileNotFoundError (the supervisor died of it).
+    logs = tmp_path / "logs"
+    setup_logging(logs, console=False, rotates=frozenset())
+    log = logging.getLogger("monitoring.supervisor.runner")
+    log.info("before the move")
+    logs.rename(tmp_path / "logs.old")
+
+    log.info("after the move")
+    log.info("and once more")
+
+    assert "before the move" in (tmp_path / "logs.old" / "system.log").read_text()
+    text = (logs / "system.log").read_text()
+    assert "after the move" in text and "and once more" in text
+    assert (logs.stat().st_mode & 0o777) == 0o700
+
+
+def test_sighup_reopens_the_access_log_too(tmp_path: Path, restore_root: None) -> None:
+    # logrotate renames access.log and sends SIGHUP: the server went on writing the
+    # renamed file (lost once compressed and removed).
+    setup_logging(tmp_path, console=False)
+    handler = attach_access_log(tmp_path)
+    try:
+        access = logging.getLogger(ACCESS_LOGGER)
+        access.info("127.0.0.1 GET /before 200 1.0 ms")
+        (tmp_path / "access.log").rename(tmp_path / "access.log.1")
+
+        assert reopen_logging()
+        access.info("127.0.0.1 GET /after 200 1.0 ms")
+
+        assert "/after" in (tmp_path / "access.log").read_text()
+        assert "/after" not in (tmp_path / "access.log.1").read_text()
+    finally:
+        detach_access_log(handler)
 
 
 def test_identical_records_are_rate_limited_and_counted(tmp_path: Path, restore_root: None) -> None:

@@ -247,6 +247,21 @@ def test_maintenance_cli_bad_input_is_one_line(settings: Any) -> None:
     assert shown.returncode == 0 and shown.stdout.strip() == "maintenance mode: off"
 
 
+def test_a_reason_with_newlines_or_escapes_is_stored_as_one_printable_line(settings: Any) -> None:
+    # The reason goes into system.log, status tables and replies: a newline forged a
+    # log line, an ESC sequence reached the terminal of whoever tails the log.
+    reason = "db move\n2026-12-04 00:00:00,000 - core.fake - CRITICAL - forged\x1b[31m red\x07"
+    set_window(settings)  # a database exists
+    result = run_cli(settings, "maintenance", "on", reason)
+    assert result.returncode == 0, result.stderr
+    window = window_row(settings)
+    assert window is not None
+    one_line = "db move 2026-12-04 00:00:00,000 - core.fake - CRITICAL - forged [31m red"
+    assert window.reason == one_line
+    assert not [line for line in result.stdout.splitlines() if line.startswith("2026-12-04 00")]
+    assert "\x1b" not in result.stdout
+
+
 # --- SIGHUP in the server: the allow-list and the governor's thresholds ------------------
 @pytest.mark.slow
 def test_a_reload_applies_the_allow_list_and_thresholds_to_the_running_server(

@@ -118,6 +118,10 @@ def test_unwritable_backup_dir_alerts_degrades_health_counts_and_recovers(
     assert "VIGIL_BACKUP_DIR" in raised["alert"]["recommended_action"]
     alerts = rows(settings.db_path, "SELECT alert_type, resolved_at FROM alerts")
     assert ("backup_failed", None) in [tuple(a) for a in alerts]
+    # counted in /metrics like every other alert (it was left out: no series)
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    assert 'vigil_alerts_raised_total{alert_type="backup_failed"} 1.0' in metrics
+    assert 'vigil_alerts_raised_total{alert_type="backup_stale"} 0.0' in metrics
 
     # What `status` shows (the status view reads the same function).
     conn = connect_sync(settings.db_path, readonly=True)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
 
 from core.backups.backup import BackupFailed, InvalidName
 from core.backups.runs import record_finish, take_backup
+from core.backups.state import read_backup_state
 from core.config import Settings
 from core.errors import StorageError
 from tasks.jobs import backup_and_prune
 from tests.conftest import make_settings
 from tests.fake_llm import dead_url
-from tests.operator_cli import fill, rows
+from tests.operator_cli import fill, invoke, rows
 
 
 def test_the_scheduled_job_records_success_and_failure(tsettings: Settings, tmp_path: Path) -> None:
@@ -68,3 +71,72 @@ def test_a_bad_or_taken_name_is_no_failed_backup(tsettings: Settings) -> None:
     runs = rows(tsettings.db_path, "SELECT ok FROM backup_runs")
     assert [r[0] for r in runs] == [1]
     assert rows(tsettings.db_path, "SELECT count(*) FROM counters")[0][0] == 0
+
+
+def test_a_restore_keeps_the_backup_history_the_snapshot_never_saw(tsettings: Settings) -> None:
+    # A snapshot is copied before its own backup_runs row is finished: restoring it
+    # left "no backup has been taken yet" (no stale alert, no last-success metric).
+    fill(tsettings.db_path, 10)
+    taken = invoke(tsettings, "backup", "--name", "before")
+    assert taken.exit_code == 0, taken.output
+    later = invoke(tsettings, "backup", "--name", "later")
+    assert later.exit_code == 0, later.output
+
+    restored = invoke(tsettings, "restore", "before", "--confirm")
+
+    assert restored.exit_code == 0, restored.output
+    runs = rows(tsettings.db_path, "SELECT ok, path FROM backup_runs ORDER BY id")
+    assert [(r[0], Path(r[1] or "-").name) for r in runs] == [
+        (1, "before.db.gz"),
+        (1, "later.db.gz"),
+    ]
+    conn = sqlite3.connect(tsettings.db_path)
+    try:
+        state = read_backup_state(conn, tsettings, time.time())
+    finally:
+        conn.close()
+    assert state.status == "ok" and state.last_success_path is not None
+    assert state.last_success_path.endswith("later.db.gz")
+
+
+def test_a_restore_says_which_deletions_it_undid_and_keeps_their_record(
+    tsettings: Settings,
+) -> None:
+    # A snapshot taken before `delete --chat` holds the chat: restoring it brought the
+    # data back silently and dropped the deletion's record.
+    fill(tsettings.db_path, 12)
+    assert invoke(tsettings, "backup", "--name", "before").exit_code == 0
+    deleted = invoke(tsettings, "delete", "--chat", "c1", "--confirm")
+    assert deleted.exit_code == 0, deleted.output
+
+    restored = invoke(tsettings, "restore", "before", "--confirm")
+
+    assert restored.exit_code == 0, restored.output
+    told = [line for line in restored.output.splitlines() if "predates the deletion" in line]
+    assert told == [
+        "the snapshot predates the deletion of chat local:c1: its data is back; "
+        "delete it again: scripts/vigilctl delete --chat local:c1 --confirm"
+    ]
+    records = rows(tsettings.db_path, "SELECT scope, target, messages FROM deletions")
+    assert [tuple(r) for r in records] == [("chat", "local:c1", 4)]
+    again = invoke(tsettings, "delete", "--chat", "local:c1", "--confirm")
+    assert again.exit_code == 0, again.output
+
+
+def test_a_restore_keeps_the_restart_history_newer_than_the_snapshot(tsettings: Settings) -> None:
+    # The stop.sh right before a restore vanished from `status` ("planned stops").
+    fill(tsettings.db_path, 6)
+    assert invoke(tsettings, "backup", "--name", "before").exit_code == 0
+    conn = sqlite3.connect(tsettings.db_path)
+    conn.execute(
+        "INSERT INTO restarts (at, child, reason, exit_code, detail) VALUES (?, ?, ?, ?, ?)",
+        (time.time(), "server", "stop", 0, "SIGTERM; drained in 0.0 s"),
+    )
+    conn.commit()
+    conn.close()
+
+    restored = invoke(tsettings, "restore", "before", "--confirm")
+
+    assert restored.exit_code == 0, restored.output
+    history = rows(tsettings.db_path, "SELECT child, reason, exit_code FROM restarts")
+    assert [tuple(r) for r in history] == [("server", "stop", 0)]

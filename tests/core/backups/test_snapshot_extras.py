@@ -73,6 +73,28 @@ def test_redaction_keeps_everything_but_the_secrets() -> None:
     assert as_json == {"VIGIL_ADMIN_TOKEN": SECRET_PLACEHOLDER, "port": 9001}
 
 
+def test_a_webhook_urls_token_in_its_path_or_query_is_a_secret() -> None:
+    # Slack/Discord/ntfy keep the token in the path or the query: the snapshot's
+    # settings file kept it in clear (vigilctl config already showed it as ***).
+    env = (
+        "VIGIL_ALERT_WEBHOOK_URL=https://hooks.slack.com/services/T0/B0/hookSECRET5\n"
+        "VIGIL_LOG_LEVEL=INFO\n"
+    )
+    redacted = redact_env(env)
+    assert "hookSECRET5" not in redacted and "T0/B0" not in redacted
+    placeholder = f"https://hooks.slack.com/{SECRET_PLACEHOLDER}"
+    assert f"VIGIL_ALERT_WEBHOOK_URL={placeholder}\n" in redacted
+    assert redacted.endswith("VIGIL_LOG_LEVEL=INFO\n")
+    as_json = json.loads(
+        redact_config(
+            json.dumps({"alert_webhook_url": "https://ntfy.example/alerts?auth=qSECRET6"}), ".json"
+        )
+    )
+    assert as_json == {"alert_webhook_url": f"https://ntfy.example/{SECRET_PLACEHOLDER}"}
+    # a webhook without a path or query keeps its value (nothing secret in it)
+    assert redact_env("VIGIL_ALERT_WEBHOOK_URL=http://127.0.0.1:9000\n").endswith(":9000\n")
+
+
 def test_the_placeholder_is_refused_as_a_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="VIGIL_LLM_API_KEY still holds the placeholder"):
         load_settings(_env_file=None, data_dir=tmp_path, llm_api_key=SECRET_PLACEHOLDER)
@@ -171,3 +193,10 @@ def test_latest_is_reserved_and_needs_a_verified_snapshot(tsettings: Settings) -
     listed = vigil(tsettings, "snapshots", backup_dir=nowhere)
     assert listed.returncode == 0
     assert f"backup directory {nowhere} does not exist (VIGIL_BACKUP_DIR)" in listed.stderr
+    # a file where the directory should be is not created by the next backup: it fails
+    blocker = tsettings.data_dir.parent / "a-file"
+    blocker.write_text("x")
+    listed = vigil(tsettings, "snapshots", backup_dir=blocker)
+    assert listed.returncode == 0
+    assert f"backup directory {blocker} is not a directory (VIGIL_BACKUP_DIR)" in listed.stderr
+    assert "creates it" not in listed.stderr and "backups fail" in listed.stderr

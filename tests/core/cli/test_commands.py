@@ -37,6 +37,7 @@ def test_unknown_chat_and_missing_backup(filled: Settings) -> None:
     result = run_cli(filled, "restore", "snapshot_19990101_000000", "--confirm")
     assert result.returncode == 1
     one_line_error(result.stderr, "no snapshot named 'snapshot_19990101_000000'")
+    assert "`scripts/vigilctl snapshots`" in result.stderr  # a command that runs as written
 
 
 @pytest.mark.slow

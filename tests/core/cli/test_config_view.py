@@ -82,11 +82,15 @@ def test_each_setting_names_its_source_and_secrets_are_masked(
 
 
 @pytest.mark.parametrize("given", [None, ""])  # unset, or set empty: the server generates one
-def test_a_generated_admin_token_is_named_not_shown(tsettings: Settings, given: str | None) -> None:
+def test_a_generated_admin_token_is_named_not_shown(
+    tsettings: Settings, given: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from main import cli
 
+    # In-process, settings read ./.env: never the checkout's own (an operator's token).
+    monkeypatch.chdir(tsettings.data_dir.parent)
     tsettings.data_dir.mkdir(parents=True)
     tsettings.admin_token_file.write_text("generated-secret-value\n")
     env: dict[str, str | None] = {**cli_env(tsettings), "VIGIL_ADMIN_TOKEN": given}

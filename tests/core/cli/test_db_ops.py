@@ -236,6 +236,28 @@ def test_delete_directly_leaves_no_trace_in_any_file(filled: Settings, marker: s
     assert recorded[0]["deleted_by"].startswith("cli")
 
 
+def test_delete_names_the_kept_copies_that_still_hold_the_chat(
+    filled: Settings, marker: str
+) -> None:
+    # A restore keeps the replaced database as system.db.before-restore-T in data/:
+    # the chat stays in it, and "no trace" must not be claimed silently.
+    conn = sqlite3.connect(filled.db_path, isolation_level=None)
+    _seed_marked_chat(conn, marker)
+    conn.close()
+    kept = filled.db_path.with_name(filled.db_path.name + ".before-restore-20260101-000000")
+    kept.write_bytes(filled.db_path.read_bytes())
+    result = invoke(filled, "delete", "--chat", "tg:4242", "--confirm")
+    assert result.exit_code == 0, result.output
+    skip = filled.backups_dir
+    assert _files_holding(marker.encode(), filled.data_dir, filled.logs_dir, skip=skip) == [
+        str(kept)
+    ]
+    told = [line for line in result.output.splitlines() if "older copies" in line]
+    assert len(told) == 1 and str(kept) in told[0], result.output
+    report = _json(invoke(filled, "delete", "--chat", "c0", "--confirm", "--json"))
+    assert report["not_touched"] == [str(kept)]
+
+
 def test_marker_survives_without_secure_delete_and_vacuum(filled: Settings, marker: str) -> None:
     """The control: a plain DELETE leaves the bytes in the file (so the test above can fail)."""
     conn = sqlite3.connect(filled.db_path, isolation_level=None)

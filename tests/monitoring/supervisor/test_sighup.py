@@ -126,3 +126,36 @@ def test_the_reload_table_says_when_each_setting_applies() -> None:
     for name in names:  # a setting listed (new ones may be missing: server restart)
         row = rows.get(reload.env_name(name))
         assert row is None or f"| {reload.applies_on(name)} |" in row, row
+
+
+def test_sighup_after_the_logs_directory_was_moved_away_stops_nothing(
+    tmp_path: Path, fake_llm: FakeLLM
+) -> None:
+    # `mv logs logs.old; kill -HUP`: the supervisor's first log line raised
+    # FileNotFoundError and the whole service went down.
+    with vigil(tmp_path, vigil_env(tmp_path, fake_llm.url), "supervise") as sup:
+        sup.wait_live()
+        wait_for(
+            lambda: sup.supervisor_state()["children"]["worker"]["state"] == "running",
+            30,
+            "the worker",
+        )
+        logs = sup.logs_dir
+        wait_for(lambda: "worker started" in text(logs / "system.log"), 30, "the worker")
+        before = pids(sup)
+        logs.rename(tmp_path / "logs.old")
+
+        os.kill(sup.proc.pid, signal.SIGHUP)
+
+        for process in ("server", "worker"):
+            line = f"reload ({process}, pid"
+            wait_for(
+                lambda line=line: line in text(logs / "system.log"),  # type: ignore[misc]
+                20,
+                f"the {process}'s reload line in a new logs/system.log",
+            )
+        assert "SIGHUP: reopening the log files" in text(logs / "system.log")
+        assert sup.proc.poll() is None
+        assert pids(sup) == before  # nobody died or restarted
+        assert sup.restarts() == []
+    assert sup.proc.returncode == 0

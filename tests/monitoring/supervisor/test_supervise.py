@@ -175,8 +175,17 @@ def test_children_do_not_outlive_a_killed_supervisor(tmp_path: Path, fake_llm: F
 
         # The server got SIGTERM (parent-death signal): it drains and exits by itself.
         wait_for(lambda: not _is_running(server), 20, "the orphaned server to exit")
-        rows = [r for r in sup.restarts() if r["reason"] == "stop"]
-        assert len(rows) == 1 and rows[0]["exit_code"] == 0
+        # A supervisor killed (kill -9, the OOM killer) is no planned stop.
+        rows = [(r["reason"], r["exit_code"]) for r in sup.restarts()]
+        assert rows == [("signal", 0)]
+        counted = query(
+            sup.db,
+            "SELECT name, labels, value FROM counters"
+            " WHERE name IN ('vigil_restarts', 'vigil_stops') ORDER BY name",
+        )
+        assert [(r["name"], r["labels"], r["value"]) for r in counted] == [
+            ("vigil_restarts", "reason=signal", 1.0),
+        ]
 
 
 def _is_running(pid: int) -> bool:
