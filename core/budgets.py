@@ -202,9 +202,7 @@ class Budgets:
             (periods.day_start, periods.day_end),
         )
         unwritten = sum(
-            row[5] + row[6]
-            for row in rows
-            if periods.day_start <= row[0] < periods.day_end
+            row[5] + row[6] for row in rows if periods.day_start <= row[0] < periods.day_end
         )
         return int(value or 0) + unwritten
 
