@@ -350,10 +350,14 @@ def llm_from_settings(settings: Settings, **overrides: Any) -> LLMClient:
 
 
 def display_url(url: str) -> str:
-    """``url`` without ``user:password@`` (safe for logs, /health and replies)."""
+    """``url`` without ``user:password@`` and query values (``?api_key=...``): safe for
+    logs, /health and replies."""
     parts = urllib.parse.urlsplit(url)
+    if parts.query:
+        names = [name for name, _ in urllib.parse.parse_qsl(parts.query, True)]
+        parts = parts._replace(query="&".join(f"{name}=***" for name in names))
     if parts.username is None and parts.password is None:
-        return url
+        return urllib.parse.urlunsplit(parts)
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"

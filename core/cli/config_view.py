@@ -90,6 +90,9 @@ def _mask_url(url: str, *, path_too: bool = False) -> str:
             parts = parts._replace(netloc=f"{user}:{MASK}@{host}")
         if path_too and (parts.path.strip("/") or parts.query):
             parts = parts._replace(path="/" + MASK, query="", fragment="")
+        elif parts.query:  # ?api_key=...: the names stay, the values may be secrets
+            names = [name for name, _ in urllib.parse.parse_qsl(parts.query, True)]
+            parts = parts._replace(query="&".join(f"{name}={MASK}" for name in names))
         return urllib.parse.urlunsplit(parts)
     except ValueError:
         return MASK  # unparseable: show nothing of it rather than a secret

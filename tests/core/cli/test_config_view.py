@@ -49,10 +49,11 @@ def test_each_setting_names_its_source_and_secrets_are_masked(
         VIGIL_LLM_MODEL="from-env",
         VIGIL_ADMIN_TOKEN=TOKEN,
         VIGIL_ALERT_WEBHOOK_URL=f"https://hooks.example.com/services/{WEBHOOK_SECRET}?k=v",
+        VIGIL_LLM_BASE_URL="https://llm.example.com/v1?api_key=querysecret&region=eu",
     )
     result = run_main(work, env, "config", "--json")
     assert result.returncode == 0, result.stderr
-    for secret in (TOKEN, REDIS_PASSWORD, "webhooksecret"):
+    for secret in (TOKEN, REDIS_PASSWORD, "webhooksecret", "querysecret"):
         assert secret not in result.stdout
     report = json.loads(result.stdout)
     items = report["settings"]
@@ -70,11 +71,15 @@ def test_each_setting_names_its_source_and_secrets_are_masked(
     assert seen("VIGIL_HUEY_REDIS_URL") == ("redis://:***@127.0.0.1:6379/0", ".env")
     assert seen("VIGIL_LLM_API_KEY") == (None, "default")
     assert seen("VIGIL_ALERT_WEBHOOK_URL") == ("https://hooks.example.com/***", "environment")
+    assert seen("VIGIL_LLM_BASE_URL") == (
+        "https://llm.example.com/v1?api_key=***&region=***",
+        "environment",
+    )
     assert set(items) == {"VIGIL_" + name.upper() for name in Settings.model_fields}
 
     table = run_main(work, env, "config", "--changed")  # piped: one line per setting
     assert table.returncode == 0, table.stderr
-    for secret in (TOKEN, REDIS_PASSWORD, "webhooksecret"):
+    for secret in (TOKEN, REDIS_PASSWORD, "webhooksecret", "querysecret"):
         assert secret not in table.stdout
     lines = {line.split("│")[1].strip(): line for line in table.stdout.splitlines() if "│" in line}
     assert "config file" in lines["VIGIL_CHAT_QUEUE_LIMIT"]
