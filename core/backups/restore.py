@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from core import counters
 from core.backups.backup import (
@@ -285,6 +286,60 @@ def _carry_counters(db_path: Path, temp: Path) -> None:
 
 
 BACKUP_RUN_COLUMNS = "started_at, finished_at, ok, trigger, path, size_bytes, error"
+DELETION_COLUMNS = "deleted_at, deleted_by, scope, target, messages, files"
+
+
+def _carry_newer_rows(
+    db_path: Path,
+    temp: Path,
+    *,
+    table: str,
+    columns: str,
+    at: str,
+    what: str,
+    restored_newest: str | None = None,
+    before_insert: str | None = None,
+) -> list[tuple[Any, ...]] | None:
+    """Copy the rows of ``table`` newer (by ``at``) than the restored copy's newest
+    from the replaced database into the restored copy, in one transaction.
+
+    History is not data: who deleted what, the restarts and the backups that
+    happened after the snapshot stay true after a restore. Returns the rows
+    copied, or None when they could not be (logged; e.g. a snapshot older than
+    the table).
+    """
+    if not db_path.exists():
+        return []
+    try:
+        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            newest = restored.execute(
+                restored_newest or f"SELECT max({at}) FROM {table}"
+            ).fetchone()[0]
+            current = open_readonly(db_path)
+            try:
+                rows = current.execute(
+                    f"SELECT {columns} FROM {table} WHERE {at} > ? ORDER BY id",
+                    (-1.0 if newest is None else float(newest),),
+                ).fetchall()
+            finally:
+                current.close()
+            restored.execute("BEGIN IMMEDIATE")
+            if rows and before_insert:
+                restored.execute(before_insert)
+            marks = ", ".join("?" * len(columns.split(",")))
+            restored.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", rows)
+            restored.execute("COMMIT")
+        finally:
+            restored.close()
+    except sqlite3.Error as exc:
+        log.warning("%s not carried over to the restored database: %s", what, exc)
+        return None
+    if rows:
+        log.info(
+            "restore: %d row(s) of %s carried over from the replaced database", len(rows), what
+        )
+    return [tuple(r) for r in rows]
 
 
 def _carry_backup_runs(db_path: Path, temp: Path) -> None:
@@ -293,73 +348,34 @@ def _carry_backup_runs(db_path: Path, temp: Path) -> None:
     A snapshot is copied before its own ``backup_runs`` row is finished, so a
     restored database knew of no backup at all ("never": no stale alert, no
     ``vigil_backup_last_success_timestamp_seconds``) although its snapshots exist.
+    Its unfinished rows (the very backup that made it) give way to the replaced
+    database's finished ones.
     """
-    if not db_path.exists():
-        return
-    try:
-        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            # Its unfinished rows (the very backup that made it) are taken from the replaced one.
-            newest = restored.execute(
-                "SELECT max(started_at) FROM backup_runs WHERE finished_at IS NOT NULL"
-            ).fetchone()[0]
-            current = open_readonly(db_path)
-            try:
-                rows = current.execute(
-                    f"SELECT {BACKUP_RUN_COLUMNS} FROM backup_runs"
-                    " WHERE started_at > ? ORDER BY id",
-                    (-1.0 if newest is None else float(newest),),
-                ).fetchall()
-            finally:
-                current.close()
-            restored.execute("BEGIN IMMEDIATE")
-            if rows:
-                restored.execute("DELETE FROM backup_runs WHERE finished_at IS NULL")
-            restored.executemany(
-                f"INSERT INTO backup_runs ({BACKUP_RUN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            restored.execute("COMMIT")
-        finally:
-            restored.close()
-    except sqlite3.Error as exc:  # e.g. a snapshot older than the backup_runs table
-        log.warning("backup history not carried over to the restored database: %s", exc)
-        return
-    log.info("restore: %d backup run(s) carried over from the replaced database", len(rows))
-
-
-DELETION_COLUMNS = "deleted_at, deleted_by, scope, target, messages, files"
+    _carry_newer_rows(
+        db_path,
+        temp,
+        table="backup_runs",
+        columns=BACKUP_RUN_COLUMNS,
+        at="started_at",
+        what="backup history",
+        restored_newest="SELECT max(started_at) FROM backup_runs WHERE finished_at IS NOT NULL",
+        before_insert="DELETE FROM backup_runs WHERE finished_at IS NULL",
+    )
 
 
 def _carry_deletions(db_path: Path, temp: Path) -> tuple[tuple[str, str], ...]:
     """The deletions recorded after the snapshot: carried over (the record of who
     deleted what and when stays) and returned, as the restored copy holds that
     data again until they are run again."""
-    if not db_path.exists():
-        return ()
-    try:
-        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            newest = restored.execute("SELECT max(deleted_at) FROM deletions").fetchone()[0]
-            current = open_readonly(db_path)
-            try:
-                rows = current.execute(
-                    f"SELECT {DELETION_COLUMNS} FROM deletions WHERE deleted_at > ? ORDER BY id",
-                    (-1.0 if newest is None else float(newest),),
-                ).fetchall()
-            finally:
-                current.close()
-            restored.execute("BEGIN IMMEDIATE")
-            restored.executemany(
-                f"INSERT INTO deletions ({DELETION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", rows
-            )
-            restored.execute("COMMIT")
-        finally:
-            restored.close()
-    except sqlite3.Error as exc:  # e.g. a snapshot older than the deletions table
-        log.warning("deletion records not carried over to the restored database: %s", exc)
-        return ()
-    redo = tuple(dict.fromkeys((str(r[2]), str(r[3])) for r in rows))
+    rows = _carry_newer_rows(
+        db_path,
+        temp,
+        table="deletions",
+        columns=DELETION_COLUMNS,
+        at="deleted_at",
+        what="deletion records",
+    )
+    redo = tuple(dict.fromkeys((str(r[2]), str(r[3])) for r in rows or ()))
     if redo:
         log.warning(
             "restore: the snapshot predates %d deletion(s); the restored database holds "
@@ -373,29 +389,14 @@ def _carry_deletions(db_path: Path, temp: Path) -> tuple[tuple[str, str], ...]:
 def _carry_restarts(db_path: Path, temp: Path) -> None:
     """The restart history newer than the snapshot's is kept: the stop right before
     a restore (and any restart since the snapshot) stays in ``status``."""
-    if not db_path.exists():
-        return
-    columns = ", ".join(RESTART_COLUMNS)
-    try:
-        restored = sqlite3.connect(temp, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            newest = restored.execute("SELECT max(at) FROM restarts").fetchone()[0]
-            current = open_readonly(db_path)
-            try:
-                rows = current.execute(
-                    f"SELECT {columns} FROM restarts WHERE at > ? ORDER BY id",
-                    (-1.0 if newest is None else float(newest),),
-                ).fetchall()
-            finally:
-                current.close()
-            restored.execute("BEGIN IMMEDIATE")
-            marks = ", ".join("?" * len(RESTART_COLUMNS))
-            restored.executemany(f"INSERT INTO restarts ({columns}) VALUES ({marks})", rows)
-            restored.execute("COMMIT")
-        finally:
-            restored.close()
-    except sqlite3.Error as exc:
-        log.warning("restart history not carried over to the restored database: %s", exc)
+    _carry_newer_rows(
+        db_path,
+        temp,
+        table="restarts",
+        columns=", ".join(RESTART_COLUMNS),
+        at="at",
+        what="restart history",
+    )
 
 
 def _swap(temp: Path, db_path: Path, *, now: float | None) -> list[Path]:
