@@ -26,14 +26,19 @@ def _cost(prices: usage.Prices, prompt: int, completion: int) -> str:
     return "" if cost is None else f" (cost {cost:.4f})"
 
 
-async def own_usage(chat: ChatService, user: str) -> str:
-    """The sender's own tokens today and this month, and the budget left."""
-    db = chat.memory.db
-    await chat.usage.flush(db)
+async def _flushed_periods(chat: ChatService) -> Periods:
+    """Write the pending usage rows, then today's and this month's bounds in the budget zone."""
+    await chat.usage.flush(chat.memory.db)
     budgets = chat.budgets
     tz = budgets.tz if budgets is not None else None
     now = budgets.clock() if budgets is not None else time.time()
-    periods = Periods.at(now, tz)
+    return Periods.at(now, tz)
+
+
+async def own_usage(chat: ChatService, user: str) -> str:
+    """The sender's own tokens today and this month, and the budget left."""
+    db = chat.memory.db
+    periods = await _flushed_periods(chat)
     day_p, day_c = await usage.user_totals(db, user, periods.day_start)
     month_p, month_c = await usage.user_totals(db, user, periods.month_start)
     prices = chat.usage.prices
@@ -76,11 +81,7 @@ def _period_end(chat: ChatService, period: str) -> float:
 async def all_usage(chat: ChatService) -> str:
     """The top users today (``/usage all``)."""
     db = chat.memory.db
-    await chat.usage.flush(db)
-    budgets = chat.budgets
-    tz = budgets.tz if budgets is not None else None
-    now = budgets.clock() if budgets is not None else time.time()
-    periods = Periods.at(now, tz)
+    periods = await _flushed_periods(chat)
     report = await usage.summary(db, since=periods.day_start, prices=chat.usage.prices)
     users = report["users"][:TOP_USERS]
     if not users:
