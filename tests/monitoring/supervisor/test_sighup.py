@@ -87,6 +87,13 @@ def test_sighup_reopens_logs_and_reloads_settings_without_a_restart(
         # the new level is in force: the supervisor's DEBUG lines show from now on
         os.kill(sup.proc.pid, signal.SIGHUP)
         wait_for(lambda: "SIGHUP forwarded to server" in text(new_log), 20, "a DEBUG line")
+        # ... and the server has handled this HUP (it says again what needs a restart)
+        # before the file is broken: else its late reload would read the broken file too
+        wait_for(
+            lambda: text(new_log).count("changed but needs a restart: VIGIL_LLM_TEMPERATURE") >= 2,
+            20,
+            "the server's second reload",
+        )
 
         # an invalid settings file: the old settings stay, one error line, nothing stops
         config.write_text("{ not json")
