@@ -1,4 +1,4 @@
-"""Health endpoints: ``/health`` (readiness, seed 003's shape) and ``/health/live``.
+"""Health endpoints: ``/health`` (readiness and its checks) and ``/health/live``.
 
 ``/health/live`` checks no dependency (Kubernetes' rule): it answers while the
 event loop runs. ``/health`` reports the latest background checks (database

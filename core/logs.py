@@ -6,8 +6,9 @@ Several processes (supervisor, server, worker) write the same files, so each
 file is rotated by one owner process only; the others use a
 ``WatchedFileHandler`` that reopens the file after the owner rotated it
 (rotating one file from two processes loses and shuffles lines).
-Seed 003's format, or JSON lines with ``VIGIL_LOG_JSON``. A filter replaces
-every configured secret with ``***`` before any handler sees the record.
+The classic ``time - logger - LEVEL - message`` format, or JSON lines with
+``VIGIL_LOG_JSON``. A filter replaces every configured secret with ``***``
+before any handler sees the record.
 """
 
 from __future__ import annotations

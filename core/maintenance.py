@@ -179,7 +179,7 @@ def checkpoint(conn: sqlite3.Connection, mode: str = "TRUNCATE") -> dict[str, in
 
 
 def daily_maintenance(conn: sqlite3.Connection) -> dict[str, Any]:
-    """Seed 003's daily job: checkpoint, ANALYZE, ``PRAGMA optimize``."""
+    """The daily job: checkpoint, ANALYZE, ``PRAGMA optimize``."""
     started = time.monotonic()
     result: dict[str, Any] = {"checkpoint": checkpoint(conn, "TRUNCATE")}
     conn.execute("ANALYZE")

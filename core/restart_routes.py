@@ -1,9 +1,9 @@
 """``GET /restart/status``, ``POST /restart/force`` and the test-only ``/debug/block``.
 
-The status shape follows seed 003 ("auto-restart configuration, restart
-history, scheduled restarts") extended with the supervisor's per-child flap
-state. ``/debug/block`` exists only with ``VIGIL_DEBUG_HOOKS=true``: it blocks
-the event loop on purpose so tests can prove the watchdogs work.
+The status holds the auto-restart configuration, the restart history and the
+scheduled restarts, with the supervisor's per-child flap state. ``/debug/block``
+exists only with ``VIGIL_DEBUG_HOOKS=true``: it blocks the event loop on purpose
+so tests can prove the watchdogs work.
 """
 
 from __future__ import annotations

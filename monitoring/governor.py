@@ -1,7 +1,7 @@
 """The governor's decisions: ``decide(history, memo, th=..., now=...)``. Pure.
 
 It returns a new memo and a list of actions; :mod:`monitoring.system` only
-carries the actions out. The escalation ladder (seed 003, SPEC):
+carries the actions out. The escalation ladder:
 
 - ``memory_warning`` (cleanup level, sustained) -> emergency cleanup, at most
   once per cooldown; after a settle delay the history shows what it freed. A

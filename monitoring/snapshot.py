@@ -1,4 +1,4 @@
-"""ResourceSnapshot (seed 003's fields plus Vigil's) and the bounded history ring."""
+"""ResourceSnapshot (the resource fields the governor decides on) and the bounded history ring."""
 
 from __future__ import annotations
 
