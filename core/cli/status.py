@@ -94,7 +94,8 @@ def gather_status(
     health = _get_json(settings.base_url + "/health")
     if not isinstance(health, dict) or "status" not in health:
         health = None
-    pid = server_pid(settings.pid_file)
+    supervisor = _supervisor(settings)
+    pid = _server_process(settings, supervisor)
     state = "running" if health else ("not answering" if pid else "not running")
     resources = (
         _get_json(settings.base_url + "/resources/status", admin_token(settings))
@@ -103,7 +104,7 @@ def gather_status(
     )
     report: dict[str, Any] = {
         "server": {"state": state, "pid": pid, "url": settings.base_url, "health": health},
-        "supervisor": _supervisor(settings),
+        "supervisor": supervisor,
         "resources": resources if isinstance(resources, dict) else None,
         "queue": _part(lambda: queue_depth(settings)) if queue_depth else None,
     }
@@ -227,6 +228,17 @@ def restarts_by_reason(conn: sqlite3.Connection, now: float) -> dict[str, Any]:
         "planned_stops_24h": planned,
         "recent": recent,
     }
+
+
+def _server_process(settings: Settings, supervisor: dict[str, Any]) -> int | None:
+    """The server's own PID: the supervisor's child (the PID file names the supervisor),
+    else what the PID file names when no supervisor runs (a bare ``serve``)."""
+    child = supervisor["children"].get("server") or {}
+    pid = child.get("pid")
+    if supervisor["running"] and isinstance(pid, int) and pid_alive(pid):
+        return pid
+    found = server_pid(settings.pid_file)
+    return None if found is not None and found == supervisor["pid"] else found
 
 
 def _supervisor(settings: Settings) -> dict[str, Any]:

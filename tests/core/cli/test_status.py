@@ -290,6 +290,22 @@ def test_a_server_that_does_not_answer_is_critical_and_the_governor_is_judged_fr
     assert report["telegram"]["state"] == "not_configured"
 
 
+def test_the_server_row_names_the_server_not_the_supervisor(
+    tsettings: Settings, fake_server_process: Any
+) -> None:
+    """start.sh's PID file names the supervisor; the server is its child."""
+    make_trouble(tsettings, supervisor_pid=os.getpid())
+    state_file = tsettings.data_dir / "supervisor.json"
+    state = json.loads(state_file.read_text())
+    state["children"]["server"]["pid"] = fake_server_process.pid
+    state_file.write_text(json.dumps(state))
+    tsettings.pid_file.write_text(f"{os.getpid()}\n")
+    report = json.loads(invoke(tsettings, "status", "--json").stdout)
+    assert report["server"]["pid"] == fake_server_process.pid
+    assert report["supervisor"]["pid"] == os.getpid()
+    assert report["server"]["state"] == "not answering"  # alive, nothing listens
+
+
 def test_a_database_not_yet_migrated_says_so_and_shows_the_rest(tsettings: Settings) -> None:
     tsettings.data_dir.mkdir(parents=True)
     conn = connect_sync(tsettings.db_path)
