@@ -63,7 +63,10 @@ class LLMClient:
         max_retries: int = 2,
         backoff_s: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
+        name: str | None = None,
     ) -> None:
+        # The profile's name (VIGIL_LLM_MODELS); usage rows record it.
+        self.name = name or model
         self.base_url = base_url.rstrip("/")
         # What logs, /health and chatters see: never the URL's user:password.
         self.display_url = display_url(self.base_url)
@@ -117,7 +120,7 @@ class LLMClient:
         if self.usage_option:
             payload["stream_options"] = {"include_usage": True}
         if meter is not None:
-            meter.model = self.model
+            meter.model = self.name
         url = f"{self.base_url}/chat/completions"
         self.requests += 1
         attempt = 0
