@@ -118,6 +118,12 @@ class Models:
             return
         self._probes[client.name] = asyncio.ensure_future(client.probe())
 
+    async def wait_probes(self) -> None:
+        """Until the background re-probes started so far are done (tests, shutdown)."""
+        pending = [task for task in self._probes.values() if not task.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     async def probe_all(self) -> None:
         await asyncio.gather(*(client.probe() for client in self.clients.values()))
 
