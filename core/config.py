@@ -596,6 +596,11 @@ def check_profiles(value: Any) -> dict[str, dict[str, Any]]:
         key = spec.get("api_key")
         if key is not None and not isinstance(key, str):
             raise ValueError(f"profile {name!r}: api_key must be a string")
+        if SECRET_PLACEHOLDER in base_url:
+            raise ValueError(
+                f"profile {name!r}: base_url still holds the placeholder of a backup taken "
+                "without secrets: put the real password in"
+            )
         if key is not None and SECRET_PLACEHOLDER in key:
             raise ValueError(
                 f"profile {name!r}: api_key still holds the placeholder of a backup taken "

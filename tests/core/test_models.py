@@ -157,6 +157,26 @@ def test_every_bad_value_is_one_line(tmp_path: Path, values: dict[str, Any], exp
     assert expected in message and "\n" not in message and SECRET not in message
 
 
+def test_backups_without_secrets_drop_the_profiles_api_keys(tmp_path: Path) -> None:
+    from core.backups.extras import redact_config, redact_env
+
+    spec = {"a": {"base_url": "http://u:pw-9@h/v1", "model": "m", "api_key": SECRET}}
+    env = redact_env(f"VIGIL_LLM_MODELS='{json.dumps(spec)}'\nVIGIL_PORT=9000\n")
+    as_json = redact_config(json.dumps({"llm_models": spec}), ".json")
+    toml = redact_config(
+        f'port = 9000\n[llm_models.a]\nbase_url = "http://u:pw-9@h/v1"\napi_key = "{SECRET}"\n'
+        'model = "api_key"\n',
+        ".toml",
+    )
+    for text in (env, as_json, toml):
+        assert SECRET not in text and "pw-9" not in text, text
+        assert "VIGIL-SECRET-NOT-IN-BACKUP" in text
+    assert 'model = "api_key"' in toml and "VIGIL_PORT=9000" in env
+    (tmp_path / "restored.toml").write_text(toml)
+    with pytest.raises(ConfigError, match="placeholder"):  # restored: fill the key in first
+        load_settings(config_file=tmp_path / "restored.toml", data_dir=tmp_path)
+
+
 # --- /model -------------------------------------------------------------------------
 
 
