@@ -337,14 +337,17 @@ class LLMClient:
 
 
 def llm_from_settings(settings: Settings, **overrides: Any) -> LLMClient:
-    """The model client as configured; ``overrides`` for tasks and the CLI."""
+    """The default profile's client (VIGIL_LLM_DEFAULT, or the one VIGIL_LLM_* model);
+    ``overrides`` for tasks and the CLI."""
+    profile = settings.model_profiles[settings.default_model]
     options: dict[str, Any] = {
-        "base_url": settings.llm_base_url,
-        "model": settings.llm_model,
-        "api_key": settings.llm_api_key,
+        "base_url": profile.base_url,
+        "model": profile.model,
+        "api_key": profile.api_key,
+        "name": profile.name,
         "timeout_s": settings.llm_timeout_s,
         "connect_timeout_s": settings.llm_connect_timeout_s,
-        "max_tokens": settings.llm_max_tokens,
+        "max_tokens": profile.max_tokens,
         "temperature": settings.llm_temperature,
         "max_retries": settings.llm_max_retries,
     }
