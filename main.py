@@ -183,7 +183,7 @@ def shell_env() -> None:
         "VIGIL_LISTEN": listen_address(settings),
         "VIGIL_DB": settings.db_path.resolve(),
         "VIGIL_TOKEN_FILE": settings.admin_token_file.resolve(),
-        "VIGIL_LLM_URL": settings.llm_base_url,
+        "VIGIL_LLM_URL": settings.model_profiles[settings.default_model].base_url,
         "VIGIL_TELEGRAM_CONFIGURED": "1" if settings.telegram_configured else "0",
         "VIGIL_TOKEN_SET": "1"
         if settings.admin_token is not None and settings.admin_token.get_secret_value()

@@ -133,6 +133,7 @@ def result_json(chat_id: str, result: TurnResult) -> dict[str, Any]:
         "reply_message_id": result.reply_message_id,
         "command": result.command,
         "error": {"code": result.error_code} if result.error_code else None,
+        "model": result.model,
     }
 
 

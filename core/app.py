@@ -39,6 +39,7 @@ from core.http import BodyGuard, TrustedHosts, install_error_handlers, trusted_h
 from core.llm import LLMClient, llm_from_settings
 from core.memory import ChatMemory
 from core.metering import RequestMeter, start_metering
+from core.models import Models
 from core.runtime import QueueDepth, Runtime
 from core.sdnotify import SdNotifier
 from core.telegram import routes as telegram_routes
@@ -64,11 +65,12 @@ def resolve_admin_token(settings: Settings) -> str:
     return token
 
 
-async def _probe_loop(llm: LLMClient, interval: float) -> None:
+async def _probe_loop(models: Models, interval: float) -> None:
     while True:
         try:
-            status = await llm.probe()
-            log.debug("LLM probe: %s %s", status.state, status.detail)
+            await models.probe_all()
+            for name, client in models.clients.items():
+                log.debug("LLM probe %s: %s %s", name, client.status.state, client.status.detail)
         except Exception:  # loop boundary
             log.exception("LLM probe failed")
         await asyncio.sleep(interval)
@@ -82,6 +84,7 @@ def build_runtime(
     exit_hook: Callable[[int], None] | None = None,
     notifier: SdNotifier | None = None,
     queue_depth: QueueDepth | None = None,
+    models: Models | None = None,
 ) -> Runtime:
     """Every shared part, wired once; the restart hook exists from the start."""
     memory = ChatMemory(
@@ -120,6 +123,7 @@ def build_runtime(
         rate_limiter=RateLimiter(settings.rate_limit_user_per_min),
         idle_reset_s=settings.context_idle_reset_min * 60.0,
         usage=UsageRecorder(prices=prices_from(settings)),
+        models=models,
     )
     started = time.monotonic()
     runtime = Runtime(
@@ -151,6 +155,11 @@ def make_llm(settings: Settings) -> LLMClient:
     return llm_from_settings(settings)
 
 
+def make_models(settings: Settings) -> Models:
+    """One client per model profile (VIGIL_LLM_MODELS, or the one VIGIL_LLM_* model)."""
+    return Models.from_settings(settings)
+
+
 # Extension points: each gets (app, runtime, stack) and may push cleanups.
 Starter = Callable[[FastAPI, Runtime, contextlib.AsyncExitStack], Any]
 
@@ -161,6 +170,7 @@ def create_app(
     telegram: Any = None,
     llm: LLMClient | None = None,
     starters: list[Starter] | None = None,
+    models: Models | None = None,
 ) -> FastAPI:
     """Build the FastAPI app. ``telegram``/``llm`` let tests inject fakes."""
     settings = settings or load_settings()
@@ -173,13 +183,18 @@ def create_app(
             db = Database(settings.db_path)
             await db.open()
             stack.push_async_callback(db.close)
-            client = llm or make_llm(settings)
-            if llm is None:
-                stack.push_async_callback(client.aclose)
+            if models is None:
+                profiles = Models.single(llm) if llm is not None else make_models(settings)
+                if llm is None:
+                    stack.push_async_callback(profiles.aclose)
+            else:
+                profiles = models
+            client = profiles.primary
             runtime = build_runtime(
                 settings,
                 db,
                 client,
+                models=profiles,
                 exit_hook=getattr(app.state, "exit_hook", None),
                 notifier=SdNotifier.from_environ(os.environ),
                 queue_depth=_queue_depth(settings),
@@ -187,7 +202,7 @@ def create_app(
             app.state.vigil = runtime
             await health.start_health_checks(runtime, stack)
             stack.push_async_callback(runtime.chat.drain_background)
-            probe = asyncio.ensure_future(_probe_loop(client, settings.llm_probe_interval_s))
+            probe = asyncio.ensure_future(_probe_loop(profiles, settings.llm_probe_interval_s))
             stack.callback(probe.cancel)
             for starter in [*_default_starters(telegram), *extra_starters]:
                 result = starter(app, runtime, stack)

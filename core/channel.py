@@ -71,6 +71,7 @@ class TurnResult:
     error_code: str | None = None
     cancelled: bool = False
     sent_ids: tuple[str, ...] = field(default_factory=tuple)
+    model: str | None = None  # the model profile that answered (None: no model call)
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ from core.context import ContextWindowManager
 from core.errors import Busy, LLMError, VigilError
 from core.llm import LLMClient
 from core.memory import ChatMemory
+from core.models import Models, fails_over, known_down
 from core.streaming import StreamingOptimizer
 from core.usage import CANCELLED, OK, CallMeter, UsageRecorder, metered_summarize
 
@@ -37,7 +38,8 @@ HELP_TEXT = (
     "/summary — what I remember of earlier parts of this chat\n"
     "/cancel — stop the answer being written\n"
     "/retry — write the last answer again\n"
-    "/usage — your tokens today and this month, and the budget left"
+    "/usage — your tokens today and this month, and the budget left\n"
+    "/model — which model answers here; /model NAME switches it"
 )
 STOPPED = "⏹ Stopped."
 NOTHING_TO_CANCEL = "Nothing is being written right now."
@@ -102,9 +104,12 @@ class ChatService:
         idle_reset_s: float = 0.0,
         clock: Callable[[], float] = time.time,
         usage: UsageRecorder | None = None,
+        models: Models | None = None,
     ) -> None:
         self.memory = memory
         self.context = context
+        # Every model profile; ``llm`` is the default one (summaries, /status).
+        self.models = models if models is not None else Models.single(llm)
         self.llm = llm
         self.admission = admission
         self.limiter = limiter
@@ -134,6 +139,7 @@ class ChatService:
             "cancel": self._cmd_cancel,
             "retry": self._cmd_retry,
             "usage": self._cmd_usage,
+            "model": self._cmd_model,
         }
         self.help_text = HELP_TEXT
 
@@ -334,12 +340,30 @@ class ChatService:
         streamer: StreamingOptimizer,
         meter: CallMeter,
         user: str = "",
+        chosen: str | None = None,
     ) -> None:
         try:
             async with self.limiter.slot(user):  # fair: round-robin across users
                 meter.started = time.monotonic()  # the call, not the wait for a slot
-                async for delta in self.llm.stream(messages, meter=meter):
-                    await streamer.push(delta)
+                route = self.models.route(chosen)
+                for i, client in enumerate(route):
+                    try:
+                        async for delta in client.stream(messages, meter=meter):
+                            await streamer.push(delta)
+                        return
+                    except LLMError as exc:
+                        # Only before the first token: a half-written answer is not
+                        # finished by another model.
+                        if i + 1 == len(route) or streamer.text or not fails_over(exc):
+                            raise
+                        log.warning(
+                            "chat %s: model %s failed before its first token (%s); "
+                            "the fallback %s answers",
+                            streamer.chat_id,
+                            client.name,
+                            exc.code,
+                            route[i + 1].name,
+                        )
         finally:
             self._pumps.pop(streamer.chat_id, None)
             streamer.release()  # the stream is over, even when cancelled
@@ -353,12 +377,13 @@ class ChatService:
         exclude: Sequence[int] = (),
     ) -> TurnResult:
         started = time.monotonic()
+        chosen = await self.chosen_model(msg.chat_id)
         prompt = await self.context.build(msg.chat_id, exclude=exclude)
         streamer = StreamingOptimizer(channel, msg.chat_id)
         await streamer.start()  # counted by the edit scheduler from here: _pump releases it
         meter = CallMeter()
         pump = asyncio.ensure_future(
-            self._pump(prompt.messages, streamer, meter, self.user_of(msg, channel))
+            self._pump(prompt.messages, streamer, meter, self.user_of(msg, channel), chosen)
         )
         self._pumps[msg.chat_id] = (streamer, pump)
         outcome, generated = "error", None
@@ -394,6 +419,10 @@ class ChatService:
         # Stored before the last delivery step: a reply the chatter may already
         # have seen is never lost because Telegram failed on the final edit.
         reply = await self.memory.append(msg.chat_id, "assistant", text)
+        answered = meter.model or self.models.resolve(chosen)
+        wanted = self.models.resolve(chosen)
+        if answered != wanted:  # the footer is shown, not stored (not context)
+            text = f"{text}\n\n{fallback_footer(answered, wanted)}"
         ids = await self._deliver(msg.chat_id, streamer, text)
         self.stats.turns += 1
         self.stats.record(time.monotonic() - started)
@@ -406,7 +435,13 @@ class ChatService:
             prompt.tokens,
             len(text),
         )
-        return TurnResult(msg.chat_id, text, question_id, reply.id, sent_ids=ids)
+        return TurnResult(msg.chat_id, text, question_id, reply.id, sent_ids=ids, model=answered)
+
+    async def chosen_model(self, chat_id: str) -> str | None:
+        """The chat's ``/model`` choice; no read when there is only one profile."""
+        if len(self.models.clients) == 1:
+            return None
+        return await self.memory.chosen_model(chat_id)
 
     async def _deliver(
         self, chat_id: str, streamer: StreamingOptimizer, text: str
@@ -535,6 +570,28 @@ class ChatService:
             return await usage_command.all_usage(self)
         return await usage_command.own_usage(self, user)
 
+    async def _cmd_model(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
+        models = self.models
+        current = models.resolve(await self.memory.chosen_model(msg.chat_id))
+        allowed = list(models.clients) if self.is_operator(msg, channel) else models.user_models
+        name = args.strip()
+        if not name:
+            choices = ", ".join(
+                f"{n} (down)" if known_down(models.clients[n]) else n for n in allowed
+            )
+            return (
+                f"This chat uses {current} ({models.clients[current].model}).\n"
+                f"Choices: {choices}.\nSend /model NAME to switch."
+            )
+        found = next((n for n in allowed if n.casefold() == name.casefold()), None)
+        if found is None:
+            return (
+                f"There is no model called \u201c{name[:64]}\u201d to choose here. "
+                f"Choices: {', '.join(allowed)}."
+            )
+        await self.memory.choose_model(msg.chat_id, found)
+        return f"This chat now uses {found} ({models.clients[found].model})."
+
     async def _cmd_retry(
         self, msg: IncomingMessage, channel: Channel, args: str
     ) -> str | TurnResult:
@@ -555,6 +612,11 @@ def retry_reply(result: TurnResult | None) -> str | TurnResult:
     if not result.sent_ids and not result.cancelled:
         return RETRY_NOT_SHOWN  # the channel lost the reply: the chatter saw nothing
     return result
+
+
+def fallback_footer(answered: str, wanted: str) -> str:
+    """The short line under a reply written by the fallback profile."""
+    return f"\u21aa answered by {answered}: {wanted} is not available right now"
 
 
 def clean_text(text: str) -> str:

@@ -18,6 +18,7 @@ import re
 import tomllib
 import urllib.parse
 import zoneinfo
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -135,6 +136,11 @@ class Settings(BaseSettings):
     llm_price_output_per_1m: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     llm_concurrency: int = Field(default=4, ge=1, le=256)
     llm_probe_interval_s: float = Field(default=30.0, gt=0)
+    # Named model profiles (docs/models.md): JSON object, or [llm_models.NAME] tables.
+    llm_models: Annotated[dict[str, dict[str, Any]] | None, NoDecode] = None
+    llm_default: str | None = None
+    llm_user_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    llm_fallback: str | None = None
     system_prompt: str = "You are Vigil, a helpful assistant. Answer concisely."
 
     # --- context ------------------------------------------------------------
@@ -259,6 +265,33 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    @field_validator("llm_user_models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("llm_default", "llm_fallback")
+    @classmethod
+    def _blank_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("llm_models", mode="before")
+    @classmethod
+    def _check_models(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    'must be a JSON object such as {"main": {"base_url": '
+                    '"http://127.0.0.1:11434/v1", "model": "llama3.2"}}'
+                ) from None
+        return check_profiles(value)
+
     @field_validator("llm_base_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
@@ -353,7 +386,64 @@ class Settings(BaseSettings):
                 "VIGIL_SUPERVISOR_BACKOFF_INITIAL_S must not exceed VIGIL_SUPERVISOR_BACKOFF_MAX_S"
             )
         self._check_secret_placeholders()
+        self._check_model_names()
         return self
+
+    def _check_model_names(self) -> None:
+        """VIGIL_LLM_DEFAULT / _FALLBACK / _USER_MODELS must name profiles."""
+        names = list(self.model_profiles)
+        known = ", ".join(names)
+        named = (("llm_default", self.llm_default), ("llm_fallback", self.llm_fallback))
+        for setting, value in named:
+            if value is not None and value not in names:
+                raise ValueError(
+                    f"{ENV_PREFIX}{setting.upper()}: no model profile named {value!r} "
+                    f"(profiles: {known})"
+                )
+        for value in self.llm_user_models:
+            if value not in names:
+                raise ValueError(
+                    f"{ENV_PREFIX}LLM_USER_MODELS: no model profile named {value!r} "
+                    f"(profiles: {known})"
+                )
+
+    @property
+    def model_profiles(self) -> dict[str, ModelProfile]:
+        """Every model profile by name; without VIGIL_LLM_MODELS, one named after the model."""
+        if not self.llm_models:
+            return {
+                self.llm_model: ModelProfile(
+                    self.llm_model,
+                    self.llm_base_url,
+                    self.llm_model,
+                    self.llm_api_key,
+                    self.llm_max_tokens,
+                    None,
+                    False,
+                )
+            }
+        return {
+            name: ModelProfile(
+                name,
+                spec["base_url"],
+                spec["model"],
+                SecretStr(spec["api_key"]) if spec.get("api_key") else None,
+                spec.get("max_tokens") or self.llm_max_tokens,
+                spec.get("context_tokens"),
+                bool(spec.get("vision", False)),
+            )
+            for name, spec in self.llm_models.items()
+        }
+
+    @property
+    def default_model(self) -> str:
+        """The profile a chat uses until ``/model`` picks another."""
+        return self.llm_default or next(iter(self.model_profiles))
+
+    @property
+    def user_models(self) -> list[str]:
+        """The profiles chatters may pick with ``/model`` (default: all)."""
+        return list(self.llm_user_models) or list(self.model_profiles)
 
     def _check_secret_placeholders(self) -> None:
         """A settings file restored from a backup without secrets must be filled in first."""
@@ -449,7 +539,82 @@ class Settings(BaseSettings):
             password = _url_password(url)
             if password:
                 found.append(password)
-        return found
+        for profile in self.model_profiles.values():
+            if profile.api_key is not None and profile.api_key.get_secret_value():
+                found.append(profile.api_key.get_secret_value())
+            password = _url_password(profile.base_url)
+            if password:
+                found.append(password)
+        return list(dict.fromkeys(found))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelProfile:
+    """One named model: where it is, what it is called there, what it can do."""
+
+    name: str
+    base_url: str
+    model: str
+    api_key: SecretStr | None = field(default=None, repr=False)
+    max_tokens: int = 1024
+    context_tokens: int | None = None
+    vision: bool = False
+
+
+_PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_PROFILE_KEYS = ("base_url", "model", "api_key", "max_tokens", "context_tokens", "vision")
+
+
+def check_profiles(value: Any) -> dict[str, dict[str, Any]]:
+    """VIGIL_LLM_MODELS, checked; raises ValueError with one line (never the API key)."""
+    if not isinstance(value, dict) or not value:
+        raise ValueError("must be a non-empty JSON object (table) of name -> profile")
+    checked: dict[str, dict[str, Any]] = {}
+    for name, spec in value.items():
+        if not isinstance(name, str) or not _PROFILE_NAME_RE.match(name):
+            raise ValueError(
+                f"profile name {str(name)[:64]!r} must be 1-64 letters, digits, . _ : - "
+                "(starting with a letter or digit)"
+            )
+        if not isinstance(spec, dict):
+            raise ValueError(f"profile {name!r} must be an object with base_url and model")
+        unknown = sorted(set(spec) - set(_PROFILE_KEYS))
+        if unknown:
+            raise ValueError(
+                f"profile {name!r}: unknown key(s) {', '.join(map(str, unknown))} "
+                f"(known: {', '.join(_PROFILE_KEYS)})"
+            )
+        base_url = spec.get("base_url")
+        if not isinstance(base_url, str) or not re.match(r"^https?://[^\s/]+", base_url):
+            raise ValueError(
+                f"profile {name!r}: base_url must be an http(s) URL such as "
+                "http://127.0.0.1:11434/v1"
+            )
+        model = spec.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"profile {name!r}: model must be the model's name, e.g. llama3.2")
+        key = spec.get("api_key")
+        if key is not None and not isinstance(key, str):
+            raise ValueError(f"profile {name!r}: api_key must be a string")
+        if SECRET_PLACEHOLDER in base_url:
+            raise ValueError(
+                f"profile {name!r}: base_url still holds the placeholder of a backup taken "
+                "without secrets: put the real password in"
+            )
+        if key is not None and SECRET_PLACEHOLDER in key:
+            raise ValueError(
+                f"profile {name!r}: api_key still holds the placeholder of a backup taken "
+                "without secrets: put the real value in"
+            )
+        for number, low in (("max_tokens", 1), ("context_tokens", 64)):
+            n = spec.get(number)
+            if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < low):
+                raise ValueError(f"profile {name!r}: {number} must be a whole number >= {low}")
+        vision = spec.get("vision", False)
+        if not isinstance(vision, bool):
+            raise ValueError(f"profile {name!r}: vision must be true or false")
+        checked[name] = {**spec, "base_url": base_url.rstrip("/"), "model": model.strip()}
+    return checked
 
 
 def _url_password(url: str | None) -> str | None:
@@ -470,7 +635,7 @@ def _describe(error: dict[str, Any]) -> str:
     name = ENV_PREFIX + loc[0].upper()
     value = error.get("input")
     shown = "" if isinstance(value, dict) or value is None else f" (got {value!r})"
-    if any(word in loc[0] for word in ("token", "key", "hash")):
+    if any(word in loc[0] for word in ("token", "key", "hash", "llm_models")):
         shown = ""
     return f"{name}: {message}{shown}"
 

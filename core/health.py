@@ -48,6 +48,8 @@ def build_report(runtime: Runtime, checks: HealthChecks) -> dict[str, Any]:
         "code": llm_status.code or None,
         "checked_at": llm_status.checked_at or None,
         "latency_ms": llm_status.latency_ms,
+        "profile": runtime.llm.name,
+        "profiles": runtime.models.states(),
     }
     telegram = runtime.telegram_state()
     status = "healthy"
@@ -109,7 +111,7 @@ def cached_body(runtime: Runtime, checks: HealthChecks) -> tuple[bytes, int]:
     admission = runtime.admission
     key = (
         checks.runs,
-        id(runtime.llm.status),
+        runtime.models.status_key(),
         runtime.telegram_state(),
         admission.throttled,
         admission.draining,

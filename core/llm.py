@@ -63,7 +63,10 @@ class LLMClient:
         max_retries: int = 2,
         backoff_s: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
+        name: str | None = None,
     ) -> None:
+        # The profile's name (VIGIL_LLM_MODELS); usage rows record it.
+        self.name = name or model
         self.base_url = base_url.rstrip("/")
         # What logs, /health and chatters see: never the URL's user:password.
         self.display_url = display_url(self.base_url)
@@ -117,7 +120,7 @@ class LLMClient:
         if self.usage_option:
             payload["stream_options"] = {"include_usage": True}
         if meter is not None:
-            meter.model = self.model
+            meter.model = self.name
         url = f"{self.base_url}/chat/completions"
         self.requests += 1
         attempt = 0
@@ -334,14 +337,17 @@ class LLMClient:
 
 
 def llm_from_settings(settings: Settings, **overrides: Any) -> LLMClient:
-    """The model client as configured; ``overrides`` for tasks and the CLI."""
+    """The default profile's client (VIGIL_LLM_DEFAULT, or the one VIGIL_LLM_* model);
+    ``overrides`` for tasks and the CLI."""
+    profile = settings.model_profiles[settings.default_model]
     options: dict[str, Any] = {
-        "base_url": settings.llm_base_url,
-        "model": settings.llm_model,
-        "api_key": settings.llm_api_key,
+        "base_url": profile.base_url,
+        "model": profile.model,
+        "api_key": profile.api_key,
+        "name": profile.name,
         "timeout_s": settings.llm_timeout_s,
         "connect_timeout_s": settings.llm_connect_timeout_s,
-        "max_tokens": settings.llm_max_tokens,
+        "max_tokens": profile.max_tokens,
         "temperature": settings.llm_temperature,
         "max_retries": settings.llm_max_retries,
     }

@@ -215,6 +215,23 @@ class ChatMemory:
         self._windows.pop(chat_id, None)
         return last
 
+    async def chosen_model(self, chat_id: str) -> str | None:
+        """The model profile this chat picked with ``/model`` (None: the default)."""
+        row = await self.db.fetchone("SELECT model FROM chats WHERE id = ?", (chat_id,))
+        return None if row is None else row[0]
+
+    async def choose_model(self, chat_id: str, name: str | None) -> None:
+        """Store the chat's model profile (the chat row may not exist yet)."""
+        now = self.clock()
+        channel = chat_id.split(":", 1)[0] if ":" in chat_id else "local"
+        async with self.db.transaction() as conn:
+            await conn.execute(
+                "INSERT OR IGNORE INTO chats (id, channel, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (chat_id, channel, now, now),
+            )
+            await conn.execute("UPDATE chats SET model = ? WHERE id = ?", (name, chat_id))
+
     async def restart_context(self, chat_id: str) -> int:
         """A fresh context after a long idle: unlike :meth:`reset` the summary stays
         (``/summary`` shows it), but the prompt no longer carries it."""

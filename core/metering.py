@@ -147,7 +147,7 @@ def _kind(kind: str) -> Labels:
 def track_core(runtime: Runtime) -> None:
     """The counts core keeps as plain ints, polled into the buffer."""
     counters = runtime.counters
-    chat, llm, admission = runtime.chat, runtime.llm, runtime.admission
+    chat, admission = runtime.chat, runtime.admission
     counters.track("vigil_turns", lambda: chat.stats.turns)
     counters.track("vigil_turn_failures", lambda: chat.stats.failed)
     counters.track("vigil_commands", lambda: chat.stats.commands)
@@ -158,9 +158,10 @@ def track_core(runtime: Runtime) -> None:
     if chat.budgets is not None:
         budgets = chat.budgets
         counters.track("vigil_budget_refusals", lambda: budgets.refusals)
-    counters.track("vigil_llm_failures", lambda: llm.failures)
-    counters.track("vigil_llm_retries", lambda: llm.retries)
-    counters.track("vigil_errors", lambda: llm.failures, _kind("llm"))
+    models = chat.models  # every profile's client counts
+    counters.track("vigil_llm_failures", lambda: models.failures)
+    counters.track("vigil_llm_retries", lambda: models.retries)
+    counters.track("vigil_errors", lambda: models.failures, _kind("llm"))
     counters.track("vigil_errors", lambda: runtime.db.write_errors, _kind("database"))
     counters.track("vigil_errors", lambda: _telegram_errors(runtime), _kind("telegram"))
     chat.stats.observers.append(

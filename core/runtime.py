@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from core.lifecycle import Lifecycle
     from core.llm import LLMClient
     from core.memory import ChatMemory
+    from core.models import Models
     from core.telegram.bot import TelegramBot
     from core.telegram.channel import TelegramChannel
     from core.telegram.gateway import TelegramGateway
@@ -111,6 +112,11 @@ class Runtime:
     def request_restart(self) -> RestartHook:
         """The one restart hook: governor, schedule, /restart/force, the database watch."""
         return self.lifecycle.request_restart
+
+    @property
+    def models(self) -> Models:
+        """Every model profile's client (``llm`` is the default profile's)."""
+        return self.chat.models
 
     def telegram_state(self) -> str:
         if self.telegram is None:

@@ -219,6 +219,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (scope, period, level)
     ) WITHOUT ROWID;
     """,
+    # 6: the model profile a chat picked with /model (NULL: the default)
+    """
+    ALTER TABLE chats ADD COLUMN model TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

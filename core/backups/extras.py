@@ -83,10 +83,33 @@ def _redact_url(url: str, *, path_too: bool = False) -> str:
     return urllib.parse.urlunsplit(parts)
 
 
+def _redact_profiles(profiles: object) -> object:
+    """VIGIL_LLM_MODELS with each profile's api_key (and URL password) replaced."""
+    if not isinstance(profiles, dict):
+        return profiles
+    result: dict[str, object] = {}
+    for name, spec in profiles.items():
+        if isinstance(spec, dict):
+            spec = dict(spec)
+            if isinstance(spec.get("api_key"), str) and spec["api_key"]:
+                spec["api_key"] = SECRET_PLACEHOLDER
+            if isinstance(spec.get("base_url"), str):
+                spec["base_url"] = _redact_url(spec["base_url"], path_too=False)
+        result[name] = spec
+    return result
+
+
 def _redacted_value(setting: str, raw: str) -> str | None:
     """The replacement for one value (quotes kept), or None when it is no secret."""
     quote = raw[0] if raw[:1] in ("'", '"') and raw.endswith(raw[0]) and len(raw) > 1 else ""
     inner = raw[1:-1] if quote else raw
+    if setting == "llm_models" and inner:
+        try:
+            profiles = json.loads(inner)
+        except ValueError:  # unreadable: keep nothing of it
+            return f"{quote}{SECRET_PLACEHOLDER}{quote}"
+        redacted = json.dumps(_redact_profiles(profiles))
+        return None if redacted == json.dumps(profiles) else f"{quote}{redacted}{quote}"
     if setting in SECRET_FIELDS:
         return f"{quote}{SECRET_PLACEHOLDER}{quote}" if inner else None
     if setting in SECRET_URL_FIELDS:
@@ -119,6 +142,10 @@ def _redact_mapping(data: dict[str, object]) -> dict[str, object]:
             value = SECRET_PLACEHOLDER
         elif isinstance(value, str) and setting in SECRET_URL_FIELDS:
             value = _redact_url(value, path_too=setting in SECRET_PATH_URL_FIELDS)
+        elif setting == "llm_models" and isinstance(value, str):
+            value = _redacted_value(setting, value) or value
+        elif setting == "llm_models":
+            value = _redact_profiles(value)
         result[key] = value
     return result
 
@@ -134,13 +161,19 @@ def redact_config(text: str, suffix: str) -> str:
             return json.dumps(_redact_mapping(data), indent=2) + "\n"
         return redact_env(text)  # unreadable: at least no KEY=VALUE secret survives
     out = []
+    in_profile = False  # inside a [llm_models.NAME] table
     for line in text.splitlines(keepends=True):
         body = line.rstrip("\r\n")
         end = line[len(body) :]
+        if body.lstrip().startswith("["):
+            in_profile = body.strip().strip("[]").strip().startswith("llm_models")
         match = _TOML_LINE.match(body)
         if match and not body.lstrip().startswith("#"):
             indent, q1, key, eq, value, post = match.groups()
-            new = _redacted_value(_setting_name(key), value)
+            setting = _setting_name(key)
+            if in_profile:  # a profile's api_key is a secret, its base_url a URL
+                setting = {"api_key": "llm_api_key", "base_url": "llm_base_url"}.get(setting, "")
+            new = _redacted_value(setting, value)
             if new is not None:
                 body = f"{indent}{q1}{key}{eq}{new}{post}"
         out.append(body + end)

@@ -98,11 +98,23 @@ def _mask_url(url: str, *, path_too: bool = False) -> str:
         return MASK  # unparseable: show nothing of it rather than a secret
 
 
+def _mask_profile(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model profile as ``config`` shows it: the API key ``***``, the URL masked."""
+    shown = dict(spec)
+    if shown.get("api_key"):
+        shown["api_key"] = MASK
+    if isinstance(shown.get("base_url"), str):
+        shown["base_url"] = _mask_url(shown["base_url"])
+    return shown
+
+
 def shown_value(settings: Settings, field: str) -> Any:
     """A field's value as ``config`` prints it (JSON-able, secrets masked)."""
     value = getattr(settings, field)
     if isinstance(value, SecretStr):
         return MASK if value.get_secret_value() else ""
+    if field == "llm_models" and isinstance(value, dict):
+        return {name: _mask_profile(spec) for name, spec in value.items()}
     if field in URL_SETTINGS and isinstance(value, str):
         return _mask_url(value, path_too=field in SECRET_PATH_SETTINGS)
     if isinstance(value, Path):
