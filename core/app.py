@@ -37,6 +37,7 @@ from core.context import ContextWindowManager
 from core.database import Database
 from core.http import BodyGuard, TrustedHosts, install_error_handlers, trusted_host_patterns
 from core.llm import LLMClient, llm_from_settings
+from core.media import MediaStore
 from core.memory import ChatMemory
 from core.metering import RequestMeter, start_metering
 from core.models import Models
@@ -93,12 +94,15 @@ def build_runtime(
         # a window rebuilt after a restart must hold everything not yet folded
         window_load_limit=max(200, settings.context_max_messages + 2),
     )
+    media = MediaStore(settings.media_dir)
     context = ContextWindowManager(
         memory,
         system_prompt=settings.system_prompt,
         max_messages=settings.context_max_messages,
         max_tokens=settings.context_max_tokens,
         summary_max_tokens=settings.context_summary_max_tokens,
+        media=media,
+        max_images=settings.context_max_images,
     )
     admission = Admission()
     limiter = AdjustableLimiter(settings.llm_concurrency)
@@ -124,6 +128,7 @@ def build_runtime(
         idle_reset_s=settings.context_idle_reset_min * 60.0,
         usage=UsageRecorder(prices=prices_from(settings)),
         models=models,
+        media=media,
     )
     started = time.monotonic()
     runtime = Runtime(

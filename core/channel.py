@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from core.media import AudioClip, PreparedImage, StoredImage
+
 ADMIN_USER = "admin"
 TELEGRAM_USER_PREFIX = "tg:"
 API_USER_PREFIX = "api:"
@@ -43,6 +45,10 @@ class IncomingMessage:
     is_group: bool = False
     external_id: str | None = None
     received_at: float = 0.0
+    # Checked and re-encoded already (core.media.prepare_image); stored with the message.
+    images: tuple[PreparedImage, ...] = ()
+    # A voice note or audio file: transcribed, and the transcript is the message's text.
+    audio: AudioClip | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,7 @@ class Turn:
     created_at: float
     author: str | None = None
     external_id: str | None = None
+    images: tuple[StoredImage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

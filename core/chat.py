@@ -20,8 +20,9 @@ from core.admission import AdjustableLimiter, Admission
 from core.budgets import Budgets, RateLimiter
 from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
-from core.errors import Busy, LLMError, VigilError
+from core.errors import Busy, LLMError, NoVisionModel, VigilError
 from core.llm import LLMClient
+from core.media import MediaStore, StoredImage, image_tokens
 from core.memory import ChatMemory
 from core.models import Models, fails_over, known_down
 from core.streaming import StreamingOptimizer
@@ -105,8 +106,10 @@ class ChatService:
         clock: Callable[[], float] = time.time,
         usage: UsageRecorder | None = None,
         models: Models | None = None,
+        media: MediaStore | None = None,
     ) -> None:
         self.memory = memory
+        self.media = media  # where a message's images are stored (None: images refused)
         self.context = context
         # Every model profile; ``llm`` is the default one (summaries, /status).
         self.models = models if models is not None else Models.single(llm)
@@ -312,15 +315,54 @@ class ChatService:
         if user_turn is not None:
             return await self._answer(msg, channel, user_turn.id, exclude=later)
         async with self._budgeted(msg, channel):
+            if msg.images:
+                await self._check_vision(msg)
             await self._idle_reset(msg, channel)
-            user_turn = await self.memory.append(
+            user_turn = await self._store_question(msg, author)
+            return await self._answer(msg, channel, user_turn.id)
+
+    async def _check_vision(self, msg: IncomingMessage) -> None:
+        """Refuse an image (before anything is stored) when no model here can see."""
+        if self.media is not None and self.models.vision_for(await self.chosen_model(msg.chat_id)):
+            return
+        seeing = sorted(n for n in self.models.clients if self.models.sees(n))
+        hint = f" Send /model {seeing[0]} to switch to one that can." if seeing else ""
+        raise NoVisionModel(
+            "I can't look at images with the model this chat uses; please describe it in "
+            "words." + hint
+        )
+
+    async def _store_question(self, msg: IncomingMessage, author: str | None) -> Turn:
+        """The user's message, committed with its images (their files written first)."""
+        text = clean_text(msg.text)
+        if not msg.images or self.media is None:
+            return await self.memory.append(
+                msg.chat_id, "user", text, author=author, external_id=msg.external_id
+            )
+        media = self.media
+        stored: list[StoredImage] = []
+        try:
+            for image in msg.images:
+                path = await asyncio.to_thread(media.save, msg.chat_id, image)
+                size = len(image.data)
+                stored.append(
+                    StoredImage(path, image.width, image.height, text[:200], image.mime, size)
+                )
+            tokens = self.memory.estimate(text) + sum(
+                image_tokens(i.width, i.height) for i in stored
+            )
+            return await self.memory.append(
                 msg.chat_id,
                 "user",
-                clean_text(msg.text),
+                text,
                 author=author,
                 external_id=msg.external_id,
+                tokens=tokens,
+                images=stored,
             )
-            return await self._answer(msg, channel, user_turn.id)
+        except BaseException:  # nothing half-stored: no row, so no file either
+            await asyncio.to_thread(media.remove, [i.path for i in stored])
+            raise
 
     async def _idle_reset(self, msg: IncomingMessage, channel: Channel) -> None:
         """A message after ``idle_reset_s`` of silence starts a fresh context."""
@@ -336,16 +378,17 @@ class ChatService:
 
     async def _pump(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         streamer: StreamingOptimizer,
         meter: CallMeter,
         user: str = "",
         chosen: str | None = None,
+        images: bool = False,
     ) -> None:
         try:
             async with self.limiter.slot(user):  # fair: round-robin across users
                 meter.started = time.monotonic()  # the call, not the wait for a slot
-                route = self.models.route(chosen)
+                route = self.models.route(chosen, images=images)
                 for i, client in enumerate(route):
                     try:
                         async for delta in client.stream(messages, meter=meter):
@@ -378,12 +421,16 @@ class ChatService:
     ) -> TurnResult:
         started = time.monotonic()
         chosen = await self.chosen_model(msg.chat_id)
-        prompt = await self.context.build(msg.chat_id, exclude=exclude)
+        # Images go to a model that sees; if none is set for this chat (it switched
+        # to a text-only model since), they are shown to the model as text.
+        sees = self.media is not None and self.models.vision_for(chosen) is not None
+        prompt = await self.context.build(msg.chat_id, exclude=exclude, images=sees)
         streamer = StreamingOptimizer(channel, msg.chat_id)
         await streamer.start()  # counted by the edit scheduler from here: _pump releases it
         meter = CallMeter()
+        images = prompt.images > 0
         pump = asyncio.ensure_future(
-            self._pump(prompt.messages, streamer, meter, self.user_of(msg, channel), chosen)
+            self._pump(prompt.messages, streamer, meter, self.user_of(msg, channel), chosen, images)
         )
         self._pumps[msg.chat_id] = (streamer, pump)
         outcome, generated = "error", None
@@ -419,8 +466,8 @@ class ChatService:
         # Stored before the last delivery step: a reply the chatter may already
         # have seen is never lost because Telegram failed on the final edit.
         reply = await self.memory.append(msg.chat_id, "assistant", text)
-        answered = meter.model or self.models.resolve(chosen)
-        wanted = self.models.resolve(chosen)
+        wanted = (images and self.models.vision_for(chosen)) or self.models.resolve(chosen)
+        answered = meter.model or wanted
         if answered != wanted:  # the footer is shown, not stored (not context)
             text = f"{text}\n\n{fallback_footer(answered, wanted)}"
         ids = await self._deliver(msg.chat_id, streamer, text)

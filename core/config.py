@@ -141,6 +141,7 @@ class Settings(BaseSettings):
     llm_default: str | None = None
     llm_user_models: Annotated[list[str], NoDecode] = Field(default_factory=list)
     llm_fallback: str | None = None
+    llm_vision_model: str | None = None
     system_prompt: str = "You are Vigil, a helpful assistant. Answer concisely."
 
     # --- context ------------------------------------------------------------
@@ -148,6 +149,18 @@ class Settings(BaseSettings):
     context_max_tokens: int = Field(default=6000, ge=64)
     context_summary_max_tokens: int = Field(default=800, ge=16)
     context_cache_chats: int = Field(default=1000, ge=1)
+    context_max_images: int = Field(default=2, ge=0, le=20)
+
+    # --- media: images and voice notes ------------------------------------------
+    max_image_bytes: int = Field(default=10 * 1_048_576, ge=1024, le=100 * 1_048_576)
+    image_max_side_px: int = Field(default=1568, ge=64, le=8192)
+    max_images_per_message: int = Field(default=4, ge=1, le=16)
+    stt_base_url: str | None = None
+    stt_model: str = "whisper-1"
+    stt_api_key: SecretStr | None = None
+    stt_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    max_voice_s: float = Field(default=300.0, gt=0, le=7200)
+    max_audio_bytes: int = Field(default=25 * 1_048_576, ge=1024, le=200 * 1_048_576)
 
     # --- Telegram -----------------------------------------------------------
     telegram_api_id: int | None = None
@@ -272,7 +285,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("llm_default", "llm_fallback")
+    @field_validator("llm_default", "llm_fallback", "llm_vision_model")
     @classmethod
     def _blank_none(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
@@ -297,6 +310,15 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http(s) URL such as http://127.0.0.1:11434/v1")
+        return value.rstrip("/")
+
+    @field_validator("stt_base_url")
+    @classmethod
+    def _check_stt_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8080/v1")
         return value.rstrip("/")
 
     @field_validator("alert_webhook_url")
@@ -393,7 +415,11 @@ class Settings(BaseSettings):
         """VIGIL_LLM_DEFAULT / _FALLBACK / _USER_MODELS must name profiles."""
         names = list(self.model_profiles)
         known = ", ".join(names)
-        named = (("llm_default", self.llm_default), ("llm_fallback", self.llm_fallback))
+        named = (
+            ("llm_default", self.llm_default),
+            ("llm_fallback", self.llm_fallback),
+            ("llm_vision_model", self.llm_vision_model),
+        )
         for setting, value in named:
             if value is not None and value not in names:
                 raise ValueError(
@@ -460,6 +486,11 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "system.db"
+
+    @property
+    def media_dir(self) -> Path:
+        """Images sent with messages (one file each, 0600)."""
+        return self.data_dir / "media"
 
     @property
     def tasks_db_path(self) -> Path:
@@ -533,9 +564,11 @@ class Settings(BaseSettings):
             self.llm_api_key,
             self.telegram_api_hash,
             self.telegram_bot_token,
+            self.stt_api_key,
         ]
         found = [v.get_secret_value() for v in values if v and v.get_secret_value()]
-        for url in (self.huey_redis_url, self.llm_base_url, self.alert_webhook_url):
+        urls = (self.huey_redis_url, self.llm_base_url, self.alert_webhook_url, self.stt_base_url)
+        for url in urls:
             password = _url_password(url)
             if password:
                 found.append(password)

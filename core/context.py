@@ -13,8 +13,10 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from core.channel import Turn
+from core.media import MediaStore, data_url, image_placeholder, image_tokens
 from core.memory import ChatMemory, ChatWindow
 
 log = logging.getLogger(__name__)
@@ -27,12 +29,13 @@ Summarizer = Callable[[str], Awaitable[str]]
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     turns: tuple[Turn, ...]
     summary: str
     tokens: int
     folded: int
     refine_due: bool = False
+    images: int = 0  # images sent as content parts (the turn needs a vision model)
 
 
 def plan_window(
@@ -72,7 +75,8 @@ def extractive_summary(
     lines = [line for line in previous.splitlines() if line.strip()]
     for turn in folded:
         who = turn.author or turn.role
-        lines.append(f"- {who}: {_first_sentence(turn.content)}")
+        text = " ".join([turn.content, *(image_placeholder(i) for i in turn.images)]).strip()
+        lines.append(f"- {who}: {_first_sentence(text)}")
     while len(lines) > 1 and estimate("\n".join(lines)) > max_tokens:
         lines.pop(0)
     return "\n".join(lines)
@@ -90,8 +94,13 @@ class ContextWindowManager:
         max_tokens: int = 6000,
         summary_max_tokens: int = 800,
         refine_after: int = 20,
+        media: MediaStore | None = None,
+        max_images: int = 2,
     ) -> None:
         self.memory = memory
+        self.media = media
+        # The newest turns whose images the model sees; older ones become text.
+        self.max_images = max_images
         self.system_prompt = system_prompt
         self.max_messages = max_messages
         self.max_tokens = max_tokens
@@ -108,11 +117,14 @@ class ContextWindowManager:
             MESSAGE_OVERHEAD_TOKENS * 2, self.max_tokens - fixed - 2 * MESSAGE_OVERHEAD_TOKENS
         )
 
-    async def build(self, chat_id: str, *, exclude: Sequence[int] = ()) -> Prompt:
+    async def build(
+        self, chat_id: str, *, exclude: Sequence[int] = (), images: bool = True
+    ) -> Prompt:
         """The prompt for the chat's next reply; folds what no longer fits.
 
         ``exclude``: ids of turns to leave out (``/retry`` leaves out the
-        answer it is replacing).
+        answer it is replacing). ``images``: False when no model of the chat
+        can see; every image is then text ("[image: caption]").
         """
         window = await self.memory.window(chat_id)
         turns = [t for t in window.turns if t.id not in exclude] if exclude else window.turns
@@ -127,7 +139,7 @@ class ContextWindowManager:
             )
             if more:
                 await self._fold(window, more)
-        return self._render(window, keep, folded=len(fold))
+        return self._render(window, keep, folded=len(fold), images=images)
 
     async def _fold(self, window: ChatWindow, turns: Sequence[Turn]) -> None:
         self.memory.sync_summary(window)  # the worker may have refined it meanwhile
@@ -142,19 +154,42 @@ class ContextWindowManager:
         self.folds += 1
         log.info("chat %s: folded %d turns into the summary", window.chat_id, len(turns))
 
-    def _render(self, window: ChatWindow, keep: Sequence[Turn], *, folded: int) -> Prompt:
+    def _render(
+        self, window: ChatWindow, keep: Sequence[Turn], *, folded: int, images: bool = True
+    ) -> Prompt:
         system = self.system_prompt
         if window.live_summary:
             system += "\n\nSummary of the earlier conversation:\n" + window.live_summary
-        messages = [{"role": "system", "content": system}]
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+        tokens = self.memory.estimate(system) + MESSAGE_OVERHEAD_TOKENS
+        newest = self.max_images if images else 0
+        with_images = [t.id for t in keep if t.images][-newest:] if newest else []
+        sent = 0
         for turn in keep:
             content = turn.content
             if turn.author and turn.role == "user":
                 content = f"{turn.author}: {content}"
-            messages.append({"role": turn.role, "content": content})
-        tokens = sum(self.memory.estimate(m["content"]) + MESSAGE_OVERHEAD_TOKENS for m in messages)
+            parts: list[dict[str, Any]] = []
+            for image in turn.images:
+                data = (
+                    self.media.read(image.path)
+                    if self.media is not None and turn.id in with_images
+                    else None
+                )
+                if data is None:  # an older turn's image (or its file is gone): text
+                    content = f"{content} {image_placeholder(image)}".strip()
+                    continue
+                parts.append({"type": "image_url", "image_url": {"url": data_url(data)}})
+                tokens += image_tokens(image.width, image.height)
+            tokens += self.memory.estimate(content) + MESSAGE_OVERHEAD_TOKENS
+            if parts:
+                sent += len(parts)
+                text = [{"type": "text", "text": content}] if content else []
+                messages.append({"role": turn.role, "content": text + parts})
+            else:
+                messages.append({"role": turn.role, "content": content})
         due = window.unrefined >= self.refine_after
-        return Prompt(messages, tuple(keep), window.live_summary, tokens, folded, due)
+        return Prompt(messages, tuple(keep), window.live_summary, tokens, folded, due, sent)
 
     async def prune(self, chat_id: str) -> int:
         """Fold whatever exceeds the limits now (the governor's optimisation)."""

@@ -159,3 +159,60 @@ class UserRateLimited(UserLimitError):
     def __init__(self, message: str, *, retry_after: float, **fields: Any) -> None:
         super().__init__(message, retry_after=max(1, round(retry_after)), **fields)
         self.retry_after = retry_after
+
+
+class MediaError(BadRequest):
+    """A photo, image or voice note that cannot be used; ``message`` is fit for the chatter.
+
+    Raised before anything of the message is stored: the chatter is told why,
+    and may send it again (smaller, another file) without a half-stored turn.
+    """
+
+    code = "media_error"
+    status = 422
+
+
+class BadImage(MediaError):
+    code = "bad_image"
+
+
+class ImageTooLarge(BadImage):
+    code = "image_too_large"
+    status = 413
+
+
+class NotAnImage(BadImage):
+    code = "not_an_image"
+    status = 415
+
+
+class CorruptImage(BadImage):
+    code = "corrupt_image"
+
+
+class NoVisionModel(MediaError):
+    """An image for a chat whose model cannot see, and no VIGIL_LLM_VISION_MODEL."""
+
+    code = "no_vision_model"
+
+
+class BadAudio(MediaError):
+    code = "bad_audio"
+
+
+class AudioTooLong(BadAudio):
+    code = "audio_too_long"
+    status = 413
+
+
+class VoiceNotEnabled(MediaError):
+    """A voice note while no speech-to-text server is configured (VIGIL_STT_BASE_URL)."""
+
+    code = "voice_not_enabled"
+
+
+class TranscriptionFailed(MediaError):
+    """The speech-to-text server failed; ``message`` is fit for the chatter."""
+
+    code = "transcription_failed"
+    status = 502

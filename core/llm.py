@@ -100,7 +100,7 @@ class LLMClient:
     # --- streaming ---------------------------------------------------------
     async def stream(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         *,
         max_tokens: int | None = None,
         meter: CallMeter | None = None,
@@ -244,7 +244,7 @@ class LLMClient:
 
     async def complete(
         self,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         *,
         max_tokens: int | None = None,
         meter: CallMeter | None = None,

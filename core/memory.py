@@ -13,13 +13,14 @@ import re
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.channel import Turn
 from core.database import Database
 from core.errors import NotFound
+from core.media import StoredImage
 
 ROLES = ("user", "assistant", "system")
 _TOKEN_RE = re.compile(r"\w+", re.UNICODE)
@@ -102,6 +103,27 @@ def _turn(row: sqlite3.Row) -> Turn:
 
 
 _TURN_COLUMNS = "id, chat_id, role, content, tokens, created_at, author, external_id"
+_IMAGE_COLUMNS = "message_id, path, width, height, caption, mime, bytes"
+_IN_CHUNK = 500  # ids per "IN (...)" (SQLite allows 32766 parameters; keep it small)
+
+
+def _image_query(ids: Sequence[int]) -> tuple[str, list[int]]:
+    marks = ",".join("?" * len(ids))
+    return (
+        f"SELECT {_IMAGE_COLUMNS} FROM message_images WHERE message_id IN ({marks}) ORDER BY id",
+        list(ids),
+    )
+
+
+def _with_images(turns: list[Turn], rows: Sequence[sqlite3.Row]) -> list[Turn]:
+    found: dict[int, list[StoredImage]] = {}
+    for r in rows:
+        found.setdefault(r["message_id"], []).append(
+            StoredImage(r["path"], r["width"], r["height"], r["caption"], r["mime"], r["bytes"])
+        )
+    if not found:
+        return turns
+    return [replace(t, images=tuple(found[t.id])) if t.id in found else t for t in turns]
 
 
 class ChatMemory:
@@ -137,18 +159,37 @@ class ChatMemory:
         author: str | None = None,
         external_id: str | None = None,
         tokens: int | None = None,
+        images: Sequence[StoredImage] = (),
     ) -> Turn:
-        """Store one message (committed on return) and add it to the window."""
+        """Store one message (committed on return) and add it to the window.
+
+        ``images``: files already written to the media store; their rows are
+        committed in the same transaction as the message.
+        """
         if role not in ROLES:
             raise ValueError(f"role must be one of {ROLES}")
         now = self.clock()
         count = self.estimate(content) if tokens is None else tokens
-        rowid = await self.db.write(
+        insert = (
             "INSERT INTO messages (chat_id, role, content, tokens, created_at, author, external_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (chat_id, role, content, count, now, author, external_id),
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
         )
-        turn = Turn(rowid, chat_id, role, content, count, now, author, external_id)
+        values = (chat_id, role, content, count, now, author, external_id)
+        if not images:
+            rowid = await self.db.write(insert, values)
+        else:
+            async with self.db.transaction() as conn:
+                cursor = await conn.execute(insert, values)
+                rowid = int(cursor.lastrowid or 0)
+                await conn.executemany(
+                    "INSERT INTO message_images (message_id, chat_id, path, mime, bytes, width,"
+                    " height, caption, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (rowid, chat_id, i.path, i.mime, i.bytes, i.width, i.height, i.caption, now)
+                        for i in images
+                    ],
+                )
+        turn = Turn(rowid, chat_id, role, content, count, now, author, external_id, tuple(images))
         window = self._windows.get(chat_id)
         if window is not None:
             window.turns.append(turn)
@@ -276,12 +317,17 @@ class ChatMemory:
             " ORDER BY id DESC LIMIT ?",
             (chat_id, floor, self.window_load_limit),
         )
+        turns = [_turn(r) for r in reversed(rows)]
+        images: list[sqlite3.Row] = []
+        for start in range(0, len(turns), _IN_CHUNK):
+            chunk = [t.id for t in turns[start : start + _IN_CHUNK]]
+            images += self.db.read_now(*_image_query(chunk))
         return ChatWindow(
             chat_id,
             summary=chat["summary"],
             summary_upto_id=chat["summary_upto_id"],
             context_start_id=chat["context_start_id"],
-            turns=[_turn(r) for r in reversed(rows)],
+            turns=_with_images(turns, images),
             last_active=chat["updated_at"],
         )
 
@@ -352,7 +398,16 @@ class ChatMemory:
             params.append(role)
         sql += " ORDER BY id DESC LIMIT ?"
         params.append(limit)
-        return [_turn(r) for r in await self.db.fetchall(sql, params)]
+        return await self.attach_images([_turn(r) for r in await self.db.fetchall(sql, params)])
+
+    async def attach_images(self, turns: list[Turn]) -> list[Turn]:
+        """The same turns, each with the images stored with it."""
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(turns), _IN_CHUNK):
+            rows += await self.db.fetchall(
+                *_image_query([t.id for t in turns[start : start + _IN_CHUNK]])
+            )
+        return _with_images(turns, rows)
 
     async def search(
         self, query: str, *, limit: int = 20, chat_id: str | None = None

@@ -52,6 +52,7 @@ class Models:
         fallback: str | None = None,
         user_models: list[str] | None = None,
         vision: frozenset[str] = frozenset(),
+        vision_model: str | None = None,
     ) -> None:
         if not clients:
             raise ValueError("at least one model profile is needed")
@@ -59,7 +60,8 @@ class Models:
         self.default = default or next(iter(clients))
         self.fallback = fallback
         self.user_models = list(user_models or clients)
-        self.vision = vision
+        self.vision = vision  # the profiles with ``vision: true``
+        self.vision_model = vision_model  # VIGIL_LLM_VISION_MODEL
         self._probes: dict[str, asyncio.Task[Any]] = {}
 
     @classmethod
@@ -89,6 +91,7 @@ class Models:
             fallback=settings.llm_fallback,
             user_models=settings.user_models,
             vision=frozenset(n for n, p in settings.model_profiles.items() if p.vision),
+            vision_model=settings.llm_vision_model,
         )
 
     @property
@@ -99,11 +102,32 @@ class Models:
         """The profile a chat uses: its choice if that still exists, else the default."""
         return chosen if chosen is not None and chosen in self.clients else self.default
 
-    def route(self, chosen: str | None) -> list[LLMClient]:
+    def sees(self, name: str) -> bool:
+        """Whether images may go to this profile (``vision: true``, or the vision model)."""
+        return name in self.vision or name == self.vision_model
+
+    def vision_for(self, chosen: str | None) -> str | None:
+        """The profile that reads a chat's images: its own if it has vision, else
+        VIGIL_LLM_VISION_MODEL; None: images cannot be read in this chat."""
+        name = self.resolve(chosen)
+        if self.sees(name):
+            return name
+        return self.vision_model
+
+    def route(self, chosen: str | None, *, images: bool = False) -> list[LLMClient]:
         """The clients to try for a turn, in order; a known-down one is left out when
-        another is there to answer (and re-probed in the background)."""
-        first = self.clients[self.resolve(chosen)]
+        another is there to answer (and re-probed in the background).
+
+        ``images``: the prompt carries images, so only profiles that see are
+        tried (the fallback too); the caller checked :meth:`vision_for` first.
+        """
+        if images:
+            first = self.clients[self.vision_for(chosen) or self.resolve(chosen)]
+        else:
+            first = self.clients[self.resolve(chosen)]
         if self.fallback is None or self.fallback == first.name:
+            return [first]
+        if images and not self.sees(self.fallback):
             return [first]
         second = self.clients[self.fallback]
         if known_down(first) and not known_down(second):

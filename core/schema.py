@@ -223,6 +223,23 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE chats ADD COLUMN model TEXT;
     """,
+    # 7: images sent with a message; the files live under data/media/ (path relative to it)
+    """
+    CREATE TABLE message_images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        chat_id TEXT NOT NULL,
+        path TEXT NOT NULL UNIQUE,
+        mime TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        width INTEGER NOT NULL,
+        height INTEGER NOT NULL,
+        caption TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX message_images_message ON message_images (message_id);
+    CREATE INDEX message_images_chat ON message_images (chat_id);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -26,7 +26,10 @@ behaviour, and can be changed while it runs:
 - ``refuse``: not a behaviour of this server; stop it, or point clients at
   ``dead_url()`` for a port where nothing listens.
 
-Every request body is appended to ``requests``.
+Every request body is appended to ``requests``. Messages may carry OpenAI
+content parts (a list of ``{"type": "text"}`` and ``{"type": "image_url"}``):
+:func:`text_of` is their text, and every image part received is appended to
+``image_parts`` (``image_urls()`` gives their URLs, newest request last).
 """
 
 from __future__ import annotations
@@ -65,8 +68,26 @@ def dead_url() -> str:
     return f"http://127.0.0.1:{free_port()}/v1"
 
 
-def default_reply(messages: list[dict[str, str]]) -> str:
-    users = [m["content"] for m in messages if m.get("role") == "user"]
+def text_of(content: Any) -> str:
+    """A message's text: the string itself, or the text parts of a content list."""
+    if isinstance(content, list):
+        texts = [p for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return " ".join(str(p.get("text", "")) for p in texts)
+    return str(content)
+
+
+def image_parts_of(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        part
+        for m in messages
+        if isinstance(m.get("content"), list)
+        for part in m["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    ]
+
+
+def default_reply(messages: list[dict[str, Any]]) -> str:
+    users = [text_of(m["content"]) for m in messages if m.get("role") == "user"]
     return "echo: " + (users[-1] if users else "")
 
 
@@ -74,7 +95,7 @@ class FakeLLM:
     """An OpenAI-compatible ``/v1/chat/completions`` + ``/v1/models`` server."""
 
     def __init__(self) -> None:
-        self.reply: str | Callable[[list[dict[str, str]]], str] = default_reply
+        self.reply: str | Callable[[list[dict[str, Any]]], str] = default_reply
         self.token_delay_s = 0.0
         self.chunk_chars = 0  # 0: one chunk per word
         self.fail_status = 500
@@ -91,6 +112,7 @@ class FakeLLM:
         self.send_usage = True
         self.reject_stream_options = False
         self.requests: list[dict[str, Any]] = []
+        self.image_parts: list[dict[str, Any]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -119,6 +141,8 @@ class FakeLLM:
                 length = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fake.requests.append(body)
+                if isinstance(body, dict) and isinstance(body.get("messages"), list):
+                    fake.image_parts.extend(image_parts_of(body["messages"]))
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     fake._send_json(self, 404, {"error": {"message": "unknown path"}})
                     return
@@ -146,7 +170,7 @@ class FakeLLM:
         self.stop()
 
     # --- behaviour -----------------------------------------------------------
-    def answer_for(self, messages: list[dict[str, str]]) -> str:
+    def answer_for(self, messages: list[dict[str, Any]]) -> str:
         return self.reply(messages) if callable(self.reply) else self.reply
 
     def chunks(self, text: str) -> list[str]:
@@ -155,8 +179,16 @@ class FakeLLM:
         words = text.split(" ")
         return [w + (" " if i < len(words) - 1 else "") for i, w in enumerate(words)]
 
-    def usage_of(self, messages: list[dict[str, str]], text: str) -> tuple[int, int]:
-        prompt = sum(3 + len(str(m.get("content", "")).split()) for m in messages)
+    def image_urls(self, request: int = -1) -> list[str]:
+        """The image URLs of one request (default: the newest)."""
+        body = self.requests[request]
+        return [p["image_url"]["url"] for p in image_parts_of(body.get("messages", []))]
+
+    def usage_of(self, messages: list[dict[str, Any]], text: str) -> tuple[int, int]:
+        prompt = sum(
+            3 + len(text_of(m.get("content", "")).split()) + 85 * len(image_parts_of([m]))
+            for m in messages
+        )
         return prompt, len(self.chunks(text))
 
     def error_body(self, handler: BaseHTTPRequestHandler) -> dict[str, Any]:

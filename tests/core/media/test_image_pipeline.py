@@ -1,0 +1,203 @@
+"""Images through the chat pipeline: checked, stored 0600 with the message, sent
+as content parts to a model that sees, older ones as text, nothing half-stored.
+
+Real Pillow, real SQLite, real fake model servers (HTTP/SSE).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import stat
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from core.api import LocalReply
+from core.app import build_runtime
+from core.channel import IncomingMessage
+from core.config import Settings
+from core.database import Database
+from core.errors import CorruptImage, ImageTooLarge, NoVisionModel, NotAnImage
+from core.media import prepare_image
+from core.models import Models
+from core.runtime import Runtime
+from tests.conftest import make_settings
+from tests.fake_llm import FakeLLM, text_of
+
+
+def png(width: int = 800, height: int = 600, color: str = "red", mode: str = "RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, (width, height), color).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[FakeLLM, FakeLLM]]:
+    with FakeLLM() as text, FakeLLM() as eyes:
+        text.reply = lambda messages: "from text"
+        eyes.reply = lambda messages: "from eyes"
+        yield text, eyes
+
+
+def two_profiles(text: FakeLLM, eyes: FakeLLM, *, vision: bool = True) -> str:
+    return json.dumps(
+        {
+            "text": {"base_url": text.url, "model": "t"},
+            "eyes": {"base_url": eyes.url, "model": "e", "vision": vision},
+        }
+    )
+
+
+@pytest.fixture
+async def open_runtime(tmp_path: Path) -> AsyncIterator[Any]:
+    opened: list[tuple[Database, Models]] = []
+
+    async def factory(settings: Settings) -> Runtime:
+        db = Database(settings.db_path)
+        await db.open()
+        models = Models.from_settings(settings)
+        opened.append((db, models))
+        return build_runtime(settings, db, models.primary, models=models)
+
+    yield factory
+    for db, models in opened:
+        await models.aclose()
+        await db.close()
+
+
+def photo(chat: str, text: str = "what is this?", data: bytes | None = None) -> IncomingMessage:
+    image = prepare_image(data or png(), max_bytes=10_000_000, max_side=1568)
+    return IncomingMessage(chat, text, user_id="5", images=(image,))
+
+
+# --- prepare_image -------------------------------------------------------------------
+
+
+def test_prepare_reencodes_downscales_and_flattens() -> None:
+    image = prepare_image(png(4000, 3000, mode="RGBA"), max_bytes=10_000_000, max_side=1568)
+    assert (image.width, image.height) == (1568, 1176)
+    assert image.data[:3] == b"\xff\xd8\xff"  # JPEG
+    assert Image.open(io.BytesIO(image.data)).mode == "RGB"
+
+
+@pytest.mark.parametrize(
+    ("data", "error", "words"),
+    [
+        (b"%PDF-1.7 not a picture", NotAnImage, "not an image"),
+        (png()[:200], CorruptImage, "could not be read"),
+        (b"", NotAnImage, "empty"),
+    ],
+)
+def test_prepare_refuses_bad_files_with_a_reason(data: bytes, error: type, words: str) -> None:
+    with pytest.raises(error) as caught:
+        prepare_image(data, max_bytes=10_000_000, max_side=1568)
+    assert words in caught.value.message
+
+
+def test_prepare_refuses_an_oversized_file_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge) as caught:
+        prepare_image(png(), max_bytes=1024, max_side=1568)
+    assert "VIGIL_MAX_IMAGE_BYTES" in caught.value.message and caught.value.status == 413
+
+
+def test_prepare_refuses_a_decompression_bomb() -> None:
+    out = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(out, "PNG")  # a tiny file, 144 megapixels
+    assert len(out.getvalue()) < 100_000
+    with pytest.raises(ImageTooLarge):
+        prepare_image(out.getvalue(), max_bytes=10_000_000, max_side=1568)
+
+
+# --- the pipeline --------------------------------------------------------------------
+
+
+async def test_an_image_goes_to_the_vision_profile_and_is_stored_0600(
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+) -> None:
+    text, eyes = pair
+    settings = make_settings(
+        tmp_path, llm_models=two_profiles(text, eyes), llm_default="text", llm_vision_model="eyes"
+    )
+    runtime = await open_runtime(settings)
+    result = await runtime.chat.handle(photo("local:p"), LocalReply())
+    assert result.reply == "from eyes" and result.model == "eyes"
+    assert not text.requests  # the text-only default never saw it
+    url = eyes.image_urls()[0]
+    assert url.startswith("data:image/jpeg;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).size == (800, 600)
+    assert text_of(eyes.requests[-1]["messages"][-1]["content"]) == "what is this?"
+    (turn,) = await runtime.memory.history("local:p", role="user")
+    (stored,) = turn.images
+    path = settings.media_dir / stored.path
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+async def test_only_the_newest_image_turns_are_sent_older_become_text(
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+) -> None:
+    text, eyes = pair
+    settings = make_settings(
+        tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes", context_max_images=2
+    )
+    runtime = await open_runtime(settings)
+    for n in range(3):
+        await runtime.chat.handle(photo("local:p", f"picture {n}"), LocalReply())
+    await runtime.chat.handle(IncomingMessage("local:p", "and now?", user_id="5"), LocalReply())
+    messages = eyes.requests[-1]["messages"]
+    assert len(eyes.image_urls()) == 2
+    first_user = next(m for m in messages if m["role"] == "user")
+    assert first_user["content"] == "picture 0 [image: picture 0]"
+
+
+async def test_an_image_for_a_text_only_setup_is_refused_and_nothing_is_stored(
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+) -> None:
+    text, eyes = pair
+    settings = make_settings(
+        tmp_path, llm_models=two_profiles(text, eyes, vision=False), llm_default="text"
+    )
+    runtime = await open_runtime(settings)
+    with pytest.raises(NoVisionModel) as caught:
+        await runtime.chat.handle(photo("local:p"), LocalReply())
+    assert caught.value.message.endswith("please describe it in words.")
+    assert not text.requests and not eyes.requests
+    assert not list(settings.media_dir.rglob("*.jpg"))
+    assert await runtime.db.scalar("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_vision_profile_the_chat_does_not_use_is_named_in_the_refusal(
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+) -> None:
+    text, eyes = pair
+    settings = make_settings(tmp_path, llm_models=two_profiles(text, eyes), llm_default="text")
+    runtime = await open_runtime(settings)
+    with pytest.raises(NoVisionModel) as caught:
+        await runtime.chat.handle(photo("local:p"), LocalReply())
+    assert caught.value.message.endswith("Send /model eyes to switch to one that can.")
+    await runtime.chat.handle(IncomingMessage("local:p", "/model eyes", user_id="5"), LocalReply())
+    result = await runtime.chat.handle(photo("local:p"), LocalReply())
+    assert result.model == "eyes" and len(eyes.image_urls()) == 1
+    assert await runtime.db.scalar("SELECT count(*) FROM message_images") == 1
+
+
+async def test_a_failed_store_leaves_no_file(
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+) -> None:
+    text, eyes = pair
+    settings = make_settings(tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes")
+    runtime = await open_runtime(settings)
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("disk full")
+
+    runtime.memory.append = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        await runtime.chat.handle(photo("local:p"), LocalReply())
+    assert not list(settings.media_dir.rglob("*.jpg"))
