@@ -22,8 +22,9 @@ from telethon import errors, types
 from core.telegram.bot import MEDIA_REPLY
 from core.telegram.media import UNAVAILABLE_REPLY, VOICE_OFF_REPLY
 from tests.conftest import LiveServer
-from tests.core.telegram.test_app import ADA, GROUP, Tg, tg_settings
-from tests.fake_llm import FakeLLM, text_of
+from tests.core.telegram.test_app import GROUP, Tg, settle, tg_settings, wait_until
+from tests.core.telegram.test_ledger import _crash_turns, deliver, ledger_rows, start
+from tests.fake_llm import FakeLLM, default_reply, text_of
 from tests.fake_telegram import FakeTelegram
 
 
@@ -265,3 +266,82 @@ def test_a_voice_note_too_long_or_too_big_is_refused_before_download(
     assert "audio file" in big_reply and "0.2 MB" in big_reply
     assert tg.fake.downloads == [] and fake_llm.requests == []
     assert stored(tg.server) == NOTHING
+
+
+# --- exactly once across restarts ----------------------------------------------------
+
+
+def restartable(tmp_path: Path, fake_llm: FakeLLM, eyes: FakeLLM) -> Any:
+    return media_settings(tmp_path, fake_llm, eyes, telegram_probe_timeout_s=0.3)
+
+
+@pytest.mark.slow
+def test_a_photo_replayed_after_a_restart_is_not_answered_twice(
+    tmp_path: Path, fake_llm: FakeLLM, eyes: FakeLLM, live_server_factory: Any
+) -> None:
+    settings = restartable(tmp_path, fake_llm, eyes)
+    fake = FakeTelegram()
+    first = start(live_server_factory, settings, fake)
+    deliver(first, fake, "what is this?", media=fake.photo(png()))
+    first.call(settle)
+    assert fake.texts(42) == ["a red square"]
+    first.stop()
+    fake.session.pts = 0  # Telegram replays every update
+    second = start(live_server_factory, settings, fake)
+    eyes.reply = default_reply  # the photo is in the context: the vision profile answers
+    deliver(second, fake, "and now?")
+    second.call(settle)
+    assert fake.texts(42) == ["a red square", "echo: and now?"]
+    assert len(fake.downloads) == 1 and len(eyes.requests) == 2
+    assert stored(second)["images"] == 1
+    assert second.client.get("/telegram/status").json()["chats"]["replayed_updates"] == 1
+
+
+@pytest.mark.slow
+def test_a_photo_cut_short_after_it_was_stored_is_answered_once_without_a_new_download(
+    tmp_path: Path, fake_llm: FakeLLM, eyes: FakeLLM, live_server_factory: Any
+) -> None:
+    settings = restartable(tmp_path, fake_llm, eyes)
+    fake = FakeTelegram()
+    first = start(live_server_factory, settings, fake)
+    eyes.stall_after_chunks, eyes.stall_s = 0, 2.0  # the model thinks...
+    photo_id = deliver(first, fake, "what is this?", media=fake.photo(png()))
+    wait_until(lambda: len(eyes.requests) == 1)
+    first.call(_crash_turns)  # ...and the process dies in the middle of the turn
+    assert stored(first)["images"] == 1
+    assert ledger_rows(first) == [(42, photo_id, "pending")]
+    first.stop()
+    eyes.stall_after_chunks = None
+    second = start(live_server_factory, settings, fake)
+    wait_until(lambda: len(fake.texts(42)) == 1)
+    second.call(settle)
+    assert fake.texts(42) == ["a red square"]
+    assert len(eyes.image_urls()) == 1  # the stored image went to the model again
+    assert len(fake.downloads) == 1  # not fetched again
+    after = stored(second)
+    assert (after["messages"], after["images"], len(after["files"])) == (2, 1, 1)
+    assert ledger_rows(second) == [(42, photo_id, "answered")]
+
+
+@pytest.mark.slow
+def test_a_pending_photo_not_yet_fetched_is_fetched_again_after_a_restart(
+    tmp_path: Path, fake_llm: FakeLLM, eyes: FakeLLM, live_server_factory: Any
+) -> None:
+    settings = restartable(tmp_path, fake_llm, eyes)
+    fake = FakeTelegram()
+    first = start(live_server_factory, settings, fake)
+    fake.server.hang("download_media")
+    photo_id = deliver(first, fake, "what is this?", media=fake.photo(png()))
+    wait_until(lambda: fake.server.hung_calls == 1)
+    first.call(_crash_turns)
+    assert stored(first) == NOTHING
+    first.stop()
+    fake.server.unhang()
+    second = start(live_server_factory, settings, fake)
+    wait_until(lambda: len(fake.texts(42)) == 1)
+    second.call(settle)
+    assert fake.texts(42) == ["a red square"]
+    assert ("get_messages", (42, photo_id)) in fake.current.calls  # the media, from Telegram
+    assert len(fake.downloads) == 1 and len(eyes.requests) == 1
+    assert stored(second)["images"] == 1
+    assert ledger_rows(second) == [(42, photo_id, "answered")]
