@@ -148,7 +148,7 @@ async def test_a_wav_upload_is_sent_with_its_name_and_the_transcription_is_in_us
         "SELECT kind, model, prompt_tokens, completion_tokens, outcome, user_id FROM usage"
         " ORDER BY id"
     )
-    assert [tuple(r) for r in rows][0] == ("transcription", "whisper-test", 0, 0, "ok", "tg:5")
+    assert tuple(rows[0]) == ("transcription", "whisper-test", 0, 0, "ok", "tg:5")
     assert [r["kind"] for r in rows] == ["transcription", "turn"]
     usage = await runtime.chat.handle(IncomingMessage("local:v", "/usage"), LocalReply())
     assert "token" in usage.reply.lower()  # /usage still reads the table
@@ -287,7 +287,8 @@ async def test_a_hung_server_times_out_and_the_chat_goes_on(
     assert "VIGIL_STT_TIMEOUT_S" in caught.value.fields["reason"]
     assert len(stt.stt_requests) == 1  # a timeout is not retried
     assert await count(runtime) == 0
-    result = await runtime.chat.handle(IncomingMessage("local:v", "hi", user_id="tg:5"), LocalReply())
+    text = IncomingMessage("local:v", "hi", user_id="tg:5")
+    result = await runtime.chat.handle(text, LocalReply())
     assert result.reply == "echo: hi"  # the chat's turn lock was released
 
 
