@@ -304,8 +304,10 @@ class TelegramBot:
 
     async def _with_media(self, msg: TgMessage, incoming: IncomingMessage) -> IncomingMessage:
         """The message with its photo or audio clip (MediaError: said to the chatter)."""
-        if msg.media is None or parse_command(incoming.text)[0] is not None:
-            return incoming  # a command as a caption runs as the command
+        if msg.media is None:
+            return incoming
+        if msg.media.is_image and parse_command(incoming.text)[0] is not None:
+            return incoming  # a photo captioned /help runs /help (a voice note's caption is text)
         if _key(msg) in self._resuming:
             self._resuming.discard(_key(msg))
             if await self.chat.memory.find_external(incoming.chat_id, str(msg.message_id)):

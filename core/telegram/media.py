@@ -18,6 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from core.chat import VOICE_NOT_ENABLED
 from core.errors import AudioTooLong, ImageTooLarge, MediaError, VoiceNotEnabled
 from core.media import AudioClip, PreparedImage, prepare_image
 from core.stt import check_audio_limits, clock
@@ -32,7 +33,7 @@ OTHER_MEDIA_REPLY = (
     "I can read text, photos and voice notes, but not this kind of file — "
     "please send your question as a message."
 )
-VOICE_OFF_REPLY = "Voice notes aren't enabled here; please type your message instead."
+VOICE_OFF_REPLY = VOICE_NOT_ENABLED  # said by ChatService too (the local API)
 UNAVAILABLE_REPLY = "I couldn't fetch that {what} from Telegram; please send it again."
 _WHAT = {"photo": "photo", "image": "image", "voice": "voice note", "audio": "audio file"}
 
@@ -107,7 +108,7 @@ def refuse_early(media: TgMedia, limits: MediaLimits) -> None:
     if not media.is_image and (media.duration_s or 0) > limits.max_voice_s:
         raise AudioTooLong(
             f"That recording is {clock(media.duration_s or 0)} long; I transcribe up to "
-            f"{clock(limits.max_voice_s)}. Please send a shorter one.",
+            f"{clock(limits.max_voice_s)} (VIGIL_MAX_VOICE_S). Please send a shorter one.",
             duration_s=media.duration_s,
             limit_s=limits.max_voice_s,
         )

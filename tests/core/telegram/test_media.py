@@ -19,9 +19,10 @@ import pytest
 from PIL import Image
 from telethon import errors, types
 
-from core.telegram.bot import MEDIA_REPLY
+from core.telegram.bot import FAILED_REPLY, MEDIA_REPLY
 from core.telegram.media import UNAVAILABLE_REPLY, VOICE_OFF_REPLY
 from tests.conftest import LiveServer
+from tests.core.media.audio_files import ogg_opus, wav
 from tests.core.telegram.test_app import GROUP, Tg, settle, tg_settings, wait_until
 from tests.core.telegram.test_ledger import _crash_turns, deliver, ledger_rows, start
 from tests.fake_llm import FakeLLM, default_reply, text_of
@@ -345,3 +346,79 @@ def test_a_pending_photo_not_yet_fetched_is_fetched_again_after_a_restart(
     assert len(fake.downloads) == 1 and len(eyes.requests) == 1
     assert stored(second)["images"] == 1
     assert ledger_rows(second) == [(42, photo_id, "answered")]
+
+
+# --- voice and audio, transcribed ----------------------------------------------------
+
+
+@pytest.fixture
+def stt() -> Iterator[FakeLLM]:
+    with FakeLLM() as server:
+        server.transcript = "what is the capital of France"
+        yield server
+
+
+@pytest.fixture
+def vtg(
+    tmp_path: Path, fake_llm: FakeLLM, eyes: FakeLLM, stt: FakeLLM, live_server_factory: Any
+) -> Tg:
+    settings = media_settings(tmp_path, fake_llm, eyes, stt_base_url=stt.url, max_voice_s=60)
+    return start_tg(live_server_factory, settings)
+
+
+def test_a_voice_note_is_transcribed_shown_and_answered(
+    vtg: Tg, fake_llm: FakeLLM, stt: FakeLLM
+) -> None:
+    data = ogg_opus(3)
+    vtg.say("", chat_id=42, media=vtg.fake.voice(data, duration=3))
+    assert vtg.fake.texts(42) == [
+        "\U0001f3a4 what is the capital of France",
+        "echo: what is the capital of France",
+    ]
+    (request,) = stt.stt_requests
+    assert (request.filename, request.content_type, request.data) == (
+        "voice.ogg",
+        "audio/ogg",
+        data,
+    )
+    history = vtg.server.call(lambda rt: rt.memory.history("tg:42", role="user"))
+    assert [t.content for t in history] == ["what is the capital of France"]
+    assert stored(vtg.server)["images"] == 0
+    assert ledger(vtg.server) == ["answered"]
+
+
+def test_an_audio_file_keeps_its_name_and_its_caption_comes_first(
+    vtg: Tg, fake_llm: FakeLLM, stt: FakeLLM
+) -> None:
+    attributes = [
+        types.DocumentAttributeAudio(duration=2, title="Memo"),
+        types.DocumentAttributeFilename(file_name="memo.wav"),
+    ]
+    media = vtg.fake.document(wav(2), mime="audio/x-wav", attributes=attributes)
+    vtg.say("please summarize", chat_id=42, media=media)
+    assert vtg.fake.texts(42)[-1] == "echo: please summarize\n\nwhat is the capital of France"
+    assert stt.stt_requests[0].filename == "memo.wav"
+
+
+def test_a_voice_note_longer_than_it_declared_is_refused_after_reading_it(
+    vtg: Tg, fake_llm: FakeLLM, stt: FakeLLM
+) -> None:
+    vtg.say("", chat_id=42, media=vtg.fake.voice(ogg_opus(90), duration=5))
+    (reply,) = vtg.fake.texts(42)
+    assert "1:30 long" in reply
+    assert len(vtg.fake.downloads) == 1  # it had to be read to be measured
+    assert stt.stt_requests == [] and fake_llm.requests == []
+    assert stored(vtg.server) == NOTHING
+
+
+def test_a_failing_transcription_gets_a_polite_reply_and_nothing_is_stored(
+    vtg: Tg, fake_llm: FakeLLM, stt: FakeLLM
+) -> None:
+    stt.stt_fail_times, stt.stt_fail_status = 1, 400
+    vtg.say("", chat_id=42, media=vtg.fake.voice(ogg_opus(2), duration=2))
+    (reply,) = vtg.fake.texts(42)
+    assert "scripted failure" not in reply and "Traceback" not in reply
+    assert reply != FAILED_REPLY
+    assert fake_llm.requests == []
+    assert stored(vtg.server) == NOTHING
+    assert ledger(vtg.server) == ["answered"]
