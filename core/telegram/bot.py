@@ -35,7 +35,13 @@ from core.errors import Busy, Draining, MediaError, UserLimitError, VigilError
 from core.lifecycle import STOP_REASONS
 from core.maintenance_mode import MaintenanceError, fmt_utc
 from core.telegram.channel import REPLY_TO, chat_key
-from core.telegram.media import OTHER_MEDIA_REPLY, MediaLimits, MediaSource, fetch
+from core.telegram.media import (
+    OTHER_MEDIA_REPLY,
+    MediaLimits,
+    MediaSource,
+    fetch,
+    refuse_early,
+)
 from core.telegram.rules import (
     DEFAULT_MAX_CHARS,
     LONG_PART,
@@ -275,8 +281,8 @@ class TelegramBot:
             received_at=msg.date,
         )
         try:
-            incoming = await self._with_media(msg, incoming)
-            await self.chat.handle(incoming, self.channel)
+            incoming, admitted = await self._with_media(msg, incoming)
+            await self.chat.handle(incoming, self.channel, admitted=admitted)
         except MaintenanceError as exc:
             end = exc.fields.get("until")
             until = "for a short while" if end is None else "until " + fmt_utc(float(end))
@@ -302,20 +308,28 @@ class TelegramBot:
             await self._say(msg.chat_id, FAILED_REPLY)
         return True
 
-    async def _with_media(self, msg: TgMessage, incoming: IncomingMessage) -> IncomingMessage:
-        """The message with its photo or audio clip (MediaError: said to the chatter)."""
+    async def _with_media(
+        self, msg: TgMessage, incoming: IncomingMessage
+    ) -> tuple[IncomingMessage, bool]:
+        """The message with its photo or audio clip; True: the user was admitted already.
+
+        Raises a MediaError (said to the chatter) or the user's limit, before
+        anything is downloaded when the limits allow it.
+        """
         if msg.media is None:
-            return incoming
+            return incoming, False
         if msg.media.is_image and parse_command(incoming.text)[0] is not None:
-            return incoming  # a photo captioned /help runs /help (a voice note's caption is text)
+            return incoming, False  # a photo captioned /help runs /help (a voice note's: text)
         if _key(msg) in self._resuming:
             self._resuming.discard(_key(msg))
             if await self.chat.memory.find_external(incoming.chat_id, str(msg.message_id)):
-                return incoming  # stored before the restart, with its image: not fetched again
+                return incoming, False  # stored before the restart, with its image: not refetched
+        refuse_early(msg.media, self.media_limits)
+        await self.chat.admit_user(incoming, self.channel)  # rate limit, budget: no download
         images, audio = await fetch(
             self.media_source, msg.chat_id, msg.message_id, msg.media, self.media_limits
         )
-        return replace(incoming, images=images, audio=audio)
+        return replace(incoming, images=images, audio=audio), True
 
     async def _say(self, peer: int, text: str) -> None:
         try:

@@ -24,7 +24,7 @@ from core.telegram.bot import MEDIA_REPLY
 from core.telegram.media import UNAVAILABLE_REPLY, VOICE_OFF_REPLY
 from tests.conftest import LiveServer
 from tests.core.media.audio_files import ogg_opus, wav
-from tests.core.telegram.test_app import GROUP, Tg, settle, tg_settings, wait_until
+from tests.core.telegram.test_app import BOB, GROUP, Tg, settle, tg_settings, wait_until
 from tests.core.telegram.test_ledger import _crash_turns, deliver, ledger_rows, start
 from tests.fake_llm import FakeLLM, default_reply, text_of
 from tests.fake_telegram import FakeTelegram
@@ -422,3 +422,16 @@ def test_a_failing_transcription_gets_a_polite_reply_and_nothing_is_stored(
     assert fake_llm.requests == []
     assert stored(vtg.server) == NOTHING
     assert ledger(vtg.server) == ["answered"]
+
+
+def test_a_chatter_over_the_rate_limit_is_refused_before_the_download(
+    tmp_path: Path, fake_llm: FakeLLM, eyes: FakeLLM, live_server_factory: Any
+) -> None:
+    settings = media_settings(tmp_path, fake_llm, eyes, rate_limit_user_per_min=1)
+    tg = start_tg(live_server_factory, settings)
+    tg.say("hello", chat_id=43, sender=BOB)
+    tg.say("and this?", chat_id=43, sender=BOB, media=tg.fake.photo(png()))
+    first, second = tg.fake.texts(43)
+    assert first == "echo: hello"
+    assert "minute" in second or "try again" in second
+    assert tg.fake.downloads == [] and eyes.requests == []
