@@ -132,6 +132,8 @@ class TelegramBot:
         self.replayed = 0  # updates seen before (Telethon's catch-up replays), not answered
         self.stale = 0
         self.resumed = 0
+        self.media_turns = 0  # photos and voice notes handed to the chat service
+        self.media_refused = 0  # refused with a polite reply (too large, not an image, ...)
         self._stale_told: dict[int, float] = {}
         self._admitted = RecentKeys(REFUSALS_REMEMBERED)  # (chat, id) stored by this process
         self._resumed_once = False
@@ -293,6 +295,7 @@ class TelegramBot:
             await self._say(msg.chat_id, STOPPING_REPLY if stopping else DRAINING_REPLY)
             return self.ledger is None  # without a ledger nothing would answer it later
         except MediaError as exc:  # nothing was stored: the chatter may send it again
+            self.media_refused += 1
             log.info("chat %s: message %s refused: %s", *_key(msg), exc.code)
             await self._say(msg.chat_id, exc.message)
         except UserLimitError as exc:  # budget used up, too many messages: says when
@@ -329,6 +332,7 @@ class TelegramBot:
         images, audio = await fetch(
             self.media_source, msg.chat_id, msg.message_id, msg.media, self.media_limits
         )
+        self.media_turns += 1
         return replace(incoming, images=images, audio=audio), True
 
     async def _say(self, peer: int, text: str) -> None:

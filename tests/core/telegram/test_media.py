@@ -109,6 +109,8 @@ def test_a_photo_reaches_the_vision_model_with_its_caption(
     after = stored(tg.server)
     assert (after["messages"], after["images"], len(after["files"])) == (2, 1, 1)
     assert ledger(tg.server) == ["answered"]
+    media = tg.status()["media"]
+    assert media == {"turns": 1, "refused": 0, "downloads": 1, "downloaded_bytes": len(png())}
 
 
 def test_an_image_sent_as_a_file_is_read_like_a_photo(tg: Tg, eyes: FakeLLM) -> None:
@@ -148,6 +150,8 @@ def test_bad_images_get_a_polite_reply_and_nothing_is_stored(
     assert stored(tg.server) == NOTHING
     assert eyes.requests == [] and fake_llm.requests == []
     assert ledger(tg.server) == ["answered"]  # settled: told once, not retried
+    media = tg.status()["media"]
+    assert (media["turns"], media["refused"], media["downloads"]) == (0, 1, 1)
 
 
 def test_an_oversized_image_is_refused_before_it_is_downloaded(
