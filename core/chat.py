@@ -20,12 +20,21 @@ from core.admission import AdjustableLimiter, Admission
 from core.budgets import Budgets, RateLimiter
 from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
 from core.context import ContextWindowManager
-from core.errors import Busy, LLMError, NoVisionModel, VigilError
+from core.errors import (
+    Busy,
+    LLMError,
+    MediaError,
+    NoSpeech,
+    NoVisionModel,
+    VigilError,
+    VoiceNotEnabled,
+)
 from core.llm import LLMClient
 from core.media import MediaStore, StoredImage, image_tokens
 from core.memory import ChatMemory
 from core.models import Models, fails_over, known_down
 from core.streaming import StreamingOptimizer
+from core.stt import SpeechToText
 from core.usage import CANCELLED, OK, CallMeter, UsageRecorder, metered_summarize
 
 log = logging.getLogger(__name__)
@@ -58,6 +67,11 @@ IDLE_RESET_NOTE = (
 )
 # Channels whose every user is the operator (the local API needs the admin token).
 OPERATOR_CHANNELS = frozenset({"local"})
+VOICE_NOT_ENABLED = (
+    "Voice messages aren't enabled here, sorry: I can only read text. Please write your message."
+)
+NO_SPEECH = "I couldn't make out any words in that recording. Please try again, or write it."
+TRANSCRIPT_MARK = "\U0001f3a4 "  # what the chatter sees before the transcript of a voice note
 
 
 @dataclass
@@ -107,8 +121,10 @@ class ChatService:
         usage: UsageRecorder | None = None,
         models: Models | None = None,
         media: MediaStore | None = None,
+        stt: SpeechToText | None = None,
     ) -> None:
         self.memory = memory
+        self.stt = stt  # voice notes are transcribed by it (None: voice refused politely)
         self.media = media  # where a message's images are stored (None: images refused)
         self.context = context
         # Every model profile; ``llm`` is the default one (summaries, /status).
@@ -151,7 +167,9 @@ class ChatService:
         self, msg: IncomingMessage, channel: Channel, *, admitted: bool = False
     ) -> TurnResult:
         """Answer ``msg``; ``admitted``: :meth:`admit_user` ran already (the stream path)."""
-        command, args = parse_command(msg.text)
+        command, args = parse_command(msg.text) if msg.audio is None else (None, "")
+        if msg.audio is not None:
+            self.check_voice(msg)  # a caption is never a command; nothing stored yet
         if command is not None:
             return await self._run_command(command, args, msg, channel)
         if not admitted:
@@ -176,7 +194,9 @@ class ChatService:
 
     async def admit_user(self, msg: IncomingMessage, channel: Channel) -> None:
         """The user's rate limit and budgets (UserLimitError), before a stream opens."""
-        if parse_command(msg.text)[0] is not None:
+        if msg.audio is not None:
+            self.check_voice(msg)
+        elif parse_command(msg.text)[0] is not None:
             return
         self._check_rate(msg, channel)
         await self._check_budget(msg, channel)
@@ -308,6 +328,8 @@ class ChatService:
         if msg.external_id is not None:
             stored = await self.memory.find_external(msg.chat_id, msg.external_id)
             if stored is not None:
+                if msg.audio is not None:  # transcribed before the restart: not again
+                    msg = replace(msg, text=stored.content, audio=None)
                 window = await self.memory.window(msg.chat_id)
                 if any(t.id == stored.id for t in window.turns):  # else: folded, store again
                     user_turn = stored
@@ -317,9 +339,68 @@ class ChatService:
         async with self._budgeted(msg, channel):
             if msg.images:
                 await self._check_vision(msg)
+            transcript = None
+            if msg.audio is not None:  # inside the turn: budgets and one turn per chat apply
+                msg, transcript = await self._transcribe(msg, channel)
             await self._idle_reset(msg, channel)
             user_turn = await self._store_question(msg, author)
-            return await self._answer(msg, channel, user_turn.id)
+            result = await self._answer(msg, channel, user_turn.id)
+            return result if transcript is None else replace(result, transcript=transcript)
+
+    def check_voice(self, msg: IncomingMessage) -> None:
+        """A voice note's checks before its turn: VoiceNotEnabled, BadAudio, AudioTooLong."""
+        if msg.audio is None:
+            return
+        if self.stt is None:
+            raise VoiceNotEnabled(VOICE_NOT_ENABLED)
+        self.stt.check(msg.audio)
+
+    async def _transcribe(
+        self, msg: IncomingMessage, channel: Channel
+    ) -> tuple[IncomingMessage, str]:
+        """The voice note as text: shown to the chatter ("🎤 ..."), then a text turn.
+
+        Raises TranscriptionFailed or NoSpeech with nothing stored. The call is a
+        ``transcription`` usage row (no tokens; its latency and the STT model).
+        """
+        assert msg.audio is not None and self.stt is not None
+        meter = CallMeter(prompt_tokens=0, completion_tokens=0, model=self.stt.model)
+        outcome = "error"
+        try:
+            heard = await self.stt.transcribe(msg.audio)
+            outcome = OK
+        except MediaError as exc:
+            outcome = exc.code
+            raise
+        except asyncio.CancelledError:
+            outcome = CANCELLED
+            raise
+        finally:
+            self.usage.record(
+                meter,
+                chat_id=msg.chat_id,
+                user_id=msg.user_id,
+                kind="transcription",
+                outcome=outcome,
+                prompt_estimate=0,
+                completion_text="",
+            )
+        transcript = clean_text(" ".join(heard.text.split()))
+        if not transcript:
+            raise NoSpeech(NO_SPEECH)
+        log.info(
+            "chat %s: voice note transcribed in %.2f s (%d chars)",
+            msg.chat_id,
+            heard.elapsed_s,
+            len(transcript),
+        )
+        limit = max(64, min(getattr(channel, "max_message_chars", 4096), 4096) - 8)
+        shown = TRANSCRIPT_MARK + transcript
+        with contextlib.suppress(VigilError):  # the answer matters more than the echo
+            await channel.send(msg.chat_id, shown if len(shown) <= limit else shown[:limit] + "…")
+        caption = msg.text.strip()
+        text = f"{caption}\n\n{transcript}" if caption else transcript
+        return replace(msg, text=text, audio=None), transcript
 
     async def _check_vision(self, msg: IncomingMessage) -> None:
         """Refuse an image (before anything is stored) when no model here can see."""

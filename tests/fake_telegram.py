@@ -12,8 +12,16 @@ Calls implemented (and recorded in ``calls``): ``connect``, ``disconnect``,
 ``is_connected``, ``is_user_authorized``, ``sign_in`` (bot token, phone code,
 password), ``send_code_request``, ``log_out``, ``get_me``, ``send_message``,
 ``edit_message``, ``get_input_entity``, ``__call__`` (``SetTypingRequest``),
+``get_messages`` (by id), ``download_media`` (``file=bytes``),
 ``add_event_handler``, and ``session.set_dc``. Updates are delivered with
 :meth:`FakeTelegram.deliver`.
+
+Media is real Telethon: :meth:`FakeTelegram.photo`, :meth:`FakeTelegram.document`
+and :meth:`FakeTelegram.voice` build ``MessageMediaPhoto`` /
+``MessageMediaDocument`` objects offline (``Photo`` with ``PhotoSize``,
+``Document`` with ``DocumentAttributeAudio`` ...) and keep their bytes on the
+server for ``download_media``; a message delivered with ``media=`` is a real
+``telethon.tl.types.Message``.
 
 Telegram's side lives in a :class:`FakeServer` that several clients can share:
 the gateway may throw a client away and build a fresh one (``fake.factory``
@@ -38,7 +46,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from telethon import errors, events, functions
+from telethon import errors, events, functions, types
 from telethon.crypto import rsa as telethon_rsa
 
 LIMIT = 4096
@@ -129,6 +137,9 @@ class FakeServer:
         self.clients: list[FakeTelegram] = []
         self.ids = itertools.count(1000)
         self.is_down = False
+        self.files: dict[tuple[int, str], bytes] = {}  # (photo/document id, thumb) -> bytes
+        self.downloads: list[tuple[int, int]] = []  # (media id, bytes) served
+        self.media_ids = itertools.count(5000)
         self.hanging: set[str] = set()
         self.hung_calls = 0
 
@@ -212,7 +223,11 @@ class FakeTelegram:
         self.server.authorized = value
 
     @property
-    def messages(self) -> dict[tuple[int, int], FakeMessage]:
+    def downloads(self) -> list[tuple[int, int]]:
+        return self.server.downloads
+
+    @property
+    def messages(self) -> dict[tuple[int, int], Any]:
         return self.server.messages
 
     @property
@@ -431,6 +446,85 @@ class FakeTelegram:
             return True
         raise NotImplementedError(f"FakeTelegram does not implement {name}")
 
+    async def get_messages(self, entity: int, *, ids: int) -> Any:
+        await self._enter("get_messages", (entity, ids))
+        self._require_connection()
+        return self.messages.get((entity, ids))
+
+    async def download_media(self, message: Any, file: Any = None, *, thumb: Any = None) -> Any:
+        """Like Telethon: a Message or its media; ``file=bytes`` returns the bytes."""
+        media = (
+            getattr(message, "media", message) if isinstance(message, types.Message) else message
+        )
+        await self._enter("download_media", media)
+        self._require_connection()
+        assert file is bytes, "Vigil downloads into memory"
+        item = getattr(media, "photo", None) or getattr(media, "document", None)
+        if item is None:
+            return None
+        data = self.server.files.get((item.id, thumb or ""))
+        if data is None:
+            raise errors.FileReferenceExpiredError(request=None)
+        self.server.downloads.append((item.id, len(data)))
+        return data
+
+    # --- media, built offline as real Telethon objects -------------------------
+    def photo(
+        self, data: bytes, *, width: int = 800, height: int = 600, declared: int | None = None
+    ) -> types.MessageMediaPhoto:
+        """A photo as Telegram sends it: a small preview size and the full one ("y")."""
+        photo_id = next(self.server.media_ids)
+        sizes = [
+            types.PhotoStrippedSize(type="i", bytes=b"\x01\x28\x1e"),
+            types.PhotoSize(type="m", w=320, h=240, size=len(data) // 8 + 1),
+            types.PhotoSize(
+                type="y", w=width, h=height, size=len(data) if declared is None else declared
+            ),
+        ]
+        self.server.files[(photo_id, "y")] = data
+        self.server.files[(photo_id, "m")] = data[: len(data) // 8 + 1]
+        photo = types.Photo(
+            id=photo_id,
+            access_hash=photo_id * 7,
+            file_reference=b"ref",
+            date=dt.datetime.now(dt.UTC),
+            sizes=sizes,
+            dc_id=2,
+        )
+        return types.MessageMediaPhoto(photo=photo)
+
+    def document(
+        self,
+        data: bytes,
+        *,
+        mime: str,
+        attributes: list[Any] | None = None,
+        declared: int | None = None,
+    ) -> types.MessageMediaDocument:
+        """A file sent as a document (an image file, an audio file, a sticker, ...)."""
+        doc_id = next(self.server.media_ids)
+        self.server.files[(doc_id, "")] = data
+        document = types.Document(
+            id=doc_id,
+            access_hash=doc_id * 7,
+            file_reference=b"ref",
+            date=dt.datetime.now(dt.UTC),
+            mime_type=mime,
+            size=len(data) if declared is None else declared,
+            dc_id=2,
+            attributes=list(attributes or []),
+        )
+        return types.MessageMediaDocument(document=document)
+
+    def voice(
+        self, data: bytes, *, duration: int = 3, declared: int | None = None
+    ) -> types.MessageMediaDocument:
+        """A voice note (OGG/Opus with ``DocumentAttributeAudio(voice=True)``)."""
+        attribute = types.DocumentAttributeAudio(duration=duration, voice=True)
+        media = self.document(data, mime="audio/ogg", attributes=[attribute], declared=declared)
+        media.voice = True
+        return media
+
     def add_event_handler(self, callback: Any, builder: Any) -> None:
         self.handlers.append((callback, builder))
 
@@ -447,7 +541,8 @@ class FakeTelegram:
         media: Any = None,
         edit_of: int | None = None,
         date: dt.datetime | None = None,
-    ) -> FakeMessage:
+        grouped_id: int | None = None,
+    ) -> Any:
         """A chatter sends a message (or an edit of ``edit_of``).
 
         It reaches the handlers at once if a client is receiving; otherwise it
@@ -455,18 +550,31 @@ class FakeTelegram:
         """
         sender = sender or FakeUser(id=chat_id if chat_id > 0 else 42, username="ada")
         message_id = edit_of if edit_of is not None else next(self.server.ids)
-        msg = FakeMessage(
-            message_id,
-            chat_id,
-            text,
-            sender.id,
-            mentioned=mentioned,
-            reply_to_msg_id=reply_to,
-            media=media,
-            _fake=self,
-        )
-        if date is not None:
-            msg.date = date
+        msg: Any
+        if media is not None:  # a real Telethon message carrying real Telethon media
+            msg = types.Message(
+                id=message_id,
+                peer_id=types.PeerUser(chat_id) if chat_id > 0 else types.PeerChat(-chat_id),
+                date=date or dt.datetime.now(dt.UTC),
+                message=text,
+                from_id=types.PeerUser(sender.id),
+                mentioned=mentioned,
+                media=media,
+                reply_to=types.MessageReplyHeader(reply_to_msg_id=reply_to) if reply_to else None,
+                grouped_id=grouped_id,
+            )
+        else:
+            msg = FakeMessage(
+                message_id,
+                chat_id,
+                text,
+                sender.id,
+                mentioned=mentioned,
+                reply_to_msg_id=reply_to,
+                _fake=self,
+            )
+            if date is not None:
+                msg.date = date
         self.messages[(chat_id, message_id)] = msg
         event = FakeEvent(msg, chat_id, not group, group, False, sender.id, sender)
         await self.server.publish(_Update(event, edit_of is not None))

@@ -49,6 +49,7 @@ def telegram_starter(injected: Any = None) -> Any:
         from core.telegram.channel import TelegramChannel
         from core.telegram.gateway import TelegramGateway
         from core.telegram.ledger import InboundLedger, RefusalMemory
+        from core.telegram.media import MediaLimits
 
         profile = server_profile(settings)  # ConfigError: one line naming the variable
         check_session_server(settings.session_path, profile)
@@ -82,6 +83,8 @@ def telegram_starter(injected: Any = None) -> Any:
             ledger=InboundLedger(runtime.db),
             refusals=refusals,
             catch_up_max_age_s=settings.telegram_catch_up_max_age_s,
+            media_source=gateway,
+            media_limits=MediaLimits.from_settings(settings),
         )
         gateway.on_message = bot.on_message
         gateway.on_connected = bot.on_connected

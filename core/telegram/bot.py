@@ -26,14 +26,22 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from core.channel import Channel, IncomingMessage, telegram_user
 from core.chat import ChatService, parse_command
-from core.errors import Busy, Draining, UserLimitError, VigilError
+from core.errors import Busy, Draining, MediaError, UserLimitError, VigilError
 from core.lifecycle import STOP_REASONS
 from core.maintenance_mode import MaintenanceError, fmt_utc
 from core.telegram.channel import REPLY_TO, chat_key
+from core.telegram.media import (
+    OTHER_MEDIA_REPLY,
+    MediaLimits,
+    MediaSource,
+    fetch,
+    refuse_early,
+)
 from core.telegram.rules import (
     DEFAULT_MAX_CHARS,
     LONG_PART,
@@ -71,7 +79,7 @@ REFUSAL = (
     "Sorry, I only answer people on my allow-list. If you should be on it, ask the "
     "owner to add your user id {user_id}."
 )
-MEDIA_REPLY = "I can only read text for now — please send your question as a message."
+MEDIA_REPLY = OTHER_MEDIA_REPLY  # stickers, videos, files that are not images or audio
 BUSY_REPLY = "⏳ I'm busy right now; please try again in {seconds} s."
 # Said while the server drains; the message stays pending in the ledger and is
 # answered after the next start (or gets the stale notice if that is too late).
@@ -102,8 +110,12 @@ class TelegramBot:
         refusals: RefusalMemory | None = None,
         catch_up_max_age_s: float = 3600.0,
         clock: Callable[[], float] = time.time,
+        media_source: MediaSource | None = None,
+        media_limits: MediaLimits | None = None,
     ) -> None:
         self.chat = chat
+        self.media_source = media_source  # the gateway: downloads a message's file
+        self.media_limits = media_limits or MediaLimits()
         self.channel = channel
         self.allowed = normalize_allowed(allowed_users)
         self.admin_id = admin_id
@@ -120,9 +132,12 @@ class TelegramBot:
         self.replayed = 0  # updates seen before (Telethon's catch-up replays), not answered
         self.stale = 0
         self.resumed = 0
+        self.media_turns = 0  # photos and voice notes handed to the chat service
+        self.media_refused = 0  # refused with a polite reply (too large, not an image, ...)
         self._stale_told: dict[int, float] = {}
         self._admitted = RecentKeys(REFUSALS_REMEMBERED)  # (chat, id) stored by this process
         self._resumed_once = False
+        self._resuming: set[tuple[int, int]] = set()  # resumed media messages, until fetched
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -167,6 +182,8 @@ class TelegramBot:
                 await self.ledger.settle(msg, "answered")  # only the settling was lost
                 continue
             self.resumed += 1
+            if msg.media is not None:
+                self._resuming.add(_key(msg))
             log.info("chat %s: answering message %s left pending by the last run", *_key(msg))
             await self._route(msg)
 
@@ -184,9 +201,12 @@ class TelegramBot:
             await self._tell_stale(msg)
             await self._settle(msg, "stale")
             return
-        if msg.has_media:
+        if msg.has_media and (msg.media is None or not msg.media.is_readable):
             await self._say(msg.chat_id, MEDIA_REPLY)
             await self._settle(msg, "answered")
+            return
+        if msg.media is not None:
+            self._spawn(msg)  # a photo or voice note: its own turn, never joined to a paste
             return
         if not strip_mention(msg.text, self.my_username):
             await self._settle(msg, "ignored")
@@ -263,7 +283,8 @@ class TelegramBot:
             received_at=msg.date,
         )
         try:
-            await self.chat.handle(incoming, self.channel)
+            incoming, admitted = await self._with_media(msg, incoming)
+            await self.chat.handle(incoming, self.channel, admitted=admitted)
         except MaintenanceError as exc:
             end = exc.fields.get("until")
             until = "for a short while" if end is None else "until " + fmt_utc(float(end))
@@ -273,6 +294,10 @@ class TelegramBot:
             stopping = exc.fields.get("reason") in STOP_REASONS
             await self._say(msg.chat_id, STOPPING_REPLY if stopping else DRAINING_REPLY)
             return self.ledger is None  # without a ledger nothing would answer it later
+        except MediaError as exc:  # nothing was stored: the chatter may send it again
+            self.media_refused += 1
+            log.info("chat %s: message %s refused: %s", *_key(msg), exc.code)
+            await self._say(msg.chat_id, exc.message)
         except UserLimitError as exc:  # budget used up, too many messages: says when
             log.info("chat %s: message %s refused: %s", *_key(msg), exc.code)
             await self._say(msg.chat_id, exc.message)
@@ -285,6 +310,30 @@ class TelegramBot:
             log.exception("chat %s: turn failed", msg.chat_id)
             await self._say(msg.chat_id, FAILED_REPLY)
         return True
+
+    async def _with_media(
+        self, msg: TgMessage, incoming: IncomingMessage
+    ) -> tuple[IncomingMessage, bool]:
+        """The message with its photo or audio clip; True: the user was admitted already.
+
+        Raises a MediaError (said to the chatter) or the user's limit, before
+        anything is downloaded when the limits allow it.
+        """
+        if msg.media is None:
+            return incoming, False
+        if msg.media.is_image and parse_command(incoming.text)[0] is not None:
+            return incoming, False  # a photo captioned /help runs /help (a voice note's: text)
+        if _key(msg) in self._resuming:
+            self._resuming.discard(_key(msg))
+            if await self.chat.memory.find_external(incoming.chat_id, str(msg.message_id)):
+                return incoming, False  # stored before the restart, with its image: not refetched
+        refuse_early(msg.media, self.media_limits)
+        await self.chat.admit_user(incoming, self.channel)  # rate limit, budget: no download
+        images, audio = await fetch(
+            self.media_source, msg.chat_id, msg.message_id, msg.media, self.media_limits
+        )
+        self.media_turns += 1
+        return replace(incoming, images=images, audio=audio), True
 
     async def _say(self, peer: int, text: str) -> None:
         try:

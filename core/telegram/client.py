@@ -19,7 +19,7 @@ from core.config import Settings
 from core.errors import ChannelError, RateLimited, VigilError
 from core.telegram.channel import EntitiesRejected, MessageTooLong
 from core.telegram.format import Entity
-from core.telegram.rules import TgMessage
+from core.telegram.rules import TgMedia, TgMessage
 from core.telegram.session import ServerProfile, TelegramUnauthorized, prepare_session_file
 
 # What a dead or broken connection raises (besides RPC errors, which are Telegram's answers).
@@ -112,7 +112,8 @@ async def incoming_message(
     sender = await event.get_sender()
     if getattr(sender, "bot", False):
         return None  # never talk to other bots (reply loops)
-    text = message.message or ""
+    text = message.message or ""  # a photo's or file's caption too
+    media = media_of(message.media, group_id=getattr(message, "grouped_id", None))
     mentions = bool(getattr(message, "mentioned", False)) or (
         bool(my_username) and f"@{my_username.lower()}" in text.lower()
     )
@@ -127,11 +128,83 @@ async def incoming_message(
         is_group=bool(event.is_group),
         mentions_me=mentions,
         replies_to_me=await replies_to_me(event) if event.is_group else False,
-        has_media=message.media is not None
-        and not isinstance(message.media, types.MessageMediaWebPage),
+        has_media=media is not None,
+        media=media,
         is_edit=is_edit,
         date=message.date.timestamp() if message.date else now,
     )
+
+
+def media_of(media: Any, *, group_id: int | None = None) -> TgMedia | None:
+    """What a message carries, as Telegram declared it (None: nothing, or a link preview)."""
+    if media is None or isinstance(media, types.MessageMediaWebPage):
+        return None
+    if isinstance(media, types.MessageMediaPhoto):
+        size = largest_photo_size(media.photo)
+        if size is None:
+            return TgMedia("other", group_id=group_id)  # gone (a self-destructed photo)
+        return TgMedia(
+            "photo",
+            size=_photo_bytes(size),
+            mime="image/jpeg",
+            file_name="photo.jpg",
+            width=size.w,
+            height=size.h,
+            group_id=group_id,
+        )
+    document = getattr(media, "document", None)
+    if not isinstance(media, types.MessageMediaDocument) or not isinstance(
+        document, types.Document
+    ):
+        return TgMedia("other", group_id=group_id)
+    return _document_media(document, group_id)
+
+
+def _document_media(document: Any, group_id: int | None) -> TgMedia:
+    attrs = {type(a): a for a in document.attributes or ()}
+    mime = (document.mime_type or "").lower()
+    named = attrs.get(types.DocumentAttributeFilename)
+    common: dict[str, Any] = {
+        "size": int(document.size or 0),
+        "mime": mime,
+        "file_name": named.file_name if named is not None else "",
+        "group_id": group_id,
+    }
+    audio = attrs.get(types.DocumentAttributeAudio)
+    moving = (types.DocumentAttributeSticker, types.DocumentAttributeVideo)
+    if any(kind in attrs for kind in (*moving, types.DocumentAttributeAnimated)):
+        return TgMedia("other", **common)  # stickers, videos, round video notes, GIFs
+    if audio is not None or mime.startswith("audio/"):
+        voice = audio is not None and bool(audio.voice)
+        duration = float(audio.duration) if audio is not None and audio.duration else None
+        return TgMedia("voice" if voice else "audio", duration_s=duration, **common)
+    if mime.startswith("image/"):
+        dims = attrs.get(types.DocumentAttributeImageSize)
+        width, height = (dims.w, dims.h) if dims is not None else (None, None)
+        return TgMedia("image", width=width, height=height, **common)
+    return TgMedia("other", **common)
+
+
+def largest_photo_size(photo: Any) -> Any:
+    """The biggest downloadable size of a photo (what a chatter sent), or None."""
+    if not isinstance(photo, types.Photo):
+        return None
+    sizes = [s for s in photo.sizes if isinstance(s, (types.PhotoSize, types.PhotoSizeProgressive))]
+    return max(sizes, key=_photo_bytes, default=None)
+
+
+def _photo_bytes(size: Any) -> int:
+    if isinstance(size, types.PhotoSizeProgressive):
+        return int(max(size.sizes, default=0))
+    return int(size.size)
+
+
+def download_thumb(media: Any) -> str | None:
+    """``thumb=`` for ``download_media``: a photo's largest image (never its video)."""
+    if isinstance(media, types.MessageMediaPhoto):
+        size = largest_photo_size(media.photo)
+        return None if size is None else str(size.type)
+    return None
 
 
 def _display_name(sender: Any) -> str | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -34,13 +34,16 @@ from core.telegram.client import (
     TRANSPORT_ERRORS,
     TelegramIncompatible,
     apply_server,
+    download_thumb,
     incoming_message,
     is_receiving_updates,
+    media_of,
     to_tl_entities,
     translate,
 )
 from core.telegram.format import Entity
 from core.telegram.liveness import START_GRACE_S, STATES, TICK_S, Signals, judge, next_backoff
+from core.telegram.media import UNAVAILABLE_REPLY, MediaUnavailable, too_large, what
 from core.telegram.rules import TgMessage
 from core.telegram.session import (
     ServerProfile,
@@ -53,6 +56,7 @@ from core.telegram.session import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 ClientFactory = Callable[[Settings, ServerProfile], Any]
+MEDIA_REMEMBERED = 256  # Telethon media objects of recent messages, for their download
 __all__ = ["STATES", "TelegramGateway"]
 
 
@@ -95,6 +99,9 @@ class TelegramGateway:
         self._suspect = False
         self._attempts = 0
         self._sent: deque[tuple[int, int]] = deque(maxlen=4096)
+        self._media: OrderedDict[tuple[int, int], Any] = OrderedDict()
+        self.downloads = 0
+        self.downloaded_bytes = 0
         self._task: asyncio.Task[None] | None = None
         self._grace: asyncio.TimerHandle | None = None
 
@@ -364,6 +371,40 @@ class TelegramGateway:
 
         await self.call(_typing())
 
+    async def download_media(self, chat_id: int, message_id: int, *, max_bytes: int) -> bytes:
+        """The file of a message's photo, image, voice note or audio file.
+
+        The media object comes from the update (kept for the newest messages)
+        or, for a message answered after a restart, from Telegram again. A
+        file declared larger than ``max_bytes`` is refused before a byte is
+        fetched; the download is one call, bounded by
+        ``VIGIL_TELEGRAM_CALL_TIMEOUT_S``.
+        """
+        media = self._media.pop((chat_id, message_id), None)
+        if media is None:
+            message = await self.call(self.client.get_messages(chat_id, ids=message_id))
+            media = getattr(message, "media", None)
+        described = media_of(media)
+        if described is None or not described.is_readable:
+            raise MediaUnavailable(UNAVAILABLE_REPLY.format(what="file"))
+        if described.size > max_bytes:
+            raise too_large(described, described.size, max_bytes)
+        data = await self.call(
+            self.client.download_media(media, file=bytes, thumb=download_thumb(media))
+        )
+        if not isinstance(data, bytes):
+            raise MediaUnavailable(UNAVAILABLE_REPLY.format(what=what(described)))
+        if len(data) > max_bytes:
+            raise too_large(described, len(data), max_bytes)
+        self.downloads += 1
+        self.downloaded_bytes += len(data)
+        return data
+
+    def _remember_media(self, msg: TgMessage, media: Any) -> None:
+        self._media[(msg.chat_id, msg.message_id)] = media
+        while len(self._media) > MEDIA_REMEMBERED:
+            self._media.popitem(last=False)
+
     # --- events ------------------------------------------------------------------
     async def _on_new(self, event: Any) -> None:
         await self._deliver(event, is_edit=False)
@@ -382,6 +423,8 @@ class TelegramGateway:
                 replies_to_me=self._replies_to_me,
                 now=self.clock(),
             )
+            if msg is not None and msg.media is not None and msg.media.is_readable:
+                self._remember_media(msg, event.message.media)
             if msg is not None and self.on_message is not None:
                 await self.on_message(msg)
         except Exception:

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.database import Database
-from core.telegram.rules import TgMessage
+from core.telegram.rules import TgMedia, TgMessage
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ def _payload(msg: TgMessage) -> str:
 def _message(payload: str) -> TgMessage:
     data: dict[str, Any] = json.loads(payload)
     data["part_ids"] = tuple(data.get("part_ids") or ())
+    media = data.get("media")
+    data["media"] = TgMedia(**media) if isinstance(media, dict) else None
     return TgMessage(**data)
 
 

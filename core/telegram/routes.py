@@ -33,6 +33,12 @@ def telegram_status(runtime: Runtime) -> dict[str, Any]:
             "joined_pastes": bot.paste.joined,
             "turns_in_flight": len(bot._tasks),
         }
+        body["media"] = {
+            "turns": bot.media_turns,
+            "refused": bot.media_refused,
+            "downloads": gateway.downloads,
+            "downloaded_bytes": gateway.downloaded_bytes,
+        }
     if channel is not None:
         scheduler = channel.scheduler
         body["streaming"] = {

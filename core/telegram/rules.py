@@ -21,6 +21,37 @@ STALE_REPLY = (
     "what you sent then. If you still need an answer, please send it again."
 )
 DEFAULT_MAX_CHARS = 16000  # Settings.max_message_chars' default
+# What the gateway can tell apart; only the first four are read (``other``:
+# a sticker, a video, a file that is not an image or audio).
+MEDIA_KINDS = ("photo", "image", "voice", "audio", "other")
+READABLE_MEDIA = frozenset({"photo", "image", "voice", "audio"})
+
+
+@dataclass(frozen=True, slots=True)
+class TgMedia:
+    """What a message carries besides its text, as Telegram declared it.
+
+    Plain values only (the inbound ledger stores it as JSON): the file itself
+    is fetched by ``(chat, message id)`` when the turn runs, so a message
+    answered after a restart is downloaded again.
+    """
+
+    kind: str  # one of MEDIA_KINDS
+    size: int = 0  # bytes as declared by Telegram (0: unknown)
+    mime: str = ""
+    file_name: str = ""
+    duration_s: float | None = None  # voice and audio
+    width: int | None = None  # photos and images, when known
+    height: int | None = None
+    group_id: int | None = None  # an album: several messages sent together
+
+    @property
+    def is_readable(self) -> bool:
+        return self.kind in READABLE_MEDIA
+
+    @property
+    def is_image(self) -> bool:
+        return self.kind in ("photo", "image")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +68,8 @@ class TgMessage:
     is_group: bool = False
     mentions_me: bool = False
     replies_to_me: bool = False
-    has_media: bool = False
+    has_media: bool = False  # any media (a link preview is not media)
+    media: TgMedia | None = None  # set with has_media (None in rows stored before media)
     is_edit: bool = False
     date: float = 0.0
     # Set when the paste buffer cut the text: the length of the whole paste.
