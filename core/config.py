@@ -432,6 +432,14 @@ class Settings(BaseSettings):
                     f"{ENV_PREFIX}LLM_USER_MODELS: no model profile named {value!r} "
                     f"(profiles: {known})"
                 )
+        for profile in self.model_profiles.values():
+            window = profile.context_tokens
+            if window is not None and window < profile.max_tokens + 64:
+                raise ValueError(
+                    f"{ENV_PREFIX}LLM_MODELS: profile {profile.name!r}: context_tokens "
+                    f"({window}) must be at least its max_tokens ({profile.max_tokens}) + 64: "
+                    "the prompt and the answer share the window"
+                )
 
     @property
     def model_profiles(self) -> dict[str, ModelProfile]:
