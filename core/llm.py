@@ -100,6 +100,9 @@ class LLMClient:
         self.outages = 0
         self.outage_at = 0.0
         self.clock = clock  # monotonic seconds of ``outage_at``
+        # Set when another model answers if this one fails (a fallback exists):
+        # a call right after failed ones is a trial and is not retried.
+        self.fail_fast = False
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -145,11 +148,12 @@ class LLMClient:
     ) -> AsyncIterator[str]:
         """The request with its retries; marks the status (see :meth:`stream`)."""
         attempt = 0
+        retries = 0 if self.fail_fast and self.outages > 0 else self.max_retries
         started = time.monotonic()
         while True:
             try:
                 async with self._client.stream("POST", url, json=payload) as response:
-                    if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                    if response.status_code in RETRY_STATUSES and attempt < retries:
                         await response.aread()
                         attempt += 1
                         await self._backoff(attempt, response)
@@ -166,7 +170,7 @@ class LLMClient:
                 self._mark("ok", "", started)
                 return
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if attempt < self.max_retries:
+                if attempt < retries:
                     attempt += 1
                     await self._backoff(attempt, None)
                     continue

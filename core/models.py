@@ -102,6 +102,8 @@ class Models:
         self.clock = clock  # monotonic seconds (the hold, the re-probe gap)
         self._probes: dict[str, asyncio.Task[Any]] = {}
         self._probed_at: dict[str, float] = {}  # when a turn last started a re-probe
+        for name, client in clients.items():  # a trial after failed calls: no retries
+            client.fail_fast = fallback is not None and name != fallback
 
     @classmethod
     def single(cls, client: LLMClient) -> Models:

@@ -161,7 +161,8 @@ async def test_models_answering_but_completions_failing_is_held_not_tried_every_
 ) -> None:
     # GET /models answers 200, every completion 503: the probe alone says "ok".
     main.fail_status, main.fail_times = 503, -1
-    runtime = await runtime_factory(two(tmp_path, main.url, backup.url))
+    runtime = await runtime_factory(two(tmp_path, main.url, backup.url, llm_max_retries=1))
+    runtime.models.clients["main"].backoff_s = 0.01
     chat, models = runtime.chat, runtime.models
     channel = TelegramLike()
     gap = models.reprobe_gap_s
@@ -172,21 +173,21 @@ async def test_models_answering_but_completions_failing_is_held_not_tried_every_
         await models.wait_probes()
         return result.model
 
-    assert await turn("one") == "backup" and len(main.requests) == 1
+    assert await turn("one") == "backup" and len(main.requests) == 2  # with its retry
     assert await turn("two") == "backup"  # skipped; its re-probe says ok
     assert models.clients["main"].status.state == "ok"
-    assert await turn("three") == "backup" and len(main.requests) == 1  # held: not tried
+    assert await turn("three") == "backup" and len(main.requests) == 2  # held: not tried
     assert models.states()["main"]["down"] is True
 
-    clock.advance(gap)  # the hold is over: one trial, which fails again
-    assert await turn("four") == "backup" and len(main.requests) == 2
+    clock.advance(gap)  # the hold is over: one trial (not retried), which fails again
+    assert await turn("four") == "backup" and len(main.requests) == 3
     assert models.clients["main"].outages == 2
     clock.advance(gap)
     await turn("five")  # the probe answers, but the hold doubled: not tried
-    assert await turn("six") == "backup" and len(main.requests) == 2
+    assert await turn("six") == "backup" and len(main.requests) == 3
     clock.advance(gap)
     main.fail_times = 0  # healed: the next trial answers and ends the hold
-    assert await turn("seven") == "main" and len(main.requests) == 3
+    assert await turn("seven") == "main" and len(main.requests) == 4
     assert models.clients["main"].outages == 0
     assert await turn("eight") == "main"
 
