@@ -65,7 +65,9 @@ def settings_for(tmp: Path, name: str, main_url: str, backup: FakeLLM) -> Settin
     return Settings(**values)
 
 
-async def run_setup(settings: Settings, turns: int, *, down: bool) -> list[float]:
+async def run_setup(settings: Settings, turns: int, *, down: bool) -> tuple[list[float], float]:
+    """Per-turn wall times, and the process CPU time per turn (the model servers'
+    threads included: the same in every setup; less disturbed by other load)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_path)
     await db.open()
@@ -77,9 +79,10 @@ async def run_setup(settings: Settings, turns: int, *, down: bool) -> list[float
         assert models.is_down(models.clients["main"])
     channel = LocalReply()
     times: list[float] = []
+    cpu = 0.0
     try:
         for i in range(turns + 20):
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             result = await runtime.chat.handle(IncomingMessage("bench", f"turn {i}"), channel)
             elapsed = time.perf_counter() - started
             assert result.error_code is None, result.error_code
@@ -87,13 +90,14 @@ async def run_setup(settings: Settings, turns: int, *, down: bool) -> list[float
                 assert result.model == "backup"
             if i >= 20:  # warm-up
                 times.append(elapsed)
+                cpu += time.process_time() - cpu_started
         await models.wait_probes()
     finally:
         await runtime.chat.drain_background()
         await runtime.chat.usage.flush(db)
         await models.aclose()
         await db.close()
-    return times
+    return times, cpu / turns
 
 
 async def main() -> None:
@@ -102,6 +106,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     p50s: dict[str, list[float]] = {name: [] for name in SETUPS}
+    cpus: dict[str, list[float]] = {name: [] for name in SETUPS}
     with (
         tempfile.TemporaryDirectory() as t,
         FakeLLM() as healthy_main,
@@ -116,8 +121,9 @@ async def main() -> None:
             for name in p50s:
                 url = urls.get(name, healthy_main.url)
                 settings = settings_for(tmp / f"r{r}", name, url, backup)
-                times = await run_setup(settings, args.turns, down=name in urls)
+                times, cpu = await run_setup(settings, args.turns, down=name in urls)
                 p50s[name].append(statistics.median(times) * 1000)
+                cpus[name].append(cpu * 1000)
             print(f"round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} ms" for k, v in p50s.items()))
     med = {k: statistics.median(v) for k, v in p50s.items()}
     print(
@@ -125,6 +131,13 @@ async def main() -> None:
         f"down->fallback {med['down']:.2f} ms, hung->fallback {med['hung']:.2f} ms; "
         f"extra latency of the fallback: refused {med['down'] - med['healthy']:+.2f} ms, "
         f"hung {med['hung'] - med['healthy']:+.2f} ms (target < 5 ms)"
+    )
+    cpu = {k: statistics.median(v) for k, v in cpus.items()}
+    print(
+        "median CPU per turn: "
+        + ", ".join(f"{k} {v:.2f} ms" for k, v in cpu.items())
+        + f"; extra CPU of the fallback: refused {cpu['down'] - cpu['healthy']:+.2f} ms, "
+        f"hung {cpu['hung'] - cpu['healthy']:+.2f} ms"
     )
     print(f"hung server: {hung.posts()} completions, {hung.gets()} probes received")
 
