@@ -19,7 +19,7 @@ from typing import Any
 from core.admission import AdjustableLimiter, Admission
 from core.budgets import Budgets, RateLimiter
 from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
-from core.context import ContextWindowManager
+from core.context import ContextWindowManager, Prompt
 from core.errors import (
     Busy,
     LLMError,
@@ -32,7 +32,7 @@ from core.errors import (
 from core.llm import LLMClient
 from core.media import MediaStore, StoredImage, image_tokens
 from core.memory import ChatMemory
-from core.models import Models, fails_over, known_down
+from core.models import Models, fails_over
 from core.streaming import StreamingOptimizer
 from core.stt import SpeechToText
 from core.usage import CANCELLED, OK, CallMeter, UsageRecorder, metered_summarize
@@ -459,7 +459,7 @@ class ChatService:
 
     async def _pump(
         self,
-        messages: list[dict[str, Any]],
+        prompt: Prompt,
         streamer: StreamingOptimizer,
         meter: CallMeter,
         user: str = "",
@@ -471,6 +471,8 @@ class ChatService:
                 meter.started = time.monotonic()  # the call, not the wait for a slot
                 route = self.models.route(chosen, images=images)
                 for i, client in enumerate(route):
+                    # A fallback with a smaller window gets the newest turns that fit.
+                    messages = prompt.fit(self.models.prompt_limit(client.name))
                     try:
                         async for delta in client.stream(messages, meter=meter):
                             await streamer.push(delta)
@@ -505,13 +507,16 @@ class ChatService:
         # Images go to a model that sees; if none is set for this chat (it switched
         # to a text-only model since), they are shown to the model as text.
         sees = self.media is not None and self.models.vision_for(chosen) is not None
-        prompt = await self.context.build(msg.chat_id, exclude=exclude, images=sees)
+        limit = self.models.chat_limit(chosen, images=sees)  # the profile's own window
+        prompt = await self.context.build(
+            msg.chat_id, exclude=exclude, images=sees, max_tokens=limit
+        )
         streamer = StreamingOptimizer(channel, msg.chat_id)
         await streamer.start()  # counted by the edit scheduler from here: _pump releases it
         meter = CallMeter()
         images = prompt.images > 0
         pump = asyncio.ensure_future(
-            self._pump(prompt.messages, streamer, meter, self.user_of(msg, channel), chosen, images)
+            self._pump(prompt, streamer, meter, self.user_of(msg, channel), chosen, images)
         )
         self._pumps[msg.chat_id] = (streamer, pump)
         outcome, generated = "error", None
@@ -665,9 +670,12 @@ class ChatService:
         return "Context cleared. I've forgotten this conversation (its history is still stored)."
 
     async def _cmd_status(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
-        if self.status_line is None:
-            return "Vigil is running."
-        return await self.status_line()
+        line = "Vigil is running." if self.status_line is None else await self.status_line()
+        name = self.models.resolve(await self.chosen_model(msg.chat_id))
+        if name != self.models.default:  # the chat's own /model choice
+            state = "down" if self.models.is_down(self.models.clients[name]) else "ok"
+            line += f" · this chat: {name} {state}"
+        return line
 
     async def _cmd_summary(self, msg: IncomingMessage, channel: Channel, args: str) -> str:
         window = await self.memory.window(msg.chat_id)
@@ -705,7 +713,7 @@ class ChatService:
         name = args.strip()
         if not name:
             choices = ", ".join(
-                f"{n} (down)" if known_down(models.clients[n]) else n for n in allowed
+                f"{n} (down)" if models.is_down(models.clients[n]) else n for n in allowed
             )
             return (
                 f"This chat uses {current} ({models.clients[current].model}).\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import math
 import os
 import re
 import tomllib
@@ -432,6 +433,14 @@ class Settings(BaseSettings):
                     f"{ENV_PREFIX}LLM_USER_MODELS: no model profile named {value!r} "
                     f"(profiles: {known})"
                 )
+        for profile in self.model_profiles.values():
+            window = profile.context_tokens
+            if window is not None and window < profile.max_tokens + 64:
+                raise ValueError(
+                    f"{ENV_PREFIX}LLM_MODELS: profile {profile.name!r}: context_tokens "
+                    f"({window}) must be at least its max_tokens ({profile.max_tokens}) + 64: "
+                    "the prompt and the answer share the window"
+                )
 
     @property
     def model_profiles(self) -> dict[str, ModelProfile]:
@@ -457,6 +466,8 @@ class Settings(BaseSettings):
                 spec.get("max_tokens") or self.llm_max_tokens,
                 spec.get("context_tokens"),
                 bool(spec.get("vision", False)),
+                _price(spec.get("price_input_per_1m")),
+                _price(spec.get("price_output_per_1m")),
             )
             for name, spec in self.llm_models.items()
         }
@@ -592,10 +603,22 @@ class ModelProfile:
     max_tokens: int = 1024
     context_tokens: int | None = None
     vision: bool = False
+    # Per million tokens; None: VIGIL_LLM_PRICE_INPUT_PER_1M / _OUTPUT_PER_1M.
+    price_input_per_1m: float | None = None
+    price_output_per_1m: float | None = None
 
 
 _PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_PROFILE_KEYS = ("base_url", "model", "api_key", "max_tokens", "context_tokens", "vision")
+_PROFILE_KEYS = (
+    "base_url",
+    "model",
+    "api_key",
+    "max_tokens",
+    "context_tokens",
+    "vision",
+    "price_input_per_1m",
+    "price_output_per_1m",
+)
 
 
 def check_profiles(value: Any) -> dict[str, dict[str, Any]]:
@@ -646,8 +669,18 @@ def check_profiles(value: Any) -> dict[str, dict[str, Any]]:
         vision = spec.get("vision", False)
         if not isinstance(vision, bool):
             raise ValueError(f"profile {name!r}: vision must be true or false")
+        for price in ("price_input_per_1m", "price_output_per_1m"):
+            p = spec.get(price)
+            if p is not None and (
+                not isinstance(p, int | float) or isinstance(p, bool) or not 0 <= p < math.inf
+            ):
+                raise ValueError(f"profile {name!r}: {price} must be a number >= 0")
         checked[name] = {**spec, "base_url": base_url.rstrip("/"), "model": model.strip()}
     return checked
+
+
+def _price(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _url_password(url: str | None) -> str | None:

@@ -36,6 +36,29 @@ class Prompt:
     folded: int
     refine_due: bool = False
     images: int = 0  # images sent as content parts (the turn needs a vision model)
+    costs: tuple[int, ...] = ()  # estimated tokens of each message (the system prompt first)
+
+    def fit(self, limit: int | None) -> list[dict[str, Any]]:
+        """The messages cut to ``limit`` prompt tokens, for a model whose window is
+        smaller than the one this prompt was built for (a fallback profile).
+
+        Keeps the system prompt and the newest messages that fit; the newest
+        message always (as :func:`plan_window`). Nothing is folded: the chat's
+        own model sees the left-out turns again on the next turn.
+        """
+        if limit is None or self.tokens <= limit or len(self.costs) != len(self.messages):
+            return self.messages
+        used = self.costs[0]
+        start = len(self.messages)
+        while start > 1:
+            cost = self.costs[start - 1]
+            if start < len(self.messages) and used + cost > limit:
+                break
+            used += cost
+            start -= 1
+        while start < len(self.messages) - 1 and self.messages[start]["role"] == "assistant":
+            start += 1
+        return [self.messages[0], *self.messages[start:]]
 
 
 def plan_window(
@@ -111,35 +134,54 @@ class ContextWindowManager:
         self.folds = 0
         self.refines = 0
 
-    def _budget(self, window: ChatWindow) -> int:
-        fixed = self.memory.estimate(self.system_prompt) + self.memory.estimate(window.live_summary)
-        return max(
-            MESSAGE_OVERHEAD_TOKENS * 2, self.max_tokens - fixed - 2 * MESSAGE_OVERHEAD_TOKENS
-        )
+    def _summary(self, window: ChatWindow, limit: int | None = None) -> str:
+        """The summary as the prompt shows it: for a model with a small window
+        (``limit``), its newest lines within half that window."""
+        summary = window.live_summary
+        if limit is None or limit >= self.max_tokens:
+            return summary
+        room = max(MESSAGE_OVERHEAD_TOKENS, limit // 2)
+        lines = summary.splitlines()
+        while len(lines) > 1 and self.memory.estimate("\n".join(lines)) > room:
+            lines.pop(0)
+        return "\n".join(lines)
+
+    def _budget(self, window: ChatWindow, limit: int | None = None) -> int:
+        summary = self._summary(window, limit)
+        fixed = self.memory.estimate(self.system_prompt) + self.memory.estimate(summary)
+        total = self.max_tokens if limit is None else min(self.max_tokens, limit)
+        return max(MESSAGE_OVERHEAD_TOKENS * 2, total - fixed - 2 * MESSAGE_OVERHEAD_TOKENS)
 
     async def build(
-        self, chat_id: str, *, exclude: Sequence[int] = (), images: bool = True
+        self,
+        chat_id: str,
+        *,
+        exclude: Sequence[int] = (),
+        images: bool = True,
+        max_tokens: int | None = None,
     ) -> Prompt:
         """The prompt for the chat's next reply; folds what no longer fits.
 
         ``exclude``: ids of turns to leave out (``/retry`` leaves out the
         answer it is replacing). ``images``: False when no model of the chat
         can see; every image is then text ("[image: caption]").
+        ``max_tokens``: the answering model's own prompt room, when smaller
+        than ``VIGIL_CONTEXT_MAX_TOKENS`` (a profile's ``context_tokens``
+        minus its ``max_tokens``).
         """
         window = await self.memory.window(chat_id)
         turns = [t for t in window.turns if t.id not in exclude] if exclude else window.turns
-        fold, keep = plan_window(
-            turns, max_messages=self.max_messages, max_tokens=self._budget(window)
-        )
+        budget = self._budget(window, max_tokens)
+        fold, keep = plan_window(turns, max_messages=self.max_messages, max_tokens=budget)
         if fold:
             await self._fold(window, fold)
             # The summary grew: re-plan once against the smaller budget.
             more, keep = plan_window(
-                keep, max_messages=self.max_messages, max_tokens=self._budget(window)
+                keep, max_messages=self.max_messages, max_tokens=self._budget(window, max_tokens)
             )
             if more:
                 await self._fold(window, more)
-        return self._render(window, keep, folded=len(fold), images=images)
+        return self._render(window, keep, folded=len(fold), images=images, limit=max_tokens)
 
     async def _fold(self, window: ChatWindow, turns: Sequence[Turn]) -> None:
         self.memory.sync_summary(window)  # the worker may have refined it meanwhile
@@ -155,17 +197,26 @@ class ContextWindowManager:
         log.info("chat %s: folded %d turns into the summary", window.chat_id, len(turns))
 
     def _render(
-        self, window: ChatWindow, keep: Sequence[Turn], *, folded: int, images: bool = True
+        self,
+        window: ChatWindow,
+        keep: Sequence[Turn],
+        *,
+        folded: int,
+        images: bool = True,
+        limit: int | None = None,
     ) -> Prompt:
         system = self.system_prompt
-        if window.live_summary:
-            system += "\n\nSummary of the earlier conversation:\n" + window.live_summary
+        summary = self._summary(window, limit)
+        if summary:
+            system += "\n\nSummary of the earlier conversation:\n" + summary
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
         tokens = self.memory.estimate(system) + MESSAGE_OVERHEAD_TOKENS
+        costs = [tokens]
         newest = self.max_images if images else 0
         with_images = [t.id for t in keep if t.images][-newest:] if newest else []
         sent = 0
         for turn in keep:
+            before = tokens
             content = turn.content
             if turn.author and turn.role == "user":
                 content = f"{turn.author}: {content}"
@@ -188,8 +239,11 @@ class ContextWindowManager:
                 messages.append({"role": turn.role, "content": text + parts})
             else:
                 messages.append({"role": turn.role, "content": content})
+            costs.append(tokens - before)
         due = window.unrefined >= self.refine_after
-        return Prompt(messages, tuple(keep), window.live_summary, tokens, folded, due, sent)
+        return Prompt(
+            messages, tuple(keep), window.live_summary, tokens, folded, due, sent, tuple(costs)
+        )
 
     async def prune(self, chat_id: str) -> int:
         """Fold whatever exceeds the limits now (the governor's optimisation)."""

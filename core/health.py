@@ -4,7 +4,8 @@
 event loop runs. ``/health`` reports the latest background checks (database
 reads and writes, supervised children; see ``core/health_checks.py``) with
 their age, plus the model and Telegram; it does no I/O per request. A down
-model only makes Vigil ``degraded``; a database that cannot be written at all
+model (the default profile, or another profile known down: reason
+``llm_profile_down:<name>``) only makes Vigil ``degraded``; a database that cannot be written at all
 or a drain makes it ``unhealthy`` (HTTP 503).
 """
 
@@ -58,6 +59,12 @@ def build_report(runtime: Runtime, checks: HealthChecks) -> dict[str, Any]:
     if llm["status"] != "ok":
         status = "degraded"
         reasons.append(f"llm_{llm['status']}")
+    # Another profile down (the fallback, one a chat picked with /model): its
+    # chats fall back or get errors, so the operator sees it here too.
+    for name in runtime.models.down():
+        if name != runtime.models.default:
+            status = "degraded"
+            reasons.append(f"llm_profile_down:{name}")
     if telegram not in ("connected", "not_configured", "starting"):
         status = "degraded"
         reasons.append(f"telegram_{telegram}")
@@ -152,7 +159,12 @@ async def start_health_checks(runtime: Runtime, stack: contextlib.AsyncExitStack
 def status_line(report: dict[str, Any]) -> str:
     """One line for the /status chat command."""
     parts = [f"Vigil {report['status']}", f"up {_duration(report['uptime_s'])}"]
-    parts.append(f"model {report['llm']}")
+    model = f"model {report['llm']}"
+    profiles = report.get("checks", {}).get("llm", {}).get("profiles", {})
+    down = [name for name, state in profiles.items() if state.get("down") and not state["default"]]
+    if down:
+        model += f", {', '.join(down)} down"
+    parts.append(model)
     parts.append(f"telegram {report['telegram']}")
     parts.append(f"database {report['database']}")
     if report["reasons"]:

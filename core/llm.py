@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,7 @@ class LLMClient:
         backoff_s: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
         name: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         # The profile's name (VIGIL_LLM_MODELS); usage rows record it.
         self.name = name or model
@@ -93,6 +94,15 @@ class LLMClient:
         self.requests = 0
         self.failures = 0
         self.retries = 0
+        # Real calls (not probes) that failed in a row with an outage (unreachable,
+        # timeout, 429/5xx), and when the last did: a probe's "ok" alone does not
+        # make such a model trusted again at once (core/models.py).
+        self.outages = 0
+        self.outage_at = 0.0
+        self.clock = clock  # monotonic seconds of ``outage_at``
+        # Set when another model answers if this one fails (a fallback exists):
+        # a call right after failed ones is a trial and is not retried.
+        self.fail_fast = False
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -123,12 +133,27 @@ class LLMClient:
             meter.model = self.name
         url = f"{self.base_url}/chat/completions"
         self.requests += 1
+        try:
+            async for delta in self._attempts(url, payload, meter):
+                yield delta
+        except LLMError as exc:
+            if is_outage(exc):
+                self.outages += 1
+                self.outage_at = self.clock()
+            raise
+        self.outages = 0
+
+    async def _attempts(
+        self, url: str, payload: dict[str, Any], meter: CallMeter | None
+    ) -> AsyncIterator[str]:
+        """The request with its retries; marks the status (see :meth:`stream`)."""
         attempt = 0
+        retries = 0 if self.fail_fast and self.outages > 0 else self.max_retries
         started = time.monotonic()
         while True:
             try:
                 async with self._client.stream("POST", url, json=payload) as response:
-                    if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                    if response.status_code in RETRY_STATUSES and attempt < retries:
                         await response.aread()
                         attempt += 1
                         await self._backoff(attempt, response)
@@ -145,7 +170,7 @@ class LLMClient:
                 self._mark("ok", "", started)
                 return
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                if attempt < self.max_retries:
+                if attempt < retries:
                     attempt += 1
                     await self._backoff(attempt, None)
                     continue
@@ -261,8 +286,10 @@ class LLMClient:
 
     # --- health -------------------------------------------------------------------
     async def probe(self, *, timeout_s: float = 3.0) -> LLMStatus:
-        """Cheap reachability check: ``GET {base_url}/models``."""
+        """Cheap reachability check: ``GET {base_url}/models`` (at most ``timeout_s``,
+        nor longer than a turn would wait: a hung server is not waited on for long)."""
         started = time.monotonic()
+        timeout_s = min(timeout_s, self.timeout_s)
         try:
             response = await self._client.get(f"{self.base_url}/models", timeout=timeout_s)
         except httpx.HTTPError as exc:
@@ -334,6 +361,17 @@ class LLMClient:
             url=self.display_url,
             http_status=status,
         )
+
+
+def is_outage(exc: LLMError) -> bool:
+    """The model is down, not the request wrong: unreachable, a timeout, or 429/5xx
+    after the retries (another model may answer). 401/403/404/400 are not."""
+    if isinstance(exc, LLMTimeout):
+        return True
+    if not isinstance(exc, LLMUnavailable):
+        return False
+    status = exc.fields.get("http_status")
+    return status is None or status in RETRY_STATUSES
 
 
 def llm_from_settings(settings: Settings, **overrides: Any) -> LLMClient:

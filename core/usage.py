@@ -65,26 +65,56 @@ class CallMeter:
 
 @dataclass(frozen=True, slots=True)
 class Prices:
-    """Per million tokens, no currency; None: not set (no cost shown)."""
+    """Per million tokens, no currency; None: not set (no cost shown).
+
+    ``models``: a profile's own (input, output) prices by profile name (usage
+    rows record the profile); each one None falls back to the global price.
+    """
 
     input_per_1m: float | None = None
     output_per_1m: float | None = None
+    models: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)
 
     @property
     def set(self) -> bool:
-        return self.input_per_1m is not None or self.output_per_1m is not None
+        return (
+            self.input_per_1m is not None
+            or self.output_per_1m is not None
+            or any(p is not None for pair in self.models.values() for p in pair)
+        )
 
-    def cost(self, prompt_tokens: float, completion_tokens: float) -> float | None:
+    def cost(
+        self, prompt_tokens: float, completion_tokens: float, model: str | None = None
+    ) -> float | None:
+        """The cost of these tokens at ``model``'s prices (the global ones without it)."""
         if not self.set:
             return None
-        return (
-            prompt_tokens * (self.input_per_1m or 0.0)
-            + completion_tokens * (self.output_per_1m or 0.0)
-        ) / 1_000_000
+        own_in, own_out = self.models.get(model, (None, None)) if model else (None, None)
+        price_in = own_in if own_in is not None else self.input_per_1m
+        price_out = own_out if own_out is not None else self.output_per_1m
+        return (prompt_tokens * (price_in or 0.0) + completion_tokens * (price_out or 0.0)) / (
+            1_000_000
+        )
+
+    def cost_of(self, rows: Sequence[Any]) -> float | None:
+        """The cost of rows with ``model``, ``prompt_tokens`` and ``completion_tokens``."""
+        if not self.set:
+            return None
+        return sum(
+            self.cost(int(r["prompt_tokens"] or 0), int(r["completion_tokens"] or 0), r["model"])
+            or 0.0
+            for r in rows
+        )
 
 
 def prices_from(settings: Settings) -> Prices:
-    return Prices(settings.llm_price_input_per_1m, settings.llm_price_output_per_1m)
+    """The global prices and each profile's own (``price_input_per_1m`` / ``_output_``)."""
+    own = {
+        name: (profile.price_input_per_1m, profile.price_output_per_1m)
+        for name, profile in settings.model_profiles.items()
+        if profile.price_input_per_1m is not None or profile.price_output_per_1m is not None
+    }
+    return Prices(settings.llm_price_input_per_1m, settings.llm_price_output_per_1m, own)
 
 
 class UsageRecorder:
@@ -308,12 +338,16 @@ def _merge(rows: Sequence[sqlite3.Row], key: str, prices: Prices) -> list[dict[s
         )
         for name in ("requests", "prompt_tokens", "completion_tokens", "estimated_requests"):
             entry[name] += int(row[name] or 0)
+        if prices.set:  # each row is one profile's: priced at its prices
+            cost = prices.cost(
+                int(row["prompt_tokens"] or 0), int(row["completion_tokens"] or 0), row["model"]
+            )
+            entry["cost"] = entry.get("cost", 0.0) + (cost or 0.0)
     out = []
     for entry in merged.values():
         entry["total_tokens"] = entry["prompt_tokens"] + entry["completion_tokens"]
-        cost = prices.cost(entry["prompt_tokens"], entry["completion_tokens"])
-        if cost is not None:
-            entry["cost"] = round(cost, 6)
+        if "cost" in entry:
+            entry["cost"] = round(entry["cost"], 6)
         out.append(entry)
     return out
 
@@ -330,19 +364,22 @@ async def summary(
     prices = prices or Prices()
     where, params = _where(since, user, chat)
     dwhere, dparams = _daily_where(since, user, chat)
+    # Grouped by model too: each profile's tokens are priced at its own prices.
     by_user = await db.fetchall(
-        f"SELECT COALESCE(user_id, '') AS user, {AGG} FROM usage WHERE {where} GROUP BY 1",
+        f"SELECT COALESCE(user_id, '') AS user, model, {AGG} FROM usage WHERE {where}"
+        " GROUP BY 1, 2",
         params,
     ) + await db.fetchall(
-        f"SELECT user_id AS user, {DAILY_AGG} FROM usage_daily WHERE {dwhere} GROUP BY 1",
+        f"SELECT user_id AS user, model, {DAILY_AGG} FROM usage_daily WHERE {dwhere} GROUP BY 1, 2",
         dparams,
     )
     by_day = await db.fetchall(
-        f"SELECT strftime('%Y-%m-%d', at, 'unixepoch') AS day, {AGG} FROM usage"
-        f" WHERE {where} GROUP BY 1",
+        f"SELECT strftime('%Y-%m-%d', at, 'unixepoch') AS day, model, {AGG} FROM usage"
+        f" WHERE {where} GROUP BY 1, 2",
         params,
     ) + await db.fetchall(
-        f"SELECT day, {DAILY_AGG} FROM usage_daily WHERE {dwhere} GROUP BY 1", dparams
+        f"SELECT day, model, {DAILY_AGG} FROM usage_daily WHERE {dwhere} GROUP BY 1, 2",
+        dparams,
     )
     users = sorted(_merge(by_user, "user", prices), key=lambda e: -e["total_tokens"])
     days = sorted(_merge(by_day, "day", prices), key=lambda e: e["day"])
@@ -356,9 +393,8 @@ async def summary(
             "estimated_requests",
         )
     }
-    cost = prices.cost(total["prompt_tokens"], total["completion_tokens"])
-    if cost is not None:
-        total["cost"] = round(cost, 6)
+    if prices.set:
+        total["cost"] = round(sum(e.get("cost", 0.0) for e in users), 6)
     return {
         "since": since,
         "user": user,
@@ -378,6 +414,20 @@ async def user_totals(db: Reader, user: str, since: float) -> tuple[int, int]:
         (user, since),
     )
     return (int(row["p"]), int(row["c"])) if row is not None else (0, 0)
+
+
+async def user_cost(db: Reader, user: str, since: float, prices: Prices) -> float | None:
+    """What ``user``'s calls since ``since`` cost, each at its profile's prices
+    (raw rows only); None: no price is set."""
+    if not prices.set:
+        return None
+    rows = await db.fetchall(
+        "SELECT model, SUM(prompt_tokens) AS prompt_tokens,"
+        " SUM(completion_tokens) AS completion_tokens"
+        " FROM usage WHERE user_id = ? AND at >= ? GROUP BY model",
+        (user, since),
+    )
+    return prices.cost_of(rows)
 
 
 async def hourly_tokens(db: Reader, since: float) -> list[dict[str, Any]]:

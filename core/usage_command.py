@@ -21,8 +21,7 @@ def _n(value: int) -> str:
     return f"{value:,}"
 
 
-def _cost(prices: usage.Prices, prompt: int, completion: int) -> str:
-    cost = prices.cost(prompt, completion)
+def _cost(cost: float | None) -> str:
     return "" if cost is None else f" (cost {cost:.4f})"
 
 
@@ -41,12 +40,14 @@ async def own_usage(chat: ChatService, user: str) -> str:
     periods = await _flushed_periods(chat)
     day_p, day_c = await usage.user_totals(db, user, periods.day_start)
     month_p, month_c = await usage.user_totals(db, user, periods.month_start)
-    prices = chat.usage.prices
+    prices = chat.usage.prices  # each profile's tokens at its own prices
+    day_cost = await usage.user_cost(db, user, periods.day_start, prices)
+    month_cost = await usage.user_cost(db, user, periods.month_start, prices)
     lines = [
         f"Your usage today: {_n(day_p + day_c)} tokens "
-        f"({_n(day_p)} prompt, {_n(day_c)} completion){_cost(prices, day_p, day_c)}.",
+        f"({_n(day_p)} prompt, {_n(day_c)} completion){_cost(day_cost)}.",
         f"This month: {_n(month_p + month_c)} tokens "
-        f"({_n(month_p)} prompt, {_n(month_c)} completion){_cost(prices, month_p, month_c)}.",
+        f"({_n(month_p)} prompt, {_n(month_c)} completion){_cost(month_cost)}.",
     ]
     lines.append(await remaining_budget_line(chat, user))
     return "\n".join(lines)

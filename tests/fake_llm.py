@@ -24,7 +24,8 @@ behaviour, and can be changed while it runs:
 - ``reject_stream_options``: answer 400 to a request that carries ``stream_options``,
   as strict servers that know no such field do
 - ``refuse``: not a behaviour of this server; stop it, or point clients at
-  ``dead_url()`` for a port where nothing listens.
+  ``dead_url()`` for a port where nothing listens. A server that accepts
+  connections and never answers: :class:`HungServer`.
 
 Speech to text (``POST /v1/audio/transcriptions``, multipart/form-data, parsed for
 real): ``transcript`` (text, or a callable ``(STTRequest) -> str``) is the answer
@@ -33,10 +34,11 @@ real): ``transcript`` (text, or a callable ``(STTRequest) -> str``) is the answe
 header); ``stt_delay_s`` holds each answer back (a hung server); every request
 received is appended to ``stt_requests`` (model, file name, bytes, auth header).
 
-Every request body is appended to ``requests``. Messages may carry OpenAI
-content parts (a list of ``{"type": "text"}`` and ``{"type": "image_url"}``):
-:func:`text_of` is their text, and every image part received is appended to
-``image_parts`` (``image_urls()`` gives their URLs, newest request last).
+Every request body is appended to ``requests``; ``models_requests`` counts
+``GET /v1/models``. Messages may carry OpenAI content parts (a list of
+``{"type": "text"}`` and ``{"type": "image_url"}``): :func:`text_of` is their
+text, and every image part received is appended to ``image_parts``
+(``image_urls()`` gives their URLs, newest request last).
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ class FakeLLM:
         self.stt_delay_s = 0.0
         self.stt_requests: list[STTRequest] = []
         self.requests: list[dict[str, Any]] = []
+        self.models_requests = 0
         self.image_parts: list[dict[str, Any]] = []
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -175,6 +178,7 @@ class FakeLLM:
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
+                    fake.models_requests += 1
                     body: Any = {"data": [{"id": "fake"}]}
                     if fake.models_status >= 400:
                         body = fake.error_body(self)
@@ -349,3 +353,60 @@ class FakeLLM:
             write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         write(b"data: [DONE]\n\n")
         handler.wfile.flush()
+
+
+class HungServer:
+    """A model server that hangs: it accepts every connection, reads the request
+    line and never answers (a wedged process, a black-holed proxy).
+
+    ``requests`` holds each request line received (``"POST /v1/chat/completions"``).
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.05)
+        self.port = int(self._sock.getsockname()[1])
+        self.requests: list[str] = []
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def posts(self) -> int:
+        return sum(1 for line in self.requests if line.startswith("POST"))
+
+    def gets(self) -> int:
+        return sum(1 for line in self.requests if line.startswith("GET"))
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._held.append(conn)  # kept open, never answered
+            conn.settimeout(2.0)
+            try:
+                head = conn.recv(4096).split(b"\r\n", 1)[0].decode("latin-1")
+            except OSError:
+                continue
+            method, _, rest = head.partition(" ")
+            self.requests.append(f"{method} {rest.split(' ', 1)[0]}")
+
+    def __enter__(self) -> HungServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        for conn in self._held:
+            conn.close()
+        self._sock.close()

@@ -59,16 +59,32 @@ def pair_settings(tmp_path: Path, main: FakeLLM, backup: FakeLLM, **extra: Any) 
     return make_settings(tmp_path, **values)
 
 
+class Clock:
+    """The models' monotonic clock, moved by hand (the hold, the re-probe gap)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @pytest.fixture
-async def runtime_factory(
-    tmp_path: Path,
-) -> AsyncIterator[Callable[..., Any]]:
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def runtime_factory(tmp_path: Path, clock: Clock) -> AsyncIterator[Callable[..., Any]]:
     opened: list[tuple[Database, Models]] = []
 
     async def factory(settings: Settings) -> Runtime:
         db = Database(settings.db_path)
         await db.open()
-        models = Models.from_settings(settings)
+        models = Models.from_settings(settings, clock=clock)
         opened.append((db, models))
         return build_runtime(settings, db, models.primary, models=models)
 
@@ -226,7 +242,10 @@ async def test_a_chatter_may_pick_only_the_user_models(
 
 
 async def test_fallback_under_a_dead_primary_and_return_to_it(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Callable[..., Any]
+    tmp_path: Path,
+    pair: tuple[FakeLLM, FakeLLM],
+    runtime_factory: Callable[..., Any],
+    clock: Clock,
 ) -> None:
     main, backup = pair
     main.fail_status, main.fail_times, main.models_status = 503, -1, 503
@@ -250,6 +269,7 @@ async def test_fallback_under_a_dead_primary_and_return_to_it(
     assert models.clients["main"].status.state != "ok"
 
     main.fail_times, main.models_status = 0, 200  # the primary is back
+    clock.advance(models.reprobe_gap_s)
     await chat.handle(say("tg:5", "third"), channel)  # skipped once more, re-probed
     await models.wait_probes()
     assert models.clients["main"].status.state == "ok"
