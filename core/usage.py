@@ -120,8 +120,14 @@ def prices_from(settings: Settings) -> Prices:
 class UsageRecorder:
     """Finished calls in memory, written in batches."""
 
-    def __init__(self, counters: CounterBuffer | None = None, prices: Prices | None = None) -> None:
+    def __init__(
+        self,
+        counters: CounterBuffer | None = None,
+        prices: Prices | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.counters = counters
+        self.clock = clock  # the rows' wall-clock time (what budgets count per period)
         self.prices = prices or Prices()
         self.pending: list[tuple[Any, ...]] = []
         self.writing: list[tuple[Any, ...]] = []  # the batch a flush is committing
@@ -153,7 +159,7 @@ class UsageRecorder:
         model = meter.model or "unknown"
         self.pending.append(
             (
-                time.time(),
+                self.clock(),
                 chat_id,
                 user_id,
                 kind,

@@ -68,6 +68,7 @@ def as_user(text: str, user: str | None = "alice", chat: str = "local:b") -> Inc
 def budgets(service: ChatService, clock: Clock, **limits: int) -> Budgets:
     found = Budgets(service.memory.db, tz=BERLIN, clock=clock, **limits)
     found.pending = service.unwritten_usage
+    service.usage.clock = clock  # the turns' own usage rows fall in the budget clock's day
     service.budgets = found
     return found
 
