@@ -1,9 +1,10 @@
 """First text of a turn after a voice note, excluding transcription time.
 
-In process: the real ChatService (SQLite WAL in a temp dir), a real fake model
-server and a real fake speech-to-text server (tests/fake_llm.py, real HTTP,
-instant answers unless ``--stt-delay``). Two kinds of turn, timed in
-alternating rounds so machine load hits both:
+The real ChatService in this process (SQLite WAL in a temp dir); a real fake
+model server and a real fake speech-to-text server (tests/fake_llm.py, real
+HTTP, instant answers unless ``--stt-delay``) in a child process, so their
+threads do not compete with the turn for this interpreter's GIL. Two kinds of
+turn, timed in alternating rounds so machine load hits both:
 
 - ``text``: a typed message;
 - ``voice``: a 3 s Ogg Opus voice note (checked with mutagen, transcribed over
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,7 +42,16 @@ from core.media import AudioClip  # noqa: E402
 from core.models import Models  # noqa: E402
 from core.stt import SpeechToText  # noqa: E402
 from tests.core.media.audio_files import ogg_opus  # noqa: E402
-from tests.fake_llm import FakeLLM  # noqa: E402
+
+SERVERS = """
+import sys, time
+from tests.fake_llm import FakeLLM
+llm, stt = FakeLLM().start(), FakeLLM().start()
+stt.stt_delay_s = float(sys.argv[1])
+stt.transcript = "turn from a voice note"
+print(llm.url, stt.url, flush=True)
+sys.stdin.read()  # until the bench closes it
+"""
 
 ANSWER = "echo:"
 
@@ -74,16 +85,16 @@ class TimingChannel:
         return None
 
 
-def settings_for(tmp: Path, llm: FakeLLM, stt: FakeLLM) -> Settings:
+def settings_for(tmp: Path, llm_url: str, stt_url: str) -> Settings:
     values: dict[str, Any] = {
         "data_dir": tmp,
         "logs_dir": tmp / "logs",
         "admin_token": "bench",
         "llm_model": "fake",
-        "llm_base_url": llm.url,
+        "llm_base_url": llm_url,
         "llm_max_retries": 0,
         "rate_limit_user_per_min": 0,
-        "stt_base_url": stt.url,
+        "stt_base_url": stt_url,
     }
     return Settings(**values)
 
@@ -135,13 +146,21 @@ async def main() -> None:
     args = parser.parse_args()
     p50s: dict[str, list[float]] = {"text": [], "voice": []}
     stt_ms: list[float] = []
-    with tempfile.TemporaryDirectory() as t, FakeLLM() as llm, FakeLLM() as stt:
-        stt.stt_delay_s = args.stt_delay
-        stt.transcript = "turn from a voice note"
+    root = Path(__file__).resolve().parent.parent
+    servers = subprocess.Popen(
+        [sys.executable, "-c", SERVERS, str(args.stt_delay)],
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert servers.stdout is not None and servers.stdin is not None
+    llm_url, stt_url = servers.stdout.readline().split()
+    with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         for r in range(args.rounds):
             for name in p50s:
-                settings = settings_for(tmp / f"r{r}-{name}", llm, stt)
+                settings = settings_for(tmp / f"r{r}-{name}", llm_url, stt_url)
                 times, transcription = await run_kind(settings, args.turns, spoken=name == "voice")
                 p50s[name].append(statistics.median(times))
                 if name == "voice":
@@ -150,6 +169,8 @@ async def main() -> None:
                 f"round {r + 1}: text {p50s['text'][-1]:.2f} ms, voice {p50s['voice'][-1]:.2f} ms "
                 f"(transcription {stt_ms[-1]:.2f} ms excluded)"
             )
+    servers.stdin.close()
+    servers.wait(10)
     med = {k: statistics.median(v) for k, v in p50s.items()}
     print()
     print("| turn | first reply text, p50 (ms) |")
