@@ -352,10 +352,12 @@ def stt_health(stt: SpeechToText | None) -> dict[str, Any]:
 
 def upload_name(clip: AudioClip) -> str:
     """A file name with an extension (OpenAI tells formats by it), safe to send."""
-    name = "".join(c for c in clip.filename if c.isalnum() or c in "._-")[-64:] or "audio"
-    if "." not in name.lstrip("."):
-        name += EXTENSIONS.get((clip.mime or "").split(";")[0].strip().lower(), ".ogg")
-    return name
+    kept = "".join(c for c in clip.filename if c.isascii() and (c.isalnum() or c in "._-"))
+    stem, dot, ext = kept[-64:].strip(".").rpartition(".")
+    if not dot:  # no extension ("voice")
+        stem, ext = ext, ""
+    mime = (clip.mime or "").split(";")[0].strip().lower()
+    return f"{stem or 'audio'}.{ext or EXTENSIONS.get(mime, '.ogg').lstrip('.')}"
 
 
 def _reason(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ from core.health import health_report
 from core.media import AudioClip
 from core.models import Models
 from core.runtime import Runtime
-from core.stt import SpeechToText
+from core.stt import SpeechToText, check_audio, upload_name
 from tests.conftest import make_settings
 from tests.core.media.audio_files import ogg_opus, wav
 from tests.fake_llm import FakeLLM, dead_url, text_of
@@ -96,6 +96,37 @@ def voice(
 
 async def count(runtime: Runtime, sql: str = "SELECT count(*) FROM messages") -> int:
     return int(await runtime.db.scalar(sql))
+
+
+# --- check_audio, before any turn -----------------------------------------------------
+
+
+def test_check_audio_reads_lengths_and_takes_the_longer_of_declared_and_measured(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    assert check_audio(AudioClip(ogg_opus(7.5)), settings) == 7.5
+    assert check_audio(AudioClip(wav(2.0), mime="audio/wav"), settings) == 2.0
+    assert check_audio(AudioClip(ogg_opus(7.5), duration_s=9), settings) == 9
+    assert check_audio(AudioClip(ogg_opus(7.5), duration_s=1), settings) == 7.5
+    # A format the check cannot read, with a declared length: the server decides.
+    assert check_audio(AudioClip(b"\x1aE\xdf\xa3 webm bytes", duration_s=4), settings) == 4
+
+
+@pytest.mark.parametrize(
+    ("filename", "mime", "sent"),
+    [
+        ("voice.ogg", "audio/ogg", "voice.ogg"),
+        ("memo", "audio/mpeg", "memo.mp3"),
+        ("", "audio/x-m4a", "audio.m4a"),
+        ("../../etc/passwd", "audio/ogg", "etcpasswd.ogg"),
+        ('a"b\r\n.wav', "audio/wav", "ab.wav"),
+    ],
+)
+def test_the_file_name_sent_is_safe_and_has_an_extension(
+    filename: str, mime: str, sent: str
+) -> None:
+    assert upload_name(AudioClip(b"", filename, mime)) == sent
 
 
 # --- the happy path ------------------------------------------------------------------
