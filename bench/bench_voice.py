@@ -2,8 +2,9 @@
 
 The real ChatService in this process (SQLite WAL in a temp dir); a real fake
 model server and a real fake speech-to-text server (tests/fake_llm.py, real
-HTTP, instant answers unless ``--stt-delay``) in a child process, so their
-threads do not compete with the turn for this interpreter's GIL. Two kinds of
+HTTP, instant answers unless ``--stt-delay``), each in its own child process,
+so their threads do not compete with the turn, or with each other, for one
+interpreter's GIL. Two kinds of
 turn, timed in alternating rounds so machine load hits both:
 
 - ``text``: a typed message;
@@ -43,15 +44,29 @@ from core.models import Models  # noqa: E402
 from core.stt import SpeechToText  # noqa: E402
 from tests.core.media.audio_files import ogg_opus  # noqa: E402
 
-SERVERS = """
-import sys, time
+SERVER = """
+import sys
 from tests.fake_llm import FakeLLM
-llm, stt = FakeLLM().start(), FakeLLM().start()
-stt.stt_delay_s = float(sys.argv[1])
-stt.transcript = "turn from a voice note"
-print(llm.url, stt.url, flush=True)
+fake = FakeLLM().start()
+fake.stt_delay_s = float(sys.argv[1])
+fake.transcript = "turn from a voice note"
+print(fake.url, flush=True)
 sys.stdin.read()  # until the bench closes it
 """
+
+
+def start_server(root: Path, stt_delay: float) -> tuple[subprocess.Popen[str], str]:
+    """A fake server in its own process; returns it and its URL."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(stt_delay)],
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    return child, child.stdout.readline().strip()
+
 
 ANSWER = "echo:"
 
@@ -147,15 +162,8 @@ async def main() -> None:
     p50s: dict[str, list[float]] = {"text": [], "voice": []}
     stt_ms: list[float] = []
     root = Path(__file__).resolve().parent.parent
-    servers = subprocess.Popen(
-        [sys.executable, "-c", SERVERS, str(args.stt_delay)],
-        cwd=root,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert servers.stdout is not None and servers.stdin is not None
-    llm_url, stt_url = servers.stdout.readline().split()
+    llm_server, llm_url = start_server(root, 0.0)
+    stt_server, stt_url = start_server(root, args.stt_delay)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         for r in range(args.rounds):
@@ -169,8 +177,10 @@ async def main() -> None:
                 f"round {r + 1}: text {p50s['text'][-1]:.2f} ms, voice {p50s['voice'][-1]:.2f} ms "
                 f"(transcription {stt_ms[-1]:.2f} ms excluded)"
             )
-    servers.stdin.close()
-    servers.wait(10)
+    for child in (llm_server, stt_server):
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
     med = {k: statistics.median(v) for k, v in p50s.items()}
     print()
     print("| turn | first reply text, p50 (ms) |")

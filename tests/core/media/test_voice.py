@@ -36,7 +36,7 @@ from core.models import Models
 from core.runtime import Runtime
 from core.stt import SpeechToText, check_audio, upload_name
 from tests.conftest import make_settings
-from tests.core.media.audio_files import ogg_opus, wav
+from tests.core.media.audio_files import flac, mp3, ogg_opus, wav
 from tests.fake_llm import FakeLLM, dead_url, text_of
 
 SECRET = "sk-stt-very-secret-0123456789"
@@ -107,6 +107,10 @@ def test_check_audio_reads_lengths_and_takes_the_longer_of_declared_and_measured
     settings = make_settings(tmp_path)
     assert check_audio(AudioClip(ogg_opus(7.5)), settings) == 7.5
     assert check_audio(AudioClip(wav(2.0), mime="audio/wav"), settings) == 2.0
+    assert check_audio(AudioClip(flac(12.5), mime="audio/flac"), settings) == 12.5
+    assert round(check_audio(AudioClip(mp3(10.0), mime="audio/mpeg"), settings)) == 10
+    with pytest.raises(AudioTooLong):
+        check_audio(AudioClip(mp3(301.0), mime="audio/mpeg"), settings)
     assert check_audio(AudioClip(ogg_opus(7.5), duration_s=9), settings) == 9
     assert check_audio(AudioClip(ogg_opus(7.5), duration_s=1), settings) == 7.5
     # A format the check cannot read, with a declared length: the server decides.
@@ -253,7 +257,10 @@ async def test_a_file_over_the_byte_limit_is_refused(
     runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url, max_audio_bytes=4096))
     with pytest.raises(AudioTooLong) as caught:
         await runtime.chat.handle(voice(data=wav(2.0)), LocalReply())
-    assert "VIGIL_MAX_AUDIO_BYTES" in caught.value.message
+    assert (
+        "VIGIL_MAX_AUDIO_BYTES" in caught.value.message
+        and "31 KB; I can take at most 4 KB" in caught.value.message
+    )
     assert not stt.stt_requests and await count(runtime) == 0
 
 
