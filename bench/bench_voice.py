@@ -19,6 +19,9 @@ own time (the STT client's measured latency, all HTTP attempts) is subtracted.
     .venv/bin/python bench/bench_voice.py --turns 200 --rounds 5
 
 The figure is p50(voice, excluding transcription) - p50(text); target: unchanged.
+The voice turns are also split at the "🎤" echo: the voice-only work before it
+(the audio check, the usage row, the echo itself; transcription excluded) and
+the rest, which is the same path as a typed message's.
 """
 
 from __future__ import annotations
@@ -79,6 +82,7 @@ class TimingChannel:
 
     def __init__(self) -> None:
         self.first_text: float | None = None
+        self.echo: float | None = None  # when the "🎤 ..." transcript was shown
         self.sent = 0
 
     def edit_interval(self, chat_id: str) -> float:
@@ -89,6 +93,8 @@ class TimingChannel:
             self.first_text = time.perf_counter()
 
     async def send(self, chat_id: str, text: str) -> str:
+        if self.echo is None and text.startswith("\U0001f3a4"):
+            self.echo = time.perf_counter()
         self._saw(text)
         self.sent += 1
         return str(self.sent)
@@ -114,8 +120,11 @@ def settings_for(tmp: Path, llm_url: str, stt_url: str) -> Settings:
     return Settings(**values)
 
 
-async def run_kind(settings: Settings, turns: int, *, spoken: bool) -> tuple[list[float], float]:
-    """First-text times (ms, transcription excluded) and the median transcription (ms)."""
+async def run_kind(
+    settings: Settings, turns: int, *, spoken: bool
+) -> tuple[list[float], dict[str, float]]:
+    """First-text times (ms, transcription excluded) and the voice turns' parts (median ms):
+    the transcription, the voice-only work around it (up to the echo), echo to first text."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_path)
     await db.open()
@@ -124,7 +133,7 @@ async def run_kind(settings: Settings, turns: int, *, spoken: bool) -> tuple[lis
     runtime = build_runtime(settings, db, models.primary, models=models, stt=stt)
     clip = AudioClip(ogg_opus(3.0), duration_s=3)
     times: list[float] = []
-    transcriptions: list[float] = []
+    parts: dict[str, list[float]] = {"transcription": [], "voice work": [], "after echo": []}
     try:
         for i in range(turns + 20):
             channel = TimingChannel()
@@ -142,7 +151,10 @@ async def run_kind(settings: Settings, turns: int, *, spoken: bool) -> tuple[lis
             if i >= 20:  # warm-up
                 times.append(elapsed * 1000)
                 if spoken:
-                    transcriptions.append(transcribed * 1000)
+                    assert channel.echo is not None
+                    parts["transcription"].append(transcribed * 1000)
+                    parts["voice work"].append((channel.echo - started - transcribed) * 1000)
+                    parts["after echo"].append((channel.first_text - channel.echo) * 1000)
     finally:
         await runtime.chat.drain_background()
         await runtime.chat.usage.flush(db)
@@ -150,7 +162,7 @@ async def run_kind(settings: Settings, turns: int, *, spoken: bool) -> tuple[lis
             await stt.aclose()
         await models.aclose()
         await db.close()
-    return times, statistics.median(transcriptions) if transcriptions else 0.0
+    return times, {k: statistics.median(v) for k, v in parts.items() if v}
 
 
 async def main() -> None:
@@ -160,7 +172,7 @@ async def main() -> None:
     parser.add_argument("--stt-delay", type=float, default=0.0, help="seconds per transcription")
     args = parser.parse_args()
     p50s: dict[str, list[float]] = {"text": [], "voice": []}
-    stt_ms: list[float] = []
+    voice_parts: dict[str, list[float]] = {}
     root = Path(__file__).resolve().parent.parent
     llm_server, llm_url = start_server(root, 0.0)
     stt_server, stt_url = start_server(root, args.stt_delay)
@@ -169,26 +181,30 @@ async def main() -> None:
         for r in range(args.rounds):
             for name in p50s:
                 settings = settings_for(tmp / f"r{r}-{name}", llm_url, stt_url)
-                times, transcription = await run_kind(settings, args.turns, spoken=name == "voice")
+                times, parts = await run_kind(settings, args.turns, spoken=name == "voice")
                 p50s[name].append(statistics.median(times))
-                if name == "voice":
-                    stt_ms.append(transcription)
+                for part, value in parts.items():
+                    voice_parts.setdefault(part, []).append(value)
             print(
                 f"round {r + 1}: text {p50s['text'][-1]:.2f} ms, voice {p50s['voice'][-1]:.2f} ms "
-                f"(transcription {stt_ms[-1]:.2f} ms excluded)"
+                f"(transcription {voice_parts['transcription'][-1]:.2f} ms excluded)"
             )
     for child in (llm_server, stt_server):
         assert child.stdin is not None
         child.stdin.close()
         child.wait(10)
     med = {k: statistics.median(v) for k, v in p50s.items()}
+    medians = {k: statistics.median(v) for k, v in voice_parts.items()}
     print()
     print("| turn | first reply text, p50 (ms) |")
     print("| --- | --- |")
     print(f"| typed message | {med['text']:.2f} |")
     print(f"| voice note, excluding transcription | {med['voice']:.2f} |")
-    print(f"| (the transcription itself, excluded) | {statistics.median(stt_ms):.2f} |")
     print(f"| difference | {med['voice'] - med['text']:+.2f} |")
+    print(f"| voice note: the transcription (excluded) | {medians['transcription']:.2f} |")
+    own = medians["voice work"]
+    print(f"| voice note: its own work besides (check, usage row, 🎤 echo) | {own:.2f} |")
+    print(f"| voice note: from the 🎤 echo to the first reply text | {medians['after echo']:.2f} |")
 
 
 if __name__ == "__main__":
