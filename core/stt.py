@@ -52,7 +52,8 @@ def check_audio(clip: AudioClip, settings: Settings) -> float:
     clip whose length cannot be read is accepted only if its sender declared
     one (a format this check cannot read, such as WebM, from Telegram);
     otherwise it is refused naming the accepted formats. Limit:
-    ``VIGIL_MAX_VOICE_S``. Pure CPU, a few ms: call it before the turn starts.
+    ``VIGIL_MAX_VOICE_S``. CPU only, well under a millisecond for a voice note
+    (only the file's headers and last page are read): call it before the turn.
     """
     return check_audio_limits(
         clip, max_bytes=settings.max_audio_bytes, max_seconds=settings.max_voice_s
@@ -172,7 +173,6 @@ class Transcript:
 
     text: str
     elapsed_s: float
-    audio_s: float | None = None
 
 
 class SpeechToText:
