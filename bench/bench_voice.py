@@ -9,7 +9,11 @@ turn, timed in alternating rounds so machine load hits both:
 
 - ``text``: a typed message;
 - ``voice``: a 3 s Ogg Opus voice note (checked with mutagen, transcribed over
-  HTTP, its transcript shown as "🎤 ...", then answered).
+  HTTP, its transcript shown as "🎤 ...", then answered);
+- ``control``: a typed message sent right after the same transcription call
+  (untimed): what the machine's state just after a transcription (the STT
+  server process still closing its connection, on a busy box) costs a turn
+  that does no voice work at all.
 
 Each turn is timed from the call into ChatService to the first reply text the
 channel receives (a send/edit whose text starts with the answer, the model
@@ -121,7 +125,7 @@ def settings_for(tmp: Path, llm_url: str, stt_url: str) -> Settings:
 
 
 async def run_kind(
-    settings: Settings, turns: int, *, spoken: bool
+    settings: Settings, turns: int, *, spoken: bool, after_stt: bool = False
 ) -> tuple[list[float], dict[str, float]]:
     """First-text times (ms, transcription excluded) and the voice turns' parts (median ms):
     the transcription, the voice-only work around it (up to the echo), echo to first text."""
@@ -140,6 +144,9 @@ async def run_kind(
             msg = IncomingMessage("local:bench", f"turn {i}", user_id="api:bench")
             if spoken:
                 msg = IncomingMessage("local:bench", "", user_id="api:bench", audio=clip)
+            if after_stt:  # the control: the same transcription, untimed, just before
+                assert stt is not None
+                await stt.transcribe(clip)
             started = time.perf_counter()
             result = await runtime.chat.handle(msg, channel)
             assert result.error_code is None and channel.first_text is not None
@@ -171,7 +178,7 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--stt-delay", type=float, default=0.0, help="seconds per transcription")
     args = parser.parse_args()
-    p50s: dict[str, list[float]] = {"text": [], "voice": []}
+    p50s: dict[str, list[float]] = {"text": [], "voice": [], "control": []}
     voice_parts: dict[str, list[float]] = {}
     root = Path(__file__).resolve().parent.parent
     llm_server, llm_url = start_server(root, 0.0)
@@ -181,13 +188,16 @@ async def main() -> None:
         for r in range(args.rounds):
             for name in p50s:
                 settings = settings_for(tmp / f"r{r}-{name}", llm_url, stt_url)
-                times, parts = await run_kind(settings, args.turns, spoken=name == "voice")
+                times, parts = await run_kind(
+                    settings, args.turns, spoken=name == "voice", after_stt=name == "control"
+                )
                 p50s[name].append(statistics.median(times))
                 for part, value in parts.items():
                     voice_parts.setdefault(part, []).append(value)
             print(
                 f"round {r + 1}: text {p50s['text'][-1]:.2f} ms, voice {p50s['voice'][-1]:.2f} ms "
-                f"(transcription {voice_parts['transcription'][-1]:.2f} ms excluded)"
+                f"(transcription {voice_parts['transcription'][-1]:.2f} ms excluded), "
+                f"text after a transcription {p50s['control'][-1]:.2f} ms"
             )
     for child in (llm_server, stt_server):
         assert child.stdin is not None
@@ -201,6 +211,7 @@ async def main() -> None:
     print(f"| typed message | {med['text']:.2f} |")
     print(f"| voice note, excluding transcription | {med['voice']:.2f} |")
     print(f"| difference | {med['voice'] - med['text']:+.2f} |")
+    print(f"| typed message right after an (untimed) transcription | {med['control']:.2f} |")
     print(f"| voice note: the transcription (excluded) | {medians['transcription']:.2f} |")
     own = medians["voice work"]
     print(f"| voice note: its own work besides (check, usage row, 🎤 echo) | {own:.2f} |")
