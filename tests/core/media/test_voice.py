@@ -418,3 +418,30 @@ async def test_a_redelivered_voice_note_is_answered_without_transcribing_again(
     assert len(stt.stt_requests) == 1
     assert again.reply == "echo: what is the capital of France"
     assert await count(runtime, "SELECT count(*) FROM messages WHERE role = 'user'") == 1
+
+
+# --- the key and the URL's password stay out of backups and `vigilctl config` ---------
+
+
+def test_backups_without_secrets_and_config_drop_the_stt_key_and_url_password(
+    tmp_path: Path,
+) -> None:
+    from core.backups.extras import redact_config, redact_env
+    from core.cli.config_view import shown_value
+    from core.config import ConfigError, load_settings
+
+    env = redact_env(
+        f"VIGIL_STT_API_KEY={SECRET}\nVIGIL_STT_BASE_URL=http://u:pw-77@h:8080/v1\nVIGIL_PORT=9\n"
+    )
+    toml = redact_config(
+        f'stt_api_key = "{SECRET}"\nstt_base_url = "http://u:pw-77@h:8080/v1"\n', ".toml"
+    )
+    for text in (env, toml):
+        assert SECRET not in text and "pw-77" not in text, text
+        assert "VIGIL-SECRET-NOT-IN-BACKUP" in text
+    (tmp_path / "restored.toml").write_text(toml)
+    with pytest.raises(ConfigError, match="VIGIL_STT_API_KEY still holds the placeholder"):
+        load_settings(config_file=tmp_path / "restored.toml", data_dir=tmp_path)
+    settings = make_settings(tmp_path, stt_api_key=SECRET, stt_base_url="http://u:pw-77@h:8080/v1")
+    shown = f"{shown_value(settings, 'stt_api_key')} {shown_value(settings, 'stt_base_url')}"
+    assert SECRET not in shown and "pw-77" not in shown
