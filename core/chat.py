@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from core import voice
 from core.admission import AdjustableLimiter, Admission
 from core.budgets import Budgets, RateLimiter
 from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
@@ -23,11 +24,8 @@ from core.context import ContextWindowManager, Prompt
 from core.errors import (
     Busy,
     LLMError,
-    MediaError,
-    NoSpeech,
     NoVisionModel,
     VigilError,
-    VoiceNotEnabled,
 )
 from core.llm import LLMClient
 from core.media import MediaStore, StoredImage, image_tokens
@@ -67,11 +65,6 @@ IDLE_RESET_NOTE = (
 )
 # Channels whose every user is the operator (the local API needs the admin token).
 OPERATOR_CHANNELS = frozenset({"local"})
-VOICE_NOT_ENABLED = (
-    "Voice messages aren't enabled here, sorry: I can only read text. Please write your message."
-)
-NO_SPEECH = "I couldn't make out any words in that recording. Please try again, or write it."
-TRANSCRIPT_MARK = "\U0001f3a4 "  # what the chatter sees before the transcript of a voice note
 
 
 @dataclass
@@ -341,7 +334,8 @@ class ChatService:
                 await self._check_vision(msg)
             transcript = None
             if msg.audio is not None:  # inside the turn: budgets and one turn per chat apply
-                msg, transcript = await self._transcribe(msg, channel)
+                assert self.stt is not None  # check_voice ran in handle()
+                msg, transcript = await voice.transcribe_message(self.stt, msg, channel, self.usage)
             await self._idle_reset(msg, channel)
             user_turn = await self._store_question(msg, author)
             result = await self._answer(msg, channel, user_turn.id)
@@ -349,58 +343,7 @@ class ChatService:
 
     def check_voice(self, msg: IncomingMessage) -> None:
         """A voice note's checks before its turn: VoiceNotEnabled, BadAudio, AudioTooLong."""
-        if msg.audio is None:
-            return
-        if self.stt is None:
-            raise VoiceNotEnabled(VOICE_NOT_ENABLED)
-        self.stt.check(msg.audio)
-
-    async def _transcribe(
-        self, msg: IncomingMessage, channel: Channel
-    ) -> tuple[IncomingMessage, str]:
-        """The voice note as text: shown to the chatter ("🎤 ..."), then a text turn.
-
-        Raises TranscriptionFailed or NoSpeech with nothing stored. The call is a
-        ``transcription`` usage row (no tokens; its latency and the STT model).
-        """
-        assert msg.audio is not None and self.stt is not None
-        meter = CallMeter(prompt_tokens=0, completion_tokens=0, model=self.stt.model)
-        outcome = "error"
-        try:
-            heard = await self.stt.transcribe(msg.audio)
-            outcome = OK
-        except MediaError as exc:
-            outcome = exc.code
-            raise
-        except asyncio.CancelledError:
-            outcome = CANCELLED
-            raise
-        finally:
-            self.usage.record(
-                meter,
-                chat_id=msg.chat_id,
-                user_id=msg.user_id,
-                kind="transcription",
-                outcome=outcome,
-                prompt_estimate=0,
-                completion_text="",
-            )
-        transcript = clean_text(" ".join(heard.text.split()))
-        if not transcript:
-            raise NoSpeech(NO_SPEECH)
-        log.info(
-            "chat %s: voice note transcribed in %.2f s (%d chars)",
-            msg.chat_id,
-            heard.elapsed_s,
-            len(transcript),
-        )
-        limit = max(64, min(getattr(channel, "max_message_chars", 4096), 4096) - 8)
-        shown = TRANSCRIPT_MARK + transcript
-        with contextlib.suppress(VigilError):  # the answer matters more than the echo
-            await channel.send(msg.chat_id, shown if len(shown) <= limit else shown[:limit] + "…")
-        caption = msg.text.strip()
-        text = f"{caption}\n\n{transcript}" if caption else transcript
-        return replace(msg, text=text, audio=None), transcript
+        voice.check_voice(self.stt, msg)
 
     async def _check_vision(self, msg: IncomingMessage) -> None:
         """Refuse an image (before anything is stored) when no model here can see."""

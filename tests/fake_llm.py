@@ -125,7 +125,9 @@ def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dic
     files: dict[str, Any] = {}
     for part in message.iter_parts():
         name = part.get_param("name", header="content-disposition")
-        payload = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            payload = b""
         if part.get_filename() is not None:
             files[str(name)] = (part.get_filename(), payload, part.get_content_type())
         else:

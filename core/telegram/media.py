@@ -18,11 +18,11 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from core.chat import VOICE_NOT_ENABLED
 from core.errors import AudioTooLong, ImageTooLarge, MediaError, VoiceNotEnabled
 from core.media import AudioClip, PreparedImage, prepare_image
 from core.stt import check_audio_limits, clock
 from core.telegram.rules import TgMedia
+from core.voice import VOICE_NOT_ENABLED
 
 if TYPE_CHECKING:
     from core.config import Settings
