@@ -43,6 +43,8 @@ if TYPE_CHECKING:
     from core.config import Settings
 
 FORM_FIELDS = ("text", "image", "audio", "user", "stream")
+# A urlencoded form is read too (text only): what an HTML form or curl -d sends.
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "off", ""})
 # Large bodies read and decoded at once; more wait (then 429). Each may hold
@@ -100,7 +102,7 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
     """The posted message, JSON or multipart; raises a 4xx VigilError naming the problem."""
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     is_json = kind in ("", "application/json") or kind.endswith("+json")
-    if not is_json and kind != "multipart/form-data":
+    if not is_json and kind not in FORM_TYPES:
         raise UnsupportedContentType(
             f"Content-Type {kind!r} is not accepted: send application/json, or "
             "multipart/form-data with the parts text, image, audio, user, stream"
@@ -143,7 +145,7 @@ async def _read_json(request: Request, settings: Settings) -> MessageForm:
         first = exc.errors()[0]
         raise _invalid(first["type"], *first["loc"], msg=first["msg"]) from None
     urls = body.images or []
-    del data, body.images
+    del data
     _check_count(len(urls), settings)
     images = []
     for index, url in enumerate(urls):
