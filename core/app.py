@@ -43,6 +43,7 @@ from core.metering import RequestMeter, start_metering
 from core.models import Models
 from core.runtime import QueueDepth, Runtime
 from core.sdnotify import SdNotifier
+from core.stt import SpeechToText
 from core.telegram import routes as telegram_routes
 from core.usage import UsageRecorder, prices_from
 
@@ -66,12 +67,14 @@ def resolve_admin_token(settings: Settings) -> str:
     return token
 
 
-async def _probe_loop(models: Models, interval: float) -> None:
+async def _probe_loop(models: Models, interval: float, stt: SpeechToText | None = None) -> None:
     while True:
         try:
             await models.probe_all()
             for name, client in models.clients.items():
                 log.debug("LLM probe %s: %s %s", name, client.status.state, client.status.detail)
+            if stt is not None:  # /health's checks.stt recovers without a voice note
+                await stt.probe()
         except Exception:  # loop boundary
             log.exception("LLM probe failed")
         await asyncio.sleep(interval)
@@ -86,6 +89,7 @@ def build_runtime(
     notifier: SdNotifier | None = None,
     queue_depth: QueueDepth | None = None,
     models: Models | None = None,
+    stt: SpeechToText | None = None,
 ) -> Runtime:
     """Every shared part, wired once; the restart hook exists from the start."""
     memory = ChatMemory(
@@ -129,6 +133,7 @@ def build_runtime(
         usage=UsageRecorder(prices=prices_from(settings)),
         models=models,
         media=media,
+        stt=stt,
     )
     started = time.monotonic()
     runtime = Runtime(
@@ -151,6 +156,7 @@ def build_runtime(
         ),
         started_monotonic=started,
         queue_depth=queue_depth,
+        stt=stt,
     )
     chat.usage.counters = runtime.counters
     return runtime
@@ -195,6 +201,9 @@ def create_app(
             else:
                 profiles = models
             client = profiles.primary
+            stt = SpeechToText.from_settings(settings)  # None: voice notes refused politely
+            if stt is not None:
+                stack.push_async_callback(stt.aclose)
             runtime = build_runtime(
                 settings,
                 db,
@@ -203,11 +212,12 @@ def create_app(
                 exit_hook=getattr(app.state, "exit_hook", None),
                 notifier=SdNotifier.from_environ(os.environ),
                 queue_depth=_queue_depth(settings),
+                stt=stt,
             )
             app.state.vigil = runtime
             await health.start_health_checks(runtime, stack)
             stack.push_async_callback(runtime.chat.drain_background)
-            probe = asyncio.ensure_future(_probe_loop(profiles, settings.llm_probe_interval_s))
+            probe = asyncio.ensure_future(_probe_loop(profiles, settings.llm_probe_interval_s, stt))
             stack.callback(probe.cancel)
             for starter in [*_default_starters(telegram), *extra_starters]:
                 result = starter(app, runtime, stack)

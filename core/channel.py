@@ -79,6 +79,7 @@ class TurnResult:
     cancelled: bool = False
     sent_ids: tuple[str, ...] = field(default_factory=tuple)
     model: str | None = None  # the model profile that answered (None: no model call)
+    transcript: str | None = None  # a voice note's text, as shown to the chatter ("🎤 ...")
 
 
 @runtime_checkable

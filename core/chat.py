@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequen
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from core import voice
 from core.admission import AdjustableLimiter, Admission
 from core.budgets import Budgets, RateLimiter
 from core.channel import ADMIN_USER, Channel, IncomingMessage, Turn, TurnResult
@@ -26,6 +27,7 @@ from core.media import MediaStore, StoredImage, image_tokens
 from core.memory import ChatMemory
 from core.models import Models, fails_over, known_down
 from core.streaming import StreamingOptimizer
+from core.stt import SpeechToText
 from core.usage import CANCELLED, OK, CallMeter, UsageRecorder, metered_summarize
 
 log = logging.getLogger(__name__)
@@ -107,8 +109,10 @@ class ChatService:
         usage: UsageRecorder | None = None,
         models: Models | None = None,
         media: MediaStore | None = None,
+        stt: SpeechToText | None = None,
     ) -> None:
         self.memory = memory
+        self.stt = stt  # voice notes are transcribed by it (None: voice refused politely)
         self.media = media  # where a message's images are stored (None: images refused)
         self.context = context
         # Every model profile; ``llm`` is the default one (summaries, /status).
@@ -151,7 +155,9 @@ class ChatService:
         self, msg: IncomingMessage, channel: Channel, *, admitted: bool = False
     ) -> TurnResult:
         """Answer ``msg``; ``admitted``: :meth:`admit_user` ran already (the stream path)."""
-        command, args = parse_command(msg.text)
+        command, args = parse_command(msg.text) if msg.audio is None else (None, "")
+        if msg.audio is not None:
+            self.check_voice(msg)  # a caption is never a command; nothing stored yet
         if command is not None:
             return await self._run_command(command, args, msg, channel)
         if not admitted:
@@ -176,7 +182,9 @@ class ChatService:
 
     async def admit_user(self, msg: IncomingMessage, channel: Channel) -> None:
         """The user's rate limit and budgets (UserLimitError), before a stream opens."""
-        if parse_command(msg.text)[0] is not None:
+        if msg.audio is not None:
+            self.check_voice(msg)
+        elif parse_command(msg.text)[0] is not None:
             return
         self._check_rate(msg, channel)
         await self._check_budget(msg, channel)
@@ -308,6 +316,8 @@ class ChatService:
         if msg.external_id is not None:
             stored = await self.memory.find_external(msg.chat_id, msg.external_id)
             if stored is not None:
+                if msg.audio is not None:  # transcribed before the restart: not again
+                    msg = replace(msg, text=stored.content, audio=None)
                 window = await self.memory.window(msg.chat_id)
                 if any(t.id == stored.id for t in window.turns):  # else: folded, store again
                     user_turn = stored
@@ -317,9 +327,18 @@ class ChatService:
         async with self._budgeted(msg, channel):
             if msg.images:
                 await self._check_vision(msg)
+            transcript = None
+            if msg.audio is not None:  # inside the turn: budgets and one turn per chat apply
+                assert self.stt is not None  # check_voice ran in handle()
+                msg, transcript = await voice.transcribe_message(self.stt, msg, channel, self.usage)
             await self._idle_reset(msg, channel)
             user_turn = await self._store_question(msg, author)
-            return await self._answer(msg, channel, user_turn.id)
+            result = await self._answer(msg, channel, user_turn.id)
+            return result if transcript is None else replace(result, transcript=transcript)
+
+    def check_voice(self, msg: IncomingMessage) -> None:
+        """A voice note's checks before its turn: VoiceNotEnabled, BadAudio, AudioTooLong."""
+        voice.check_voice(self.stt, msg)
 
     async def _check_vision(self, msg: IncomingMessage) -> None:
         """Refuse an image (before anything is stored) when no model here can see."""

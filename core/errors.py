@@ -219,6 +219,12 @@ class AudioTooLong(BadAudio):
     status = 413
 
 
+class NoSpeech(BadAudio):
+    """The transcription server heard no words in the recording."""
+
+    code = "no_speech"
+
+
 class VoiceNotEnabled(MediaError):
     """A voice note while no speech-to-text server is configured (VIGIL_STT_BASE_URL)."""
 

@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from core import __version__
 from core.health_checks import HealthChecks
 from core.runtime import Runtime, RuntimeDep
+from core.stt import stt_health
 
 router = APIRouter(tags=["health"])
 
@@ -92,7 +93,9 @@ def build_report(runtime: Runtime, checks: HealthChecks) -> dict[str, Any]:
         "reasons": reasons,
         "in_flight_turns": runtime.admission.in_flight,
         "maintenance": None if window is None else window.to_dict(),
-        "checks": {**details, "llm": llm},
+        # Speech to text never changes the status: only voice notes need it, and
+        # their senders are told when it fails; the operator sees it here.
+        "checks": {**details, "llm": llm, "stt": stt_health(runtime.stt)},
     }
 
 
@@ -112,6 +115,7 @@ def cached_body(runtime: Runtime, checks: HealthChecks) -> tuple[bytes, int]:
     key = (
         checks.runs,
         runtime.models.status_key(),
+        None if runtime.stt is None else runtime.stt.status,
         runtime.telegram_state(),
         admission.throttled,
         admission.draining,

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from core.llm import LLMClient
     from core.memory import ChatMemory
     from core.models import Models
+    from core.stt import SpeechToText
     from core.telegram.bot import TelegramBot
     from core.telegram.channel import TelegramChannel
     from core.telegram.gateway import TelegramGateway
@@ -102,6 +103,8 @@ class Runtime:
     metrics_registry: CollectorRegistry | None = None
     # The task queue's pending/scheduled counts (tasks/ is wired in by the app).
     queue_depth: QueueDepth | None = None
+    # The speech-to-text client (VIGIL_STT_BASE_URL); None: voice notes are refused.
+    stt: SpeechToText | None = None
     # Monotonic counters (core/metering.py) and refused admin tokens (core/audit.py).
     counters: CounterBuffer = field(default_factory=CounterBuffer)
     audit: AuthAudit = field(init=False)

@@ -26,6 +26,13 @@ behaviour, and can be changed while it runs:
 - ``refuse``: not a behaviour of this server; stop it, or point clients at
   ``dead_url()`` for a port where nothing listens.
 
+Speech to text (``POST /v1/audio/transcriptions``, multipart/form-data, parsed for
+real): ``transcript`` (text, or a callable ``(STTRequest) -> str``) is the answer
+(``{"text": ...}``); ``stt_fail_status`` / ``stt_fail_times`` fail the next N
+(``-1``: always; with ``echo_auth`` the error body echoes the Authorization
+header); ``stt_delay_s`` holds each answer back (a hung server); every request
+received is appended to ``stt_requests`` (model, file name, bytes, auth header).
+
 Every request body is appended to ``requests``. Messages may carry OpenAI
 content parts (a list of ``{"type": "text"}`` and ``{"type": "image_url"}``):
 :func:`text_of` is their text, and every image part received is appended to
@@ -34,12 +41,15 @@ content parts (a list of ``{"type": "text"}`` and ``{"type": "image_url"}``):
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import json
 import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -91,6 +101,38 @@ def default_reply(messages: list[dict[str, Any]]) -> str:
     return "echo: " + (users[-1] if users else "")
 
 
+@dataclass
+class STTRequest:
+    """One ``/audio/transcriptions`` request as the fake server parsed it."""
+
+    model: str | None
+    filename: str | None
+    data: bytes
+    content_type: str | None
+    auth: str | None
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def parse_multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, Any]]:
+    """(form fields, files: name -> (filename, bytes, content type)) of a multipart body."""
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ValueError("not multipart/form-data")
+    fields: dict[str, str] = {}
+    files: dict[str, Any] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            payload = b""
+        if part.get_filename() is not None:
+            files[str(name)] = (part.get_filename(), payload, part.get_content_type())
+        else:
+            fields[str(name)] = payload.decode()
+    return fields, files
+
+
 class FakeLLM:
     """An OpenAI-compatible ``/v1/chat/completions`` + ``/v1/models`` server."""
 
@@ -111,6 +153,11 @@ class FakeLLM:
         self.reset_after_chunks: int | None = None
         self.send_usage = True
         self.reject_stream_options = False
+        self.transcript: str | Callable[[STTRequest], str] = "hello from a voice note"
+        self.stt_fail_status = 500
+        self.stt_fail_times = 0
+        self.stt_delay_s = 0.0
+        self.stt_requests: list[STTRequest] = []
         self.requests: list[dict[str, Any]] = []
         self.image_parts: list[dict[str, Any]] = []
         self._server: ThreadingHTTPServer | None = None
@@ -139,6 +186,9 @@ class FakeLLM:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
+                if self.path.rstrip("/") == "/v1/audio/transcriptions":
+                    fake._transcribe(self, self.rfile.read(length))
+                    return
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fake.requests.append(body)
                 if isinstance(body, dict) and isinstance(body.get("messages"), list):
@@ -204,6 +254,33 @@ class FakeLLM:
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
+
+    def _transcribe(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            fields, files = parse_multipart(handler.headers.get("content-type", ""), body)
+        except ValueError as exc:
+            self._send_json(handler, 400, {"error": {"message": str(exc)}})
+            return
+        filename, data, ctype = files.get("file", (None, b"", None))
+        request = STTRequest(
+            fields.get("model"), filename, data, ctype, handler.headers.get("Authorization"), fields
+        )
+        self.stt_requests.append(request)
+        if self.stt_delay_s:
+            time.sleep(self.stt_delay_s)
+        if self.stt_fail_times != 0:
+            if self.stt_fail_times > 0:
+                self.stt_fail_times -= 1
+            self._send_json(handler, self.stt_fail_status, self.error_body(handler))
+            return
+        if "file" not in files:
+            self._send_json(handler, 400, {"error": {"message": "no file"}})
+            return
+        text = self.transcript(request) if callable(self.transcript) else self.transcript
+        try:
+            self._send_json(handler, 200, {"text": text})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up waiting (a timeout test)
 
     def _complete(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         if self.reject_stream_options and "stream_options" in body:
