@@ -36,6 +36,7 @@ from core.errors import (
 from core.http import check_admin
 from core.runtime import Runtime, RuntimeDep
 from core.uploads import MessageForm, read_message
+from core.voice import TRANSCRIPT_MARK
 
 MAX_SQL_INT = 2**63 - 1  # SQLite's INTEGER range; larger numbers are refused with a 422
 CHAT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -168,7 +169,7 @@ def result_json(chat_id: str, result: TurnResult) -> dict[str, Any]:
         "command": result.command,
         "error": {"code": result.error_code} if result.error_code else None,
         "model": result.model,
-    }
+    } | ({"transcript": result.transcript} if result.transcript is not None else {})
 
 
 def _validate_text(runtime: Runtime, form: MessageForm) -> str:
@@ -191,10 +192,8 @@ def _validate_text(runtime: Runtime, form: MessageForm) -> str:
             f"text is {len(text)} characters; the limit is {limit} (VIGIL_MAX_MESSAGE_CHARS)",
             limit=limit,
         )
-    if (form.images or form.audio) and parse_command(text)[0] is not None:
-        raise BadRequest(
-            "a command (text starting with '/') cannot carry images or audio", field="text"
-        )
+    if form.images and parse_command(text)[0] is not None:  # (an audio caption is never one)
+        raise BadRequest("a command (text starting with '/') cannot carry images", field="text")
     return text
 
 
@@ -242,7 +241,12 @@ async def post_message(request: Request, runtime: RuntimeDep, chat_id: ChatIdPat
         body_out = result_json(chat_id, result)
         # Said besides the reply (a budget heads-up, a fresh-context note): the
         # streamed form sends them as deltas; a JSON client gets them here.
-        notices = [m for i, m in enumerate(reply.messages) if str(i) not in result.sent_ids]
+        notices = [
+            m
+            for i, m in enumerate(reply.messages)
+            if str(i) not in result.sent_ids
+            and not (result.transcript is not None and m.startswith(TRANSCRIPT_MARK))
+        ]
         if notices and result.command is None:
             body_out["notices"] = notices
         if msg.images and result.user_message_id is not None:
