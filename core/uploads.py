@@ -127,7 +127,9 @@ def _invalid(kind: str, *loc: str | int, msg: str = "") -> Exception:
 
 
 async def _read_json(request: Request, settings: Settings) -> MessageForm:
-    raw = b"".join([chunk async for chunk in request.stream()])
+    raw = bytearray()  # grown in place: a list of chunks joined would hold the body twice
+    async for chunk in request.stream():
+        raw += chunk
     if not raw.strip():
         raise _invalid("missing")
     try:
