@@ -166,7 +166,7 @@ async def _read_multipart(request: Request, settings: Settings) -> MessageForm:
         form = await request.form(
             max_files=settings.max_images_per_message + 1,
             max_fields=len(FORM_FIELDS) * 2,
-            max_part_size=4 * settings.max_message_chars + 1024,
+            max_part_size=12 * settings.max_message_chars + 1024,  # urlencoded: %XX per byte
         )
     except StarletteHTTPException as exc:  # python-multipart's complaint, as 400
         raise InvalidMultipart(f"the multipart body could not be read: {exc.detail}") from None
