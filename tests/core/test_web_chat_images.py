@@ -49,9 +49,10 @@ def test_an_uploaded_image_reaches_the_model_and_shows_in_the_history(
         page.goto(eyes.url + "/chat")
         page.fill("#token", eyes.token)
         page.fill("#chat", "pics")
-        page.set_input_files(
-            "#file",
-            files=[file("red.png", png(120, 80, "red")), file("blue.png", png(50, 50, "blue"))],
+        with page.expect_file_chooser() as chooser:
+            page.click("#attach")  # the 📎 button opens the file picker
+        chooser.value.set_files(
+            [file("red.png", png(120, 80, "red")), file("blue.png", png(50, 50, "blue"))]
         )
         assert page.locator(".attachment img").count() == 2
         page.click(".attachment:nth-child(2) .remove")  # changed my mind about the blue one
