@@ -11,8 +11,9 @@ as JSON data URLs:
   route's limit): what the body and its decoding cost;
 (``--multipart``: the same images as ``image`` files instead), and
 
-- ``canvas``: each image a small PNG of a 7900 x 7900 canvas (62 megapixels,
-  under the 64 MP refusal): what Pillow's decoded canvas costs.
+- ``canvas``: each image a small PNG of a ``--side`` square canvas (default
+  3400 px, 11.6 megapixels: under the decode limit), what Pillow's decoded
+  canvas costs.
 
 Reported per run: the server's RSS before, its peak (sampled every 20 ms from
 ``/proc``) and after; how many uploads were answered 200 and how many 429 (the
@@ -49,7 +50,7 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def image(kind: str, seed: int) -> bytes:
+def image(kind: str, seed: int, side: int = 3400) -> bytes:
     out = io.BytesIO()
     if kind == "bytes":
         side = 1780
@@ -57,20 +58,20 @@ def image(kind: str, seed: int) -> bytes:
             out, "PNG", compress_level=0
         )
     else:
-        Image.new("RGB", (7900, 7900), (seed * 40 % 256, 90, 200)).save(out, "PNG")
+        Image.new("RGB", (side, side), (seed * 40 % 256, 90, 200)).save(out, "PNG")
     return out.getvalue()
 
 
-def body(kind: str) -> bytes:
+def body(kind: str, side: int) -> bytes:
     urls = [
-        '"data:image/png;base64,' + base64.b64encode(image(kind, i)).decode() + '"'
+        '"data:image/png;base64,' + base64.b64encode(image(kind, i, side)).decode() + '"'
         for i in range(4)
     ]
     return ('{"text": "what are these?", "images": [' + ",".join(urls) + "]}").encode()
 
 
-def form(kind: str) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("image", (f"{i}.png", image(kind, i), "image/png")) for i in range(4)]
+def form(kind: str, side: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("image", (f"{i}.png", image(kind, i, side), "image/png")) for i in range(4)]
 
 
 def run(url: str, pid: int, payload: bytes | list, clients: int) -> dict[str, object]:
@@ -125,8 +126,10 @@ def main() -> None:
     parser.add_argument("--clients", default="1,2,8")
     parser.add_argument("--kind", choices=("bytes", "canvas"), default="bytes")
     parser.add_argument("--multipart", action="store_true", help="image files, not data URLs")
+    parser.add_argument("--side", type=int, default=3400, help="canvas: width = height, px")
     args = parser.parse_args()
-    payload: bytes | list = form(args.kind) if args.multipart else body(args.kind)
+    shaped = form if args.multipart else body
+    payload: bytes | list = shaped(args.kind, args.side)
     with tempfile.TemporaryDirectory() as tmp, FakeLLM() as llm:
         env = vigil_env(Path(tmp), llm.url, llm_vision_model="fake", log_level="WARNING")
         with vigil(Path(tmp), env, "serve") as server:

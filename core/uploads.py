@@ -10,6 +10,8 @@ MediaError naming the problem before anything is stored.
 The body of this one route may be tens of MB (BodyGuard lets it through
 unbuffered, counting it): it is read here, under the :class:`UploadGate`, so
 only a few such bodies are in memory at once however many clients send them.
+Images in a small body are decoded under the same gate (a small file can hold
+a large canvas).
 """
 
 from __future__ import annotations
@@ -109,11 +111,14 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
         )
     length = request.headers.get("content-length", "")
     is_small = length.isdigit() and int(length) <= max_body_bytes(settings.max_message_chars)
+    # A small body may still carry an image with a large canvas: its decoding
+    # takes a slot then (a large body holds one from the start).
+    decoding = gate if is_small else None
     async with contextlib.nullcontext() if is_small else gate.slot():
         try:
             if is_json:
-                return await _read_json(request, settings)
-            return await _read_multipart(request, settings)
+                return await _read_json(request, settings, decoding)
+            return await _read_multipart(request, settings, decoding)
         except ClientDisconnect:
             raise BadRequest("the client went away while sending the body") from None
 
@@ -126,7 +131,9 @@ def _invalid(kind: str, *loc: str | int, msg: str = "") -> Exception:
     return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": msg}])
 
 
-async def _read_json(request: Request, settings: Settings) -> MessageForm:
+async def _read_json(
+    request: Request, settings: Settings, decoding: UploadGate | None
+) -> MessageForm:
     raw = bytearray()  # grown in place: a list of chunks joined would hold the body twice
     async for chunk in request.stream():
         raw += chunk
@@ -150,18 +157,21 @@ async def _read_json(request: Request, settings: Settings) -> MessageForm:
     del data
     _check_count(len(urls), settings)
     images = []
-    for index, url in enumerate(urls):
-        with _naming(index, len(urls)):
-            decoded = decode_data_url(url, max_bytes=settings.max_image_bytes)
-            urls[index] = ""  # its memory goes as soon as it is decoded
-            images.append(await _prepare(decoded, settings))
+    async with _slot(decoding, bool(urls)):
+        for index, url in enumerate(urls):
+            with _naming(index, len(urls)):
+                decoded = decode_data_url(url, max_bytes=settings.max_image_bytes)
+                urls[index] = ""  # its memory goes as soon as it is decoded
+                images.append(await _prepare(decoded, settings))
     return MessageForm(body.text, body.user, body.stream, tuple(images))
 
 
 # --- multipart -----------------------------------------------------------------------
 
 
-async def _read_multipart(request: Request, settings: Settings) -> MessageForm:
+async def _read_multipart(
+    request: Request, settings: Settings, decoding: UploadGate | None
+) -> MessageForm:
     try:
         form = await request.form(
             max_files=settings.max_images_per_message + 1,
@@ -176,12 +186,14 @@ async def _read_multipart(request: Request, settings: Settings) -> MessageForm:
         parts: dict[str, list[Any]] = {}
         for key, value in form.multi_items():
             parts.setdefault(key, []).append(value)
-        return await _form_message(parts, settings)
+        return await _form_message(parts, settings, decoding)
     finally:
         await form.close()
 
 
-async def _form_message(parts: dict[str, list[Any]], settings: Settings) -> MessageForm:
+async def _form_message(
+    parts: dict[str, list[Any]], settings: Settings, decoding: UploadGate | None
+) -> MessageForm:
     for key in parts:
         if key not in FORM_FIELDS:
             raise _invalid("extra_forbidden", key)
@@ -198,9 +210,10 @@ async def _form_message(parts: dict[str, list[Any]], settings: Settings) -> Mess
         raise BadRequest("send images or an audio file, not both in one message", field="audio")
     _check_count(len(files), settings)
     images = []
-    for index, upload in enumerate(files):
-        with _naming(index, len(files)):
-            images.append(await _prepare(await _read_image(upload, settings), settings))
+    async with _slot(decoding, bool(files)):
+        for index, upload in enumerate(files):
+            with _naming(index, len(files)):
+                images.append(await _prepare(await _read_image(upload, settings), settings))
     audio = await _read_audio(audio_files[0]) if audio_files else None
     is_stream = stream is not None and stream.strip().lower() in TRUE_WORDS
     return MessageForm(text, user, is_stream, tuple(images), audio)
@@ -252,6 +265,11 @@ def _check_count(count: int, settings: Settings) -> None:
             limit=limit,
             images=count,
         )
+
+
+def _slot(gate: UploadGate | None, is_needed: bool) -> contextlib.AbstractAsyncContextManager[None]:
+    """The gate's slot for decoding images, unless this request holds one already."""
+    return gate.slot() if gate is not None and is_needed else contextlib.nullcontext()
 
 
 async def _prepare(data: bytes, settings: Settings) -> PreparedImage:

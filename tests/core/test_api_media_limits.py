@@ -10,6 +10,7 @@ import asyncio
 import io
 import os
 import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -166,3 +167,32 @@ async def test_a_waiting_upload_gets_the_slot_when_it_frees() -> None:
     release.set()
     await asyncio.gather(task, waiting)
     assert order == ["first in", "first out", "second in"]
+
+
+def test_images_in_a_small_body_are_decoded_under_the_gate_too(tight: LiveServer) -> None:
+    """A small file can hold a large canvas: its decoding needs a slot as well."""
+    gate = UploadGate(1, wait_s=0.2)
+    tight.runtime.uploads = gate  # one slot, held below by a long upload
+    release = threading.Event()
+    holding: list[asyncio.Future[None]] = []
+
+    async def hold(runtime: object) -> None:
+        entered = asyncio.Event()
+
+        async def holder() -> None:
+            async with gate.slot():
+                entered.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.01)
+
+        holding.append(asyncio.ensure_future(holder()))
+        await entered.wait()
+
+    tight.call(hold)
+    small = [("image", ("s.png", noise_png(8), "image/png"))]
+    busy = tight.client.post("/api/chats/g/messages", files=small)
+    assert busy.status_code == 429, busy.text
+    assert error_of(busy)["code"] == "busy" and busy.headers["retry-after"]
+    assert tight.chat("g", "text needs no slot").status_code == 200
+    release.set()
+    assert tight.client.post("/api/chats/g/messages", files=small).status_code == 200
