@@ -4,9 +4,9 @@
 reply, or with ``text/event-stream`` when the request asks for it. The
 message may carry images or an audio file (JSON data URLs or multipart, read
 by ``core/uploads.py``); ``GET /api/chats/{chat_id}/images/{id}`` serves an
-image back. The turn
-runs as its own task, so a client that hangs up mid-stream loses nothing: the
-reply is still completed and stored. Every route needs the admin token.
+image back. The turn runs as its own task, so a client that hangs up
+mid-stream loses nothing: the reply is still completed and stored. Every
+route needs the admin token.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from core.errors import (
 )
 from core.http import check_admin
 from core.runtime import Runtime, RuntimeDep
-from core.uploads import MessageForm, read_message
+from core.uploads import MESSAGE_BODY, MessageForm, read_message
 from core.voice import TRANSCRIPT_MARK
 
 MAX_SQL_INT = 2**63 - 1  # SQLite's INTEGER range; larger numbers are refused with a 422
@@ -112,41 +112,6 @@ def stored_chat_id(chat_id: str) -> str:
 
 ChatIdPath = Annotated[str, Path(description="1-64 of [A-Za-z0-9_.-]")]
 ImageIdPath = Annotated[int, Path(ge=1, le=MAX_SQL_INT)]
-_TEXT = {"type": "string", "description": "may be empty when images or audio come with it"}
-MESSAGE_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "text": _TEXT,
-                        "user": {"type": "string"},
-                        "stream": {"type": "boolean"},
-                        "images": {
-                            "type": "array",
-                            "items": {"type": "string", "description": "data:image/...;base64,..."},
-                        },
-                    },
-                }
-            },
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "text": _TEXT,
-                        "user": {"type": "string"},
-                        "stream": {"type": "boolean"},
-                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
-                        "audio": {"type": "string", "format": "binary"},
-                    },
-                }
-            },
-        },
-    }
-}
 
 
 def turn_json(turn: Turn) -> dict[str, Any]:

@@ -55,6 +55,44 @@ UPLOAD_SLOTS = 2
 UPLOAD_WAIT_S = 10.0
 
 
+# The request body in the OpenAPI schema (the route reads it itself).
+_TEXT = {"type": "string", "description": "may be empty when images or audio come with it"}
+MESSAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "text": _TEXT,
+                        "user": {"type": "string"},
+                        "stream": {"type": "boolean"},
+                        "images": {
+                            "type": "array",
+                            "items": {"type": "string", "description": "data:image/...;base64,..."},
+                        },
+                    },
+                }
+            },
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "text": _TEXT,
+                        "user": {"type": "string"},
+                        "stream": {"type": "boolean"},
+                        "image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "audio": {"type": "string", "format": "binary"},
+                    },
+                }
+            },
+        },
+    }
+}
+
+
 class MessageIn(BaseModel):
     """The JSON form of a message."""
 
