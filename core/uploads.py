@@ -49,8 +49,8 @@ FORM_FIELDS = ("text", "image", "audio", "user", "stream")
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 TRUE_WORDS = frozenset({"true", "1", "yes", "on"})
 FALSE_WORDS = frozenset({"false", "0", "no", "off", ""})
-# Large bodies read and decoded at once; more wait (then 429). Each may hold
-# its body, the decoded image and Pillow's canvas: see docs/performance.md.
+# Uploads read and decoded at once; more wait (then 429). Each may hold its
+# body, a decoded image and Pillow's canvas (measured: docs/api.md, "Memory").
 UPLOAD_SLOTS = 2
 UPLOAD_WAIT_S = 10.0
 
