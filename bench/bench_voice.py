@@ -2,13 +2,18 @@
 
 The real ChatService in this process (SQLite WAL in a temp dir); a real fake
 model server and a real fake speech-to-text server (tests/fake_llm.py, real
-HTTP, instant answers unless ``--stt-delay``) in a child process, so their
-threads do not compete with the turn for this interpreter's GIL. Two kinds of
+HTTP, instant answers unless ``--stt-delay``), each in its own child process,
+so their threads do not compete with the turn, or with each other, for one
+interpreter's GIL. Two kinds of
 turn, timed in alternating rounds so machine load hits both:
 
 - ``text``: a typed message;
 - ``voice``: a 3 s Ogg Opus voice note (checked with mutagen, transcribed over
-  HTTP, its transcript shown as "🎤 ...", then answered).
+  HTTP, its transcript shown as "🎤 ...", then answered);
+- ``control``: a typed message sent right after the same transcription call
+  (untimed): what the machine's state just after a transcription (the STT
+  server process still closing its connection, on a busy box) costs a turn
+  that does no voice work at all.
 
 Each turn is timed from the call into ChatService to the first reply text the
 channel receives (a send/edit whose text starts with the answer, the model
@@ -18,6 +23,9 @@ own time (the STT client's measured latency, all HTTP attempts) is subtracted.
     .venv/bin/python bench/bench_voice.py --turns 200 --rounds 5
 
 The figure is p50(voice, excluding transcription) - p50(text); target: unchanged.
+The voice turns are also split at the "🎤" echo: the voice-only work before it
+(the audio check, the usage row, the echo itself; transcription excluded) and
+the rest, which is the same path as a typed message's.
 """
 
 from __future__ import annotations
@@ -43,15 +51,29 @@ from core.models import Models  # noqa: E402
 from core.stt import SpeechToText  # noqa: E402
 from tests.core.media.audio_files import ogg_opus  # noqa: E402
 
-SERVERS = """
-import sys, time
+SERVER = """
+import sys
 from tests.fake_llm import FakeLLM
-llm, stt = FakeLLM().start(), FakeLLM().start()
-stt.stt_delay_s = float(sys.argv[1])
-stt.transcript = "turn from a voice note"
-print(llm.url, stt.url, flush=True)
+fake = FakeLLM().start()
+fake.stt_delay_s = float(sys.argv[1])
+fake.transcript = "turn from a voice note"
+print(fake.url, flush=True)
 sys.stdin.read()  # until the bench closes it
 """
+
+
+def start_server(root: Path, stt_delay: float) -> tuple[subprocess.Popen[str], str]:
+    """A fake server in its own process; returns it and its URL."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", SERVER, str(stt_delay)],
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    return child, child.stdout.readline().strip()
+
 
 ANSWER = "echo:"
 
@@ -64,6 +86,7 @@ class TimingChannel:
 
     def __init__(self) -> None:
         self.first_text: float | None = None
+        self.echo: float | None = None  # when the "🎤 ..." transcript was shown
         self.sent = 0
 
     def edit_interval(self, chat_id: str) -> float:
@@ -74,6 +97,8 @@ class TimingChannel:
             self.first_text = time.perf_counter()
 
     async def send(self, chat_id: str, text: str) -> str:
+        if self.echo is None and text.startswith("\U0001f3a4"):
+            self.echo = time.perf_counter()
         self._saw(text)
         self.sent += 1
         return str(self.sent)
@@ -99,8 +124,11 @@ def settings_for(tmp: Path, llm_url: str, stt_url: str) -> Settings:
     return Settings(**values)
 
 
-async def run_kind(settings: Settings, turns: int, *, spoken: bool) -> tuple[list[float], float]:
-    """First-text times (ms, transcription excluded) and the median transcription (ms)."""
+async def run_kind(
+    settings: Settings, turns: int, *, spoken: bool, after_stt: bool = False
+) -> tuple[list[float], dict[str, float]]:
+    """First-text times (ms, transcription excluded) and the voice turns' parts (median ms):
+    the transcription, the voice-only work around it (up to the echo), echo to first text."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.db_path)
     await db.open()
@@ -109,13 +137,16 @@ async def run_kind(settings: Settings, turns: int, *, spoken: bool) -> tuple[lis
     runtime = build_runtime(settings, db, models.primary, models=models, stt=stt)
     clip = AudioClip(ogg_opus(3.0), duration_s=3)
     times: list[float] = []
-    transcriptions: list[float] = []
+    parts: dict[str, list[float]] = {"transcription": [], "voice work": [], "after echo": []}
     try:
         for i in range(turns + 20):
             channel = TimingChannel()
             msg = IncomingMessage("local:bench", f"turn {i}", user_id="api:bench")
             if spoken:
                 msg = IncomingMessage("local:bench", "", user_id="api:bench", audio=clip)
+            if after_stt:  # the control: the same transcription, untimed, just before
+                assert stt is not None
+                await stt.transcribe(clip)
             started = time.perf_counter()
             result = await runtime.chat.handle(msg, channel)
             assert result.error_code is None and channel.first_text is not None
@@ -127,7 +158,10 @@ async def run_kind(settings: Settings, turns: int, *, spoken: bool) -> tuple[lis
             if i >= 20:  # warm-up
                 times.append(elapsed * 1000)
                 if spoken:
-                    transcriptions.append(transcribed * 1000)
+                    assert channel.echo is not None
+                    parts["transcription"].append(transcribed * 1000)
+                    parts["voice work"].append((channel.echo - started - transcribed) * 1000)
+                    parts["after echo"].append((channel.first_text - channel.echo) * 1000)
     finally:
         await runtime.chat.drain_background()
         await runtime.chat.usage.flush(db)
@@ -135,7 +169,7 @@ async def run_kind(settings: Settings, turns: int, *, spoken: bool) -> tuple[lis
             await stt.aclose()
         await models.aclose()
         await db.close()
-    return times, statistics.median(transcriptions) if transcriptions else 0.0
+    return times, {k: statistics.median(v) for k, v in parts.items() if v}
 
 
 async def main() -> None:
@@ -144,41 +178,44 @@ async def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--stt-delay", type=float, default=0.0, help="seconds per transcription")
     args = parser.parse_args()
-    p50s: dict[str, list[float]] = {"text": [], "voice": []}
-    stt_ms: list[float] = []
+    p50s: dict[str, list[float]] = {"text": [], "voice": [], "control": []}
+    voice_parts: dict[str, list[float]] = {}
     root = Path(__file__).resolve().parent.parent
-    servers = subprocess.Popen(
-        [sys.executable, "-c", SERVERS, str(args.stt_delay)],
-        cwd=root,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert servers.stdout is not None and servers.stdin is not None
-    llm_url, stt_url = servers.stdout.readline().split()
+    llm_server, llm_url = start_server(root, 0.0)
+    stt_server, stt_url = start_server(root, args.stt_delay)
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         for r in range(args.rounds):
             for name in p50s:
                 settings = settings_for(tmp / f"r{r}-{name}", llm_url, stt_url)
-                times, transcription = await run_kind(settings, args.turns, spoken=name == "voice")
+                times, parts = await run_kind(
+                    settings, args.turns, spoken=name == "voice", after_stt=name == "control"
+                )
                 p50s[name].append(statistics.median(times))
-                if name == "voice":
-                    stt_ms.append(transcription)
+                for part, value in parts.items():
+                    voice_parts.setdefault(part, []).append(value)
             print(
                 f"round {r + 1}: text {p50s['text'][-1]:.2f} ms, voice {p50s['voice'][-1]:.2f} ms "
-                f"(transcription {stt_ms[-1]:.2f} ms excluded)"
+                f"(transcription {voice_parts['transcription'][-1]:.2f} ms excluded), "
+                f"text after a transcription {p50s['control'][-1]:.2f} ms"
             )
-    servers.stdin.close()
-    servers.wait(10)
+    for child in (llm_server, stt_server):
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(10)
     med = {k: statistics.median(v) for k, v in p50s.items()}
+    medians = {k: statistics.median(v) for k, v in voice_parts.items()}
     print()
     print("| turn | first reply text, p50 (ms) |")
     print("| --- | --- |")
     print(f"| typed message | {med['text']:.2f} |")
     print(f"| voice note, excluding transcription | {med['voice']:.2f} |")
-    print(f"| (the transcription itself, excluded) | {statistics.median(stt_ms):.2f} |")
     print(f"| difference | {med['voice'] - med['text']:+.2f} |")
+    print(f"| typed message right after an (untimed) transcription | {med['control']:.2f} |")
+    print(f"| voice note: the transcription (excluded) | {medians['transcription']:.2f} |")
+    own = medians["voice work"]
+    print(f"| voice note: its own work besides (check, usage row, 🎤 echo) | {own:.2f} |")
+    print(f"| voice note: from the 🎤 echo to the first reply text | {medians['after echo']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from core.config import ENV_PREFIX, Settings, _read_config_file
 
 MASK = "***"
 # Plain (not SecretStr) settings that may carry a password in their URL.
-URL_SETTINGS = ("huey_redis_url", "llm_base_url", "alert_webhook_url")
+URL_SETTINGS = ("huey_redis_url", "llm_base_url", "alert_webhook_url", "stt_base_url")
 # Webhook URLs carry their secret in the path or query (Slack, Discord, ntfy tokens).
 SECRET_PATH_SETTINGS = ("alert_webhook_url",)
 

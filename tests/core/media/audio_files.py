@@ -66,3 +66,19 @@ def _page(
     page.first = first
     page.last = last
     return page.write()
+
+
+def flac(seconds: float, *, rate: int = 16_000) -> bytes:
+    """A FLAC stream header (STREAMINFO with the sample count) and no frames."""
+    samples = int(seconds * rate)
+    info = struct.pack(">HH", 4096, 4096) + b"\0\0\0" + b"\0\0\0"  # block sizes, frame sizes
+    # 20 bits rate, 3 bits channels-1, 5 bits bits-per-sample-1, 36 bits total samples
+    packed = (rate << 44) | (0 << 41) | (15 << 36) | samples
+    info += packed.to_bytes(8, "big") + b"\0" * 16  # + MD5
+    return b"fLaC" + bytes([0x80]) + len(info).to_bytes(3, "big") + info
+
+
+def mp3(seconds: float) -> bytes:
+    """MPEG-1 Layer III frames of silence at 128 kbit/s, 44.1 kHz (26.12 ms each)."""
+    frame = b"\xff\xfb\x90\x00" + b"\0" * 413  # 417 bytes: 144 * 128000 / 44100
+    return frame * round(seconds / 0.026122)

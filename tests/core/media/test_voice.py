@@ -34,9 +34,9 @@ from core.health import health_report
 from core.media import AudioClip
 from core.models import Models
 from core.runtime import Runtime
-from core.stt import SpeechToText
+from core.stt import SpeechToText, check_audio, upload_name
 from tests.conftest import make_settings
-from tests.core.media.audio_files import ogg_opus, wav
+from tests.core.media.audio_files import flac, mp3, ogg_opus, wav
 from tests.fake_llm import FakeLLM, dead_url, text_of
 
 SECRET = "sk-stt-very-secret-0123456789"
@@ -96,6 +96,41 @@ def voice(
 
 async def count(runtime: Runtime, sql: str = "SELECT count(*) FROM messages") -> int:
     return int(await runtime.db.scalar(sql))
+
+
+# --- check_audio, before any turn -----------------------------------------------------
+
+
+def test_check_audio_reads_lengths_and_takes_the_longer_of_declared_and_measured(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    assert check_audio(AudioClip(ogg_opus(7.5)), settings) == 7.5
+    assert check_audio(AudioClip(wav(2.0), mime="audio/wav"), settings) == 2.0
+    assert check_audio(AudioClip(flac(12.5), mime="audio/flac"), settings) == 12.5
+    assert round(check_audio(AudioClip(mp3(10.0), mime="audio/mpeg"), settings)) == 10
+    with pytest.raises(AudioTooLong):
+        check_audio(AudioClip(mp3(301.0), mime="audio/mpeg"), settings)
+    assert check_audio(AudioClip(ogg_opus(7.5), duration_s=9), settings) == 9
+    assert check_audio(AudioClip(ogg_opus(7.5), duration_s=1), settings) == 7.5
+    # A format the check cannot read, with a declared length: the server decides.
+    assert check_audio(AudioClip(b"\x1aE\xdf\xa3 webm bytes", duration_s=4), settings) == 4
+
+
+@pytest.mark.parametrize(
+    ("filename", "mime", "sent"),
+    [
+        ("voice.ogg", "audio/ogg", "voice.ogg"),
+        ("memo", "audio/mpeg", "memo.mp3"),
+        ("", "audio/x-m4a", "audio.m4a"),
+        ("../../etc/passwd", "audio/ogg", "etcpasswd.ogg"),
+        ('a"b\r\n.wav', "audio/wav", "ab.wav"),
+    ],
+)
+def test_the_file_name_sent_is_safe_and_has_an_extension(
+    filename: str, mime: str, sent: str
+) -> None:
+    assert upload_name(AudioClip(b"", filename, mime)) == sent
 
 
 # --- the happy path ------------------------------------------------------------------
@@ -222,7 +257,10 @@ async def test_a_file_over_the_byte_limit_is_refused(
     runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url, max_audio_bytes=4096))
     with pytest.raises(AudioTooLong) as caught:
         await runtime.chat.handle(voice(data=wav(2.0)), LocalReply())
-    assert "VIGIL_MAX_AUDIO_BYTES" in caught.value.message
+    assert (
+        "VIGIL_MAX_AUDIO_BYTES" in caught.value.message
+        and "31 KB; I can take at most 4 KB" in caught.value.message
+    )
     assert not stt.stt_requests and await count(runtime) == 0
 
 
@@ -380,3 +418,30 @@ async def test_a_redelivered_voice_note_is_answered_without_transcribing_again(
     assert len(stt.stt_requests) == 1
     assert again.reply == "echo: what is the capital of France"
     assert await count(runtime, "SELECT count(*) FROM messages WHERE role = 'user'") == 1
+
+
+# --- the key and the URL's password stay out of backups and `vigilctl config` ---------
+
+
+def test_backups_without_secrets_and_config_drop_the_stt_key_and_url_password(
+    tmp_path: Path,
+) -> None:
+    from core.backups.extras import redact_config, redact_env
+    from core.cli.config_view import shown_value
+    from core.config import ConfigError, load_settings
+
+    env = redact_env(
+        f"VIGIL_STT_API_KEY={SECRET}\nVIGIL_STT_BASE_URL=http://u:pw-77@h:8080/v1\nVIGIL_PORT=9\n"
+    )
+    toml = redact_config(
+        f'stt_api_key = "{SECRET}"\nstt_base_url = "http://u:pw-77@h:8080/v1"\n', ".toml"
+    )
+    for text in (env, toml):
+        assert SECRET not in text and "pw-77" not in text, text
+        assert "VIGIL-SECRET-NOT-IN-BACKUP" in text
+    (tmp_path / "restored.toml").write_text(toml)
+    with pytest.raises(ConfigError, match="VIGIL_STT_API_KEY still holds the placeholder"):
+        load_settings(config_file=tmp_path / "restored.toml", data_dir=tmp_path)
+    settings = make_settings(tmp_path, stt_api_key=SECRET, stt_base_url="http://u:pw-77@h:8080/v1")
+    shown = f"{shown_value(settings, 'stt_api_key')} {shown_value(settings, 'stt_base_url')}"
+    assert SECRET not in shown and "pw-77" not in shown
