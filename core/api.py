@@ -1,9 +1,12 @@
 """The local chat channel: chat with Vigil over HTTP, no Telegram needed.
 
 ``POST /api/chats/{chat_id}/messages`` answers with JSON holding the full
-reply, or with ``text/event-stream`` when the request asks for it. The turn
-runs as its own task, so a client that hangs up mid-stream loses nothing: the
-reply is still completed and stored. Every route needs the admin token.
+reply, or with ``text/event-stream`` when the request asks for it. The
+message may carry images or an audio file (JSON data URLs or multipart, read
+by ``core/uploads.py``); ``GET /api/chats/{chat_id}/images/{id}`` serves an
+image back. The turn runs as its own task, so a client that hangs up
+mid-stream loses nothing: the reply is still completed and stored. Every
+route needs the admin token.
 """
 
 from __future__ import annotations
@@ -16,20 +19,24 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response, StreamingResponse
 
 from core.channel import IncomingMessage, Turn, TurnResult, api_user
+from core.chat import parse_command
 from core.errors import (
     BadRequest,
     EmptyText,
     InvalidChatId,
     InvalidUser,
+    NotFound,
     TextTooLong,
     VigilError,
 )
 from core.http import check_admin
 from core.runtime import Runtime, RuntimeDep
+from core.uploads import MESSAGE_BODY, MessageForm, read_message
+from core.voice import TRANSCRIPT_MARK
 
 MAX_SQL_INT = 2**63 - 1  # SQLite's INTEGER range; larger numbers are refused with a 422
 CHAT_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -39,14 +46,6 @@ LOCAL_PREFIX = "local:"
 MAX_USER_CHARS = 64
 
 router = APIRouter(prefix="/api", tags=["local chat"], dependencies=[Depends(check_admin)])
-
-
-class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    text: str
-    user: str | None = None
-    stream: bool = False
 
 
 class LocalReply:
@@ -112,6 +111,7 @@ def stored_chat_id(chat_id: str) -> str:
 
 
 ChatIdPath = Annotated[str, Path(description="1-64 of [A-Za-z0-9_.-]")]
+ImageIdPath = Annotated[int, Path(ge=1, le=MAX_SQL_INT)]
 
 
 def turn_json(turn: Turn) -> dict[str, Any]:
@@ -134,27 +134,32 @@ def result_json(chat_id: str, result: TurnResult) -> dict[str, Any]:
         "command": result.command,
         "error": {"code": result.error_code} if result.error_code else None,
         "model": result.model,
-    }
+    } | ({"transcript": result.transcript} if result.transcript is not None else {})
 
 
-def _validate_text(runtime: Runtime, body: MessageIn) -> str:
-    text = body.text.strip()
-    if not text:
-        raise EmptyText("text must not be empty")
+def _validate_text(runtime: Runtime, form: MessageForm) -> str:
+    """The message's text; it may be empty when images or audio come with it."""
+    if form.text is None and not (form.images or form.audio):
+        raise RequestValidationError([{"type": "missing", "loc": ("body", "text"), "msg": ""}])
+    text = form.text or ""
+    if not text.strip() and not (form.images or form.audio):
+        raise EmptyText("text must not be empty (or send an image or audio with it)")
     try:
-        body.text.encode("utf-8")
+        text.encode("utf-8")
     except UnicodeEncodeError:
         raise BadRequest(
             "text is not valid Unicode (it holds an unpaired UTF-16 surrogate such as \\ud800)",
             field="text",
         ) from None
     limit = runtime.settings.max_message_chars
-    if len(body.text) > limit:
+    if len(text) > limit:
         raise TextTooLong(
-            f"text is {len(body.text)} characters; the limit is {limit} (VIGIL_MAX_MESSAGE_CHARS)",
+            f"text is {len(text)} characters; the limit is {limit} (VIGIL_MAX_MESSAGE_CHARS)",
             limit=limit,
         )
-    return body.text
+    if form.images and parse_command(text)[0] is not None:  # (an audio caption is never one)
+        raise BadRequest("a command (text starting with '/') cannot carry images", field="text")
+    return text
 
 
 def validate_user(user: str | None) -> str | None:
@@ -178,36 +183,47 @@ def validate_user(user: str | None) -> str | None:
     return user
 
 
-@router.post("/chats/{chat_id}/messages")
-async def post_message(
-    request: Request, runtime: RuntimeDep, chat_id: ChatIdPath, body: MessageIn
-) -> Any:
+@router.post("/chats/{chat_id}/messages", openapi_extra=MESSAGE_BODY)
+async def post_message(request: Request, runtime: RuntimeDep, chat_id: ChatIdPath) -> Any:
     full_id = local_chat_id(chat_id)
-    text = _validate_text(runtime, body)
-    user = validate_user(body.user)
+    form = await read_message(request, runtime.settings, runtime.uploads)
+    text = _validate_text(runtime, form)
+    user = validate_user(form.user)
     msg = IncomingMessage(
         chat_id=full_id,
         text=text,
         user_id=api_user(user),
-        username=body.user,
-        display_name=body.user,
+        username=user,
+        display_name=user,
         received_at=time.time(),
+        images=form.images,
+        audio=form.audio,
     )
-    wants_stream = body.stream or "text/event-stream" in request.headers.get("accept", "")
+    wants_stream = form.stream or "text/event-stream" in request.headers.get("accept", "")
     if not wants_stream:
         reply = LocalReply()
         result = await runtime.chat.handle(msg, reply)
         body_out = result_json(chat_id, result)
         # Said besides the reply (a budget heads-up, a fresh-context note): the
         # streamed form sends them as deltas; a JSON client gets them here.
-        notices = [m for i, m in enumerate(reply.messages) if str(i) not in result.sent_ids]
+        notices = [
+            m
+            for i, m in enumerate(reply.messages)
+            if str(i) not in result.sent_ids
+            and not (result.transcript is not None and m.startswith(TRANSCRIPT_MARK))
+        ]
         if notices and result.command is None:
             body_out["notices"] = notices
+        if msg.images and result.user_message_id is not None:
+            found = await images_of(runtime, [result.user_message_id], chat_id)
+            body_out["images"] = found.get(result.user_message_id, [])
         return body_out
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     channel = LocalReply(events)
     # Refused with 429/503 here, before the stream starts (not as an event in a 200 stream).
     await runtime.chat.admit_user(msg, channel)  # rate limit, budgets (not commands)
+    if msg.images:  # a chat whose model cannot see: 422 now, not an error event in a 200
+        await runtime.chat._check_vision(msg)
     task = runtime.chat.handle_in_background(msg, channel, admitted=True)
     return StreamingResponse(
         _sse(chat_id, task, events),
@@ -254,12 +270,67 @@ async def get_messages(
     full_id = stored_chat_id(chat_id)
     chat = await memory.chat(full_id)
     turns = await memory.history(full_id, limit=limit, before=before, role=role)
+    images = await images_of(runtime, [t.id for t in turns if t.images], chat_id)
     return {
         "chat_id": chat_id,
         "message_count": chat["message_count"],
-        "messages": [turn_json(t) for t in turns],
+        "messages": [{**turn_json(t), "images": images.get(t.id, [])} for t in turns],
         "next_before": turns[-1].id if len(turns) == limit else None,
     }
+
+
+async def images_of(
+    runtime: Runtime, message_ids: list[int], chat_id: str
+) -> dict[int, list[dict[str, Any]]]:
+    """Each message's images as the API lists them (``url``: the route below)."""
+    found: dict[int, list[dict[str, Any]]] = {}
+    if not message_ids:
+        return found
+    marks = ",".join("?" * len(message_ids))
+    rows = await runtime.db.fetchall(
+        "SELECT id, message_id, mime, bytes, width, height FROM message_images"
+        f" WHERE message_id IN ({marks}) ORDER BY id",
+        message_ids,
+    )
+    for row in rows:
+        found.setdefault(row["message_id"], []).append(
+            {
+                "id": row["id"],
+                "url": f"/api/chats/{chat_id}/images/{row['id']}",
+                "mime": row["mime"],
+                "width": row["width"],
+                "height": row["height"],
+                "bytes": row["bytes"],
+            }
+        )
+    return found
+
+
+@router.get(
+    "/chats/{chat_id}/images/{image_id}",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+async def get_image(runtime: RuntimeDep, chat_id: ChatIdPath, image_id: ImageIdPath) -> Response:
+    """An image stored with a message of this chat (the bytes Vigil re-encoded)."""
+    full_id = stored_chat_id(chat_id)
+    row = await runtime.db.fetchone(
+        "SELECT path, mime FROM message_images WHERE id = ? AND chat_id = ?", (image_id, full_id)
+    )
+    if row is None:
+        raise NotFound(f"chat {chat_id} has no image {image_id}", image_id=image_id)
+    media = runtime.chat.media
+    data = None if media is None else await asyncio.to_thread(media.read, row["path"])
+    if data is None:
+        raise NotFound(
+            f"the file of image {image_id} is gone (deleted, or not restored from a backup)",
+            image_id=image_id,
+        )
+    return Response(
+        data,
+        media_type=row["mime"],
+        headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 @router.delete("/chats/{chat_id}/context")

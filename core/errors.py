@@ -48,6 +48,20 @@ class TextTooLong(BadRequest):
     status = 413
 
 
+class TooManyImages(BadRequest):
+    code = "too_many_images"
+    status = 413
+
+
+class InvalidMultipart(BadRequest):
+    code = "invalid_multipart"
+
+
+class UnsupportedContentType(BadRequest):
+    code = "unsupported_content_type"
+    status = 415
+
+
 class NotFound(VigilError):
     code = "not_found"
     status = 404

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import Any
+import math
+import re
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,6 +22,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from core.errors import Forbidden, TextTooLong, Unauthorized, VigilError
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 log = logging.getLogger(__name__)
 FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
@@ -134,6 +139,8 @@ def is_admin_token(scheme: str, token: str, expected: str) -> bool:
 
 
 BODYLESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The one route whose body may carry images or audio (a larger limit, read by the route).
+UPLOAD_ROUTE = re.compile(r"^/api/chats/[^/]+/messages$")
 
 
 class BodyGuard:
@@ -146,6 +153,10 @@ class BodyGuard:
     just to be answered 401. Chunked bodies are counted as they arrive. Every
     route that takes a body needs the admin token, so refusing an anonymous
     one here changes no answer but the cost.
+
+    ``POST /api/chats/{id}/messages`` may carry images or audio: its limit is
+    :func:`upload_body_bytes`, and its body is passed on unbuffered (counted)
+    for the route to read under its upload gate (``core/uploads.py``).
     """
 
     def __init__(self, app: Any, *, prefix: str = "/api/") -> None:
@@ -168,12 +179,21 @@ class BodyGuard:
         elif not is_admin_token(scheme, token, runtime.admin_token):
             problem = Forbidden("the admin token is wrong")
             _refused(scope, "wrong token")
-        limit = max_body_bytes(runtime.settings.max_message_chars)
+        is_upload = scope["method"] == "POST" and UPLOAD_ROUTE.match(scope["path"]) is not None
+        settings = runtime.settings
+        limit = max_body_bytes(settings.max_message_chars)
+        if is_upload:
+            limit = upload_body_bytes(settings)
         length = headers.get("content-length", "")
         if problem is None and length.isdigit() and int(length) > limit:
             problem = TextTooLong(f"the request body is larger than {limit} bytes", limit=limit)
         if problem is not None:
             await error_response(problem)(scope, receive, send)
+            return
+        if is_upload:
+            # Images or audio: read by the route itself under its upload gate
+            # (core/uploads.py), never buffered here; counted as it arrives.
+            await self.app(scope, _counted(receive, limit), send)
             return
         body, complete = await _read_body(receive, limit)
         if not complete:
@@ -186,6 +206,32 @@ class BodyGuard:
 def max_body_bytes(max_chars: int) -> int:
     # JSON may escape each character as \uXXXX (6 bytes), plus the envelope.
     return 6 * max_chars + 4096
+
+
+def upload_body_bytes(settings: Settings) -> int:
+    """The body limit of ``POST /api/chats/{id}/messages``: its text plus either
+    VIGIL_MAX_IMAGES_PER_MESSAGE images as base64 data URLs (the larger form of
+    an image; a multipart file is its raw size) or one VIGIL_MAX_AUDIO_BYTES file."""
+    per_image = 4 * math.ceil(settings.max_image_bytes / 3) + 512  # data URL or part headers
+    images = settings.max_images_per_message * per_image
+    audio = settings.max_audio_bytes + 1024
+    return max_body_bytes(settings.max_message_chars) + max(images, audio)
+
+
+def _counted(receive: Any, limit: int) -> Any:
+    """``receive`` that raises TextTooLong (413) once more than ``limit`` bytes came."""
+    size = 0
+
+    async def counted() -> Any:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise TextTooLong(f"the request body is larger than {limit} bytes", limit=limit)
+        return message
+
+    return counted
 
 
 async def _read_body(receive: Any, limit: int) -> tuple[bytes, bool]:

@@ -24,6 +24,7 @@ from fastapi import Depends, Request
 
 from core.audit import AuthAudit
 from core.counter_buffer import CounterBuffer
+from core.uploads import UploadGate
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -107,6 +108,8 @@ class Runtime:
     # Monotonic counters (core/metering.py) and refused admin tokens (core/audit.py).
     counters: CounterBuffer = field(default_factory=CounterBuffer)
     audit: AuthAudit = field(init=False)
+    # Large message bodies (images, audio) read at once by the local API.
+    uploads: UploadGate = field(default_factory=UploadGate)
 
     def __post_init__(self) -> None:
         self.audit = AuthAudit(self.counters)

@@ -1,0 +1,198 @@
+"""The body limits of the messages route: large enough for its images, still
+refused before a byte is read when too big, the token checked first; every
+other route keeps the small limit. And the upload gate that bounds how many
+large bodies are in memory at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.errors import Busy
+from core.http import max_body_bytes, upload_body_bytes
+from core.uploads import UploadGate
+from tests.conftest import LiveServer, make_settings
+from tests.core.test_api_errors import error_of
+from tests.fake_llm import FakeLLM
+
+
+def noise_png(side: int) -> bytes:
+    out = io.BytesIO()
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def status_before_body(port: int, path: str, headers: str) -> tuple[int, bytes]:
+    """Send only the request head (no body) and read the answer: a server that
+    waited for the body would time out here instead of answering."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}\r\n".encode("latin-1")
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.fixture
+def tight(
+    tmp_path: Path, fake_llm: FakeLLM, live_server_factory: Callable[..., LiveServer]
+) -> LiveServer:
+    settings = make_settings(
+        tmp_path,
+        llm_base_url=fake_llm.url,
+        llm_vision_model="fake",
+        max_images_per_message=1,
+        max_image_bytes=4096,
+        max_audio_bytes=1024,
+    )
+    return live_server_factory(settings)
+
+
+def test_the_upload_limit_fits_the_configured_media() -> None:
+    settings = make_settings(Path("/nonexistent"))  # defaults: 4 images of 10 MB, 25 MB audio
+    limit = upload_body_bytes(settings)
+    small = max_body_bytes(settings.max_message_chars)
+    base64_image = 4 * -(-settings.max_image_bytes // 3)
+    assert limit >= small + 4 * len("data:image/jpeg;base64,") + 4 * base64_image
+    assert limit >= small + settings.max_audio_bytes
+    assert limit < small + 4 * base64_image + 4096  # and not much more
+
+
+def test_a_declared_too_big_body_is_refused_before_it_is_read(tight: LiveServer) -> None:
+    limit = upload_body_bytes(tight.settings)
+    port = tight.settings.port
+    auth = f"Authorization: Bearer {tight.token}\r\n"
+    kind = "Content-Type: multipart/form-data; boundary=x\r\n"
+    status, body = status_before_body(
+        port, "/api/chats/big/messages", f"{auth}{kind}Content-Length: {limit + 1}\r\n"
+    )
+    assert status == 413 and str(limit).encode() in body
+    # The token is still checked first: an anonymous one learns nothing about sizes.
+    status, _ = status_before_body(
+        port, "/api/chats/big/messages", f"{kind}Content-Length: {limit + 1}\r\n"
+    )
+    assert status == 401
+    # Within the limit: the server waits for the body (here: never sent) - no answer yet.
+    with (
+        pytest.raises(TimeoutError),
+        socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock,
+    ):
+        sock.sendall(
+            f"POST /api/chats/big/messages HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{kind}"
+            f"Content-Length: {limit}\r\n\r\n".encode()
+        )
+        sock.recv(100)
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit(tight: LiveServer) -> None:
+    limit = upload_body_bytes(tight.settings)
+
+    def chunks():  # no Content-Length: counted as it arrives
+        for _ in range(limit // 10_000 + 2):
+            yield b"x" * 10_000
+
+    response = tight.client.post(
+        "/api/chats/chunked/messages",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert error_of(response)["limit"] == limit
+    assert tight.client.get("/api/chats/chunked/messages").status_code == 404  # nothing stored
+    assert tight.chat("chunked", "still fine").status_code == 200
+
+
+def test_an_image_larger_than_the_text_limit_passes_only_on_the_messages_route(
+    live_server_factory: Callable[..., LiveServer], fake_llm: FakeLLM, tmp_path: Path
+) -> None:
+    server = live_server_factory(
+        make_settings(tmp_path, llm_base_url=fake_llm.url, llm_vision_model="fake")
+    )
+    image = noise_png(256)  # ~200 KB: more than the text limit (~100 KB)
+    assert len(image) > max_body_bytes(server.settings.max_message_chars)
+    files = [("image", ("n.png", image, "image/png"))]
+    sent = server.client.post("/api/chats/n/messages", files=files)
+    assert sent.status_code == 200, sent.text
+    assert sent.json()["images"][0]["width"] == 256
+    elsewhere = server.client.post("/resources/cleanup", files=files)
+    assert elsewhere.status_code == 413
+
+
+async def test_the_upload_gate_refuses_beyond_its_slots_with_a_429() -> None:
+    gate = UploadGate(1, wait_s=0.05)
+    async with gate.slot():
+        with pytest.raises(Busy) as caught:
+            async with gate.slot():
+                pass
+    assert caught.value.status == 429 and caught.value.retry_after > 0
+    async with gate.slot():  # freed again
+        pass
+
+
+async def test_a_waiting_upload_gets_the_slot_when_it_frees() -> None:
+    gate = UploadGate(1, wait_s=5)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with gate.slot():
+            order.append("first in")
+            await release.wait()
+        order.append("first out")
+
+    async def second() -> None:
+        async with gate.slot():
+            order.append("second in")
+
+    task = asyncio.ensure_future(first())
+    await asyncio.sleep(0)
+    waiting = asyncio.ensure_future(second())
+    await asyncio.sleep(0.01)
+    assert order == ["first in"]
+    release.set()
+    await asyncio.gather(task, waiting)
+    assert order == ["first in", "first out", "second in"]
+
+
+def test_images_in_a_small_body_are_decoded_under_the_gate_too(tight: LiveServer) -> None:
+    """A small file can hold a large canvas: its decoding needs a slot as well."""
+    gate = UploadGate(1, wait_s=0.2)
+    tight.runtime.uploads = gate  # one slot, held below by a long upload
+    release = threading.Event()
+    holding: list[asyncio.Future[None]] = []
+
+    async def hold(runtime: object) -> None:
+        entered = asyncio.Event()
+
+        async def holder() -> None:
+            async with gate.slot():
+                entered.set()
+                while not release.is_set():
+                    await asyncio.sleep(0.01)
+
+        holding.append(asyncio.ensure_future(holder()))
+        await entered.wait()
+
+    tight.call(hold)
+    small = [("image", ("s.png", noise_png(8), "image/png"))]
+    busy = tight.client.post("/api/chats/g/messages", files=small)
+    assert busy.status_code == 429, busy.text
+    assert error_of(busy)["code"] == "busy" and busy.headers["retry-after"]
+    assert tight.chat("g", "text needs no slot").status_code == 200
+    release.set()
+    assert tight.client.post("/api/chats/g/messages", files=small).status_code == 200
