@@ -221,9 +221,8 @@ async def post_message(request: Request, runtime: RuntimeDep, chat_id: ChatIdPat
     events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     channel = LocalReply(events)
     # Refused with 429/503 here, before the stream starts (not as an event in a 200 stream).
-    await runtime.chat.admit_user(msg, channel)  # rate limit, budgets (not commands)
-    if msg.images:  # a chat whose model cannot see: 422 now, not an error event in a 200
-        await runtime.chat._check_vision(msg)
+    # Rate limit, budgets (not commands), and a chat whose model cannot see an image.
+    await runtime.chat.admit_user(msg, channel)
     task = runtime.chat.handle_in_background(msg, channel, admitted=True)
     return StreamingResponse(
         _sse(chat_id, task, events),

@@ -186,11 +186,14 @@ class ChatService:
             self.rate_limiter.hit(self.user_of(msg, channel))
 
     async def admit_user(self, msg: IncomingMessage, channel: Channel) -> None:
-        """The user's rate limit and budgets (UserLimitError), before a stream opens."""
+        """The user's rate limit and budgets (UserLimitError), before a stream opens;
+        an image for a chat whose model cannot see (NoVisionModel)."""
         if msg.audio is not None:
             self.check_voice(msg)
         elif parse_command(msg.text)[0] is not None:
             return
+        if msg.images:
+            await self.check_vision(msg.chat_id)
         self._check_rate(msg, channel)
         await self._check_budget(msg, channel)
 
@@ -331,7 +334,7 @@ class ChatService:
             return await self._answer(msg, channel, user_turn.id, exclude=later)
         async with self._budgeted(msg, channel):
             if msg.images:
-                await self._check_vision(msg)
+                await self.check_vision(msg.chat_id)
             transcript = None
             if msg.audio is not None:  # inside the turn: budgets and one turn per chat apply
                 assert self.stt is not None  # check_voice ran in handle()
@@ -345,9 +348,9 @@ class ChatService:
         """A voice note's checks before its turn: VoiceNotEnabled, BadAudio, AudioTooLong."""
         voice.check_voice(self.stt, msg)
 
-    async def _check_vision(self, msg: IncomingMessage) -> None:
+    async def check_vision(self, chat_id: str) -> None:
         """Refuse an image (before anything is stored) when no model here can see."""
-        if self.media is not None and self.models.vision_for(await self.chosen_model(msg.chat_id)):
+        if self.media is not None and self.models.vision_for(await self.chosen_model(chat_id)):
             return
         seeing = sorted(n for n in self.models.clients if self.models.sees(n))
         hint = f" Send /model {seeing[0]} to switch to one that can." if seeing else ""

@@ -328,6 +328,8 @@ class TelegramBot:
             if await self.chat.memory.find_external(incoming.chat_id, str(msg.message_id)):
                 return incoming, False  # stored before the restart, with its image: not refetched
         refuse_early(msg.media, self.media_limits)
+        if msg.media.is_image:  # a chat whose model cannot see: told before the download
+            await self.chat.check_vision(incoming.chat_id)
         await self.chat.admit_user(incoming, self.channel)  # rate limit, budget: no download
         images, audio = await fetch(
             self.media_source, msg.chat_id, msg.message_id, msg.media, self.media_limits

@@ -178,6 +178,7 @@ def test_a_text_only_setup_says_it_cannot_see(
     (reply,) = tg.fake.texts(42)
     assert reply.startswith("I can't look at images")
     assert fake_llm.requests == []
+    assert tg.fake.downloads == []  # told before the photo was fetched
     assert stored(tg.server) == NOTHING
     assert ledger(tg.server) == ["answered"]
 
