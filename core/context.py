@@ -213,7 +213,11 @@ class ContextWindowManager:
         tokens = self.memory.estimate(system) + MESSAGE_OVERHEAD_TOKENS
         costs = [tokens]
         newest = self.max_images if images else 0
-        with_images = [t.id for t in keep if t.images][-newest:] if newest else []
+        # The newest ``max_images`` turns (a chatter's message and its answer) keep
+        # their images, so a follow-up question still sees the picture; older
+        # images are text, and the chat's own model answers again.
+        users = [t.id for t in keep if t.role == "user"]
+        with_images = set(users[-newest:]) if newest else set()
         sent = 0
         for turn in keep:
             before = tokens

@@ -149,11 +149,34 @@ async def test_only_the_newest_image_turns_are_sent_older_become_text(
     runtime = await open_runtime(settings)
     for n in range(3):
         await runtime.chat.handle(photo("local:p", f"picture {n}"), LocalReply())
-    await runtime.chat.handle(IncomingMessage("local:p", "and now?", user_id="5"), LocalReply())
-    messages = eyes.requests[-1]["messages"]
-    assert len(eyes.image_urls()) == 2
-    first_user = next(m for m in messages if m["role"] == "user")
+    assert len(eyes.image_urls()) == 2  # pictures 1 and 2: the newest two turns
+    first_user = next(m for m in eyes.requests[-1]["messages"] if m["role"] == "user")
     assert first_user["content"] == "picture 0 [image: picture 0]"
+    await runtime.chat.handle(IncomingMessage("local:p", "and now?", user_id="5"), LocalReply())
+    assert len(eyes.image_urls()) == 1  # picture 2 and the follow-up
+
+
+async def test_a_follow_up_still_sees_the_picture_then_the_chat_model_answers_again(
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+) -> None:
+    text, eyes = pair
+    settings = make_settings(
+        tmp_path,
+        llm_models=two_profiles(text, eyes, vision=False),
+        llm_default="text",
+        llm_vision_model="eyes",
+    )
+    runtime = await open_runtime(settings)
+    said = [await runtime.chat.handle(IncomingMessage("local:p", "hi", user_id="5"), LocalReply())]
+    said.append(await runtime.chat.handle(photo("local:p", "what is this?"), LocalReply()))
+    for words in ("what colour is it?", "thanks, and what is 2+2?"):
+        said.append(
+            await runtime.chat.handle(IncomingMessage("local:p", words, user_id="5"), LocalReply())
+        )
+    assert [r.model for r in said] == ["text", "eyes", "eyes", "text"]
+    assert len(eyes.image_urls()) == 1  # the follow-up carried the picture
+    contents = [m["content"] for m in text.requests[-1]["messages"]]
+    assert "what is this? [image: what is this?]" in contents  # now text for the text model
 
 
 async def test_an_image_for_a_text_only_setup_is_refused_and_nothing_is_stored(
