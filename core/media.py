@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import io
 import logging
@@ -23,23 +24,61 @@ import math
 import os
 import re
 import secrets
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
-from core.errors import BadImage, CorruptImage, ImageTooLarge, NotAnImage
+from core.errors import (
+    BadImage,
+    CorruptImage,
+    ImageTooLarge,
+    NotAnImage,
+    StorageError,
+    StorageFull,
+    StorageReadOnly,
+)
 
 log = logging.getLogger(__name__)
 
 MEDIA_DIR = "media"
 IMAGE_MIME = "image/jpeg"
 JPEG_QUALITY = 85
-# Decoded size limit: a small file can claim a huge canvas (a decompression
-# bomb). 64 megapixels is a 9000 x 7000 photo; larger is refused.
+# What Pillow may decode. Everything else (EPS would run Ghostscript, PDF,
+# JPEG 2000, ICO with a PNG inside, PSD, TGA, ...) is refused before a decoder
+# runs. A JPEG with several pictures (MPO) is read as JPEG.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+# Size limits. A small file can claim a huge canvas (a decompression bomb), and
+# decoding costs memory for every pixel: 4 bytes, plus copies while resizing
+# (about 10 bytes a pixel in all; WebP's decoder keeps two more canvases, about
+# 16). What is decoded at full size is limited to 12 megapixels (4000 x 3000;
+# a 4K screenshot fits), a WebP to 6: at most about 150 MB and half a second
+# of CPU per image. A baseline JPEG is decoded at 1/2, 1/4 or 1/8 of its size
+# (libjpeg's scaling), so a camera photo of up to 64 megapixels is read; a
+# progressive JPEG keeps all its coefficients in memory whatever the scale, so
+# it counts at full size.
 MAX_PIXELS = 64_000_000
+MAX_DECODED_PIXELS = 12_000_000
+MAX_WEBP_PIXELS = 6_000_000
+# A progressive JPEG is decoded once per scan: encoders write about 10; a file
+# of thousands of tiny scans would take minutes of CPU.
+MAX_JPEG_SCANS = 100
+# At most this many images are decoded at once (each may take ~100 MB briefly).
+_DECODERS = threading.BoundedSemaphore(2)
+_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _DATA_URL_RE = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)?(;[A-Za-z0-9=.+-]+)*;base64,", re.I)
 
 
@@ -77,7 +116,11 @@ class AudioClip:
 
 
 def prepare_image(data: bytes, *, max_bytes: int, max_side: int) -> PreparedImage:
-    """Check and re-encode one image; raises a :class:`BadImage` naming the problem."""
+    """Check and re-encode one image; raises a :class:`BadImage` naming the problem.
+
+    CPU-bound (up to a few hundred ms for the largest accepted image): call it
+    in a worker thread (``asyncio.to_thread``), never on the event loop.
+    """
     size = len(data)
     if size > max_bytes:
         raise ImageTooLarge(
@@ -87,49 +130,128 @@ def prepare_image(data: bytes, *, max_bytes: int, max_side: int) -> PreparedImag
         )
     if size == 0:
         raise NotAnImage("the image is empty (0 bytes)")
-    with warnings.catch_warnings():
+    with _DECODERS, warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a damaged file's many complaints
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        kind = "?"
         try:
-            with Image.open(io.BytesIO(data)) as opened:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as opened:
                 kind = opened.format or "?"
-                if opened.width * opened.height > MAX_PIXELS:
-                    raise ImageTooLarge(
-                        f"the image is {opened.width}x{opened.height} pixels; at most "
-                        f"{MAX_PIXELS // 1_000_000} megapixels are read",
-                        width=opened.width,
-                        height=opened.height,
-                    )
-                opened.draft("RGB", (max_side, max_side))  # JPEG: decode at a smaller scale
-                opened.load()
-                image = _upright_rgb(opened)
+                image = _decode(opened, data, max_side)
+        except BadImage:
+            raise
         except UnidentifiedImageError:
             raise NotAnImage(
                 "that file is not an image (JPEG, PNG, WebP, GIF, BMP or TIFF expected)"
             ) from None
         except (Image.DecompressionBombWarning, Image.DecompressionBombError):
             raise ImageTooLarge("the image's canvas is too large to read safely") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        except Exception as exc:  # Pillow's decoders raise many kinds on bad input
+            log.info("a %s image could not be decoded: %s: %s", kind, type(exc).__name__, exc)
             raise CorruptImage(
                 f"the {kind} image could not be read (damaged or cut short: {_short(exc)})"
             ) from None
-    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    image.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)
     return PreparedImage(out.getvalue(), image.width, image.height, size)
 
 
-def _upright_rgb(image: Image.Image) -> Image.Image:
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)  # an animation: its first frame
-    upright = ImageOps.exif_transpose(image) or image
-    if upright.mode in ("RGBA", "LA", "PA") or (
-        upright.mode == "P" and "transparency" in upright.info
-    ):
-        rgba = upright.convert("RGBA")
-        flat = Image.new("RGB", rgba.size, (255, 255, 255))
-        flat.paste(rgba, mask=rgba.getchannel("A"))
+def _too_large(width: int, height: int, limit: int, why: str = "") -> ImageTooLarge:
+    return ImageTooLarge(
+        f"the image is {width}x{height} pixels; at most {limit / 1_000_000:.1f} megapixels "
+        f"are read{why}",
+        width=width,
+        height=height,
+    )
+
+
+def _decode(opened: Image.Image, data: bytes, max_side: int) -> Image.Image:
+    """The first frame of an opened image, upright, at most max_side, RGB."""
+    width, height = opened.size
+    if width * height > MAX_PIXELS:
+        raise _too_large(width, height, MAX_PIXELS)
+    if opened.format in ("JPEG", "MPO"):
+        buffered, scans = _jpeg_layout(data)
+        if scans > MAX_JPEG_SCANS:
+            raise CorruptImage(
+                f"the JPEG image has {scans} scans; at most {MAX_JPEG_SCANS} are read"
+            )
+        if buffered and width * height > MAX_DECODED_PIXELS:
+            raise _too_large(width, height, MAX_DECODED_PIXELS, " from a progressive JPEG")
+        opened.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 of the size
+    limit = MAX_WEBP_PIXELS if opened.format == "WEBP" else MAX_DECODED_PIXELS
+    if opened.width * opened.height > limit:
+        raise _too_large(width, height, limit)
+    opened.load()  # the first frame of an animation
+    try:  # read after load: Pillow turns a TIFF upright itself and drops its tag
+        orientation = int(opened.getexif().get(_ORIENTATION, 1))
+    except Exception:  # damaged EXIF: the picture itself may be fine
+        orientation = 1
+    image = _resamplable(opened)
+    # Downscaled before anything else: converting, turning and flattening copy
+    # the image, and a copy of the small one is cheap (the box is square, so
+    # turning after is the same).
+    image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    image = _eight_bit(image)
+    if orientation in _TRANSPOSE:
+        image = image.transpose(_TRANSPOSE[orientation])
+    if image.mode in ("RGBA", "LA"):
+        flat = Image.new("RGB", image.size, (255, 255, 255))
+        flat.paste(image, mask=image.getchannel("A"))
         return flat
-    return upright.convert("RGB")
+    return image.convert("RGB")
+
+
+def _resamplable(image: Image.Image) -> Image.Image:
+    """The image in a mode Pillow resizes smoothly (it resizes 1 and P by
+    nearest pixel), its transparent colour, if any, as alpha."""
+    mode = image.mode
+    if mode in ("L", "RGB") and "transparency" in image.info:  # PNG tRNS: a colour
+        return image.convert("RGBA")
+    if mode in ("P", "PA", "RGBa", "La", "1"):
+        return image.convert("RGBA" if image.has_transparency_data else "RGB")
+    return image
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """L, LA, RGB or RGBA: 16-bit, 32-bit and float samples scaled into 0..255
+    (a plain convert clips them: a 16-bit photo would come out white)."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        wide = image.convert("I") if mode.startswith("I;16") else image
+        extrema = (0, 65535) if mode.startswith("I;16") else wide.getextrema()
+        low, high = float(extrema[0]), float(extrema[1])  # type: ignore[arg-type]
+        span = high - low or 1.0
+        scaled = wide.point(lambda v: (v - low) * 255.0 / span)
+        return scaled.convert("L")
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
+
+
+def _jpeg_layout(data: bytes) -> tuple[bool, int]:
+    """(buffered, scans) of a JPEG: does libjpeg keep every coefficient of the
+    image in memory (progressive, or a first scan without every component),
+    and how many scans it has."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return False, 1  # not where a marker should be: Pillow will judge the file
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in (0xC2, 0xC6, 0xCA, 0xCE):  # progressive SOF
+            return True, data.count(b"\xff\xda", i)
+        if marker in (0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF) and i + 9 < n:
+            components = data[i + 9]
+            sos = data.find(b"\xff\xda", i)
+            if sos < 0 or sos + 4 >= n:
+                return False, 1
+            return data[sos + 4] < components, data.count(b"\xff\xda", sos)
+        i += 2 + length
+    return False, 1
 
 
 def decode_data_url(url: str, *, max_bytes: int) -> bytes:
@@ -187,22 +309,31 @@ class MediaStore:
         return path
 
     def save(self, chat_id: str, image: PreparedImage) -> str:
-        """Write the image (fsynced, 0600); returns its path relative to the store."""
+        """Write the image (fsynced, 0600); returns its path relative to the store.
+
+        Raises a StorageError (disk full, read-only, permission denied), never
+        a bare OSError: the chatter is told the image could not be kept.
+        """
         folder = hashlib.sha256(chat_id.encode()).hexdigest()[:16]
         relative = f"{folder}/{secrets.token_hex(12)}.jpg"
         target = self.root / relative
-        _mkdir_private(target.parent)
         tmp = target.with_suffix(".part")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _mkdir_private(self.root, target.parent)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise _storage_error(exc) from exc
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(image.data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, target)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if isinstance(exc, OSError):
+                raise _storage_error(exc) from exc
             raise
         return relative
 
@@ -237,10 +368,35 @@ class MediaStore:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
 
-def _mkdir_private(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
+def _mkdir_private(root: Path, path: Path) -> None:
+    """Create ``path`` (inside ``root``) and the store itself 0700, whatever the
+    umask (``mkdir(parents=True)`` would make the missing parents 0777 under
+    umask 000: a world-writable media store)."""
+    missing: list[Path] = []
+    for level in (path, *path.parents):
+        if level.is_dir():
+            break
+        missing.append(level)
+    for level in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # a concurrent save made it
+            level.mkdir(mode=0o700)
+    if path.is_symlink() or root.resolve() not in path.resolve().parents:
+        # A chat's folder must be a folder of the store, not a link out of it.
+        raise PermissionError(errno.EACCES, f"{path} is not a folder of the media store")
+    for level in {root, path, *missing}:
+        with contextlib.suppress(OSError):
+            os.chmod(level, 0o700)
+
+
+def _storage_error(exc: OSError) -> StorageError:
+    what = "the image could not be stored"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"{what}: the disk is full; free space in the data directory")
+    if exc.errno == errno.EROFS:
+        return StorageReadOnly(f"{what}: the data directory is read-only")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(f"{what}: permission denied on the media directory (data/media)")
+    return StorageError(f"{what}: {exc.strerror or exc}")
 
 
 def _mb(size: int) -> str:

@@ -1,0 +1,400 @@
+"""prepare_image under attack: bombs, odd modes, odd formats, damaged files.
+
+Every input either becomes a small upright RGB JPEG or is refused with a
+MediaError naming the problem; nothing else escapes, and nothing decodes a
+canvas larger than the limits (real Pillow, real files built in memory).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import struct
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from core.errors import CorruptImage, ImageTooLarge, MediaError, NotAnImage
+from core.media import (
+    MAX_DECODED_PIXELS,
+    MAX_JPEG_SCANS,
+    MAX_WEBP_PIXELS,
+    PreparedImage,
+    prepare_image,
+)
+
+LIMIT = 10 * 1_048_576
+SIDE = 1568
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def prepare(data: bytes) -> PreparedImage:
+    return prepare_image(data, max_bytes=LIMIT, max_side=SIDE)
+
+
+def pixel(prepared: PreparedImage, xy: tuple[int, int] = (0, 0)) -> tuple[int, ...]:
+    with Image.open(io.BytesIO(prepared.data)) as out:
+        assert out.format == "JPEG" and out.mode == "RGB"
+        value = out.getpixel(xy)
+    assert isinstance(value, tuple)
+    return value
+
+
+def near(a: tuple[int, ...], b: tuple[int, ...], slack: int = 6) -> bool:
+    return all(abs(x - y) <= slack for x, y in zip(a, b, strict=True))
+
+
+# --- formats ---------------------------------------------------------------------
+
+
+def tiny(fmt: str, mode: str = "RGB") -> bytes:
+    return encode(Image.new(mode, (16, 16), "red" if mode == "RGB" else 1), fmt)
+
+
+@pytest.mark.parametrize(
+    "fmt", ["ICO", "TGA", "PPM", "PCX", "QOI", "SGI", "JPEG2000", "AVIF", "DDS", "IM", "EPS"]
+)
+def test_only_the_usual_formats_are_decoded(fmt: str) -> None:
+    data = tiny(fmt)
+    with pytest.raises(NotAnImage) as caught:
+        prepare(data)
+    assert "JPEG, PNG, WebP, GIF, BMP or TIFF" in caught.value.message
+
+
+def test_an_eps_never_runs_ghostscript(tmp_path: Path) -> None:
+    # A "gs" first on PATH that leaves a mark if anything runs it: Pillow's EPS
+    # reader would (a PostScript file is a program).
+    mark = tmp_path / "gs-ran"
+    fake = tmp_path / "bin" / "gs"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\ntouch {mark}\nexit 1\n")
+    fake.chmod(0o755)
+    eps = encode(Image.new("RGB", (16, 16), "red"), "EPS")
+    script = textwrap.dedent(
+        f"""
+        from core.errors import MediaError
+        from core.media import prepare_image
+        try:
+            prepare_image({eps!r}, max_bytes=10_000_000, max_side=1568)
+        except MediaError as exc:
+            print(type(exc).__name__)
+        """
+    )
+    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ.get('PATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "NotAnImage"
+    assert not mark.exists()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"><rect/></svg>',
+        b"<!DOCTYPE html><html><script>alert(1)</script></html>",
+        b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF",
+        b"PK\x03\x04" + b"\x00" * 64,
+    ],
+)
+def test_documents_that_are_not_pictures_are_refused(data: bytes) -> None:
+    with pytest.raises(NotAnImage):
+        prepare(data)
+
+
+def test_a_polyglot_comes_out_as_a_clean_jpeg() -> None:
+    gif = encode(Image.new("P", (8, 8)), "GIF")
+    prepared = prepare(gif + b"<html><script>alert(1)</script></html>")
+    assert b"<script" not in prepared.data and prepared.data[:3] == b"\xff\xd8\xff"
+
+
+def test_an_mpo_is_read_as_its_first_picture() -> None:
+    first, second = Image.new("RGB", (32, 16), "blue"), Image.new("RGB", (32, 16), "red")
+    data = encode(first, "MPO", save_all=True, append_images=[second])
+    prepared = prepare(data)
+    assert (prepared.width, prepared.height) == (32, 16)
+    assert near(pixel(prepared), (0, 0, 255), 12)
+
+
+# --- size --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    """Tiny files of canvases just above what is decoded at full size."""
+    side = int(MAX_DECODED_PIXELS**0.5) + 64
+    webp = int(MAX_WEBP_PIXELS**0.5) + 64
+    rgba = Image.new("RGBA", (side, side), (1, 2, 3, 4))
+    return {
+        "png-rgba": encode(rgba, "PNG"),
+        "png-16bit": encode(Image.new("I;16", (side, side), 7), "PNG"),
+        "png-1bit": encode(Image.new("1", (side, side)), "PNG"),
+        "gif": encode(Image.new("P", (side, side)), "GIF"),
+        "tiff-deflate": encode(rgba, "TIFF", compression="tiff_deflate"),
+        "webp-lossless": encode(Image.new("RGBA", (webp, webp)), "WEBP", lossless=True),
+        "jpeg-progressive": encode(Image.new("RGB", (side, side)), "JPEG", progressive=True),
+    }
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "png-rgba",
+        "png-16bit",
+        "png-1bit",
+        "gif",
+        "tiff-deflate",
+        "webp-lossless",
+        "jpeg-progressive",
+    ],
+)
+def test_a_small_file_with_a_huge_canvas_is_refused_before_decoding(
+    bombs: dict[str, bytes], name: str
+) -> None:
+    data = bombs[name]
+    assert len(data) < 1_000_000
+    with pytest.raises(ImageTooLarge) as caught:
+        prepare(data)
+    assert "megapixels are read" in caught.value.message and caught.value.status == 413
+
+
+def test_a_large_baseline_jpeg_is_read_at_a_reduced_scale() -> None:
+    # A 48 MP camera photo: libjpeg decodes it at 1/4, so it is accepted.
+    prepared = prepare(encode(Image.new("RGB", (8000, 6000), "green"), "JPEG", quality=20))
+    assert (prepared.width, prepared.height) == (SIDE, 1176)
+
+
+def test_a_jpeg_claiming_a_gigantic_canvas_is_refused() -> None:
+    data = bytearray(encode(Image.new("RGB", (16, 16)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = struct.pack(">HH", 65000, 65000)  # height, width
+    with pytest.raises(ImageTooLarge):
+        prepare(bytes(data))
+
+
+def jpeg_with_scans(count: int) -> bytes:
+    data = encode(Image.new("RGB", (64, 64)), "JPEG", progressive=True)
+    last = data.rfind(b"\xff\xda")
+    return data[:-2] + data[last:-2] * count + b"\xff\xd9"
+
+
+def test_a_progressive_jpeg_of_thousands_of_scans_is_refused() -> None:
+    # Each scan is a pass over the whole image: 20,000 scans of a 3400 px
+    # square (600 KB) kept a CPU busy for over five minutes.
+    data = jpeg_with_scans(5000)
+    with pytest.raises(CorruptImage) as caught:
+        prepare(data)
+    assert f"at most {MAX_JPEG_SCANS} are read" in caught.value.message
+
+
+def test_an_ordinary_progressive_jpeg_is_read() -> None:
+    prepared = prepare(encode(Image.new("RGB", (640, 480), "blue"), "JPEG", progressive=True))
+    assert (prepared.width, prepared.height) == (640, 480)
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [((1, 1), (1, 1)), ((1, 60000), (1, SIDE)), ((60000, 1), (SIDE, 1)), ((3, 5000), (1, SIDE))],
+)
+def test_extreme_shapes(size: tuple[int, int], expected: tuple[int, int]) -> None:
+    prepared = prepare(encode(Image.new("RGB", size, "white"), "PNG"))
+    assert (prepared.width, prepared.height) == expected
+
+
+def test_a_zero_width_png_is_refused() -> None:
+    data = bytearray(encode(Image.new("L", (4, 4)), "PNG"))
+    data[16:20] = b"\x00\x00\x00\x00"  # IHDR width
+    with pytest.raises(MediaError):
+        prepare(bytes(data))
+
+
+def gif_frames(count: int) -> bytes:
+    """A GIF of ``count`` 1x1 frames, written by hand (Pillow merges equal frames)."""
+    head = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff"
+    frame = (
+        b"\x21\xf9\x04\x00\x01\x00\x00\x00"  # graphic control: 10 ms
+        + b"\x2c"
+        + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+        + b"\x02\x02\x44\x01\x00"  # LZW min code 2, one sub-block, pixel 0
+    )
+    return head + frame * count + b"\x3b"
+
+
+def test_ten_thousand_frames_read_only_the_first() -> None:
+    data = gif_frames(10_000)
+    with Image.open(io.BytesIO(data)) as check:
+        assert check.n_frames == 10_000
+    prepared = prepare(data)
+    assert (prepared.width, prepared.height) == (1, 1)
+
+
+# --- modes and colour ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image", "fmt", "expected"),
+    [
+        (Image.new("I;16", (8, 8), 30000), "PNG", 117),  # 16-bit grey: 30000/65535
+        (Image.new("I;16", (8, 8), 30000), "TIFF", 117),
+        (Image.linear_gradient("L").convert("I").point(lambda v: v * 1000), "TIFF", None),
+        (Image.linear_gradient("L").convert("F").point(lambda v: v / 255.0), "TIFF", None),
+    ],
+)
+def test_wide_samples_keep_their_brightness(
+    image: Image.Image, fmt: str, expected: int | None
+) -> None:
+    prepared = prepare(encode(image, fmt))
+    if expected is not None:
+        assert near(pixel(prepared, (4, 4)), (expected,) * 3)
+    else:  # a gradient: black at the top, white at the bottom, not all one colour
+        top, bottom = pixel(prepared, (128, 2)), pixel(prepared, (128, 253))
+        assert near(top, (0, 0, 0), 12) and near(bottom, (255, 255, 255), 12)
+
+
+def palette_image(transparent_index: int) -> Image.Image:
+    image = Image.new("P", (8, 8), 1)
+    image.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    image.info["transparency"] = transparent_index
+    return image
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (encode(Image.new("RGB", (8, 8), (0, 0, 255)), "PNG", transparency=(0, 0, 255)), "white"),
+        (encode(Image.new("L", (8, 8), 7), "PNG", transparency=7), "white"),
+        (encode(palette_image(1), "PNG"), "white"),
+        (encode(palette_image(1), "GIF"), "white"),
+        (encode(palette_image(0), "GIF"), "blue"),
+        (encode(Image.new("LA", (8, 8), (0, 0)), "PNG"), "white"),
+        (encode(Image.new("RGBA", (8, 8), (255, 0, 0, 0)), "WEBP", lossless=True), "white"),
+        (encode(Image.new("RGBA", (8, 8), (255, 0, 0, 255)), "TIFF"), "red"),
+        (encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG"), "red"),
+        (encode(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "TIFF"), "red"),
+        (encode(Image.new("1", (8, 8), 1), "BMP"), "white"),
+        (encode(Image.new("RGB", (8, 8), "blue"), "BMP"), "blue"),
+    ],
+)
+def test_transparency_is_white_and_colours_survive(data: bytes, expected: str) -> None:
+    colours = {"white": (255, 255, 255), "red": (255, 0, 0), "blue": (0, 0, 255)}
+    assert near(pixel(prepare(data), (4, 4)), colours[expected], 12)
+
+
+def upright() -> Image.Image:
+    """40x20, red in the top-left corner: what every orientation must show."""
+    image = Image.new("RGB", (40, 20), "white")
+    image.paste((255, 0, 0), (0, 0, 10, 10))
+    return image
+
+
+# How the camera stored the picture for each EXIF orientation (the inverse of
+# what the viewer does to show it upright).
+STORED = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+@pytest.mark.parametrize("orientation", sorted(STORED))
+def test_every_exif_orientation_comes_out_upright(orientation: int, fmt: str) -> None:
+    how = STORED[orientation]
+    stored = upright() if how is None else upright().transpose(how)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    if fmt == "TIFF":  # a TIFF's orientation is a tag of its own directory
+        data = encode(stored, fmt, tiffinfo={0x0112: orientation})
+    else:
+        data = encode(stored, fmt, exif=exif.tobytes())
+    prepared = prepare(data)
+    assert (prepared.width, prepared.height) == (40, 20)
+    assert near(pixel(prepared, (2, 2)), (255, 0, 0), 40)
+    assert near(pixel(prepared, (37, 17)), (255, 255, 255), 40)
+
+
+def test_a_damaged_exif_is_ignored() -> None:
+    data = encode(Image.new("RGB", (8, 8), "red"), "JPEG", exif=b"Exif\x00\x00MM\x00*\xff\xff")
+    assert near(pixel(prepare(data), (4, 4)), (255, 0, 0), 12)
+
+
+def test_a_megabyte_of_icc_and_exif_is_not_passed_on() -> None:
+    image = Image.new("RGB", (64, 64), "red")
+    exif = Image.Exif()
+    exif[0x010E] = "x" * 60_000  # ImageDescription: one APP1 segment is at most 64 KB
+    data = encode(image, "JPEG", icc_profile=os.urandom(1_000_000), exif=exif.tobytes())
+    assert len(data) > 1_000_000
+    prepared = prepare(data)
+    assert len(prepared.data) < 5_000
+    with Image.open(io.BytesIO(prepared.data)) as out:
+        assert "icc_profile" not in out.info and "exif" not in out.info
+
+
+# --- damaged files --------------------------------------------------------------------
+
+
+def samples() -> dict[str, bytes]:
+    base = Image.linear_gradient("L").resize((64, 48)).convert("RGB")
+    return {
+        "JPEG": encode(base, "JPEG"),
+        "JPEG-progressive": encode(base, "JPEG", progressive=True),
+        "PNG": encode(base, "PNG"),
+        "GIF": encode(base.convert("P"), "GIF"),
+        "WEBP": encode(base, "WEBP"),
+        "WEBP-lossless": encode(base, "WEBP", lossless=True),
+        "BMP": encode(base, "BMP"),
+        "TIFF": encode(base, "TIFF"),
+        "TIFF-deflate": encode(base, "TIFF", compression="tiff_deflate"),
+        "GIF-animated": encode(
+            base.convert("P"), "GIF", save_all=True, append_images=[base.convert("P")] * 3
+        ),
+    }
+
+
+SAMPLES = samples()
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_a_file_cut_short_is_refused_or_read_never_crashes(name: str) -> None:
+    data = SAMPLES[name]
+    for cut in sorted({1, 4, 8, 16, 30, 60, 100, len(data) // 2, len(data) - 20, len(data) - 1}):
+        try:
+            prepared = prepare(data[:cut])
+        except MediaError as exc:
+            assert exc.message and exc.status in (413, 415, 422)
+        else:
+            assert prepared.data[:3] == b"\xff\xd8\xff"
+    with pytest.raises(MediaError):  # half a picture is never passed on
+        prepare(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_damaged_bytes_only_ever_give_a_media_error(name: str) -> None:
+    data = SAMPLES[name]
+    rng = random.Random(name)
+    for _ in range(60):
+        damaged = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            at = rng.randrange(min(len(damaged), 400))  # the headers, mostly
+            damaged[at] = rng.randrange(256)
+        try:
+            prepare(bytes(damaged))
+        except MediaError:
+            pass
