@@ -235,7 +235,7 @@ def gif_frames(count: int) -> bytes:
 def test_ten_thousand_frames_read_only_the_first() -> None:
     data = gif_frames(10_000)
     with Image.open(io.BytesIO(data)) as check:
-        assert check.n_frames == 10_000
+        assert getattr(check, "n_frames", 1) == 10_000
     prepared = prepare(data)
     assert (prepared.width, prepared.height) == (1, 1)
 
