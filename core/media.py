@@ -66,8 +66,9 @@ MAX_WEBP_PIXELS = 6_000_000
 # A progressive JPEG is decoded once per scan: encoders write about 10; a file
 # of thousands of tiny scans would take minutes of CPU.
 MAX_JPEG_SCANS = 100
-# At most this many images are decoded at once (each may take ~100 MB briefly).
-_DECODERS = threading.BoundedSemaphore(2)
+# One image is decoded at a time (each may take ~150 MB for a moment, and the
+# warnings filter below is process-wide: two decodes at once would race on it).
+_DECODERS = threading.BoundedSemaphore(1)
 _ORIENTATION = 0x0112
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -148,8 +149,9 @@ def prepare_image(data: bytes, *, max_bytes: int, max_side: int) -> PreparedImag
             raise ImageTooLarge("the image's canvas is too large to read safely") from None
         except Exception as exc:  # Pillow's decoders raise many kinds on bad input
             log.info("a %s image could not be decoded: %s: %s", kind, type(exc).__name__, exc)
+            named = f"the {kind} image" if kind != "?" else "the image"
             raise CorruptImage(
-                f"the {kind} image could not be read (damaged or cut short: {_short(exc)})"
+                f"{named} could not be read (damaged or cut short: {_short(exc)})"
             ) from None
         out = io.BytesIO()
         image.save(out, "JPEG", quality=JPEG_QUALITY, optimize=True)

@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import zlib
 from pathlib import Path
 
 import pytest
@@ -398,3 +399,23 @@ def test_damaged_bytes_only_ever_give_a_media_error(name: str) -> None:
             prepare(bytes(damaged))
         except MediaError:
             pass
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    body = kind + payload
+    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize(
+    ("kind", "head"),
+    [(b"iCCP", b"icc\x00\x00"), (b"zTXt", b"k\x00\x00"), (b"iTXt", b"k\x00\x01\x00\x00\x00")],
+)
+def test_a_png_chunk_that_inflates_to_gigabytes_is_refused_with_a_plain_reason(
+    kind: bytes, head: bytes
+) -> None:
+    png = encode(Image.new("RGB", (8, 8)), "PNG")
+    bomb = zlib.compress(b"\x00" * 100_000_000, 9)  # 100 MB in 100 KB
+    data = png[:33] + png_chunk(kind, head + bomb) + png[33:]
+    with pytest.raises(CorruptImage) as caught:
+        prepare(data)
+    assert caught.value.message.startswith("the image could not be read")  # not "the ? image"
