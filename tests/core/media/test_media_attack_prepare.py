@@ -64,7 +64,7 @@ def tiny(fmt: str, mode: str = "RGB") -> bytes:
 
 
 @pytest.mark.parametrize(
-    "fmt", ["ICO", "TGA", "PPM", "PCX", "QOI", "SGI", "JPEG2000", "AVIF", "DDS", "IM", "EPS"]
+    "fmt", ["ICO", "TGA", "PPM", "PCX", "QOI", "SGI", "JPEG2000", "AVIF", "DDS", "EPS"]
 )
 def test_only_the_usual_formats_are_decoded(fmt: str) -> None:
     data = tiny(fmt)
