@@ -234,11 +234,14 @@ def _eight_bit(image: Image.Image) -> Image.Image:
 def _jpeg_layout(data: bytes) -> tuple[bool, int]:
     """(buffered, scans) of a JPEG: does libjpeg keep every coefficient of the
     image in memory (progressive, or a first scan without every component),
-    and how many scans it has."""
+    and how many scans it has. Anything it cannot follow counts as the worst."""
     i, n = 2, len(data)
     while i + 4 <= n:
-        if data[i] != 0xFF:
-            return False, 1  # not where a marker should be: Pillow will judge the file
+        if data[i] != 0xFF:  # junk between segments: libjpeg skips to the next marker
+            i = data.find(b"\xff", i)
+            if i < 0:
+                break
+            continue
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
@@ -250,10 +253,10 @@ def _jpeg_layout(data: bytes) -> tuple[bool, int]:
             components = data[i + 9]
             sos = data.find(b"\xff\xda", i)
             if sos < 0 or sos + 4 >= n:
-                return False, 1
+                return True, 0  # no scan: nothing to decode (Pillow refuses it)
             return data[sos + 4] < components, data.count(b"\xff\xda", sos)
         i += 2 + length
-    return False, 1
+    return True, data.count(b"\xff\xda")
 
 
 def decode_data_url(url: str, *, max_bytes: int) -> bytes:

@@ -419,3 +419,20 @@ def test_a_png_chunk_that_inflates_to_gigabytes_is_refused_with_a_plain_reason(
     with pytest.raises(CorruptImage) as caught:
         prepare(data)
     assert caught.value.message.startswith("the image could not be read")  # not "the ? image"
+
+
+def with_junk_before(data: bytes, marker: bytes) -> bytes:
+    at = data.index(marker)
+    return data[:at] + b"\x00\x17" + data[at:]  # libjpeg skips it with a warning
+
+
+def test_junk_before_the_frame_header_does_not_hide_a_progressive_jpeg() -> None:
+    side = int(MAX_DECODED_PIXELS**0.5) + 64
+    data = encode(Image.new("RGB", (side, side)), "JPEG", progressive=True)
+    with pytest.raises(ImageTooLarge):
+        prepare(with_junk_before(data, b"\xff\xc2"))
+
+
+def test_junk_before_the_frame_header_does_not_hide_thousands_of_scans() -> None:
+    with pytest.raises(CorruptImage):
+        prepare(with_junk_before(jpeg_with_scans(5000), b"\xff\xc2"))
