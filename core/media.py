@@ -231,11 +231,18 @@ def _eight_bit(image: Image.Image) -> Image.Image:
     return image.convert("RGB")  # CMYK, YCbCr, LAB, HSV
 
 
+_SOF_PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)
+_SOF_SEQUENTIAL = (0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF)
+
+
 def _jpeg_layout(data: bytes) -> tuple[bool, int]:
     """(buffered, scans) of a JPEG: does libjpeg keep every coefficient of the
     image in memory (progressive, or a first scan without every component),
-    and how many scans it has. Anything it cannot follow counts as the worst."""
+    and how many scans it has. The segments are walked to the first scan as
+    libjpeg reads them; anything the walk cannot follow counts as the worst."""
     i, n = 2, len(data)
+    progressive: bool | None = None
+    components = 0
     while i + 4 <= n:
         if data[i] != 0xFF:  # junk between segments: libjpeg skips to the next marker
             i = data.find(b"\xff", i)
@@ -246,16 +253,18 @@ def _jpeg_layout(data: bytes) -> tuple[bool, int]:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker in (0xC2, 0xC6, 0xCA, 0xCE):  # progressive SOF
-            return True, data.count(b"\xff\xda", i)
-        if marker in (0xC0, 0xC1, 0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF) and i + 9 < n:
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # no length: TEM, RSTn, SOI
+            i += 2
+            continue
+        if marker == 0xDA:  # the first scan
+            if progressive is None:
+                break
+            buffered = progressive or data[i + 4] < components
+            return buffered, data.count(b"\xff\xda", i)
+        if (marker in _SOF_PROGRESSIVE or marker in _SOF_SEQUENTIAL) and i + 9 < n:
+            progressive = marker in _SOF_PROGRESSIVE
             components = data[i + 9]
-            sos = data.find(b"\xff\xda", i)
-            if sos < 0 or sos + 4 >= n:
-                return True, 0  # no scan: nothing to decode (Pillow refuses it)
-            return data[sos + 4] < components, data.count(b"\xff\xda", sos)
-        i += 2 + length
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return True, data.count(b"\xff\xda")
 
 

@@ -26,6 +26,7 @@ from core.media import (
     MAX_JPEG_SCANS,
     MAX_WEBP_PIXELS,
     PreparedImage,
+    _jpeg_layout,
     prepare_image,
 )
 
@@ -436,3 +437,21 @@ def test_junk_before_the_frame_header_does_not_hide_a_progressive_jpeg() -> None
 def test_junk_before_the_frame_header_does_not_hide_thousands_of_scans() -> None:
     with pytest.raises(CorruptImage):
         prepare(with_junk_before(jpeg_with_scans(5000), b"\xff\xc2"))
+
+
+def segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def test_a_fake_scan_header_inside_a_segment_does_not_hide_a_buffered_jpeg() -> None:
+    # A sequential JPEG whose first scan has one component of three makes
+    # libjpeg buffer the whole image (like a progressive one); bytes that look
+    # like an interleaved scan header inside a comment before it must not pass
+    # for the first scan. (Pillow cannot write such a file: the headers alone.)
+    frame = segment(0xC0, b"\x08" + struct.pack(">HH", 5000, 5000) + b"\x03" + b"\x01\x11\x00" * 3)
+    fake = b"\xff\xda\x00\x0c\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00"
+    first_scan = segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+    data = b"\xff\xd8" + frame + segment(0xFE, fake) + first_scan + b"\x00" * 64 + b"\xff\xd9"
+    assert _jpeg_layout(data) == (True, 1)
+    interleaved = segment(0xDA, b"\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00")
+    assert _jpeg_layout(b"\xff\xd8" + frame + interleaved + b"\xff\xd9") == (False, 1)
