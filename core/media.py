@@ -181,6 +181,18 @@ def _decode(opened: Image.Image, data: bytes, max_side: int) -> Image.Image:
         if buffered and width * height > MAX_DECODED_PIXELS:
             raise _too_large(width, height, MAX_DECODED_PIXELS, " from a progressive JPEG")
         opened.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 of the size
+    if opened.format == "TIFF":
+        # libtiff decodes a tile whole, whatever the picture's size: a 64x64
+        # TIFF of one 16384 px tile (0.8 MB of deflate) took 800 MB.
+        tags = getattr(opened, "tag_v2", {})
+        tile = (int(tags.get(322) or 0), int(tags.get(323) or 0))
+        if tile[0] * tile[1] > MAX_DECODED_PIXELS:
+            raise ImageTooLarge(
+                f"the TIFF image is stored in tiles of {tile[0]}x{tile[1]} pixels; at most "
+                f"{MAX_DECODED_PIXELS / 1_000_000:.1f} megapixels are read",
+                width=width,
+                height=height,
+            )
     limit = MAX_WEBP_PIXELS if opened.format == "WEBP" else MAX_DECODED_PIXELS
     if opened.width * opened.height > limit:
         raise _too_large(width, height, limit)

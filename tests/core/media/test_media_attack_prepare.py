@@ -455,3 +455,39 @@ def test_a_fake_scan_header_inside_a_segment_does_not_hide_a_buffered_jpeg() -> 
     assert _jpeg_layout(data) == (True, 1)
     interleaved = segment(0xDA, b"\x03\x01\x00\x02\x11\x03\x11\x00\x3f\x00")
     assert _jpeg_layout(b"\xff\xd8" + frame + interleaved + b"\xff\xd9") == (False, 1)
+
+
+def tiled_tiff(side: int, tile: int) -> bytes:
+    """An RGB TIFF of ``side`` px in one deflated tile of ``tile`` px, by hand."""
+    squeeze = zlib.compressobj(9)
+    tile_data = squeeze.compress(b"\x00" * (tile * tile * 3)) + squeeze.flush()
+    entries = [
+        (256, 3, 1, side),
+        (257, 3, 1, side),
+        (258, 3, 3, 8),  # BitsPerSample: three shorts at offset 8
+        (259, 3, 1, 8),  # deflate
+        (262, 3, 1, 2),  # RGB
+        (277, 3, 1, 3),
+        (284, 3, 1, 1),
+        (322, 4, 1, tile),
+        (323, 4, 1, tile),
+        (324, 4, 1, 16),
+        (325, 4, 1, len(tile_data)),
+    ]
+    ifd = 16 + len(tile_data) + len(tile_data) % 2
+    out = b"II*\x00" + struct.pack("<I", ifd) + struct.pack("<HHH", 8, 8, 8) + b"\x00\x00"
+    out += tile_data + b"\x00" * (ifd - 16 - len(tile_data))
+    out += struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if kind == 3 and count == 1:
+            out += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            out += struct.pack("<HHII", tag, kind, count, value)
+    return out + b"\x00\x00\x00\x00"
+
+
+def test_a_tiff_of_one_gigantic_tile_is_refused() -> None:
+    assert prepare(tiled_tiff(64, 256)).width == 64  # tiles are fine
+    with pytest.raises(ImageTooLarge) as caught:
+        prepare(tiled_tiff(64, 4096))  # 48 KB on disk, 48 MB decoded for 64x64
+    assert "tiles of 4096x4096 pixels" in caught.value.message
