@@ -63,6 +63,9 @@ FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 MAX_PIXELS = 64_000_000
 MAX_DECODED_PIXELS = 12_000_000
 MAX_WEBP_PIXELS = 6_000_000
+# Pillow decodes a run-length BMP in Python, pixel by pixel: a 14 KB BMP of
+# 12 megapixels took 3 s of CPU. Such BMPs (rare) are read up to 1 megapixel.
+MAX_RLE_BMP_PIXELS = 1_000_000
 # A progressive JPEG is decoded once per scan: encoders write about 10; a file
 # of thousands of tiny scans would take minutes of CPU.
 MAX_JPEG_SCANS = 100
@@ -194,6 +197,8 @@ def _decode(opened: Image.Image, data: bytes, max_side: int) -> Image.Image:
                 height=height,
             )
     limit = MAX_WEBP_PIXELS if opened.format == "WEBP" else MAX_DECODED_PIXELS
+    if opened.format == "BMP" and any(t.codec_name == "bmp_rle" for t in opened.tile):
+        limit = MAX_RLE_BMP_PIXELS
     if opened.width * opened.height > limit:
         raise _too_large(width, height, limit)
     opened.load()  # the first frame of an animation

@@ -491,3 +491,32 @@ def test_a_tiff_of_one_gigantic_tile_is_refused() -> None:
     with pytest.raises(ImageTooLarge) as caught:
         prepare(tiled_tiff(64, 4096))  # 48 KB on disk, 48 MB decoded for 64x64
     assert "tiles of 4096x4096 pixels" in caught.value.message
+
+
+def rle_bmp(side: int, *, bits: int) -> bytes:
+    """A run-length BMP, by hand: RLE4 runs of 255 pixels, or RLE8 rows of one
+    pixel and an end-of-line (Pillow pads each row in Python, byte by byte)."""
+    if bits == 4:
+        row = bytes([255, 0x12]) * (side // 255) + bytes([side % 255, 0x12]) + b"\x00\x00"
+    else:
+        row = b"\x01\x05\x00\x00"
+    pixels = row * side + b"\x00\x01"
+    colors = 1 << bits
+    palette = b"\x00\x00\xff\x00" * colors
+    offset = 14 + 40 + len(palette)
+    head = b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset)
+    compression = 2 if bits == 4 else 1
+    info = struct.pack(
+        "<IiiHHIIiiII", 40, side, side, 1, bits, compression, len(pixels), 2835, 2835, colors, 0
+    )
+    return head + info + palette + pixels
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_large_run_length_bmp_is_refused(bits: int) -> None:
+    small = prepare(rle_bmp(600, bits=bits))
+    assert (small.width, small.height) == (600, 600)
+    data = rle_bmp(3400, bits=bits)  # 12 MP: 1-3 s of CPU in Pillow's Python decoder
+    assert len(data) < 200_000
+    with pytest.raises(ImageTooLarge):
+        prepare(data)
