@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from core.errors import (
     BadImage,
@@ -170,7 +170,7 @@ def _too_large(width: int, height: int, limit: int, why: str = "") -> ImageTooLa
     )
 
 
-def _decode(opened: Image.Image, data: bytes, max_side: int) -> Image.Image:
+def _decode(opened: ImageFile.ImageFile, data: bytes, max_side: int) -> Image.Image:
     """The first frame of an opened image, upright, at most max_side, RGB."""
     width, height = opened.size
     if width * height > MAX_PIXELS:
