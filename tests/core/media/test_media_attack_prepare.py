@@ -23,7 +23,10 @@ from PIL import Image
 from core.errors import CorruptImage, ImageTooLarge, MediaError, NotAnImage
 from core.media import (
     MAX_DECODED_PIXELS,
+    MAX_GIF_BLOCKS,
     MAX_JPEG_SCANS,
+    MAX_JPEG_SEGMENTS,
+    MAX_PNG_CHUNKS,
     MAX_WEBP_PIXELS,
     PreparedImage,
     _jpeg_layout,
@@ -520,3 +523,49 @@ def test_a_large_run_length_bmp_is_refused(bits: int) -> None:
     assert len(data) < 200_000
     with pytest.raises(ImageTooLarge):
         prepare(data)
+
+
+def countless(fmt: str, count: int) -> bytes:
+    """A small picture whose headers hold ``count`` tiny empty structures."""
+    if fmt == "JPEG":
+        data = encode(Image.new("RGB", (8, 8)), "JPEG")
+        return data[:2] + b"\xff\xfe\x00\x02" * count + data[2:]  # empty comments
+    if fmt == "PNG":
+        data = encode(Image.new("RGB", (8, 8)), "PNG")
+        at = data.index(b"IDAT") - 4
+        return data[:at] + png_chunk(b"abCd", b"") * count + data[at:]
+    data = encode(Image.new("P", (8, 8)), "GIF")
+    at = data.index(b"\x2c")
+    return data[:at] + b"\x21\xfe" + b"\x01x" * count + b"\x00" + data[at:]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "limit"),
+    [("JPEG", MAX_JPEG_SEGMENTS), ("PNG", MAX_PNG_CHUNKS), ("GIF", MAX_GIF_BLOCKS)],
+)
+def test_countless_tiny_headers_are_refused_before_pillow_walks_them(fmt: str, limit: int) -> None:
+    # 10 MB of them took Pillow's Python header readers 2-7 s of CPU.
+    assert prepare(countless(fmt, limit // 2)).width == 8  # many, but not countless
+    with pytest.raises(CorruptImage) as caught:
+        prepare(countless(fmt, limit + 10))
+    assert f"more than {limit}" in caught.value.message
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "JPEG", "PNG"])
+def test_the_senders_comment_is_not_passed_on_even_a_long_one(fmt: str) -> None:
+    # A JPEG comment holds at most 64 KB: a longer one (fine in a GIF or PNG)
+    # made the re-encoding raise ValueError.
+    comment = b"sender's secret " * 5000
+    image = Image.new("P" if fmt == "GIF" else "RGB", (8, 8))
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("comment", comment.decode())
+        data = encode(image, fmt, pnginfo=info)
+    else:
+        data = encode(image, fmt, comment=comment[:60_000] if fmt == "JPEG" else comment)
+    prepared = prepare(data)
+    assert b"secret" not in prepared.data
+    with Image.open(io.BytesIO(prepared.data)) as out:
+        assert "comment" not in out.info
