@@ -94,7 +94,19 @@ CASES: dict[str, Callable[[], bytes]] = {
     "PNG RGBA 7999x7999 (refused)": lambda: encode(Image.new("RGBA", (7999, 7999)), "PNG"),
     "WebP 7999x7999 (refused)": lambda: encode(Image.new("RGBA", (7999, 7999)), "WEBP"),
     "JPEG of 20,000 scans (refused)": lambda: progressive_scans(20_000),
+    "TIFF 64x64 in one 16384 px tile (refused)": lambda: _tests().tiled_tiff(64, 16384),
+    "RLE8 BMP 3400x3400 (refused)": lambda: _tests().rle_bmp(3400, bits=8),
+    "JPEG of 2.5 M empty comments (refused)": lambda: _tests().countless("JPEG", 2_490_000),
+    "PNG of 830 K empty chunks (refused)": lambda: _tests().countless("PNG", 830_000),
+    "GIF of 5 M comment blocks (refused)": lambda: _tests().countless("GIF", 4_990_000),
 }
+
+
+def _tests():  # type: ignore[no-untyped-def]
+    """The hand-built files of the attack tests."""
+    import tests.core.media.test_media_attack_prepare as built
+
+    return built
 
 
 def run_case(name: str, data: bytes, folder: Path) -> dict[str, object]:
