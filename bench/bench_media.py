@@ -99,6 +99,7 @@ CASES: dict[str, Callable[[], bytes]] = {
     "JPEG of 2.5 M empty comments (refused)": lambda: _tests().countless("JPEG", 2_490_000),
     "PNG of 830 K empty chunks (refused)": lambda: _tests().countless("PNG", 830_000),
     "GIF of 5 M comment blocks (refused)": lambda: _tests().countless("GIF", 4_990_000),
+    "TIFF of 1 M strips (refused)": lambda: _tests().striped_tiff(1_000_000),
 }
 
 
