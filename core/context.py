@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from core.channel import Turn
@@ -98,8 +98,13 @@ def extractive_summary(
     lines = [line for line in previous.splitlines() if line.strip()]
     for turn in folded:
         who = turn.author or turn.role
-        text = " ".join([turn.content, *(image_placeholder(i) for i in turn.images)]).strip()
-        lines.append(f"- {who}: {_first_sentence(text)}")
+        # An image is named after the first sentence (which may end the text).
+        text = _first_sentence(turn.content) if turn.content.strip() else ""
+        if turn.images:
+            shown = image_placeholder(turn.images[0]) if not text else "[image]"
+            many = f" x{len(turn.images)}" if len(turn.images) > 1 else ""
+            text = f"{text} {shown}{many}".strip()
+        lines.append(f"- {who}: {text}")
     while len(lines) > 1 and estimate("\n".join(lines)) > max_tokens:
         lines.pop(0)
     return "\n".join(lines)
@@ -171,6 +176,7 @@ class ContextWindowManager:
         """
         window = await self.memory.window(chat_id)
         turns = [t for t in window.turns if t.id not in exclude] if exclude else window.turns
+        turns = self._priced(turns, images=images)
         budget = self._budget(window, max_tokens)
         fold, keep = plan_window(turns, max_messages=self.max_messages, max_tokens=budget)
         if fold:
@@ -182,6 +188,26 @@ class ContextWindowManager:
             if more:
                 await self._fold(window, more)
         return self._render(window, keep, folded=len(fold), images=images, limit=max_tokens)
+
+    def _shown(self, turns: Sequence[Turn], *, images: bool) -> set[int]:
+        """The turns whose images are sent as pictures: the newest ``max_images``
+        turns (a chatter's message and its answer), so a follow-up question still
+        sees the picture; older images are text, and the chat's own model answers."""
+        newest = self.max_images if images and self.media is not None else 0
+        users = [t.id for t in turns if t.role == "user"]
+        return set(users[-newest:]) if newest else set()
+
+    def _priced(self, turns: Sequence[Turn], *, images: bool) -> list[Turn]:
+        """The turns, each costing what the model will get of it: a stored image
+        turn counts its pictures, but only the newest ``max_images`` are sent as
+        pictures; older ones are a few words of text ("[image: caption]")."""
+        shown = self._shown(turns, images=images)
+        priced = list(turns)
+        for i, turn in enumerate(priced):
+            if turn.images and turn.id not in shown:
+                text = " ".join([turn.content, *(image_placeholder(m) for m in turn.images)])
+                priced[i] = replace(turn, tokens=self.memory.estimate(text.strip()))
+        return priced
 
     async def _fold(self, window: ChatWindow, turns: Sequence[Turn]) -> None:
         self.memory.sync_summary(window)  # the worker may have refined it meanwhile
@@ -212,12 +238,7 @@ class ContextWindowManager:
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
         tokens = self.memory.estimate(system) + MESSAGE_OVERHEAD_TOKENS
         costs = [tokens]
-        newest = self.max_images if images else 0
-        # The newest ``max_images`` turns (a chatter's message and its answer) keep
-        # their images, so a follow-up question still sees the picture; older
-        # images are text, and the chat's own model answers again.
-        users = [t.id for t in keep if t.role == "user"]
-        with_images = set(users[-newest:]) if newest else set()
+        with_images = self._shown(keep, images=images)
         sent = 0
         for turn in keep:
             before = tokens
@@ -253,7 +274,9 @@ class ContextWindowManager:
         """Fold whatever exceeds the limits now (the governor's optimisation)."""
         window = await self.memory.window(chat_id)
         fold, _ = plan_window(
-            window.turns, max_messages=self.max_messages, max_tokens=self._budget(window)
+            self._priced(window.turns, images=True),
+            max_messages=self.max_messages,
+            max_tokens=self._budget(window),
         )
         if fold:
             await self._fold(window, fold)
