@@ -349,10 +349,12 @@ class ChatService:
         voice.check_voice(self.stt, msg)
 
     async def check_vision(self, chat_id: str) -> None:
-        """Refuse an image (before anything is stored) when no model here can see."""
-        if self.media is not None and self.models.vision_for(await self.chosen_model(chat_id)):
+        """Refuse an image (before anything is stored) when no model here can see
+        (or VIGIL_CONTEXT_MAX_IMAGES is 0: no image would ever be sent)."""
+        sent = self.media is not None and self.context.max_images > 0
+        if sent and self.models.vision_for(await self.chosen_model(chat_id)):
             return
-        seeing = sorted(n for n in self.models.clients if self.models.sees(n))
+        seeing = sorted(n for n in self.models.clients if self.models.sees(n)) if sent else []
         hint = f" Send /model {seeing[0]} to switch to one that can." if seeing else ""
         raise NoVisionModel(
             "I can't look at images with the model this chat uses; please describe it in "

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from core.channel import Turn
-from core.media import MediaStore, data_url, image_placeholder, image_tokens
+from core.media import MediaStore, data_url, image_placeholder, image_text, image_tokens
 from core.memory import ChatMemory, ChatWindow
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class ContextWindowManager:
         priced = list(turns)
         for i, turn in enumerate(priced):
             if turn.images and turn.id not in shown:
-                text = " ".join([turn.content, *(image_placeholder(m) for m in turn.images)])
+                text = image_text(turn.content, turn.images)
                 priced[i] = replace(turn, tokens=self.memory.estimate(text.strip()))
         return priced
 
@@ -242,21 +242,22 @@ class ContextWindowManager:
         sent = 0
         for turn in keep:
             before = tokens
-            content = turn.content
-            if turn.author and turn.role == "user":
-                content = f"{turn.author}: {content}"
             parts: list[dict[str, Any]] = []
+            as_text = []  # an older turn's images (or their files are gone)
             for image in turn.images:
                 data = (
                     self.media.read(image.path)
                     if self.media is not None and turn.id in with_images
                     else None
                 )
-                if data is None:  # an older turn's image (or its file is gone): text
-                    content = f"{content} {image_placeholder(image)}".strip()
+                if data is None:
+                    as_text.append(image)
                     continue
                 parts.append({"type": "image_url", "image_url": {"url": data_url(data)}})
                 tokens += image_tokens(image.width, image.height)
+            content = image_text(turn.content, as_text)
+            if turn.author and turn.role == "user":
+                content = f"{turn.author}: {content}"
             tokens += self.memory.estimate(content) + MESSAGE_OVERHEAD_TOKENS
             if parts:
                 sent += len(parts)

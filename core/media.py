@@ -13,10 +13,13 @@ Audio is not stored: a voice note is transcribed and its text is the message.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import errno
+import functools
 import hashlib
 import io
 import logging
@@ -26,7 +29,7 @@ import re
 import secrets
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,11 +131,23 @@ class AudioClip:
     duration_s: float | None = None  # as the sender declared it (Telegram does)
 
 
+# Decoding has its own thread: images wait for it there, not in asyncio's
+# default pool, whose few workers other work (health checks, file reads) needs.
+_DECODE_POOL = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vigil-image")
+
+
+async def prepare_image_async(data: bytes, *, max_bytes: int, max_side: int) -> PreparedImage:
+    """:func:`prepare_image` on the decoding thread (one image at a time)."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(prepare_image, data, max_bytes=max_bytes, max_side=max_side)
+    return await loop.run_in_executor(_DECODE_POOL, call)
+
+
 def prepare_image(data: bytes, *, max_bytes: int, max_side: int) -> PreparedImage:
     """Check and re-encode one image; raises a :class:`BadImage` naming the problem.
 
-    CPU-bound (up to a few hundred ms for the largest accepted image): call it
-    in a worker thread (``asyncio.to_thread``), never on the event loop.
+    CPU-bound (up to a few hundred ms for the largest accepted image): from
+    async code use :func:`prepare_image_async`, never call it on the event loop.
     """
     size = len(data)
     if size > max_bytes:
@@ -399,6 +414,26 @@ def image_placeholder(image: StoredImage) -> str:
     """How an image no longer sent to the model appears in the context."""
     caption = " ".join(image.caption.split())[:120]
     return f"[image: {caption}]" if caption else f"[image: {image.width}x{image.height}]"
+
+
+def image_text(content: str, images: Sequence[StoredImage]) -> str:
+    """A message whose images are not sent as pictures, as text.
+
+    A photo's caption is its message's text: "what is this?" with a photo
+    becomes "[image: what is this?]", not the question and then the question
+    again; a longer text keeps its words and gets "[image]" marks.
+    """
+    if not images:
+        return content
+    if content.strip() and all(i.caption == content for i in images):
+        caption = " ".join(content.split())[:120]
+        many = f"{len(images)} images" if len(images) > 1 else "image"
+        return f"[{many}: {caption}]"
+    marks = [
+        "[image]" if i.caption and content.startswith(i.caption) else image_placeholder(i)
+        for i in images
+    ]
+    return " ".join([content, *marks]).strip()
 
 
 class MediaStore:

@@ -39,7 +39,7 @@ from core.errors import (
     UnsupportedContentType,
 )
 from core.http import FASTAPI_BODY_PARSE_ERROR, max_body_bytes
-from core.media import AudioClip, PreparedImage, decode_data_url, prepare_image
+from core.media import AudioClip, PreparedImage, decode_data_url, prepare_image_async
 
 if TYPE_CHECKING:
     from core.config import Settings
@@ -311,11 +311,8 @@ def _slot(gate: UploadGate | None, is_needed: bool) -> contextlib.AbstractAsyncC
 
 
 async def _prepare(data: bytes, settings: Settings) -> PreparedImage:
-    return await asyncio.to_thread(
-        prepare_image,
-        data,
-        max_bytes=settings.max_image_bytes,
-        max_side=settings.image_max_side_px,
+    return await prepare_image_async(
+        data, max_bytes=settings.max_image_bytes, max_side=settings.image_max_side_px
     )
 
 

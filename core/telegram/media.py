@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from core.errors import AudioTooLong, ImageTooLarge, MediaError, VoiceNotEnabled
-from core.media import AudioClip, PreparedImage, prepare_image
+from core.media import AudioClip, PreparedImage, prepare_image_async
 from core.stt import check_audio_limits, clock
 from core.telegram.rules import TgMedia
 from core.voice import VOICE_NOT_ENABLED
@@ -129,8 +129,8 @@ async def fetch(
         log.warning("chat %s: message %s: download failed: %s", chat_id, message_id, exc)
         raise MediaUnavailable(UNAVAILABLE_REPLY.format(what=what(media))) from None
     if media.is_image:
-        image = await asyncio.to_thread(
-            prepare_image, data, max_bytes=limits.max_image_bytes, max_side=limits.max_side_px
+        image = await prepare_image_async(
+            data, max_bytes=limits.max_image_bytes, max_side=limits.max_side_px
         )
         return (image,), None
     clip = AudioClip(data, audio_name(media), media.mime or "audio/ogg", media.duration_s)

@@ -151,7 +151,7 @@ async def test_only_the_newest_image_turns_are_sent_older_become_text(
         await runtime.chat.handle(photo("local:p", f"picture {n}"), LocalReply())
     assert len(eyes.image_urls()) == 2  # pictures 1 and 2: the newest two turns
     first_user = next(m for m in eyes.requests[-1]["messages"] if m["role"] == "user")
-    assert first_user["content"] == "picture 0 [image: picture 0]"
+    assert first_user["content"] == "[image: picture 0]"
     await runtime.chat.handle(IncomingMessage("local:p", "and now?", user_id="5"), LocalReply())
     assert len(eyes.image_urls()) == 1  # picture 2 and the follow-up
 
@@ -176,7 +176,7 @@ async def test_a_follow_up_still_sees_the_picture_then_the_chat_model_answers_ag
     assert [r.model for r in said] == ["text", "eyes", "eyes", "text"]
     assert len(eyes.image_urls()) == 1  # the follow-up carried the picture
     contents = [m["content"] for m in text.requests[-1]["messages"]]
-    assert "what is this? [image: what is this?]" in contents  # now text for the text model
+    assert "[image: what is this?]" in contents  # now text for the text model
 
 
 async def test_an_image_for_a_text_only_setup_is_refused_and_nothing_is_stored(
@@ -224,3 +224,31 @@ async def test_a_failed_store_leaves_no_file(
     with pytest.raises(OSError):
         await runtime.chat.handle(photo("local:p"), LocalReply())
     assert not list(settings.media_dir.rglob("*.jpg"))
+
+
+def test_an_image_as_text_names_its_caption_once() -> None:
+    from core.media import StoredImage, image_text
+
+    photo_ = StoredImage("a/b.jpg", 800, 600, caption="what is this?")
+    bare = StoredImage("a/c.jpg", 640, 480)
+    assert image_text("what is this?", [photo_]) == "[image: what is this?]"
+    assert image_text("what is this?", [photo_, photo_]) == "[2 images: what is this?]"
+    assert image_text("", [bare]) == "[image: 640x480]"
+    long = "x" * 300
+    cut = StoredImage("a/d.jpg", 10, 10, caption=long[:200])
+    assert image_text(long, [cut]) == long + " [image]"  # the words are kept
+    assert image_text("hello", []) == "hello"
+
+
+async def test_no_image_is_taken_when_the_context_sends_none(
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+) -> None:
+    text, eyes = pair
+    settings = make_settings(
+        tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes", context_max_images=0
+    )
+    runtime = await open_runtime(settings)
+    with pytest.raises(NoVisionModel) as caught:
+        await runtime.chat.handle(photo("local:p"), LocalReply())
+    assert caught.value.message.endswith("please describe it in words.")
+    assert not eyes.requests and await runtime.db.scalar("SELECT count(*) FROM messages") == 0

@@ -125,7 +125,7 @@ async def test_older_image_turns_cost_their_placeholder_not_the_picture(
     await runtime.chat.handle(said("local:w", "which did I send first?"), LocalReply())
     contents = user_contents(eyes)
     assert len(eyes.image_urls()) == 1
-    assert contents[0] == "photo 0 [image: photo 0]"  # nothing folded away
+    assert contents[0] == "[image: photo 0]"  # nothing folded away
 
 
 async def test_an_image_whose_file_is_gone_still_builds_a_prompt(
@@ -141,7 +141,7 @@ async def test_an_image_whose_file_is_gone_still_builds_a_prompt(
         path.unlink()
     result = await runtime.chat.handle(said("local:gone", "what colour was it?"), LocalReply())
     assert result.reply == "from text"  # no picture left to see: the chat's own model
-    assert user_contents(text) == ["my cat [image: my cat]", "what colour was it?"]
+    assert user_contents(text) == ["[image: my cat]", "what colour was it?"]
 
 
 async def test_retry_of_an_image_turn_shows_the_image_again(
@@ -192,7 +192,7 @@ async def test_no_images_in_the_context_goes_to_the_chat_model_as_text(
     runtime = await runtime_for(settings)
     result = await runtime.chat.handle(photo("local:0", "what is this?"), LocalReply())
     assert result.reply == "from text" and not eyes.requests
-    assert user_contents(text) == ["what is this? [image: what is this?]"]
+    assert user_contents(text) == ["[image: what is this?]"]
     assert await runtime.db.scalar("SELECT count(*) FROM message_images") == 1
 
 
