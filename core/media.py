@@ -188,8 +188,7 @@ class MediaStore:
 
     def save(self, chat_id: str, image: PreparedImage) -> str:
         """Write the image (fsynced, 0600); returns its path relative to the store."""
-        folder = hashlib.sha256(chat_id.encode()).hexdigest()[:16]
-        relative = f"{folder}/{secrets.token_hex(12)}.jpg"
+        relative = f"{folder_of(chat_id)}/{secrets.token_hex(12)}.jpg"
         target = self.root / relative
         _mkdir_private(target.parent)
         tmp = target.with_suffix(".part")
@@ -235,6 +234,11 @@ class MediaStore:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+def folder_of(chat_id: str) -> str:
+    """The folder (under ``data/media``) that holds a chat's images."""
+    return hashlib.sha256(chat_id.encode()).hexdigest()[:16]
 
 
 def _mkdir_private(path: Path) -> None:

@@ -129,6 +129,7 @@ def restore_cmd(
                 supervisor_lock=settings.data_dir / SUPERVISOR_LOCK,
                 answering=lambda: server_answers(settings),
                 progress=progress,
+                media_root=settings.media_dir,
             )
     extras = (
         restore_extras(
@@ -143,6 +144,7 @@ def restore_cmd(
         "messages": result.messages,
         "kept_aside": [str(p) for p in result.kept_aside],
         "files": extras,
+        "images": None if result.images is None else result.images.to_dict(),
         "skipped": skipped,
         "redo_deletions": [
             {"scope": scope, "target": target} for scope, target in result.redo_deletions
@@ -154,6 +156,8 @@ def restore_cmd(
     typer.echo(f"restored {result.snapshot} to {result.target} ({result.messages} messages)")
     for path in result.kept_aside:
         typer.echo(f"previous file kept as {path}")
+    if result.images is not None:
+        typer.echo(_images_line(result.images))
     for line in extras:
         typer.echo(line)
     for scope, target in result.redo_deletions:
@@ -161,6 +165,15 @@ def restore_cmd(
             f"the snapshot predates the deletion of {scope} {target}: its data is back; "
             f"delete it again: scripts/vigilctl delete --{scope} {shlex.quote(target)} --confirm"
         )
+
+
+def _images_line(images: restore.media.MediaRestore) -> str:
+    line = f"images: {images.restored} restored, {images.unchanged} already in place"
+    if images.set_aside:
+        line += f", {images.set_aside} of the replaced database moved to {images.aside}"
+    if images.missing:
+        line += f"; {images.missing} have no file (shown as text)"
+    return line
 
 
 @guarded
