@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from core import maintenance
+from core import maintenance, media_upkeep
 from core.backups import backup as backups
 from core.backups import restore
 from core.backups import runs as backup_runs
@@ -44,6 +44,7 @@ from core.cli.output import (
 from core.cli.views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
+from core.media import MediaStore
 from core.process import server_pid
 from core.restarts import SUPERVISOR_LOCK
 
@@ -242,10 +243,14 @@ def cleanup(
             report["task_records_removed"] = maintenance.cleanup_old_tasks(
                 conn, days=settings.task_retention_days
             )
+            store = MediaStore(settings.media_dir)
             if settings.message_retention_days:
-                report["messages_removed"] = maintenance.delete_old_messages(
-                    conn, days=settings.message_retention_days
+                pruned = media_upkeep.delete_old_messages(
+                    conn, store, days=settings.message_retention_days
                 )
+                report["messages_removed"] = pruned["deleted"]
+                report["images_removed"] = pruned["images_removed"]
+            report["media"] = media_upkeep.sweep_orphans(conn, store).to_dict()
         finally:
             conn.close()
     if as_json:
@@ -261,7 +266,17 @@ def cleanup(
     if "task_records_removed" in report:
         typer.echo(f"removed {report['task_records_removed']} old task record(s)")
     if "messages_removed" in report:
-        typer.echo(f"removed {report['messages_removed']} message(s) past retention")
+        typer.echo(
+            f"removed {report['messages_removed']} message(s) past retention "
+            f"and {report['images_removed']} image file(s)"
+        )
+    if "media" in report:
+        media = report["media"]
+        typer.echo(
+            f"removed {media['removed']} image file(s) no message refers to "
+            f"({fmt_bytes(media['removed_bytes'])})"
+            + (f"; {media['missing']} stored image(s) have no file" if media["missing"] else "")
+        )
 
 
 @guarded
