@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import io
 import logging
@@ -30,7 +31,14 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.errors import BadImage, CorruptImage, ImageTooLarge, NotAnImage
+from core.errors import (
+    BadImage,
+    CorruptImage,
+    ImageTooLarge,
+    NotAnImage,
+    StorageError,
+    StorageFull,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +195,21 @@ class MediaStore:
         return path
 
     def save(self, chat_id: str, image: PreparedImage) -> str:
-        """Write the image (fsynced, 0600); returns its path relative to the store."""
+        """Write the image (fsynced, 0600); returns its path relative to the store.
+
+        Raises ours, not the OS's: ``StorageFull`` when the disk (or quota) is full,
+        ``StorageError`` otherwise; nothing is left behind either way.
+        """
+        try:
+            return self._write(chat_id, image)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(
+                    "storing the image: the disk is full; free space in the data directory"
+                ) from exc
+            raise StorageError(f"storing the image: {exc.strerror or exc}") from exc
+
+    def _write(self, chat_id: str, image: PreparedImage) -> str:
         relative = f"{folder_of(chat_id)}/{secrets.token_hex(12)}.jpg"
         target = self.root / relative
         _mkdir_private(target.parent)
