@@ -35,8 +35,14 @@ ENV_PREFIX = "VIGIL_"
 # Settings whose whole value is secret, and URLs whose password is: a snapshot's
 # copy of the settings file replaces them with SECRET_PLACEHOLDER unless the
 # operator asks for them (``vigilctl backup --with-secrets``).
-SECRET_FIELDS = ("admin_token", "llm_api_key", "telegram_api_hash", "telegram_bot_token")
-SECRET_URL_FIELDS = ("huey_redis_url", "llm_base_url", "alert_webhook_url")
+SECRET_FIELDS = (
+    "admin_token",
+    "llm_api_key",
+    "telegram_api_hash",
+    "telegram_bot_token",
+    "stt_api_key",
+)
+SECRET_URL_FIELDS = ("huey_redis_url", "llm_base_url", "alert_webhook_url", "stt_base_url")
 SECRET_PLACEHOLDER = "VIGIL-SECRET-NOT-IN-BACKUP"
 _SCHEDULE_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 MAX_TOKENS_SETTING = 2**62  # budgets: beyond SQLite sums, a typo
