@@ -75,9 +75,17 @@ def backup(
         f"backup {snap.name}: {snap.messages} messages, {fmt_bytes(snap.db_bytes)} -> "
         f"{fmt_bytes(snap.size_bytes)}, verified, in {snap.duration_s:.2f} s ({snap.path})"
     )
-    if snap.files:
+    images = snap.files.get("media")
+    if images is not None:
+        typer.echo(
+            f"images: {images['images']} ({fmt_bytes(int(images['image_bytes']))}) in "
+            f"{images['file']}"
+            + (f"; {images['missing']} were gone from data/media" if images["missing"] else "")
+        )
+    others = sorted(role for role in snap.files if role != "media")
+    if others:
         secrets = "with secrets" if with_secrets else "secrets replaced by a placeholder"
-        typer.echo(f"also kept: {', '.join(sorted(snap.files))} ({secrets}; files mode 0600)")
+        typer.echo(f"also kept: {', '.join(others)} ({secrets}; files mode 0600)")
 
 
 @guarded

@@ -25,7 +25,7 @@ from core.backups.restore import restore_live
 from core.backups.runs import take_backup
 from core.config import Settings
 from tests.core.media.stored import contents, make_orphan, modes, store_message
-from tests.operator_cli import rows
+from tests.operator_cli import invoke, rows
 
 
 def _backup(settings: Settings, name: str = "snap") -> Snapshot:
@@ -146,3 +146,38 @@ def test_a_restore_refuses_an_archive_with_foreign_members(tsettings: Settings) 
     with pytest.raises(SnapshotDamaged, match="unexpected member"):
         restore_live(again, s.db_path, confirm=True, media_root=s.media_dir)
     assert not (s.data_dir.parent / "escaped.jpg").exists()
+
+
+def test_the_cli_backs_up_and_restores_the_images(tsettings: Settings) -> None:
+    s = tsettings
+    kept = store_message(s, "local:a", images=2, seed=1)
+    before = contents(s.media_dir)
+    made = invoke(s, "backup", "--name", "cli-snap")
+    assert made.exit_code == 0, made.output
+    assert "images: 2 (" in made.output and "cli-snap.media.tar" in made.output
+    newer = store_message(s, "local:a", seed=2)
+
+    for path in kept:
+        (s.media_dir / path).unlink()  # the disk lost the snapshot's images
+    done = invoke(s, "restore", "cli-snap", "--confirm", "--json")
+    assert done.exit_code == 0, done.output
+    report = json.loads(done.output)
+    assert report["images"]["restored"] == 2 and report["images"]["set_aside"] == 1
+    assert contents(s.media_dir) == before
+    assert set(contents(Path(report["images"]["aside"]))) == set(newer)
+    checked = invoke(s, "validate", "--json")
+    permissions = next(
+        c for c in json.loads(checked.output)["checks"] if c["name"] == "permissions"
+    )
+    assert permissions["status"] == "ok", permissions
+
+
+def test_validate_flags_an_image_readable_by_others(tsettings: Settings) -> None:
+    s = tsettings
+    (path,) = store_message(s, "local:a", seed=1)
+    (s.media_dir / path).chmod(0o644)
+    checked = invoke(s, "validate", "--json")
+    permissions = next(
+        c for c in json.loads(checked.output)["checks"] if c["name"] == "permissions"
+    )
+    assert permissions["status"] == "fail" and path in permissions["detail"]
