@@ -10,6 +10,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 
 import pytest
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from core.config import Settings
 from core.media import folder_of
 from main import cli
 from tasks import jobs
+from tests.conftest import LiveServer
 from tests.core.media.stored import contents, make_orphan, store_message
 from tests.operator_cli import cli_env, invoke, rows
 
@@ -114,3 +116,23 @@ def test_the_cleanup_job_sweeps_old_orphans_and_reports_rows_without_files(
     assert old_orphan not in contents(s.media_dir) and not part.exists()
     assert "1 stored image(s) have no file" in caplog.text
     assert int(rows(s.db_path, "SELECT count(*) FROM message_images")[0][0]) == 2  # not touched
+
+
+@pytest.mark.slow
+def test_deleting_through_the_running_server_removes_the_files(
+    settings: Settings, live_server_factory: Callable[..., LiveServer]
+) -> None:
+    gone = store_message(settings, "tg:4242", images=2, seed=1)
+    kept = store_message(settings, "local:other", seed=2)
+    server = live_server_factory(settings)
+    dry = server.client.post("/admin/delete", json={"scope": "chat", "target": "tg:4242"})
+    assert dry.status_code == 200 and dry.json()["images"] == 2
+    assert set(gone) <= set(contents(settings.media_dir))
+    done = server.client.post(
+        "/admin/delete", json={"scope": "chat", "target": "tg:4242", "confirm": True}
+    )
+    assert done.status_code == 200, done.text
+    assert (done.json()["images"], done.json()["files"]) == (2, 2)
+    assert set(contents(settings.media_dir)) == set(kept)
+    (audit,) = rows(settings.db_path, "SELECT target, files FROM deletions")
+    assert tuple(audit) == ("tg:4242", 2)
