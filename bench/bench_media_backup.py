@@ -44,7 +44,7 @@ def fill(settings: Settings, images: int, side: int) -> int:
     migrate_sync(conn)
     total = 0
     base = []
-    for n in range(8):  # a few distinct pictures, each stored many times (each file differs)
+    for _ in range(8):  # a few distinct pictures, each stored many times (as files)
         out = io.BytesIO()
         Image.frombytes("RGB", (side, side), rng.randbytes(3 * side * side)).save(out, "PNG")
         base.append(prepare_image(out.getvalue(), max_bytes=50_000_000, max_side=1568))
