@@ -5,8 +5,9 @@
 Each image is a noisy RGB picture re-encoded by ``prepare_image`` (JPEG q85,
 so about as big as a photo of that size), stored by ``MediaStore`` with a
 message row, in a scratch data directory. Rows:
-  * backup with images (``take_backup``: copy, archive, gzip, verify) and the
+  * backup with images (``take_backup``: copy, images, gzip, verify) and the
     same backup without them (``create_backup`` with no media root);
+  * the next backup with the same images (each one checked, then hard-linked);
   * ``snapshots --verify`` of the snapshot (sha256 + archive members);
   * restore onto an emptied ``data/media`` (every image written back, fsynced);
   * the orphan sweep over the store (no orphans: the walk and the row read).
@@ -87,6 +88,7 @@ def main() -> None:
             lambda: create_backup(settings.db_path, settings.backups_dir, name="plain")
         )
         with_s, snap = timed(lambda: take_backup(settings, trigger="cli", name="with-images"))
+        again_s, again = timed(lambda: take_backup(settings, trigger="cli", name="again"))
         verify_s, _ = timed(lambda: verify_snapshot(snap))
         conn = connect_sync(settings.db_path)
         sweep_s, _ = timed(lambda: media_upkeep.sweep_orphans(conn, MediaStore(settings.media_dir)))
@@ -105,7 +107,9 @@ def main() -> None:
                     "image_mb": round(total / 1e6, 1),
                     "backup_without_images_s": plain_s,
                     "backup_with_images_s": with_s,
-                    "archive_mb": round(snap.files["media"]["size_bytes"] / 1e6, 1),
+                    "images_added_mb": round(snap.files["media"]["size_bytes"] / 1e6, 1),
+                    "next_backup_s": again_s,
+                    "next_backup_added_mb": round(again.files["media"]["size_bytes"] / 1e6, 3),
                     "db_gz_mb": round(plain.size_bytes / 1e6, 2),
                     "verify_s": verify_s,
                     "restore_s": restore_s,

@@ -4,10 +4,11 @@ A snapshot is two files in ``data/backups/``: ``NAME.db.gz`` (the database,
 gzip-compressed) and ``NAME.json`` (its manifest: sha256 of the compressed
 file, sizes, counts, schema version), plus the files its manifest lists: the
 session and settings files (core/backups/extras.py) and the images the
-database refers to (``NAME.media.tar``, core/backups/media.py). The manifest is written last, so a
-snapshot without one is an interrupted backup and is ignored. The file name
-is the snapshot's name: an operator may rename or copy a pair, and the name
-recorded inside the manifest is then only reported, never used to find files.
+database refers to (the directory ``NAME.media/``, core/backups/media.py).
+The manifest is written last, so a snapshot without one is an interrupted
+backup and is ignored. The file name is the snapshot's name: an operator may
+rename or copy a pair, and the name recorded inside the manifest is then only
+reported, never used to find files.
 
 The copy uses SQLite's online backup API from inside one read transaction, so
 in WAL mode it is a consistent picture of the moment the backup began while
@@ -271,18 +272,16 @@ def _write_manifest(snapshot: Snapshot) -> None:
         raise
 
 
-def _check_space(db_path: Path, directory: Path, media_root: Path | None) -> None:
+def _check_space(db_path: Path, directory: Path) -> None:
+    # Images are not counted: a snapshot links the ones the previous holds, and a
+    # disk that fills while the new ones are copied fails the backup as StorageFull.
     need = sum(p.stat().st_size for p in _db_files(db_path) if p.exists())
-    # The images are archived as they are (at most every file under data/media).
-    images = (
-        0 if media_root is None else sum(i.st_size for i in media.stored_files(media_root).values())
-    )
     free = shutil.disk_usage(directory).free
     # The uncompressed copy plus the compressed file must fit at once.
-    if free < need * 1.5 + images + CHUNK:
+    if free < need * 1.5 + CHUNK:
         raise StorageFull(
             f"not enough free disk for a backup: {free / 1e6:.0f} MB free in {directory}, "
-            f"about {(need * 1.5 + images) / 1e6:.0f} MB needed"
+            f"about {need * 1.5 / 1e6:.0f} MB needed"
         )
 
 
@@ -382,7 +381,7 @@ def _create_locked(
     media_root: Path | None,
 ) -> Snapshot:
     refuse_existing(backups_dir, name)
-    _check_space(db_path, backups_dir, media_root)
+    _check_space(db_path, backups_dir)
     draft = Snapshot(name, created, kind, 0, 0, "", 0, 0, 0, 0.0, backups_dir)
     try:
         return _produce(db_path, draft, level, progress, extras, media_root)
@@ -419,17 +418,25 @@ def _write_extra(snapshot: Snapshot, role: str, content: bytes) -> dict[str, Any
     }
 
 
-def _archive_media(draft: Snapshot, copy: Path, media_root: Path) -> dict[str, Any] | None:
+def _store_images(draft: Snapshot, copy: Path, media_root: Path) -> dict[str, Any] | None:
     """The images the copy refers to, next to the snapshot (None when it refers to none)."""
-    packed = temp_path(draft.directory, draft.name, media.SUFFIX)
+    building = temp_path(draft.directory, draft.name, media.SUFFIX)
+    previous = next(
+        (
+            s.extra_path(media.ROLE)
+            for s in list_snapshots(draft.directory)
+            if media.ROLE in s.files and s.extra_path(media.ROLE).is_dir()
+        ),
+        None,
+    )
     try:
-        entry = media.write_archive(copy, media_root, packed)
+        entry = media.write_images(copy, media_root, building, previous=previous)
         if not entry["images"] and not entry["missing"]:
             return None
         target = draft.extra_path(media.ROLE)
-        os.replace(packed, target)
+        os.replace(building, target)
     finally:
-        packed.unlink(missing_ok=True)
+        media.remove_images(building)
     return {"file": target.name, **entry}
 
 
@@ -448,7 +455,7 @@ def _produce(
     try:
         counts = _online_copy(db_path, copy, progress)
         # Right after the copy: the rows it holds and the files on disk match best now.
-        images = None if media_root is None else _archive_media(draft, copy, media_root)
+        images = None if media_root is None else _store_images(draft, copy, media_root)
         progress("check", 0, 1)
         problems = integrity_problems(copy)
         if problems:
@@ -564,6 +571,13 @@ def verify_snapshot(snapshot: Snapshot, *, progress: Progress = no_progress) -> 
         raise SnapshotDamaged(f"snapshot {snapshot.name!r} is damaged: {exc}") from exc
     for role, entry in snapshot.files.items():
         path = snapshot.extra_path(role)
+        if role == media.ROLE:
+            problem = media.images_problem(path, entry)
+            if problem is not None:
+                raise SnapshotDamaged(
+                    f"snapshot {snapshot.name!r} is damaged: its images ({path.name}/): {problem}"
+                )
+            continue
         try:
             found = _file_sha256(path)
         except OSError as exc:
@@ -574,11 +588,6 @@ def verify_snapshot(snapshot: Snapshot, *, progress: Progress = no_progress) -> 
         if found != entry.get("sha256"):
             raise SnapshotDamaged(
                 f"snapshot {snapshot.name!r} is damaged: checksum mismatch of its {role} file"
-            )
-        problem = media.archive_problem(path, entry) if role == media.ROLE else None
-        if problem is not None:
-            raise SnapshotDamaged(
-                f"snapshot {snapshot.name!r} is damaged: its images ({path.name}): {problem}"
             )
 
 
@@ -613,7 +622,10 @@ def delete_snapshot(snapshot: Snapshot) -> None:
     snapshot.manifest_path.unlink(missing_ok=True)
     snapshot.path.unlink(missing_ok=True)
     for role in snapshot.files:
-        snapshot.extra_path(role).unlink(missing_ok=True)
+        if role == media.ROLE:
+            media.remove_images(snapshot.extra_path(role))
+        else:
+            snapshot.extra_path(role).unlink(missing_ok=True)
 
 
 def latest_verified(

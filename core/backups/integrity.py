@@ -27,6 +27,7 @@ from core.backups.backup import (
     readonly_uri,
     verify_snapshot,
 )
+from core.backups.media import SUFFIX as MEDIA_SUFFIX
 from core.backups.state import read_backup_state
 from core.backups.temp import find_leftovers
 from core.config import Settings
@@ -158,6 +159,9 @@ def private_paths(
     if backups.is_dir():
         paths.append((backups, 0o700))
         paths.extend((p, 0o600) for p in sorted(backups.iterdir()) if p.is_file())
+        for images in sorted(backups.glob("*" + MEDIA_SUFFIX)):  # snapshots' image directories
+            paths.append((images, 0o700))
+            paths.extend((p, 0o700 if p.is_dir() else 0o600) for p in sorted(images.rglob("*")))
     return paths
 
 

@@ -1,14 +1,23 @@
-"""The images of a snapshot: archived with it, checked, put back on restore.
+"""The images of a snapshot: kept with it, checked, put back on restore.
 
 A snapshot holds the image files its own database copy refers to (the
-``message_images`` rows of the copy, taken inside the copy's read
-transaction), not every file under ``data/media``: a row in the snapshot has
-its file, and a file no row refers to (an orphan) is not kept. They go into
-one uncompressed tar, ``NAME.media.tar`` (JPEGs do not compress), listed in
-the manifest's ``files`` as ``media`` with its sha256, the number of images
-and their bytes. A file removed between the copy and the archive (a chat
-deleted meanwhile) is recorded as ``missing``; the restored database shows
-such an image as text.
+``message_images`` rows of the copy, read right after the copy), not every
+file under ``data/media``: a row in the snapshot has its file, and a file no
+row refers to (an orphan) is not kept. They go into a directory next to the
+pair, ``NAME.media/`` (0700; the same ``<folder>/<id>.jpg`` layout, files
+0600) with an ``index.tsv`` (path, size, sha256 per image); the manifest's
+``files`` lists it as ``media`` with the index's sha256, the number of images,
+their bytes and the bytes this snapshot added.
+
+Images never change once stored, so a snapshot *hard-links* every image the
+previous snapshot already holds (after checking its sha256) and copies only
+the new ones: thirty snapshots of the same images take the room of one, and
+each snapshot is still a self-contained directory (deleting one leaves the
+others whole; ``cp -r`` copies it entirely). Where links are refused (some
+network or FAT file systems) the image is copied.
+
+A file removed between the copy and the archive (a chat deleted meanwhile) is
+recorded as ``missing``; the restored database shows such an image as text.
 
 On restore the snapshot's images are written back (0600 files, 0700
 directories, each one fsynced and renamed into place) *before* the database
@@ -26,11 +35,11 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import sqlite3
-import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from core.media import MediaStore
 from core.media_upkeep import referenced_paths, stored_files
@@ -38,24 +47,13 @@ from core.media_upkeep import referenced_paths, stored_files
 log = logging.getLogger(__name__)
 
 ROLE = "media"
-SUFFIX = ".media.tar"
-# Member names are what MediaStore.save writes; anything else in an archive is refused.
-_MEMBER_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}/[0-9A-Za-z_-]{1,64}\.jpg$")
+SUFFIX = ".media"
+INDEX = "index.tsv"
+# Paths are what MediaStore.save writes; anything else in an index is refused.
+_PATH_RE = re.compile(r"^[0-9A-Za-z_-]{1,64}/[0-9A-Za-z_-]{1,64}\.jpg$")
 CHUNK = 1 << 20
 
-
-class _Hashing:
-    """A write-only file that hashes and counts what passes through (for tarfile's stream)."""
-
-    def __init__(self, raw: BinaryIO) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return self.raw.write(data)
+Index = dict[str, tuple[int, str]]  # path -> (size, sha256)
 
 
 def _rows(db_copy: Path) -> list[str]:
@@ -66,33 +64,104 @@ def _rows(db_copy: Path) -> list[str]:
         conn.close()
 
 
-def write_archive(db_copy: Path, media_root: Path, target: Path) -> dict[str, Any]:
-    """Archive the images ``db_copy`` refers to into ``target`` (0600, fsynced).
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
-    Returns the manifest entry, without ``file`` (the caller renames the temp file).
+
+def _mkdir_private(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+
+
+def read_index(directory: Path) -> Index:
+    """The index of a snapshot's image directory; ValueError when it is not one."""
+    index: Index = {}
+    text = (directory / INDEX).read_text(encoding="utf-8")
+    for number, line in enumerate(text.splitlines(), 1):
+        path, _, rest = line.partition("\t")
+        size, _, digest = rest.partition("\t")
+        if not _PATH_RE.match(path) or not size.isdigit() or len(digest) != 64:
+            raise ValueError(f"line {number} of {INDEX} is not 'path<TAB>size<TAB>sha256'")
+        index[path] = (int(size), digest)
+    return index
+
+
+def _copy_private(source: Path, target: Path) -> tuple[int, str]:
+    """Copy ``source`` to ``target`` (0600, fsynced); returns (size, sha256)."""
+    digest, size = hashlib.sha256(), 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out, source.open("rb") as src:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    return size, digest.hexdigest()
+
+
+def _link_previous(previous: Path | None, known: Index, relative: str, target: Path) -> bool:
+    """Hard-link the previous snapshot's copy of an image when it is still sound."""
+    if previous is None or relative not in known:
+        return False
+    source = previous / relative
+    try:
+        if _sha256(source) != known[relative][1]:
+            log.warning("backup: %s in %s is damaged; copied afresh", relative, previous.name)
+            return False
+        os.link(source, target)
+    except OSError:  # gone, or a file system without hard links: copy instead
+        return False
+    return True
+
+
+def write_images(
+    db_copy: Path, media_root: Path, target: Path, *, previous: Path | None = None
+) -> dict[str, Any]:
+    """Put the images ``db_copy`` refers to in the directory ``target`` (created here).
+
+    Images ``previous`` (an earlier snapshot's directory) holds are hard-linked;
+    the others are copied from ``media_root``. Returns the manifest entry
+    without ``file`` (the caller renames the directory into place).
     """
     store = MediaStore(media_root)
-    images = image_bytes = 0
+    try:
+        known = read_index(previous) if previous is not None else {}
+    except (OSError, ValueError):
+        known, previous = {}, None
+    _mkdir_private(target)
+    index: list[str] = []
+    images = image_bytes = added = 0
     missing: list[str] = []
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as raw:
-        hashing = _Hashing(raw)
-        with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
-            for relative in _rows(db_copy):
-                try:
-                    path = store.path_of(relative)
-                    handle = path.open("rb")
-                except (OSError, ValueError):
-                    missing.append(relative)
-                    continue
-                with handle:
-                    info = tar.gettarinfo(fileobj=handle, arcname=relative)
-                    info.mode, info.uid, info.gid, info.uname, info.gname = 0o600, 0, 0, "", ""
-                    tar.addfile(info, handle)
-                images += 1
-                image_bytes += info.size
-        raw.flush()
-        os.fsync(raw.fileno())
+    for relative in _rows(db_copy):
+        if not _PATH_RE.match(relative):
+            missing.append(relative)
+            continue
+        out = target / relative
+        _mkdir_private(out.parent)
+        if _link_previous(previous, known, relative, out):
+            size, digest = known[relative]
+        else:
+            try:
+                size, digest = _copy_private(store.path_of(relative), out)
+            except FileNotFoundError:
+                missing.append(relative)
+                continue
+            added += size
+        index.append(f"{relative}\t{size}\t{digest}\n")
+        images += 1
+        image_bytes += size
+    content = "".join(index).encode("utf-8")
+    fd = os.open(target / INDEX, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
     if missing:
         log.warning(
             "backup: %d image(s) of the snapshot were gone from %s (deleted meanwhile?): %s",
@@ -101,28 +170,40 @@ def write_archive(db_copy: Path, media_root: Path, target: Path) -> dict[str, An
             ", ".join(missing[:3]),
         )
     return {
-        "sha256": hashing.digest.hexdigest(),
-        "size_bytes": hashing.size,
+        "sha256": hashlib.sha256(content).hexdigest(),
+        "size_bytes": added + len(content),
         "images": images,
         "image_bytes": image_bytes,
         "missing": len(missing),
     }
 
 
-def archive_problem(path: Path, entry: dict[str, Any]) -> str | None:
-    """Read the whole archive back: its members must be the images it claims."""
+def images_problem(directory: Path, entry: dict[str, Any]) -> str | None:
+    """Read every image back: the index must match the manifest, each file its index line."""
     try:
-        count = 0
-        with tarfile.open(path, mode="r|") as tar:
-            for member in tar:
-                if not member.isfile() or not _MEMBER_RE.match(member.name):
-                    return f"unexpected member {member.name[:80]!r}"
-                count += 1
-    except (OSError, tarfile.TarError, EOFError) as exc:
-        return f"unreadable ({exc})"
-    if count != int(entry.get("images", -1)):
-        return f"{count} image(s) in it, the manifest says {entry.get('images')}"
+        if _sha256(directory / INDEX) != entry.get("sha256"):
+            return f"checksum mismatch of its {INDEX}"
+        index = read_index(directory)
+    except (OSError, ValueError) as exc:
+        return f"unreadable index ({exc})"
+    if len(index) != int(entry.get("images", -1)):
+        return f"{len(index)} image(s) in it, the manifest says {entry.get('images')}"
+    for relative, (size, digest) in index.items():
+        path = directory / relative
+        try:
+            if path.is_symlink() or path.stat().st_size != size or _sha256(path) != digest:
+                return f"checksum mismatch of the image {relative}"
+        except OSError as exc:
+            return f"the image {relative} cannot be read ({exc.strerror or exc})"
     return None
+
+
+def remove_images(directory: Path) -> None:
+    """Delete a snapshot's image directory (other snapshots' links keep their data)."""
+    if directory.is_dir() and not directory.is_symlink():
+        shutil.rmtree(directory, ignore_errors=True)
+    else:
+        directory.unlink(missing_ok=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,24 +249,20 @@ def _write_private(store: MediaStore, relative: str, content: bytes) -> None:
         raise
 
 
-def extract_archive(archive: Path, media_root: Path) -> tuple[int, int]:
-    """Write the archive's images under ``media_root``; returns (written, unchanged)."""
+def extract_images(directory: Path, media_root: Path) -> tuple[int, int]:
+    """Write a snapshot's images under ``media_root``; returns (written, unchanged)."""
     store = MediaStore(media_root)
-    media_root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _mkdir_private(media_root)
     written = unchanged = 0
-    with tarfile.open(archive, mode="r|") as tar:
-        for member in tar:
-            if not member.isfile() or not _MEMBER_RE.match(member.name):
-                raise ValueError(f"unexpected member {member.name[:80]!r} in {archive.name}")
-            handle = tar.extractfile(member)
-            if handle is None:
-                continue
-            content = handle.read()
-            if _same(store.path_of(member.name), len(content), _sha(content)):
-                unchanged += 1
-                continue
-            _write_private(store, member.name, content)
-            written += 1
+    for relative, (size, digest) in read_index(directory).items():
+        content = (directory / relative).read_bytes()
+        if _sha(content) != digest:
+            raise ValueError(f"checksum mismatch of the image {relative}")
+        if _same(store.path_of(relative), size, digest):
+            unchanged += 1
+            continue
+        _write_private(store, relative, content)
+        written += 1
     return written, unchanged
 
 

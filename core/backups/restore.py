@@ -284,7 +284,7 @@ def _restore_images(snapshot: Snapshot, media_root: Path | None) -> tuple[int, i
     if media_root is None or media.ROLE not in snapshot.files:
         return 0, 0
     try:
-        return media.extract_archive(snapshot.extra_path(media.ROLE), media_root)
+        return media.extract_images(snapshot.extra_path(media.ROLE), media_root)
     except ValueError as exc:
         raise SnapshotDamaged(f"snapshot {snapshot.name!r} is damaged: {exc}") from exc
     except OSError as exc:

@@ -1,6 +1,6 @@
 """Snapshots hold the images their database refers to; restore brings them back.
 
-Real image files written by MediaStore, real SQLite files, real tar archives.
+Real image files written by MediaStore, real SQLite files, real hard links.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,14 @@ from core.backups.backup import (
     Snapshot,
     SnapshotDamaged,
     create_backup,
+    delete_snapshot,
     find_snapshot,
     verify_snapshot,
 )
-from core.backups.media import SUFFIX
+from core.backups.media import INDEX, SUFFIX, read_index
 from core.backups.restore import restore_live
 from core.backups.runs import take_backup
+from core.backups.temp import sweep_leftovers, temp_path
 from core.config import Settings
 from tests.core.media.stored import contents, make_orphan, modes, store_message
 from tests.operator_cli import invoke, rows
@@ -45,8 +46,8 @@ def test_backup_wipe_restore_brings_the_images_back_byte_identical_and_private(
     assert entry["images"] == 3 and entry["missing"] == 0
     assert entry["file"] == "with-images" + SUFFIX
     assert snap.extra_path("media").stat().st_mode & 0o077 == 0
-    with tarfile.open(snap.extra_path("media")) as tar:
-        assert sorted(tar.getnames()) == sorted(kept)
+    assert sorted(read_index(snap.extra_path("media"))) == sorted(kept)
+    assert modes(snap.extra_path("media")) == {0o700, 0o1700, 0o600}
     manifest = json.loads(snap.manifest_path.read_text())
     assert manifest["files"]["media"]["sha256"] == entry["sha256"]
 
@@ -112,40 +113,80 @@ def test_no_images_means_no_archive(tsettings: Settings) -> None:
     assert "media" not in snap.files
 
 
-def test_verify_detects_a_damaged_or_swapped_image_archive(tsettings: Settings) -> None:
+def test_verify_detects_a_damaged_image_or_index(tsettings: Settings) -> None:
     s = tsettings
-    store_message(s, "local:a", images=2, seed=1)
+    _first, second = store_message(s, "local:a", images=2, seed=1)
     snap = take_backup(s, trigger="cli", name="v")
     verify_snapshot(snap)
-    archive = snap.extra_path("media")
-    data = bytearray(archive.read_bytes())
-    data[700] ^= 0xFF  # one flipped byte inside the first image
-    archive.write_bytes(bytes(data))
-    with pytest.raises(SnapshotDamaged, match="checksum mismatch of its media file"):
+    image = snap.extra_path("media") / second
+    data = bytearray(image.read_bytes())
+    data[700] ^= 0xFF  # one flipped byte inside an image
+    image.write_bytes(bytes(data))
+    with pytest.raises(SnapshotDamaged, match=f"checksum mismatch of the image {second}"):
         verify_snapshot(snap)
-    archive.unlink()
-    with pytest.raises(SnapshotDamaged, match="media file"):
+    image.unlink()
+    with pytest.raises(SnapshotDamaged, match=f"the image {second} cannot be read"):
+        verify_snapshot(snap)
+    (snap.extra_path("media") / INDEX).write_text("")
+    with pytest.raises(SnapshotDamaged, match=f"checksum mismatch of its {INDEX}"):
         verify_snapshot(snap)
 
 
-def test_a_restore_refuses_an_archive_with_foreign_members(tsettings: Settings) -> None:
-    """An archive rebuilt by hand (checksum updated) still may not write outside data/media."""
+def test_a_restore_refuses_an_index_naming_paths_outside_the_store(tsettings: Settings) -> None:
+    """An index rebuilt by hand (checksum updated) still may not write outside data/media."""
     s = tsettings
     store_message(s, "local:a", seed=1)
     snap = take_backup(s, trigger="cli", name="evil")
-    archive = snap.extra_path("media")
-    evil = s.data_dir / "evil.jpg"
-    evil.write_bytes(b"x")
-    with tarfile.open(archive, "w") as tar:
-        tar.add(evil, arcname="../../escaped.jpg")
+    index = snap.extra_path("media") / INDEX
+    index.write_text(f"../../escaped.jpg\t1\t{'0' * 64}\n")
     manifest = json.loads(snap.manifest_path.read_text())
-    manifest["files"]["media"]["sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
-    manifest["files"]["media"]["images"] = 1
+    manifest["files"]["media"]["sha256"] = hashlib.sha256(index.read_bytes()).hexdigest()
     snap.manifest_path.write_text(json.dumps(manifest))
     again = find_snapshot(s.backups_dir, "evil")
-    with pytest.raises(SnapshotDamaged, match="unexpected member"):
+    with pytest.raises(SnapshotDamaged, match="unreadable index"):
         restore_live(again, s.db_path, confirm=True, media_root=s.media_dir)
     assert not (s.data_dir.parent / "escaped.jpg").exists()
+
+
+def test_snapshots_share_unchanged_images_through_hard_links(tsettings: Settings) -> None:
+    s = tsettings
+    (old,) = store_message(s, "local:a", seed=1)
+    first = take_backup(s, trigger="cli", name="first")
+    (new,) = store_message(s, "local:a", seed=2)
+    second = take_backup(s, trigger="cli", name="second")
+    a, b = first.extra_path("media") / old, second.extra_path("media") / old
+    assert a.stat().st_ino == b.stat().st_ino and a.stat().st_nlink == 2  # one copy on disk
+    new_size = (s.media_dir / new).stat().st_size
+    assert second.files["media"]["image_bytes"] == a.stat().st_size + new_size
+    assert second.files["media"]["size_bytes"] < new_size + 1000  # only the new image + index
+    delete_snapshot(first)  # the other snapshot keeps its images whole
+    assert not first.extra_path("media").exists()
+    verify_snapshot(second)
+    shutil.rmtree(s.media_dir)
+    result = restore_live(second, s.db_path, confirm=True, media_root=s.media_dir)
+    assert result.images is not None and result.images.restored == 2
+
+
+def test_a_damaged_image_in_the_previous_snapshot_is_copied_afresh(tsettings: Settings) -> None:
+    s = tsettings
+    (path,) = store_message(s, "local:a", seed=1)
+    first = take_backup(s, trigger="cli", name="first")
+    damaged = first.extra_path("media") / path
+    damaged.write_bytes(b"rot" + damaged.read_bytes()[3:])
+    second = take_backup(s, trigger="cli", name="second")  # verifies, so it is not damaged
+    assert (second.extra_path("media") / path).stat().st_ino != damaged.stat().st_ino
+    assert (second.extra_path("media") / path).read_bytes() == (s.media_dir / path).read_bytes()
+
+
+def test_an_interrupted_backups_image_directory_is_swept(tsettings: Settings) -> None:
+    s = tsettings
+    s.backups_dir.mkdir(parents=True)
+    left = temp_path(s.backups_dir, "killed", SUFFIX, pid=2**22 + 12345)  # no such process
+    (left / "abc").mkdir(parents=True)
+    (left / "abc" / "x.jpg").write_bytes(b"x" * 100)
+    swept = sweep_leftovers(s.backups_dir)
+    assert swept.paths == [left] and swept.size_bytes == 100
+    assert not left.exists()
 
 
 def test_the_cli_backs_up_and_restores_the_images(tsettings: Settings) -> None:
@@ -154,7 +195,7 @@ def test_the_cli_backs_up_and_restores_the_images(tsettings: Settings) -> None:
     before = contents(s.media_dir)
     made = invoke(s, "backup", "--name", "cli-snap")
     assert made.exit_code == 0, made.output
-    assert "images: 2 (" in made.output and "cli-snap.media.tar" in made.output
+    assert "images: 2 (" in made.output and "cli-snap.media" in made.output
     newer = store_message(s, "local:a", seed=2)
 
     for path in kept:
