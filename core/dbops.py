@@ -28,7 +28,7 @@ from typing import Any
 
 from core.database import run_to_completion
 from core.errors import BadRequest, NotFound, StorageError
-from core.media import MEDIA_DIR, folder_of
+from core.media import MEDIA_DIR, MediaStore, folder_of
 
 log = logging.getLogger(__name__)
 
@@ -358,8 +358,19 @@ def plan_deletion(
     }
     files = [f for chat in chats for find in CHAT_FILES for f in find(data_dir, chat)]
     images = _image_paths(conn, ids, tables)
-    files = list(dict.fromkeys([*files, *(data_dir / MEDIA_DIR / p for p in images)]))
+    store = MediaStore(data_dir / MEDIA_DIR)
+    inside = [store.path_of(p) for p in images if _inside(store, p)]  # never outside the store
+    files = list(dict.fromkeys([*files, *inside]))
     return DeletionPlan(scope, label, chats, ids, cleared, rows, files, affected, len(images))
+
+
+def _inside(store: MediaStore, relative: str) -> bool:
+    try:
+        store.path_of(relative)
+    except ValueError:
+        log.warning("deletion: ignoring the image path %r (outside data/media)", relative)
+        return False
+    return True
 
 
 def _image_paths(conn: sqlite3.Connection, ids: list[int], tables: set[str]) -> list[str]:
@@ -453,8 +464,9 @@ def _remove_files(files: list[Path], media_root: Path) -> None:
         except OSError as exc:
             failed += 1
             log.warning("deletion: %s could not be removed: %s", path, exc)
+    root = media_root.resolve()
     for folder in sorted({p.parent for p in files}):
-        if folder.parent == media_root:
+        if folder.parent.resolve() == root:
             with contextlib.suppress(OSError):
                 folder.rmdir()  # only when empty
     if failed:

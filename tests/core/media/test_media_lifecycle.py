@@ -136,3 +136,16 @@ def test_deleting_through_the_running_server_removes_the_files(
     assert set(contents(settings.media_dir)) == set(kept)
     (audit,) = rows(settings.db_path, "SELECT target, files FROM deletions")
     assert tuple(audit) == ("tg:4242", 2)
+
+
+def test_a_row_pointing_outside_data_media_never_deletes_that_file(tsettings: Settings) -> None:
+    s = tsettings
+    store_message(s, "local:a", seed=1)
+    outside = s.data_dir / "precious.jpg"
+    outside.write_bytes(b"keep me")
+    conn = sqlite3.connect(s.db_path, isolation_level=None)
+    conn.execute("UPDATE message_images SET path = '../precious.jpg'")
+    conn.close()
+    done = invoke(s, "delete", "--chat", "local:a", "--confirm")
+    assert done.exit_code == 0, done.output
+    assert outside.read_bytes() == b"keep me"
