@@ -23,7 +23,7 @@ from core.app import build_runtime
 from core.channel import IncomingMessage
 from core.config import Settings
 from core.database import Database
-from core.errors import CorruptImage, ImageTooLarge, NoVisionModel, NotAnImage
+from core.errors import CorruptImage, ImageTooLarge, NotAnImage, NoVisionModel
 from core.media import prepare_image
 from core.models import Models
 from core.runtime import Runtime
