@@ -83,10 +83,11 @@ async def delete(runtime: RuntimeDep, body: DeleteIn) -> dict[str, Any]:
         for chat in result["affected"]:
             runtime.memory.evict(chat)  # the cached window still holds the turns
     log.info(
-        "deleted the data of %s %s: %d message(s), %d file(s) (by %s)",
+        "deleted the data of %s %s: %d message(s), %d image(s), %d file(s) (by %s)",
         body.scope,
         result["target"],
         result["messages"],
+        result["images"],
         result["files"],
         body.by,
     )

@@ -14,6 +14,8 @@ restore done by hand.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -26,6 +28,9 @@ from typing import Any
 
 from core.database import run_to_completion
 from core.errors import BadRequest, NotFound, StorageError
+from core.media import MEDIA_DIR, MediaStore, folder_of
+
+log = logging.getLogger(__name__)
 
 OPERATIONS = ("vacuum", "analyze", "reindex", "checkpoint")
 CHECKPOINT_MODES = ("PASSIVE", "FULL", "RESTART", "TRUNCATE")
@@ -184,9 +189,19 @@ USER_TABLES: list[tuple[str, str]] = [
     ("usage", "user_id = 'tg:' || :user"),
     ("usage_daily", "user_id = 'tg:' || :user"),
 ]
+
+
+def chat_media_files(data_dir: Path, chat_id: str) -> list[Path]:
+    """Every file in the chat's folder under ``data/media`` (its images, and any
+    file a crash left there without a row)."""
+    folder = data_dir / MEDIA_DIR / folder_of(chat_id)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() or p.is_symlink())
+
+
 # Files of a chat under the data directory: functions (data_dir, chat id) -> paths.
-# Media files are one line here once they exist (e.g. data/media/<chat>/).
-CHAT_FILES: list[Callable[[Path, str], list[Path]]] = []
+CHAT_FILES: list[Callable[[Path, str], list[Path]]] = [chat_media_files]
 
 
 def chat_id_of(target: str) -> str:
@@ -228,8 +243,9 @@ class DeletionPlan:
     message_ids: list[int]  # every message removed (whole chats included)
     summaries_cleared: list[str]  # other chats whose summary may quote removed messages
     rows: dict[str, int]  # other tables: rows removed
-    files: list[Path]
+    files: list[Path]  # removed after the rows are committed gone
     affected: list[str]  # every chat that loses messages (their cached windows go)
+    images: int = 0  # image rows removed with the messages (their files are in ``files``)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -240,6 +256,7 @@ class DeletionPlan:
             "summaries_cleared": self.summaries_cleared,
             "rows": self.rows,
             "files": len(self.files),
+            "images": self.images,
             "affected": self.affected,
         }
 
@@ -340,7 +357,37 @@ def plan_deletion(
         if table in tables
     }
     files = [f for chat in chats for find in CHAT_FILES for f in find(data_dir, chat)]
-    return DeletionPlan(scope, label, chats, ids, cleared, rows, files, affected)
+    images = _image_paths(conn, ids, tables)
+    store = MediaStore(data_dir / MEDIA_DIR)
+    inside = [store.path_of(p) for p in images if _inside(store, p)]  # never outside the store
+    files = list(dict.fromkeys([*files, *inside]))
+    return DeletionPlan(scope, label, chats, ids, cleared, rows, files, affected, len(images))
+
+
+def _inside(store: MediaStore, relative: str) -> bool:
+    try:
+        store.path_of(relative)
+    except ValueError:
+        log.warning("deletion: ignoring the image path %r (outside data/media)", relative)
+        return False
+    return True
+
+
+def _image_paths(conn: sqlite3.Connection, ids: list[int], tables: set[str]) -> list[str]:
+    """The image files of these messages (their rows go with them by cascade)."""
+    if "message_images" not in tables:
+        return []
+    paths: list[str] = []
+    for start in range(0, len(ids), 500):
+        batch = ids[start : start + 500]
+        marks = ",".join("?" * len(batch))
+        found = run_to_completion(
+            conn,
+            f"SELECT path FROM message_images WHERE message_id IN ({marks}) ORDER BY id",
+            batch,
+        ).rows
+        paths.extend(str(r[0]) for r in found)
+    return paths
 
 
 def delete_data(
@@ -396,8 +443,7 @@ def delete_data(
         checkpoint = _checkpoint(conn, "TRUNCATE")
     finally:
         run_to_completion(conn, f"PRAGMA secure_delete={int(secure)}")
-    for path in plan.files:
-        path.unlink(missing_ok=True)
+    _remove_files(plan.files, data_dir / MEDIA_DIR)
     result = plan.to_dict()
     result.update(
         {
@@ -407,6 +453,24 @@ def delete_data(
         }
     )
     return result
+
+
+def _remove_files(files: list[Path], media_root: Path) -> None:
+    """The files of deleted rows (committed gone by now), then emptied media folders."""
+    failed = 0
+    for path in files:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            failed += 1
+            log.warning("deletion: %s could not be removed: %s", path, exc)
+    root = media_root.resolve()
+    for folder in sorted({p.parent for p in files}):
+        if folder.parent.resolve() == root:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty
+    if failed:
+        log.warning("deletion: %d file(s) left; the media orphan sweep retries them", failed)
 
 
 def _delete_rows(conn: sqlite3.Connection, plan: DeletionPlan, by: str) -> None:

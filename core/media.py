@@ -455,8 +455,7 @@ class MediaStore:
         Raises a StorageError (disk full, read-only, permission denied), never
         a bare OSError: the chatter is told the image could not be kept.
         """
-        folder = hashlib.sha256(chat_id.encode()).hexdigest()[:16]
-        relative = f"{folder}/{secrets.token_hex(12)}.jpg"
+        relative = f"{folder_of(chat_id)}/{secrets.token_hex(12)}.jpg"
         target = self.root / relative
         tmp = target.with_suffix(".part")
         try:
@@ -507,6 +506,11 @@ class MediaStore:
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+def folder_of(chat_id: str) -> str:
+    """The folder (under ``data/media``) that holds a chat's images."""
+    return hashlib.sha256(chat_id.encode()).hexdigest()[:16]
 
 
 def _mkdir_private(root: Path, path: Path) -> None:

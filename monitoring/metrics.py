@@ -129,6 +129,8 @@ class ScrapeFacts:
     backup_period_s: float | None = None
     db_bytes: int = 0
     wal_bytes: int = 0
+    media_files: int = 0
+    media_bytes: int = 0
     names: dict[int, str] = field(default_factory=dict)
 
 
@@ -202,6 +204,13 @@ class VigilCollector(Collector):
             facts.backup_last_success = None if found is None else float(found)
         except (VigilError, sqlite3.Error):
             facts.backup_last_success = self.facts.backup_last_success
+        try:  # the images as their rows record them: no walk of data/media per scrape
+            row = await rt.db.fetchone(
+                "SELECT count(*), coalesce(sum(bytes), 0) FROM message_images"
+            )
+            facts.media_files, facts.media_bytes = (int(row[0]), int(row[1])) if row else (0, 0)
+        except (VigilError, sqlite3.Error):
+            facts.media_files, facts.media_bytes = self.facts.media_files, self.facts.media_bytes
         facts.backup_period_s = backup_period_s(rt.settings)
         path = rt.settings.db_path
         facts.db_bytes = _size(path)
@@ -236,6 +245,10 @@ class VigilCollector(Collector):
             )
         yield _gauge("vigil_db_size_bytes", "Size of system.db", facts.db_bytes)
         yield _gauge("vigil_wal_size_bytes", "Size of system.db-wal", facts.wal_bytes)
+        yield _gauge(
+            "vigil_media_files", "Stored images (files under data/media)", facts.media_files
+        )
+        yield _gauge("vigil_media_bytes", "Bytes of the stored images", facts.media_bytes)
 
     def _chat(self) -> Iterator[Metric]:
         rt = self.runtime

@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from core import maintenance, usage
+from core import maintenance, media_upkeep, usage
 from core.backups import runs as backup_runs
 from core.backups import temp as backup_temp
 from core.backups.retention import RetentionPolicy, prune_snapshots
 from core.config import Settings
 from core.database import Database, connect_sync
+from core.media import MediaStore
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
         deleted = maintenance.cleanup_old_tasks(conn, days=settings.task_retention_days)
         events = maintenance.cleanup_old_events(conn)
         rolled = usage.rollup_and_expire(conn, days=settings.usage_retention_days)
+        media = media_upkeep.sweep_orphans(conn, MediaStore(settings.media_dir))
     swept = backup_temp.sweep_leftovers(settings.backups_dir)
     return {
         "deleted": deleted,
@@ -52,6 +54,9 @@ def cleanup_old_tasks(settings: Settings) -> dict[str, Any]:
         "usage_rolled_up": rolled["rolled_up"],
         "usage_deleted": rolled["deleted"],
         "usage_days": settings.usage_retention_days,
+        "media_orphans_removed": media.removed,
+        "media_orphan_bytes": media.removed_bytes,
+        "media_rows_without_file": media.missing,
     }
 
 
@@ -92,7 +97,8 @@ def message_retention(settings: Settings) -> dict[str, Any]:
     if days is None:
         return {"skipped": "message retention is off (VIGIL_MESSAGE_RETENTION_DAYS unset)"}
     with database(settings) as conn:
-        return {"deleted": maintenance.delete_old_messages(conn, days=days), "days": days}
+        result = media_upkeep.delete_old_messages(conn, MediaStore(settings.media_dir), days=days)
+    return {**result, "days": days}
 
 
 def refine_summaries(settings: Settings, *, within_s: float = 2 * 3600) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 A snapshot is two files in ``data/backups/``: ``NAME.db.gz`` (the database,
 gzip-compressed) and ``NAME.json`` (its manifest: sha256 of the compressed
-file, sizes, counts, schema version). The manifest is written last, so a
-snapshot without one is an interrupted backup and is ignored. The file name
-is the snapshot's name: an operator may rename or copy a pair, and the name
-recorded inside the manifest is then only reported, never used to find files.
+file, sizes, counts, schema version), plus the files its manifest lists: the
+session and settings files (core/backups/extras.py) and the images the
+database refers to (the directory ``NAME.media/``, core/backups/media.py).
+The manifest is written last, so a snapshot without one is an interrupted
+backup and is ignored. The file name is the snapshot's name: an operator may
+rename or copy a pair, and the name recorded inside the manifest is then only
+reported, never used to find files.
 
 The copy uses SQLite's online backup API from inside one read transaction, so
 in WAL mode it is a consistent picture of the moment the backup began while
@@ -33,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from core.backups import media
 from core.backups.temp import backup_running, sweep_leftovers, temp_path
 from core.database import BUSY_TIMEOUT_S, guard_stale_wal
 from core.errors import BadRequest, NotFound, StorageError, StorageFull, VigilError
@@ -46,6 +50,7 @@ EXTRA_SUFFIXES: dict[str, str] = {
     "session_marker": ".session-server",
     "env": ".env",
     "config": ".config",
+    media.ROLE: media.SUFFIX,  # the images, see core/backups/media.py
 }
 # `restore latest` means the newest verified snapshot: no snapshot may be named so.
 RESERVED_NAMES = frozenset({"latest"})
@@ -268,6 +273,8 @@ def _write_manifest(snapshot: Snapshot) -> None:
 
 
 def _check_space(db_path: Path, directory: Path) -> None:
+    # Images are not counted: a snapshot links the ones the previous holds, and a
+    # disk that fills while the new ones are copied fails the backup as StorageFull.
     need = sum(p.stat().st_size for p in _db_files(db_path) if p.exists())
     free = shutil.disk_usage(directory).free
     # The uncompressed copy plus the compressed file must fit at once.
@@ -323,11 +330,13 @@ def create_backup(
     level: int = 1,
     progress: Progress = no_progress,
     extras: Extras | None = None,
+    media_root: Path | None = None,
 ) -> Snapshot:
     """Take, compress, checksum and verify one snapshot of ``db_path``.
 
     ``extras`` (role -> (content, description)) are written next to it, mode
-    0600, and listed with their sha256 in the manifest.
+    0600, and listed with their sha256 in the manifest; so are the images
+    under ``media_root`` that the copied database refers to.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
@@ -347,7 +356,7 @@ def create_backup(
         )
     with backup_running(backups_dir):
         snapshot = _create_locked(
-            db_path, backups_dir, name, kind, created, level, progress, extras or {}
+            db_path, backups_dir, name, kind, created, level, progress, extras or {}, media_root
         )
     log.info(
         "backup %s: %d messages, %.1f MB -> %.1f MB in %.2f s",
@@ -369,15 +378,17 @@ def _create_locked(
     level: int,
     progress: Progress,
     extras: Extras,
+    media_root: Path | None,
 ) -> Snapshot:
     refuse_existing(backups_dir, name)
     _check_space(db_path, backups_dir)
     draft = Snapshot(name, created, kind, 0, 0, "", 0, 0, 0, 0.0, backups_dir)
     try:
-        return _produce(db_path, draft, level, progress, extras)
+        return _produce(db_path, draft, level, progress, extras, media_root)
     except BaseException as exc:
         # Never leave a half-made snapshot that looks complete.
-        delete_snapshot(dataclasses.replace(draft, files={r: {} for r in extras}))
+        roles = [*extras, media.ROLE]
+        delete_snapshot(dataclasses.replace(draft, files={r: {} for r in roles}))
         if isinstance(exc, sqlite3.Error):
             raise BackupFailed(f"backup failed: {exc}") from exc
         if isinstance(exc, OSError):
@@ -407,8 +418,35 @@ def _write_extra(snapshot: Snapshot, role: str, content: bytes) -> dict[str, Any
     }
 
 
+def _store_images(draft: Snapshot, copy: Path, media_root: Path) -> dict[str, Any] | None:
+    """The images the copy refers to, next to the snapshot (None when it refers to none)."""
+    building = temp_path(draft.directory, draft.name, media.SUFFIX)
+    previous = next(
+        (
+            s.extra_path(media.ROLE)
+            for s in list_snapshots(draft.directory)
+            if media.ROLE in s.files and s.extra_path(media.ROLE).is_dir()
+        ),
+        None,
+    )
+    try:
+        entry = media.write_images(copy, media_root, building, previous=previous)
+        if not entry["images"] and not entry["missing"]:
+            return None
+        target = draft.extra_path(media.ROLE)
+        os.replace(building, target)
+    finally:
+        media.remove_images(building)
+    return {"file": target.name, **entry}
+
+
 def _produce(
-    db_path: Path, draft: Snapshot, level: int, progress: Progress, extras: Extras
+    db_path: Path,
+    draft: Snapshot,
+    level: int,
+    progress: Progress,
+    extras: Extras,
+    media_root: Path | None = None,
 ) -> Snapshot:
     """Copy, check, compress, describe and read back; temp files always removed."""
     started = time.monotonic()
@@ -416,6 +454,8 @@ def _produce(
     packed = temp_path(draft.directory, draft.name, DATA_SUFFIX)
     try:
         counts = _online_copy(db_path, copy, progress)
+        # Right after the copy: the rows it holds and the files on disk match best now.
+        images = None if media_root is None else _store_images(draft, copy, media_root)
         progress("check", 0, 1)
         problems = integrity_problems(copy)
         if problems:
@@ -426,6 +466,13 @@ def _produce(
         progress("check", 1, 1)
         digest, size = _compress(copy, packed, level, progress)
         os.replace(packed, draft.path)
+        files = {
+            role: {**_write_extra(draft, role, content), **description}
+            for role, (content, description) in extras.items()
+            if role in EXTRA_SUFFIXES and role != media.ROLE
+        }
+        if images is not None:
+            files[media.ROLE] = images
         snapshot = dataclasses.replace(
             draft,
             size_bytes=size,
@@ -435,11 +482,7 @@ def _produce(
             messages=counts["messages"],
             chats=counts["chats"],
             duration_s=round(time.monotonic() - started, 3),
-            files={
-                role: {**_write_extra(draft, role, content), **description}
-                for role, (content, description) in extras.items()
-                if role in EXTRA_SUFFIXES
-            },
+            files=files,
         )
         _write_manifest(snapshot)
         verify_snapshot(snapshot, progress=progress)
@@ -527,17 +570,33 @@ def verify_snapshot(snapshot: Snapshot, *, progress: Progress = no_progress) -> 
     except (OSError, EOFError, zlib.error) as exc:
         raise SnapshotDamaged(f"snapshot {snapshot.name!r} is damaged: {exc}") from exc
     for role, entry in snapshot.files.items():
+        path = snapshot.extra_path(role)
+        if role == media.ROLE:
+            problem = media.images_problem(path, entry)
+            if problem is not None:
+                raise SnapshotDamaged(
+                    f"snapshot {snapshot.name!r} is damaged: its images ({path.name}/): {problem}"
+                )
+            continue
         try:
-            content = snapshot.extra_path(role).read_bytes()
+            found = _file_sha256(path)
         except OSError as exc:
             raise SnapshotDamaged(
-                f"snapshot {snapshot.name!r}: its {role} file {snapshot.extra_path(role).name} "
+                f"snapshot {snapshot.name!r}: its {role} file {path.name} "
                 f"cannot be read ({exc.strerror or exc})"
             ) from exc
-        if hashlib.sha256(content).hexdigest() != entry.get("sha256"):
+        if found != entry.get("sha256"):
             raise SnapshotDamaged(
                 f"snapshot {snapshot.name!r} is damaged: checksum mismatch of its {role} file"
             )
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_extra(snapshot: Snapshot, role: str) -> bytes:
@@ -563,7 +622,10 @@ def delete_snapshot(snapshot: Snapshot) -> None:
     snapshot.manifest_path.unlink(missing_ok=True)
     snapshot.path.unlink(missing_ok=True)
     for role in snapshot.files:
-        snapshot.extra_path(role).unlink(missing_ok=True)
+        if role == media.ROLE:
+            media.remove_images(snapshot.extra_path(role))
+        else:
+            snapshot.extra_path(role).unlink(missing_ok=True)
 
 
 def latest_verified(

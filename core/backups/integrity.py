@@ -27,10 +27,12 @@ from core.backups.backup import (
     readonly_uri,
     verify_snapshot,
 )
+from core.backups.media import SUFFIX as MEDIA_SUFFIX
 from core.backups.state import read_backup_state
 from core.backups.temp import find_leftovers
 from core.config import Settings
 from core.database import BUSY_TIMEOUT_S, guard_stale_wal
+from core.media import MEDIA_DIR
 from core.schema import SCHEMA_VERSION
 
 
@@ -148,10 +150,18 @@ def private_paths(
     for name in (db_path.name, f"{db_path.name}-wal", f"{db_path.name}-shm", "telegram.session"):
         paths.append((db_path.parent / name, 0o600))
     paths.append((data_dir / "admin_token", 0o600))
+    media = data_dir / MEDIA_DIR  # the images sent with messages
+    if media.is_dir():
+        paths.append((media, 0o700))
+        for path in sorted(media.rglob("*")):
+            paths.append((path, 0o700 if path.is_dir() else 0o600))
     backups = data_dir / "backups" if backups_dir is None else backups_dir
     if backups.is_dir():
         paths.append((backups, 0o700))
         paths.extend((p, 0o600) for p in sorted(backups.iterdir()) if p.is_file())
+        for images in sorted(backups.glob("*" + MEDIA_SUFFIX)):  # snapshots' image directories
+            paths.append((images, 0o700))
+            paths.extend((p, 0o700 if p.is_dir() else 0o600) for p in sorted(images.rglob("*")))
     return paths
 
 

@@ -17,6 +17,7 @@ has open is refused too.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import logging
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core import counters
+from core.backups import media
 from core.backups.backup import (
     CHUNK,
     Progress,
@@ -66,6 +68,8 @@ class RestoreResult:
     # Deletions (``vigilctl delete``) done after the snapshot was taken: the restored
     # copy holds that data again. ``(scope, target)``; their records are carried over.
     redo_deletions: tuple[tuple[str, str], ...] = ()
+    # What happened to the images under data/media (None: not asked to restore them).
+    images: media.MediaRestore | None = None
 
 
 def _check_target(target: Path, *, overwrite: bool) -> None:
@@ -222,8 +226,13 @@ def restore_live(
     answering: Callable[[], bool] | None = None,
     now: float | None = None,
     progress: Progress = no_progress,
+    media_root: Path | None = None,
 ) -> RestoreResult:
     """Replace ``db_path`` with the snapshot; the server must be stopped.
+
+    With ``media_root`` (``data/media``) the snapshot's images are written back
+    before the swap, and the files the restored database does not refer to are
+    moved aside after it (see core/backups/media.py).
 
     Running means: someone holds ``supervisor_lock`` (``data/supervisor.json.lock``),
     another process has ``db_path`` open, or ``answering()`` (a GET of
@@ -248,10 +257,14 @@ def restore_live(
             _carry_backup_runs(db_path, temp)
             redo = _carry_deletions(db_path, temp)
             _carry_restarts(db_path, temp)
+            written = _restore_images(snapshot, media_root)
             aside = _swap(temp, db_path, now=now)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
+        images = None
+        if media_root is not None:
+            images = _set_images_aside(db_path, media_root, written, now=now)
     log.warning(
         "restored snapshot %s onto %s (%d messages); previous files kept as %s",
         snapshot.name,
@@ -259,7 +272,53 @@ def restore_live(
         messages,
         ", ".join(p.name for p in aside) or "nothing (no database existed)",
     )
-    return RestoreResult(db_path, snapshot.name, messages, aside, redo)
+    return RestoreResult(db_path, snapshot.name, messages, aside, redo, images)
+
+
+def _stamp(now: float | None) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+
+
+def _restore_images(snapshot: Snapshot, media_root: Path | None) -> tuple[int, int]:
+    """Write the snapshot's images back (before the swap: a row never lacks its file)."""
+    if media_root is None or media.ROLE not in snapshot.files:
+        return 0, 0
+    try:
+        return media.extract_images(snapshot.extra_path(media.ROLE), media_root)
+    except ValueError as exc:
+        raise SnapshotDamaged(f"snapshot {snapshot.name!r} is damaged: {exc}") from exc
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise StorageFull(f"restore failed: the disk is full in {media_root}") from exc
+        raise StorageError(
+            f"restore failed while writing the images to {media_root}: {exc.strerror or exc}"
+        ) from exc
+
+
+def _set_images_aside(
+    db_path: Path, media_root: Path, written: tuple[int, int], *, now: float | None
+) -> media.MediaRestore:
+    """Move the replaced database's images aside; a failure here is logged, not raised:
+    the restore is done, and the orphan sweep removes what is left an hour later."""
+    aside = media_root.with_name(f"{media_root.name}.before-restore-{_stamp(now)}")
+    n = 1
+    while aside.exists():
+        aside = media_root.with_name(f"{media_root.name}.before-restore-{_stamp(now)}.{n}")
+        n += 1
+    try:
+        moved, missing = media.set_aside_unreferenced(db_path, media_root, aside)
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("restore: the replaced database's images were not moved aside: %s", exc)
+        moved, missing = 0, 0
+    if missing:
+        log.warning("restore: %d image(s) of the restored database have no file", missing)
+    return media.MediaRestore(
+        restored=written[0],
+        unchanged=written[1],
+        set_aside=moved,
+        missing=missing,
+        aside=str(aside) if moved else "",
+    )
 
 
 def _carry_counters(db_path: Path, temp: Path) -> None:
@@ -405,7 +464,7 @@ def _swap(temp: Path, db_path: Path, *, now: float | None) -> list[Path]:
     The kept files stay a set (``X.before-restore-T``, ``X.before-restore-T-wal``):
     opening the kept database reads its WAL, so no committed row is left out.
     """
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    stamp = _stamp(now)
     kept = _free_set(db_path.with_name(f"{db_path.name}.before-restore-{stamp}"))
     aside: list[Path] = []
     try:

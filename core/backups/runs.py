@@ -162,6 +162,7 @@ def take_backup(
             now=now,
             progress=progress,
             extras=snapshot_extras(settings, with_secrets=with_secrets),
+            media_root=settings.media_dir,
         )
     except (KeyboardInterrupt, SystemExit):
         record_finish(

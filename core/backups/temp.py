@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,8 @@ def temp_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     found = set(directory.glob(PREFIX + "*")) | set(directory.glob(LEGACY_GLOB))
-    return sorted(p for p in found if p.is_file())
+    # Files, and the image directory a backup fills (``...<name>.media``).
+    return sorted(p for p in found if p.is_file() or (p.is_dir() and p.name.startswith(PREFIX)))
 
 
 def _lock_fd(directory: Path) -> int:
@@ -94,11 +96,17 @@ class Leftovers:
     size_bytes: int
 
 
+def _size(path: Path) -> int:
+    if not path.is_dir():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def _sizes(paths: list[Path]) -> int:
     total = 0
     for path in paths:
         with contextlib.suppress(OSError):
-            total += path.stat().st_size
+            total += _size(path)
     return total
 
 
@@ -124,8 +132,11 @@ def sweep_leftovers(directory: Path) -> Leftovers:
             if not _stale(path, none_running=none_running):
                 continue
             with contextlib.suppress(OSError):
-                bytes_ = path.stat().st_size
-                path.unlink()
+                bytes_ = _size(path)
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
                 removed.append(path)
                 size += bytes_
     return Leftovers(removed, size)

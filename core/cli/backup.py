@@ -13,7 +13,7 @@ from typing import Any
 
 import typer
 
-from core import maintenance
+from core import maintenance, media_upkeep
 from core.backups import backup as backups
 from core.backups import restore
 from core.backups import runs as backup_runs
@@ -44,6 +44,7 @@ from core.cli.output import (
 from core.cli.views import render_snapshots, render_validate, server_answers
 from core.database import connect_sync
 from core.errors import BadRequest
+from core.media import MediaStore
 from core.process import server_pid
 from core.restarts import SUPERVISOR_LOCK
 
@@ -74,9 +75,17 @@ def backup(
         f"backup {snap.name}: {snap.messages} messages, {fmt_bytes(snap.db_bytes)} -> "
         f"{fmt_bytes(snap.size_bytes)}, verified, in {snap.duration_s:.2f} s ({snap.path})"
     )
-    if snap.files:
+    images = snap.files.get("media")
+    if images is not None:
+        typer.echo(
+            f"images: {images['images']} ({fmt_bytes(int(images['image_bytes']))}) in "
+            f"{images['file']}"
+            + (f"; {images['missing']} were gone from data/media" if images["missing"] else "")
+        )
+    others = sorted(role for role in snap.files if role != "media")
+    if others:
         secrets = "with secrets" if with_secrets else "secrets replaced by a placeholder"
-        typer.echo(f"also kept: {', '.join(sorted(snap.files))} ({secrets}; files mode 0600)")
+        typer.echo(f"also kept: {', '.join(others)} ({secrets}; files mode 0600)")
 
 
 @guarded
@@ -129,6 +138,7 @@ def restore_cmd(
                 supervisor_lock=settings.data_dir / SUPERVISOR_LOCK,
                 answering=lambda: server_answers(settings),
                 progress=progress,
+                media_root=settings.media_dir,
             )
     extras = (
         restore_extras(
@@ -143,6 +153,7 @@ def restore_cmd(
         "messages": result.messages,
         "kept_aside": [str(p) for p in result.kept_aside],
         "files": extras,
+        "images": None if result.images is None else result.images.to_dict(),
         "skipped": skipped,
         "redo_deletions": [
             {"scope": scope, "target": target} for scope, target in result.redo_deletions
@@ -154,6 +165,8 @@ def restore_cmd(
     typer.echo(f"restored {result.snapshot} to {result.target} ({result.messages} messages)")
     for path in result.kept_aside:
         typer.echo(f"previous file kept as {path}")
+    if result.images is not None:
+        typer.echo(_images_line(result.images))
     for line in extras:
         typer.echo(line)
     for scope, target in result.redo_deletions:
@@ -161,6 +174,15 @@ def restore_cmd(
             f"the snapshot predates the deletion of {scope} {target}: its data is back; "
             f"delete it again: scripts/vigilctl delete --{scope} {shlex.quote(target)} --confirm"
         )
+
+
+def _images_line(images: restore.media.MediaRestore) -> str:
+    line = f"images: {images.restored} restored, {images.unchanged} already in place"
+    if images.set_aside:
+        line += f", {images.set_aside} of the replaced database moved to {images.aside}"
+    if images.missing:
+        line += f"; {images.missing} have no file (shown as text)"
+    return line
 
 
 @guarded
@@ -229,10 +251,14 @@ def cleanup(
             report["task_records_removed"] = maintenance.cleanup_old_tasks(
                 conn, days=settings.task_retention_days
             )
+            store = MediaStore(settings.media_dir)
             if settings.message_retention_days:
-                report["messages_removed"] = maintenance.delete_old_messages(
-                    conn, days=settings.message_retention_days
+                pruned = media_upkeep.delete_old_messages(
+                    conn, store, days=settings.message_retention_days
                 )
+                report["messages_removed"] = pruned["deleted"]
+                report["images_removed"] = pruned["images_removed"]
+            report["media"] = media_upkeep.sweep_orphans(conn, store).to_dict()
         finally:
             conn.close()
     if as_json:
@@ -248,7 +274,17 @@ def cleanup(
     if "task_records_removed" in report:
         typer.echo(f"removed {report['task_records_removed']} old task record(s)")
     if "messages_removed" in report:
-        typer.echo(f"removed {report['messages_removed']} message(s) past retention")
+        typer.echo(
+            f"removed {report['messages_removed']} message(s) past retention "
+            f"and {report['images_removed']} image file(s)"
+        )
+    if "media" in report:
+        media = report["media"]
+        typer.echo(
+            f"removed {media['removed']} image file(s) no message refers to "
+            f"({fmt_bytes(media['removed_bytes'])})"
+            + (f"; {media['missing']} stored image(s) have no file" if media["missing"] else "")
+        )
 
 
 @guarded

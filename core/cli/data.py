@@ -63,6 +63,8 @@ def _not_touched(settings: Any) -> list[str]:
         if any(tag in p.name for tag in KEPT_COPY_TAGS) and not p.name.endswith(("-wal", "-shm"))
     )
     found = [str(db.parent / name) for name in kept]
+    media = settings.media_dir  # images moved aside by a restore, with their database
+    found += sorted(str(p) for p in media.parent.glob(media.name + ".before-restore-*"))
     snapshots = len(list_snapshots(settings.backups_dir))
     if snapshots:
         found.append(f"{snapshots} snapshot(s) in {settings.backups_dir}")
@@ -131,7 +133,7 @@ def delete(
         f"{what} {result['target']}: {verb} {result['messages']} message(s) in "
         f"{len(result['affected'])} chat(s), {len(result['chats'])} chat record(s)"
         + (f", {rows}" if rows else "")
-        + f", {result['files']} file(s)"
+        + f", {result.get('images', 0)} image(s), {result['files']} file(s)"
     )
     if result["summaries_cleared"]:
         typer.echo(f"{verb} the summaries of {', '.join(result['summaries_cleared'])}")

@@ -106,6 +106,23 @@ def test_the_placeholder_is_refused_as_a_setting(tmp_path: Path) -> None:
         )
 
 
+def test_the_speech_to_text_key_and_url_password_are_secrets_too(tmp_path: Path) -> None:
+    env = (
+        "VIGIL_STT_API_KEY=sk-stt-SECRET7\n"
+        "VIGIL_STT_BASE_URL=https://whisper:pwSECRET8@stt.example/v1\n"
+        "VIGIL_STT_MODEL=whisper-1\n"
+    )
+    redacted = redact_env(env)
+    assert "SECRET7" not in redacted and "SECRET8" not in redacted
+    assert f"VIGIL_STT_API_KEY={SECRET_PLACEHOLDER}\n" in redacted
+    assert f"https://whisper:{SECRET_PLACEHOLDER}@stt.example/v1" in redacted
+    assert redacted.endswith("VIGIL_STT_MODEL=whisper-1\n")
+    toml = redact_config('stt_api_key = "sk-stt-SECRET7"\nstt_model = "w"\n', ".toml")
+    assert "SECRET7" not in toml and f'stt_api_key = "{SECRET_PLACEHOLDER}"' in toml
+    with pytest.raises(ConfigError, match="VIGIL_STT_API_KEY still holds the placeholder"):
+        load_settings(_env_file=None, data_dir=tmp_path, stt_api_key=SECRET_PLACEHOLDER)
+
+
 @pytest.mark.slow
 def test_snapshots_on_backup_dir_hold_session_and_settings_and_restore_latest(
     tsettings: Settings, tmp_path: Path

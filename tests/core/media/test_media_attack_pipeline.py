@@ -178,24 +178,6 @@ async def test_reset_then_an_image_sends_only_the_new_one(
     assert len(eyes.image_urls()) == len(eyes.image_urls(0)) == 1
 
 
-async def test_no_images_in_the_context_goes_to_the_chat_model_as_text(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
-) -> None:
-    text, eyes = pair
-    settings = make_settings(
-        tmp_path,
-        llm_models=profiles(text, eyes),
-        llm_default="text",
-        llm_vision_model="eyes",
-        context_max_images=0,
-    )
-    runtime = await runtime_for(settings)
-    result = await runtime.chat.handle(photo("local:0", "what is this?"), LocalReply())
-    assert result.reply == "from text" and not eyes.requests
-    assert user_contents(text) == ["[image: what is this?]"]
-    assert await runtime.db.scalar("SELECT count(*) FROM message_images") == 1
-
-
 async def test_a_group_image_names_its_author(
     tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
 ) -> None:
