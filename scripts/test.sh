@@ -40,5 +40,7 @@ say "mypy"
 say "import contracts"
 contracts="$("$VENV/bin/lint-imports" --no-cache 2>&1)" \
     || { printf '%s\n' "$contracts"; die "import contracts broken (pyproject.toml [tool.importlinter])"; }
-say "pytest"
-exec "$VENV/bin/python" -m pytest "$@"
+# Two workers (pytest-xdist): the suite fits CI's two cores in well under ten
+# minutes. A later -n (e.g. `scripts/test.sh -n 0`) overrides it.
+say "pytest (${PYTEST_WORKERS:-2} workers)"
+exec "$VENV/bin/python" -m pytest -n "${PYTEST_WORKERS:-2}" "$@"
