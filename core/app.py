@@ -35,6 +35,7 @@ from core.chat import ChatService
 from core.config import Settings, load_settings
 from core.context import ContextWindowManager
 from core.database import Database
+from core.files import write_private
 from core.http import BodyGuard, TrustedHosts, install_error_handlers, trusted_host_patterns
 from core.llm import LLMClient, llm_from_settings
 from core.media import MediaStore
@@ -60,9 +61,7 @@ def resolve_admin_token(settings: Settings) -> str:
         if token:
             return token
     token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(token + "\n")
+    write_private(path, token + "\n")
     log.info("generated an admin token in %s (set VIGIL_ADMIN_TOKEN to choose one)", path)
     return token
 

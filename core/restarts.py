@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from core import counters
 from core.errors import StorageError
+from core.files import write_private
 from core.sqlite import connect_sync, migrate_sync
 
 if TYPE_CHECKING:  # the supervisor imports this module and stays without asyncio
@@ -197,10 +198,7 @@ PENDING_FILE = "restart_pending.json"
 
 def save_pending_record(data_dir: Path, event: RestartEvent) -> None:
     """Keep a restart record for the next server to write (its database was replaced)."""
-    path = data_dir / PENDING_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(list(row_values(event)), handle)
+    write_private(data_dir / PENDING_FILE, json.dumps(list(row_values(event))))
 
 
 async def record_pending(db: Database, data_dir: Path) -> bool:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from core.errors import StorageError
+from core.files import write_private
 from core.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -106,11 +107,8 @@ def record_owner(path: Path) -> None:
     """The server, after opening ``path``: its WAL and SHM belong to this very file."""
     dev, ino = file_identity(path)
     target = owner_file(path)
-    temp = target.with_name(target.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"dev": dev, "ino": ino}, handle)
-    os.replace(temp, target)
+    record = json.dumps({"dev": dev, "ino": ino})
+    write_private(target, record, tmp=target.with_name(target.name + ".tmp"), sync=False)
 
 
 def guard_stale_wal(path: Path) -> list[Path]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import bisect
 import json
 import math
-import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from core.files import write_private
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,11 +145,8 @@ class History:
 
     def save(self, path: Path) -> int:
         """Write the ring as JSON (atomically), so a restart keeps the charts."""
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # data/ stays private
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump([s.to_dict() for s in self._items], handle)
-        os.replace(tmp, path)
+        ring = json.dumps([s.to_dict() for s in self._items])
+        write_private(path, ring, tmp=path.with_name(path.name + ".tmp"), sync=False)
         return len(self._items)
 
     def load(self, path: Path, *, newer_than: float) -> int:

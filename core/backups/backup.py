@@ -40,6 +40,7 @@ from core.backups import media
 from core.backups.temp import backup_running, sweep_leftovers, temp_path
 from core.database import BUSY_TIMEOUT_S, guard_stale_wal
 from core.errors import BadRequest, NotFound, StorageError, StorageFull, VigilError
+from core.files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -260,16 +261,8 @@ def _compress(source: Path, target: Path, level: int, progress: Progress) -> tup
 def _write_manifest(snapshot: Snapshot) -> None:
     # A backup temp name: never listed, and swept if a kill -9 leaves it.
     tmp = temp_path(snapshot.directory, snapshot.name, MANIFEST_SUFFIX)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(snapshot.to_dict(), handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, snapshot.manifest_path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    manifest = json.dumps(snapshot.to_dict(), indent=2)
+    write_private(snapshot.manifest_path, manifest, tmp=tmp)
 
 
 def _check_space(db_path: Path, directory: Path) -> None:
@@ -400,17 +393,9 @@ def _create_locked(
 
 def _write_extra(snapshot: Snapshot, role: str, content: bytes) -> dict[str, Any]:
     target = snapshot.extra_path(role)
-    tmp = temp_path(snapshot.directory, snapshot.name, EXTRA_SUFFIXES[role])
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private(
+        target, content, tmp=temp_path(snapshot.directory, snapshot.name, EXTRA_SUFFIXES[role])
+    )
     return {
         "file": target.name,
         "sha256": hashlib.sha256(content).hexdigest(),

@@ -41,6 +41,7 @@ from core.config import (
     SECRET_URL_FIELDS,
     Settings,
 )
+from core.files import write_private
 
 log = logging.getLogger(__name__)
 
@@ -236,18 +237,7 @@ def _keep_aside(path: Path, stamp: str) -> Path:
 
 
 def _write_private(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.restore-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private(path, content, tmp=path.with_name(f".{path.name}.restore-tmp"))
 
 
 def restore_extras(

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.files import write_private
 from core.media import MediaStore
 from core.media_upkeep import referenced_paths, stored_files
 
@@ -235,18 +236,7 @@ def _write_private(store: MediaStore, relative: str, content: bytes) -> None:
     with contextlib.suppress(OSError):
         os.chmod(store.root, 0o700)
         os.chmod(target.parent, 0o700)
-    tmp = target.with_suffix(".part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_private(target, content, tmp=target.with_suffix(".part"))
 
 
 def extract_images(directory: Path, media_root: Path) -> tuple[int, int]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from core.config import ConfigError, Settings
 from core.errors import ChannelError
+from core.files import write_private
 
 # Telegram's own test environment, DC 2 (Telethon's docs; port 80 also works).
 TEST_SERVER = "2@149.154.167.40:443"
@@ -136,9 +137,7 @@ def marker_path(session_path: Path) -> Path:
 def write_marker(session_path: Path, profile: ServerProfile) -> None:
     path = marker_path(session_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"server": profile.label, "test_mode": profile.test_mode}, handle)
+    write_private(path, json.dumps({"server": profile.label, "test_mode": profile.test_mode}))
 
 
 def session_server(session_path: Path) -> str | None:
