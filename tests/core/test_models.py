@@ -5,21 +5,18 @@ Two real fake model servers (real HTTP/SSE); the primary fails on demand.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.api import LocalReply
-from core.app import build_runtime
 from core.channel import IncomingMessage
 from core.cli.config_view import effective_config
 from core.config import ConfigError, Settings, load_settings
-from core.database import Database
-from core.models import Models
-from core.runtime import Runtime
 from tests.conftest import LiveServer, make_settings
 from tests.fake_llm import FakeLLM
 
@@ -78,20 +75,9 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def runtime_factory(tmp_path: Path, clock: Clock) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[tuple[Database, Models]] = []
-
-    async def factory(settings: Settings) -> Runtime:
-        db = Database(settings.db_path)
-        await db.open()
-        models = Models.from_settings(settings, clock=clock)
-        opened.append((db, models))
-        return build_runtime(settings, db, models.primary, models=models)
-
-    yield factory
-    for db, models in opened:
-        await models.aclose()
-        await db.close()
+def runtime_factory(runtime_factory: Callable[..., Any], clock: Clock) -> Callable[..., Any]:
+    """Runtimes whose models run on the test's clock."""
+    return functools.partial(runtime_factory, clock=clock)
 
 
 def say(chat_id: str, text: str, user: str = "5") -> IncomingMessage:

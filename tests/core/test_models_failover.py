@@ -7,19 +7,17 @@ hung one), real SQLite; the models' monotonic clock is moved by hand.
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core import health
-from core.app import build_runtime
 from core.channel import IncomingMessage
 from core.config import ConfigError, Settings, load_settings
-from core.database import Database
-from core.models import Models
 from core.runtime import Runtime
 from tests.conftest import make_settings
 from tests.core.test_models import Clock, TelegramLike
@@ -48,20 +46,9 @@ def main() -> Iterator[FakeLLM]:
 
 
 @pytest.fixture
-async def runtime_factory(clock: Clock) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[tuple[Database, Models]] = []
-
-    async def factory(settings: Settings) -> Runtime:
-        db = Database(settings.db_path)
-        await db.open()
-        models = Models.from_settings(settings, clock=clock)
-        opened.append((db, models))
-        return build_runtime(settings, db, models.primary, models=models)
-
-    yield factory
-    for db, models in opened:
-        await models.aclose()
-        await db.close()
+def runtime_factory(runtime_factory: Callable[..., Any], clock: Clock) -> Callable[..., Any]:
+    """Runtimes whose models run on the test's clock."""
+    return functools.partial(runtime_factory, clock=clock)
 
 
 def two(

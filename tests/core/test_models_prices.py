@@ -7,19 +7,15 @@ Real fake model servers (real HTTP/SSE), real SQLite.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core import usage
-from core.app import build_runtime
 from core.channel import IncomingMessage
-from core.config import ConfigError, Settings, load_settings
-from core.database import Database
-from core.models import Models
-from core.runtime import Runtime
+from core.config import ConfigError, load_settings
 from tests.conftest import make_settings
 from tests.core.test_models import SECRET, TelegramLike
 from tests.fake_llm import FakeLLM
@@ -29,23 +25,6 @@ from tests.fake_llm import FakeLLM
 def pair() -> Iterator[tuple[FakeLLM, FakeLLM]]:
     with FakeLLM() as main, FakeLLM() as backup:
         yield main, backup
-
-
-@pytest.fixture
-async def runtime_factory() -> AsyncIterator[Callable[..., Any]]:
-    opened: list[tuple[Database, Models]] = []
-
-    async def factory(settings: Settings) -> Runtime:
-        db = Database(settings.db_path)
-        await db.open()
-        models = Models.from_settings(settings)
-        opened.append((db, models))
-        return build_runtime(settings, db, models.primary, models=models)
-
-    yield factory
-    for db, models in opened:
-        await models.aclose()
-        await db.close()
 
 
 async def test_each_profile_is_priced_at_its_own_prices(

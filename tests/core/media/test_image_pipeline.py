@@ -11,7 +11,7 @@ import io
 import json
 import os
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,9 @@ import pytest
 from PIL import Image
 
 from core.api import LocalReply
-from core.app import build_runtime
 from core.channel import IncomingMessage
-from core.config import Settings
-from core.database import Database
 from core.errors import CorruptImage, ImageTooLarge, NotAnImage, NoVisionModel
 from core.media import prepare_image
-from core.models import Models
-from core.runtime import Runtime
 from tests.conftest import make_settings
 from tests.fake_llm import FakeLLM, text_of
 
@@ -52,23 +47,6 @@ def two_profiles(text: FakeLLM, eyes: FakeLLM, *, vision: bool = True) -> str:
             "eyes": {"base_url": eyes.url, "model": "e", "vision": vision},
         }
     )
-
-
-@pytest.fixture
-async def open_runtime(tmp_path: Path) -> AsyncIterator[Any]:
-    opened: list[tuple[Database, Models]] = []
-
-    async def factory(settings: Settings) -> Runtime:
-        db = Database(settings.db_path)
-        await db.open()
-        models = Models.from_settings(settings)
-        opened.append((db, models))
-        return build_runtime(settings, db, models.primary, models=models)
-
-    yield factory
-    for db, models in opened:
-        await models.aclose()
-        await db.close()
 
 
 def photo(chat: str, text: str = "what is this?", data: bytes | None = None) -> IncomingMessage:
@@ -118,13 +96,13 @@ def test_prepare_refuses_a_decompression_bomb() -> None:
 
 
 async def test_an_image_goes_to_the_vision_profile_and_is_stored_0600(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(
         tmp_path, llm_models=two_profiles(text, eyes), llm_default="text", llm_vision_model="eyes"
     )
-    runtime = await open_runtime(settings)
+    runtime = await runtime_factory(settings)
     result = await runtime.chat.handle(photo("local:p"), LocalReply())
     assert result.reply == "from eyes" and result.model == "eyes"
     assert not text.requests  # the text-only default never saw it
@@ -140,13 +118,13 @@ async def test_an_image_goes_to_the_vision_profile_and_is_stored_0600(
 
 
 async def test_only_the_newest_image_turns_are_sent_older_become_text(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(
         tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes", context_max_images=2
     )
-    runtime = await open_runtime(settings)
+    runtime = await runtime_factory(settings)
     for n in range(3):
         await runtime.chat.handle(photo("local:p", f"picture {n}"), LocalReply())
     assert len(eyes.image_urls()) == 2  # pictures 1 and 2: the newest two turns
@@ -157,7 +135,7 @@ async def test_only_the_newest_image_turns_are_sent_older_become_text(
 
 
 async def test_a_follow_up_still_sees_the_picture_then_the_chat_model_answers_again(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(
@@ -166,7 +144,7 @@ async def test_a_follow_up_still_sees_the_picture_then_the_chat_model_answers_ag
         llm_default="text",
         llm_vision_model="eyes",
     )
-    runtime = await open_runtime(settings)
+    runtime = await runtime_factory(settings)
     said = [await runtime.chat.handle(IncomingMessage("local:p", "hi", user_id="5"), LocalReply())]
     said.append(await runtime.chat.handle(photo("local:p", "what is this?"), LocalReply()))
     for words in ("what colour is it?", "thanks, and what is 2+2?"):
@@ -180,13 +158,13 @@ async def test_a_follow_up_still_sees_the_picture_then_the_chat_model_answers_ag
 
 
 async def test_an_image_for_a_text_only_setup_is_refused_and_nothing_is_stored(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(
         tmp_path, llm_models=two_profiles(text, eyes, vision=False), llm_default="text"
     )
-    runtime = await open_runtime(settings)
+    runtime = await runtime_factory(settings)
     with pytest.raises(NoVisionModel) as caught:
         await runtime.chat.handle(photo("local:p"), LocalReply())
     assert caught.value.message.endswith("please describe it in words.")
@@ -196,11 +174,11 @@ async def test_an_image_for_a_text_only_setup_is_refused_and_nothing_is_stored(
 
 
 async def test_a_vision_profile_the_chat_does_not_use_is_named_in_the_refusal(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(tmp_path, llm_models=two_profiles(text, eyes), llm_default="text")
-    runtime = await open_runtime(settings)
+    runtime = await runtime_factory(settings)
     with pytest.raises(NoVisionModel) as caught:
         await runtime.chat.handle(photo("local:p"), LocalReply())
     assert caught.value.message.endswith("Send /model eyes to switch to one that can.")
@@ -211,11 +189,11 @@ async def test_a_vision_profile_the_chat_does_not_use_is_named_in_the_refusal(
 
 
 async def test_a_failed_store_leaves_no_file(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes")
-    runtime = await open_runtime(settings)
+    runtime = await runtime_factory(settings)
 
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise OSError("disk full")
@@ -241,13 +219,13 @@ def test_an_image_as_text_names_its_caption_once() -> None:
 
 
 async def test_no_image_is_taken_when_the_context_sends_none(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(
         tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes", context_max_images=0
     )
-    runtime = await open_runtime(settings)
+    runtime = await runtime_factory(settings)
     with pytest.raises(NoVisionModel) as caught:
         await runtime.chat.handle(photo("local:p"), LocalReply())
     assert caught.value.message.endswith("please describe it in words.")

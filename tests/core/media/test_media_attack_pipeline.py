@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +14,8 @@ import pytest
 from PIL import Image
 
 from core.api import LocalReply
-from core.app import build_runtime
 from core.channel import IncomingMessage
-from core.config import Settings
-from core.database import Database
 from core.media import MediaStore, PreparedImage, StoredImage, image_tokens, prepare_image
-from core.models import Models
 from core.runtime import Runtime
 from tests.conftest import make_settings
 from tests.fake_llm import FakeLLM, text_of
@@ -46,23 +42,6 @@ def profiles(text: FakeLLM, eyes: FakeLLM) -> str:
             "eyes": {"base_url": eyes.url, "model": "e", "vision": True},
         }
     )
-
-
-@pytest.fixture
-async def runtime_for(tmp_path: Path) -> AsyncIterator[Any]:
-    opened: list[tuple[Database, Models]] = []
-
-    async def factory(settings: Settings) -> Runtime:
-        db = Database(settings.db_path)
-        await db.open()
-        models = Models.from_settings(settings)
-        opened.append((db, models))
-        return build_runtime(settings, db, models.primary, models=models)
-
-    yield factory
-    for db, models in opened:
-        await models.aclose()
-        await db.close()
 
 
 def photo(chat: str, text: str = "what is this?", **fields: Any) -> IncomingMessage:
@@ -92,11 +71,11 @@ async def seed_image_turns(runtime: Runtime, chat: str, count: int) -> MediaStor
 
 
 async def test_five_hundred_image_turns_send_only_the_newest_images(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(tmp_path, llm_models=profiles(text, eyes), llm_default="eyes")
-    runtime = await runtime_for(settings)
+    runtime = await runtime_factory(settings)
     await seed_image_turns(runtime, "local:many", 500)
     result = await runtime.chat.handle(said("local:many", "and the last one?"), LocalReply())
     assert result.reply == "from eyes"
@@ -111,7 +90,7 @@ async def test_five_hundred_image_turns_send_only_the_newest_images(
 
 
 async def test_older_image_turns_cost_their_placeholder_not_the_picture(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     # 40 image turns (about 800 tokens each as pictures, a few as text) fit a
     # 6000-token window as text: only the newest is a picture (with the question,
@@ -120,7 +99,7 @@ async def test_older_image_turns_cost_their_placeholder_not_the_picture(
     settings = make_settings(
         tmp_path, llm_models=profiles(text, eyes), llm_default="eyes", context_max_tokens=6000
     )
-    runtime = await runtime_for(settings)
+    runtime = await runtime_factory(settings)
     await seed_image_turns(runtime, "local:w", 40)
     await runtime.chat.handle(said("local:w", "which did I send first?"), LocalReply())
     contents = user_contents(eyes)
@@ -129,13 +108,13 @@ async def test_older_image_turns_cost_their_placeholder_not_the_picture(
 
 
 async def test_an_image_whose_file_is_gone_still_builds_a_prompt(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(
         tmp_path, llm_models=profiles(text, eyes), llm_default="text", llm_vision_model="eyes"
     )
-    runtime = await runtime_for(settings)
+    runtime = await runtime_factory(settings)
     await runtime.chat.handle(photo("local:gone", "my cat"), LocalReply())
     for path in settings.media_dir.rglob("*.jpg"):
         path.unlink()
@@ -145,13 +124,13 @@ async def test_an_image_whose_file_is_gone_still_builds_a_prompt(
 
 
 async def test_retry_of_an_image_turn_shows_the_image_again(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(
         tmp_path, llm_models=profiles(text, eyes), llm_default="text", llm_vision_model="eyes"
     )
-    runtime = await runtime_for(settings)
+    runtime = await runtime_factory(settings)
     first = await runtime.chat.handle(photo("local:r"), LocalReply())
     assert first.model == "eyes"
     eyes.reply = lambda messages: "a red square"
@@ -164,11 +143,11 @@ async def test_retry_of_an_image_turn_shows_the_image_again(
 
 
 async def test_reset_then_an_image_sends_only_the_new_one(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(tmp_path, llm_models=profiles(text, eyes), llm_default="eyes")
-    runtime = await runtime_for(settings)
+    runtime = await runtime_factory(settings)
     await runtime.chat.handle(photo("local:z", "first"), LocalReply())
     await runtime.chat.handle(said("local:z", "/reset"), LocalReply())
     before = len(eyes.requests)
@@ -179,11 +158,11 @@ async def test_reset_then_an_image_sends_only_the_new_one(
 
 
 async def test_a_group_image_names_its_author(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(tmp_path, llm_models=profiles(text, eyes), llm_default="eyes")
-    runtime = await runtime_for(settings)
+    runtime = await runtime_factory(settings)
     msg = photo("tg:-100", "look", is_group=True, display_name="Ann")
     await runtime.chat.handle(msg, LocalReply())
     (content,) = user_contents(eyes)
@@ -193,13 +172,13 @@ async def test_a_group_image_names_its_author(
 
 
 async def test_folded_image_turns_are_remembered_as_images(
-    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
+    tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
     settings = make_settings(
         tmp_path, llm_models=profiles(text, eyes), llm_default="eyes", context_max_messages=4
     )
-    runtime = await runtime_for(settings)
+    runtime = await runtime_factory(settings)
     await runtime.chat.handle(photo("local:f", "What is this? Tell me."), LocalReply())
     for n in range(4):
         await runtime.chat.handle(said("local:f", f"more {n}"), LocalReply())

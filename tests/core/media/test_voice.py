@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from core.api import LocalReply
-from core.app import build_runtime
 from core.channel import IncomingMessage
 from core.config import Settings
-from core.database import Database
 from core.errors import (
     AudioTooLong,
     BadAudio,
@@ -32,9 +30,8 @@ from core.errors import (
 )
 from core.health import health_report
 from core.media import AudioClip
-from core.models import Models
 from core.runtime import Runtime
-from core.stt import SpeechToText, check_audio, upload_name
+from core.stt import check_audio, upload_name
 from tests.conftest import make_settings
 from tests.core.media.audio_files import flac, mp3, ogg_opus, wav
 from tests.fake_llm import FakeLLM, dead_url, text_of
@@ -59,26 +56,6 @@ def voice_settings(tmp_path: Path, llm: FakeLLM, stt_url: str | None, **extra: A
     }
     values.update(extra)
     return make_settings(tmp_path, **values)
-
-
-@pytest.fixture
-async def open_runtime() -> AsyncIterator[Any]:
-    opened: list[tuple[Database, Models, SpeechToText | None]] = []
-
-    async def factory(settings: Settings) -> Runtime:
-        db = Database(settings.db_path)
-        await db.open()
-        models = Models.from_settings(settings)
-        stt = SpeechToText.from_settings(settings, backoff_s=0.01)
-        opened.append((db, models, stt))
-        return build_runtime(settings, db, models.primary, models=models, stt=stt)
-
-    yield factory
-    for db, models, stt in opened:
-        if stt is not None:
-            await stt.aclose()
-        await models.aclose()
-        await db.close()
 
 
 def voice(
@@ -137,10 +114,10 @@ def test_the_file_name_sent_is_safe_and_has_an_extension(
 
 
 async def test_a_voice_note_is_transcribed_shown_stored_and_answered(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     data = ogg_opus(4.0)
     reply = LocalReply()
     result = await runtime.chat.handle(voice(data=data), reply)
@@ -158,10 +135,10 @@ async def test_a_voice_note_is_transcribed_shown_stored_and_answered(
 
 
 async def test_a_caption_comes_first_then_the_transcript(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     # A caption is never a command: "/reset" here is text, and the note is answered.
     result = await runtime.chat.handle(voice(caption="/reset please"), LocalReply())
     assert result.command is None
@@ -170,10 +147,10 @@ async def test_a_caption_comes_first_then_the_transcript(
 
 
 async def test_a_wav_upload_is_sent_with_its_name_and_the_transcription_is_in_usage(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     clip = AudioClip(wav(2.0), filename="memo", mime="audio/wav")
     msg = IncomingMessage("local:v", "", user_id="tg:5", audio=clip)
     await runtime.chat.handle(msg, LocalReply())
@@ -193,10 +170,10 @@ async def test_a_wav_upload_is_sent_with_its_name_and_the_transcription_is_in_us
 
 
 async def test_without_stt_a_voice_note_gets_a_polite_refusal_and_nothing_is_stored(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, _ = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, None))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, None))
     assert runtime.stt is None
     with pytest.raises(VoiceNotEnabled) as caught:
         await runtime.chat.handle(voice(), LocalReply())
@@ -219,12 +196,12 @@ async def test_without_stt_a_voice_note_gets_a_polite_refusal_and_nothing_is_sto
 async def test_a_recording_over_the_limit_is_refused_naming_both_lengths(
     tmp_path: Path,
     servers: tuple[FakeLLM, FakeLLM],
-    open_runtime: Any,
+    runtime_factory: Any,
     clip: AudioClip,
     words: str,
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     msg = IncomingMessage("local:v", "", user_id="tg:5", audio=clip)
     with pytest.raises(AudioTooLong) as caught:
         await runtime.chat.handle(msg, LocalReply())
@@ -239,10 +216,10 @@ async def test_a_recording_over_the_limit_is_refused_naming_both_lengths(
     ids=["not-audio", "cut-wav", "cut-ogg", "empty"],
 )
 async def test_a_file_that_is_not_readable_audio_is_refused_naming_the_formats(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any, data: bytes
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any, data: bytes
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     with pytest.raises(BadAudio) as caught:
         await runtime.chat.handle(voice(data=data), LocalReply())
     assert "OGG/Opus, MP3, M4A, WAV or FLAC" in caught.value.message
@@ -251,10 +228,10 @@ async def test_a_file_that_is_not_readable_audio_is_refused_naming_the_formats(
 
 
 async def test_a_file_over_the_byte_limit_is_refused(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url, max_audio_bytes=4096))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url, max_audio_bytes=4096))
     with pytest.raises(AudioTooLong) as caught:
         await runtime.chat.handle(voice(data=wav(2.0)), LocalReply())
     assert (
@@ -268,10 +245,10 @@ async def test_a_file_over_the_byte_limit_is_refused(
 
 
 async def test_a_failing_server_gets_retries_then_a_polite_reply_and_nothing_is_stored(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     stt.stt_fail_times, stt.stt_fail_status = -1, 500
     with pytest.raises(TranscriptionFailed) as caught:
         await runtime.chat.handle(voice(), LocalReply())
@@ -292,10 +269,10 @@ async def test_a_failing_server_gets_retries_then_a_polite_reply_and_nothing_is_
 
 
 async def test_a_rate_limited_server_is_retried_until_it_answers(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     stt.stt_fail_times, stt.stt_fail_status = 2, 429
     result = await runtime.chat.handle(voice(), LocalReply())
     assert result.transcript == "what is the capital of France"
@@ -303,10 +280,10 @@ async def test_a_rate_limited_server_is_retried_until_it_answers(
 
 
 async def test_an_unreachable_server_is_a_polite_reply(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, _ = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, dead_url()))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, dead_url()))
     with pytest.raises(TranscriptionFailed):
         await runtime.chat.handle(voice(), LocalReply())
     assert await count(runtime) == 0 and not llm.requests
@@ -315,10 +292,10 @@ async def test_an_unreachable_server_is_a_polite_reply(
 
 
 async def test_a_hung_server_times_out_and_the_chat_goes_on(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url, stt_timeout_s=0.5))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url, stt_timeout_s=0.5))
     stt.stt_delay_s = 3.0  # the server holds the request: a read timeout, not an error
     with pytest.raises(TranscriptionFailed) as caught:
         await runtime.chat.handle(voice(), LocalReply())
@@ -331,10 +308,10 @@ async def test_a_hung_server_times_out_and_the_chat_goes_on(
 
 
 async def test_an_empty_transcript_is_a_polite_reply_and_nothing_is_stored(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     stt.transcript = "  \n "
     reply = LocalReply()
     with pytest.raises(NoSpeech) as caught:
@@ -346,11 +323,11 @@ async def test_an_empty_transcript_is_a_polite_reply_and_nothing_is_stored(
 async def test_the_api_key_never_reaches_logs_errors_or_health(
     tmp_path: Path,
     servers: tuple[FakeLLM, FakeLLM],
-    open_runtime: Any,
+    runtime_factory: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     stt.echo_auth = True  # the error body repeats the Authorization header
     stt.stt_fail_times = -1
     caplog.set_level(logging.DEBUG, logger="core")
@@ -367,10 +344,12 @@ async def test_the_api_key_never_reaches_logs_errors_or_health(
 
 
 async def test_a_user_over_budget_is_refused_before_transcription(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url, budget_user_tokens_day=5))
+    runtime = await runtime_factory(
+        voice_settings(tmp_path, llm, stt.url, budget_user_tokens_day=5)
+    )
     await runtime.chat.handle(
         IncomingMessage("local:v", "spend my budget now", user_id="tg:5"), LocalReply()
     )
@@ -380,10 +359,12 @@ async def test_a_user_over_budget_is_refused_before_transcription(
 
 
 async def test_the_rate_limit_counts_voice_notes(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url, rate_limit_user_per_min=1))
+    runtime = await runtime_factory(
+        voice_settings(tmp_path, llm, stt.url, rate_limit_user_per_min=1)
+    )
     await runtime.chat.handle(voice(), LocalReply())
     with pytest.raises(UserRateLimited):
         await runtime.chat.handle(voice(), LocalReply())
@@ -391,10 +372,10 @@ async def test_the_rate_limit_counts_voice_notes(
 
 
 async def test_a_transcription_holds_the_chats_turn(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     stt.stt_delay_s = 0.3
     spoken = asyncio.ensure_future(runtime.chat.handle(voice(), LocalReply()))
     while not stt.stt_requests:  # the voice note's turn is transcribing
@@ -408,10 +389,10 @@ async def test_a_transcription_holds_the_chats_turn(
 
 
 async def test_a_redelivered_voice_note_is_answered_without_transcribing_again(
-    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], open_runtime: Any
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     llm, stt = servers
-    runtime = await open_runtime(voice_settings(tmp_path, llm, stt.url))
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url))
     await runtime.chat.handle(voice(external_id="77"), LocalReply())
     stt.transcript = "something else entirely"
     again = await runtime.chat.handle(voice(external_id="77"), LocalReply())
