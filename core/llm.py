@@ -322,11 +322,7 @@ class LLMClient:
 
     async def _backoff(self, attempt: int, response: httpx.Response | None) -> None:
         self.retries += 1
-        delay = self.backoff_s * (2 ** (attempt - 1))
-        if response is not None:
-            retry_after = response.headers.get("retry-after", "")
-            if retry_after.replace(".", "", 1).isdigit():
-                delay = min(float(retry_after), 30.0)
+        delay = retry_delay(self.backoff_s, attempt, response)
         log.warning("LLM request failed (attempt %d), retrying in %.1f s", attempt, delay)
         await asyncio.sleep(delay)
 
@@ -391,6 +387,16 @@ def llm_from_settings(settings: Settings, **overrides: Any) -> LLMClient:
     }
     options.update(overrides)
     return LLMClient(**options)
+
+
+def retry_delay(backoff_s: float, attempt: int, response: httpx.Response | None) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): doubling from ``backoff_s``, or
+    the server's own ``Retry-After`` (at most 30 s) when it sent one."""
+    if response is not None:
+        retry_after = response.headers.get("retry-after", "")
+        if retry_after.replace(".", "", 1).isdigit():
+            return min(float(retry_after), 30.0)
+    return float(backoff_s * (2 ** (attempt - 1)))
 
 
 def display_url(url: str) -> str:

@@ -32,7 +32,7 @@ from mutagen.wave import WAVE
 from pydantic import SecretStr
 
 from core.errors import AudioTooLong, BadAudio, TranscriptionFailed
-from core.llm import display_url
+from core.llm import display_url, retry_delay
 from core.media import AudioClip
 
 if TYPE_CHECKING:
@@ -321,11 +321,7 @@ class SpeechToText:
 
     async def _backoff(self, attempt: int, response: httpx.Response | None) -> None:
         self.retries += 1
-        delay = self.backoff_s * (2 ** (attempt - 1))
-        if response is not None:
-            retry_after = response.headers.get("retry-after", "")
-            if retry_after.replace(".", "", 1).isdigit():
-                delay = min(float(retry_after), 30.0)
+        delay = retry_delay(self.backoff_s, attempt, response)
         why = f"HTTP {response.status_code}" if response is not None else "not reachable"
         log.warning(
             "transcription at %s: %s (attempt %d), retrying in %.1f s",
