@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.channel import Channel, IncomingMessage, telegram_user
 from core.chat import ChatService, parse_command
-from core.errors import Busy, Draining, MediaError, UserLimitError, VigilError
+from core.errors import Busy, Draining, MediaError, StorageError, UserLimitError, VigilError
 from core.lifecycle import STOP_REASONS
 from core.maintenance_mode import MaintenanceError, fmt_utc
 from core.telegram.channel import REPLY_TO, chat_key
@@ -88,6 +88,11 @@ STOPPING_REPLY = "🔌 I'm going offline for now; I'll answer this when I'm back
 # Said once per message (the ledger settles it answered): the chatter writes again later.
 MAINTENANCE_REPLY = "🛠 I'm down for maintenance {until}; please write to me again then."
 FAILED_REPLY = "⚠️ Something went wrong on my side; the operator can find it in the logs."
+# The disk is full or read-only: nothing of the message was kept.
+STORAGE_REPLY = (
+    "⚠️ I couldn't store your message: my server's storage is full or not writable. "
+    "The operator has been told; please send it again later."
+)
 TOO_LONG_REPLY = "That message is {length} characters; the limit is {limit}."
 REFUSALS_REMEMBERED = 10_000  # (chat, stranger) pairs; the oldest is forgotten first
 
@@ -303,6 +308,9 @@ class TelegramBot:
             await self._say(msg.chat_id, exc.message)
         except Busy as exc:
             await self._say(msg.chat_id, BUSY_REPLY.format(seconds=max(1, round(exc.retry_after))))
+        except StorageError as exc:
+            log.warning("chat %s: turn failed: %s %s", msg.chat_id, exc.code, exc.message)
+            await self._say(msg.chat_id, STORAGE_REPLY)
         except VigilError as exc:
             log.warning("chat %s: turn failed: %s %s", msg.chat_id, exc.code, exc.message)
             await self._say(msg.chat_id, FAILED_REPLY)

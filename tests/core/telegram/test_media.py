@@ -20,7 +20,7 @@ from PIL import Image
 from telethon import errors, types
 
 from core.stt import FAILED_REPLY as STT_FAILED_REPLY
-from core.telegram.bot import MEDIA_REPLY
+from core.telegram.bot import MEDIA_REPLY, STORAGE_REPLY
 from core.telegram.media import UNAVAILABLE_REPLY, VOICE_OFF_REPLY
 from tests.conftest import LiveServer
 from tests.core.media.audio_files import ogg_opus, wav
@@ -168,6 +168,22 @@ def test_an_oversized_image_is_refused_before_it_is_downloaded(
     assert not [c for c in tg.fake.calls if c[0] in ("download_media", "get_messages")]
     assert stored(tg.server) == NOTHING
     assert eyes.requests == []
+
+
+def test_a_photo_that_cannot_be_stored_gets_the_storage_reply(
+    tmp_path: Path, fake_llm: FakeLLM, eyes: FakeLLM, live_server_factory: Any
+) -> None:
+    settings = media_settings(tmp_path, fake_llm, eyes)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.media_dir.write_text("not a directory")  # data/media cannot hold images
+    tg = start_tg(live_server_factory, settings)
+    tg.say("what is this?", chat_id=42, media=tg.fake.photo(png()))
+    assert tg.fake.texts(42) == [STORAGE_REPLY]
+    assert eyes.requests == []
+    db = tg.server.runtime.db
+    assert db.read_now("SELECT count(*) AS n FROM messages")[0]["n"] == 0
+    assert db.read_now("SELECT count(*) AS n FROM message_images")[0]["n"] == 0
+    assert ledger(tg.server) == ["answered"]
 
 
 def test_a_text_only_setup_says_it_cannot_see(
