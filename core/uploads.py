@@ -19,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive
 
 from core.errors import (
     BadRequest,
@@ -53,6 +56,9 @@ FALSE_WORDS = frozenset({"false", "0", "no", "off", ""})
 # body, a decoded image and Pillow's canvas (measured: docs/api.md, "Memory").
 UPLOAD_SLOTS = 2
 UPLOAD_WAIT_S = 10.0
+# python-multipart logs a WARNING for each malformed body it is sent: an outsider's
+# bad input, answered 400 here, is no warning for the operator.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 # The request body in the OpenAPI schema (the route reads it itself).
@@ -207,9 +213,37 @@ async def _read_json(
 # --- multipart -----------------------------------------------------------------------
 
 
+class _CloseWatch:
+    """Whether a multipart body reached its close delimiter (``--BOUNDARY--``).
+
+    python-multipart drops a last part that never ended without a word: a body cut
+    short would be answered without its image (or as "text is required").
+    """
+
+    def __init__(self, receive: Receive, boundary: bytes) -> None:
+        self.receive = receive
+        self.delimiter = b"--" + boundary + b"--"
+        self.closed = False
+        self._tail = b""
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request" and not self.closed:
+            data = self._tail + message.get("body", b"")
+            self.closed = self.delimiter in data
+            self._tail = data[1 - len(self.delimiter) :]
+        return message
+
+
 async def _read_multipart(
     request: Request, settings: Settings, decoding: UploadGate | None
 ) -> MessageForm:
+    watch = None
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if boundary and request.headers["content-type"].lower().startswith("multipart/"):
+        watch = _CloseWatch(request.receive, boundary)
+        request = Request(request.scope, watch)
     try:
         form = await request.form(
             max_files=settings.max_images_per_message + 1,
@@ -220,6 +254,11 @@ async def _read_multipart(
         raise InvalidMultipart(f"the multipart body could not be read: {exc.detail}") from None
     except UnicodeDecodeError:
         raise InvalidMultipart("a form field is not valid UTF-8") from None
+    if watch is not None and not watch.closed:
+        await form.close()
+        raise InvalidMultipart(
+            "the multipart body ended before its closing boundary (an upload cut short?)"
+        )
     try:
         parts: dict[str, list[Any]] = {}
         for key, value in form.multi_items():
