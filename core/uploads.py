@@ -56,6 +56,11 @@ FALSE_WORDS = frozenset({"false", "0", "no", "off", ""})
 # body, a decoded image and Pillow's canvas (measured: docs/api.md, "Memory").
 UPLOAD_SLOTS = 2
 UPLOAD_WAIT_S = 10.0
+# A body that stalls (no byte for UPLOAD_IDLE_S) or takes longer than UPLOAD_READ_S
+# in all is refused (408): two stalled uploads would otherwise hold both slots, and
+# every image upload after them would wait 10 s for a 429, for as long as they stall.
+UPLOAD_IDLE_S = 30.0
+UPLOAD_READ_S = 300.0
 # python-multipart logs a WARNING for each malformed body it is sent: an outsider's
 # bad input, answered 400 here, is no warning for the operator.
 logging.getLogger("python_multipart").setLevel(logging.ERROR)
@@ -121,12 +126,27 @@ class MessageForm:
     audio: AudioClip | None = None
 
 
-class UploadGate:
-    """At most ``slots`` large request bodies read and decoded at a time."""
+class UploadStalled(BadRequest):
+    code = "upload_stalled"
+    status = 408
 
-    def __init__(self, slots: int = UPLOAD_SLOTS, *, wait_s: float = UPLOAD_WAIT_S) -> None:
+
+class UploadGate:
+    """At most ``slots`` large request bodies read and decoded at a time; a body
+    read within ``idle_s`` between chunks and ``read_s`` in all."""
+
+    def __init__(
+        self,
+        slots: int = UPLOAD_SLOTS,
+        *,
+        wait_s: float = UPLOAD_WAIT_S,
+        idle_s: float = UPLOAD_IDLE_S,
+        read_s: float = UPLOAD_READ_S,
+    ) -> None:
         self.slots = slots
         self.wait_s = wait_s
+        self.idle_s = idle_s
+        self.read_s = read_s
         self._free = asyncio.Semaphore(slots)
 
     @contextlib.asynccontextmanager
@@ -158,6 +178,7 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
     # A small body may still carry an image with a large canvas: its decoding
     # takes a slot then (a large body holds one from the start).
     decoding = gate if is_small else None
+    request = Request(request.scope, _Deadline(request.receive, gate.idle_s, gate.read_s))
     async with contextlib.nullcontext() if is_small else gate.slot():
         try:
             if is_json:
@@ -165,6 +186,27 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
             return await _read_multipart(request, settings, decoding)
         except ClientDisconnect:
             raise BadRequest("the client went away while sending the body") from None
+
+
+class _Deadline:
+    """``receive`` that refuses a body stalled for ``idle_s`` or read for over ``read_s``."""
+
+    def __init__(self, receive: Receive, idle_s: float, read_s: float) -> None:
+        self.receive = receive
+        self.idle_s = idle_s
+        self.read_s = read_s
+        self.ends_at = asyncio.get_running_loop().time() + read_s
+
+    async def __call__(self) -> Message:
+        left = self.ends_at - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self.receive(), max(0.0, min(self.idle_s, left)))
+        except TimeoutError:
+            if left <= self.idle_s:
+                why = f"was not all sent within {self.read_s:g} s"
+            else:
+                why = f"stalled: no byte came for {self.idle_s:g} s"
+            raise UploadStalled(f"the request body {why}; send it again") from None
 
 
 # --- JSON ----------------------------------------------------------------------------
