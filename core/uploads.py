@@ -175,11 +175,14 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
         )
     length = request.headers.get("content-length", "")
     is_small = length.isdigit() and int(length) <= max_body_bytes(settings.max_message_chars)
-    # A small body may still carry an image with a large canvas: its decoding
-    # takes a slot then (a large body holds one from the start).
-    decoding = gate if is_small else None
+    # A large JSON body is held in memory while it is read: it holds a slot from the
+    # start. A form's files are spooled to disk past 1 MB, so a form is read without
+    # one (a slow client then holds no slot) and its files are read and decoded under
+    # one; so are the images of a small JSON body (a small file can hold a large canvas).
+    is_held = is_json and not is_small
+    decoding = None if is_held else gate
     request = Request(request.scope, _Deadline(request.receive, gate.idle_s, gate.read_s))
-    async with contextlib.nullcontext() if is_small else gate.slot():
+    async with gate.slot() if is_held else contextlib.nullcontext():
         try:
             if is_json:
                 return await _read_json(request, settings, decoding)
@@ -329,11 +332,13 @@ async def _form_message(
         raise BadRequest("send images or an audio file, not both in one message", field="audio")
     _check_count(len(files), settings)
     images = []
-    async with _slot(decoding, bool(files)):
+    audio = None
+    async with _slot(decoding, bool(files or audio_files)):
         for index, upload in enumerate(files):
             with _naming(index, len(files)):
                 images.append(await _prepare(await _read_image(upload, settings), settings))
-    audio = await _read_audio(audio_files[0]) if audio_files else None
+        if audio_files:
+            audio = await _read_audio(audio_files[0])
     is_stream = stream is not None and stream.strip().lower() in TRUE_WORDS
     return MessageForm(text, user, is_stream, tuple(images), audio)
 

@@ -210,17 +210,23 @@ def test_images_in_a_small_body_are_decoded_under_the_gate_too(tight: LiveServer
 
 
 def stalled_upload(
-    port: int, token: str, chat: str, length: int, trickle_s: float = 0.0
+    port: int,
+    token: str,
+    chat: str,
+    length: int,
+    trickle_s: float = 0.0,
+    kind: str = "application/json",
 ) -> socket.socket:
-    """A large multipart upload whose head and first bytes are sent, then nothing
-    (or one byte every ``trickle_s``): a client stuck on a dead link, or a slow-loris."""
+    """A large upload whose head and first bytes are sent, then nothing (or one
+    byte every ``trickle_s``): a client stuck on a dead link, or a slow-loris."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-    sock.sendall(
+    start = '{"text": "' if kind == "application/json" else "--xx\r\n"
+    head = (
         f"POST /api/chats/{chat}/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Authorization: Bearer {token}\r\n"
-        f"Content-Type: multipart/form-data; boundary=xx\r\nContent-Length: {length}\r\n\r\n"
-        "--xx\r\n".encode()
+        f"Content-Type: {kind}\r\nContent-Length: {length}\r\n\r\n"
     )
+    sock.sendall((head + start).encode())
     if trickle_s:
 
         def trickle() -> None:
@@ -274,3 +280,27 @@ def test_stalled_uploads_are_refused_and_free_their_slots(
     )
     assert response.status_code == 200, response.text
     assert tight.call(lambda rt: rt.db.scalar("SELECT count(*) FROM messages")) == 2
+
+
+@pytest.mark.slow
+def test_slow_multipart_uploads_hold_no_slot(tight: LiveServer, fake_llm: FakeLLM) -> None:
+    """A form is spooled to disk as it comes: however many are slow, an image upload
+    is read at once (it waited 10 s for a 429 behind two)."""
+    kind = "multipart/form-data; boundary=xx"
+    port, length = tight.settings.port, upload_body_bytes(tight.settings)
+    socks = [
+        stalled_upload(port, tight.token, f"slow{i}", length, kind=kind)
+        for i in range(tight.runtime.uploads.slots + 1)
+    ]
+    try:
+        time.sleep(0.5)  # their heads are read, their routes wait for the body
+        response = tight.client.post(
+            "/api/chats/after/messages",
+            files={"image": ("a.png", PNG_SMALL, "image/png")},
+            data={"text": "still here?"},
+        )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["images"]) == 1
+    finally:
+        for sock in socks:
+            sock.close()
