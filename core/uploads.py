@@ -55,6 +55,10 @@ FALSE_WORDS = frozenset({"false", "0", "no", "off", ""})
 # Uploads read and decoded at once; more wait (then 429). Each may hold its
 # body, a decoded image and Pillow's canvas (measured: docs/api.md, "Memory").
 UPLOAD_SLOTS = 2
+# Large forms read (spooled to temporary files, up to the route's body limit each) at
+# once, apart from the slots: a slow upload does not hold a slot, and the temporary
+# disk stays bounded (8 x 56 MB with the defaults).
+FORM_READERS = 8
 UPLOAD_WAIT_S = 10.0
 # A body that stalls (no byte for UPLOAD_IDLE_S) or takes longer than UPLOAD_READ_S
 # in all is refused (408): two stalled uploads would otherwise hold both slots, and
@@ -142,26 +146,36 @@ class UploadGate:
         wait_s: float = UPLOAD_WAIT_S,
         idle_s: float = UPLOAD_IDLE_S,
         read_s: float = UPLOAD_READ_S,
+        readers: int = FORM_READERS,
     ) -> None:
         self.slots = slots
         self.wait_s = wait_s
         self.idle_s = idle_s
         self.read_s = read_s
+        self.readers = readers
         self._free = asyncio.Semaphore(slots)
+        self._reading = asyncio.Semaphore(readers)
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._hold(self._free, self.slots)
+
+    def reader(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the ``readers`` large forms read at once."""
+        return self._hold(self._reading, self.readers)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def _hold(self, semaphore: asyncio.Semaphore, count: int) -> AsyncIterator[None]:
         try:
-            await asyncio.wait_for(self._free.acquire(), self.wait_s)
+            await asyncio.wait_for(semaphore.acquire(), self.wait_s)
         except TimeoutError:
             raise Busy(
-                f"{self.slots} uploads are being read already; send it again shortly",
+                f"{count} uploads are being read already; send it again shortly",
                 retry_after=5,
             ) from None
         try:
             yield
         finally:
-            self._free.release()
+            semaphore.release()
 
 
 async def read_message(request: Request, settings: Settings, gate: UploadGate) -> MessageForm:
@@ -176,13 +190,20 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
     length = request.headers.get("content-length", "")
     is_small = length.isdigit() and int(length) <= max_body_bytes(settings.max_message_chars)
     # A large JSON body is held in memory while it is read: it holds a slot from the
-    # start. A form's files are spooled to disk past 1 MB, so a form is read without
-    # one (a slow client then holds no slot) and its files are read and decoded under
-    # one; so are the images of a small JSON body (a small file can hold a large canvas).
+    # start. A large form's files are spooled to disk past 1 MB: it is read under one
+    # of the (more) readers, so a slow client holds no slot, and its files are read and
+    # decoded under a slot; so are the images of a small JSON body (a small file can
+    # hold a large canvas).
     is_held = is_json and not is_small
     decoding = None if is_held else gate
     request = Request(request.scope, _Deadline(request.receive, gate.idle_s, gate.read_s))
-    async with gate.slot() if is_held else contextlib.nullcontext():
+    if is_held:
+        holding = gate.slot()
+    elif is_small:
+        holding = contextlib.nullcontext()
+    else:
+        holding = gate.reader()
+    async with holding:
         try:
             if is_json:
                 return await _read_json(request, settings, decoding)

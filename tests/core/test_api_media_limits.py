@@ -304,3 +304,27 @@ def test_slow_multipart_uploads_hold_no_slot(tight: LiveServer, fake_llm: FakeLL
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.slow
+def test_large_forms_read_at_once_are_bounded(tight: LiveServer) -> None:
+    """Each spools up to the body limit to disk: beyond ``readers`` of them, 429."""
+    gate = tight.runtime.uploads
+    gate.wait_s = 1.0
+    kind = "multipart/form-data; boundary=xx"
+    port, length = tight.settings.port, upload_body_bytes(tight.settings)
+    socks = [
+        stalled_upload(port, tight.token, f"slow{i}", length, kind=kind)
+        for i in range(gate.readers + 1)
+    ]
+    try:
+        answered = []
+        for sock in socks:
+            sock.settimeout(3)
+            with contextlib.suppress(TimeoutError):
+                answered.append(answer_of(sock))
+        assert [status for status, _ in answered] == [429], answered
+        assert b'"busy"' in answered[0][1]
+    finally:
+        for sock in socks:
+            sock.close()
