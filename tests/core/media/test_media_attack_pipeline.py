@@ -18,6 +18,7 @@ from core.app import build_runtime
 from core.channel import IncomingMessage
 from core.config import Settings
 from core.database import Database
+from core.errors import NoVisionModel
 from core.media import MediaStore, PreparedImage, StoredImage, image_tokens, prepare_image
 from core.models import Models
 from core.runtime import Runtime
@@ -178,9 +179,10 @@ async def test_reset_then_an_image_sends_only_the_new_one(
     assert len(eyes.image_urls()) == len(eyes.image_urls(0)) == 1
 
 
-async def test_no_images_in_the_context_goes_to_the_chat_model_as_text(
+async def test_no_images_in_the_context_refuses_an_image_politely(
     tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_for: Any
 ) -> None:
+    """VIGIL_CONTEXT_MAX_IMAGES=0: no image would reach a model, so none is taken."""
     text, eyes = pair
     settings = make_settings(
         tmp_path,
@@ -190,10 +192,11 @@ async def test_no_images_in_the_context_goes_to_the_chat_model_as_text(
         context_max_images=0,
     )
     runtime = await runtime_for(settings)
-    result = await runtime.chat.handle(photo("local:0", "what is this?"), LocalReply())
-    assert result.reply == "from text" and not eyes.requests
-    assert user_contents(text) == ["[image: what is this?]"]
-    assert await runtime.db.scalar("SELECT count(*) FROM message_images") == 1
+    with pytest.raises(NoVisionModel):
+        await runtime.chat.handle(photo("local:0", "what is this?"), LocalReply())
+    assert not text.requests and not eyes.requests
+    assert await runtime.db.scalar("SELECT count(*) FROM messages") == 0
+    assert await runtime.db.scalar("SELECT count(*) FROM message_images") == 0
 
 
 async def test_a_group_image_names_its_author(
