@@ -19,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive
 
 from core.errors import (
     BadRequest,
@@ -52,7 +55,19 @@ FALSE_WORDS = frozenset({"false", "0", "no", "off", ""})
 # Uploads read and decoded at once; more wait (then 429). Each may hold its
 # body, a decoded image and Pillow's canvas (measured: docs/api.md, "Memory").
 UPLOAD_SLOTS = 2
+# Large forms read (spooled to temporary files, up to the route's body limit each) at
+# once, apart from the slots: a slow upload does not hold a slot, and the temporary
+# disk stays bounded (8 x 56 MB with the defaults).
+FORM_READERS = 8
 UPLOAD_WAIT_S = 10.0
+# A body that stalls (no byte for UPLOAD_IDLE_S) or takes longer than UPLOAD_READ_S
+# in all is refused (408): two stalled uploads would otherwise hold both slots, and
+# every image upload after them would wait 10 s for a 429, for as long as they stall.
+UPLOAD_IDLE_S = 30.0
+UPLOAD_READ_S = 300.0
+# python-multipart logs a WARNING for each malformed body it is sent: an outsider's
+# bad input, answered 400 here, is no warning for the operator.
+logging.getLogger("python_multipart").setLevel(logging.ERROR)
 
 
 # The request body in the OpenAPI schema (the route reads it itself).
@@ -115,27 +130,52 @@ class MessageForm:
     audio: AudioClip | None = None
 
 
-class UploadGate:
-    """At most ``slots`` large request bodies read and decoded at a time."""
+class UploadStalled(BadRequest):
+    code = "upload_stalled"
+    status = 408
 
-    def __init__(self, slots: int = UPLOAD_SLOTS, *, wait_s: float = UPLOAD_WAIT_S) -> None:
+
+class UploadGate:
+    """At most ``slots`` large request bodies read and decoded at a time; a body
+    read within ``idle_s`` between chunks and ``read_s`` in all."""
+
+    def __init__(
+        self,
+        slots: int = UPLOAD_SLOTS,
+        *,
+        wait_s: float = UPLOAD_WAIT_S,
+        idle_s: float = UPLOAD_IDLE_S,
+        read_s: float = UPLOAD_READ_S,
+        readers: int = FORM_READERS,
+    ) -> None:
         self.slots = slots
         self.wait_s = wait_s
+        self.idle_s = idle_s
+        self.read_s = read_s
+        self.readers = readers
         self._free = asyncio.Semaphore(slots)
+        self._reading = asyncio.Semaphore(readers)
+
+    def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
+        return self._hold(self._free, self.slots)
+
+    def reader(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """One of the ``readers`` large forms read at once."""
+        return self._hold(self._reading, self.readers)
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def _hold(self, semaphore: asyncio.Semaphore, count: int) -> AsyncIterator[None]:
         try:
-            await asyncio.wait_for(self._free.acquire(), self.wait_s)
+            await asyncio.wait_for(semaphore.acquire(), self.wait_s)
         except TimeoutError:
             raise Busy(
-                f"{self.slots} uploads are being read already; send it again shortly",
+                f"{count} uploads are being read already; send it again shortly",
                 retry_after=5,
             ) from None
         try:
             yield
         finally:
-            self._free.release()
+            semaphore.release()
 
 
 async def read_message(request: Request, settings: Settings, gate: UploadGate) -> MessageForm:
@@ -149,16 +189,48 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
         )
     length = request.headers.get("content-length", "")
     is_small = length.isdigit() and int(length) <= max_body_bytes(settings.max_message_chars)
-    # A small body may still carry an image with a large canvas: its decoding
-    # takes a slot then (a large body holds one from the start).
-    decoding = gate if is_small else None
-    async with contextlib.nullcontext() if is_small else gate.slot():
+    # A large JSON body is held in memory while it is read: it holds a slot from the
+    # start. A large form's files are spooled to disk past 1 MB: it is read under one
+    # of the (more) readers, so a slow client holds no slot, and its files are read and
+    # decoded under a slot; so are the images of a small JSON body (a small file can
+    # hold a large canvas).
+    is_held = is_json and not is_small
+    decoding = None if is_held else gate
+    request = Request(request.scope, _Deadline(request.receive, gate.idle_s, gate.read_s))
+    if is_held:
+        holding = gate.slot()
+    elif is_small:
+        holding = contextlib.nullcontext()
+    else:
+        holding = gate.reader()
+    async with holding:
         try:
             if is_json:
                 return await _read_json(request, settings, decoding)
             return await _read_multipart(request, settings, decoding)
         except ClientDisconnect:
             raise BadRequest("the client went away while sending the body") from None
+
+
+class _Deadline:
+    """``receive`` that refuses a body stalled for ``idle_s`` or read for over ``read_s``."""
+
+    def __init__(self, receive: Receive, idle_s: float, read_s: float) -> None:
+        self.receive = receive
+        self.idle_s = idle_s
+        self.read_s = read_s
+        self.ends_at = asyncio.get_running_loop().time() + read_s
+
+    async def __call__(self) -> Message:
+        left = self.ends_at - asyncio.get_running_loop().time()
+        try:
+            return await asyncio.wait_for(self.receive(), max(0.0, min(self.idle_s, left)))
+        except TimeoutError:
+            if left <= self.idle_s:
+                why = f"was not all sent within {self.read_s:g} s"
+            else:
+                why = f"stalled: no byte came for {self.idle_s:g} s"
+            raise UploadStalled(f"the request body {why}; send it again") from None
 
 
 # --- JSON ----------------------------------------------------------------------------
@@ -207,9 +279,37 @@ async def _read_json(
 # --- multipart -----------------------------------------------------------------------
 
 
+class _CloseWatch:
+    """Whether a multipart body reached its close delimiter (``--BOUNDARY--``).
+
+    python-multipart drops a last part that never ended without a word: a body cut
+    short would be answered without its image (or as "text is required").
+    """
+
+    def __init__(self, receive: Receive, boundary: bytes) -> None:
+        self.receive = receive
+        self.delimiter = b"--" + boundary + b"--"
+        self.closed = False
+        self._tail = b""
+
+    async def __call__(self) -> Message:
+        message = await self.receive()
+        if message["type"] == "http.request" and not self.closed:
+            data = self._tail + message.get("body", b"")
+            self.closed = self.delimiter in data
+            self._tail = data[1 - len(self.delimiter) :]
+        return message
+
+
 async def _read_multipart(
     request: Request, settings: Settings, decoding: UploadGate | None
 ) -> MessageForm:
+    watch = None
+    _, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if boundary and request.headers["content-type"].lower().startswith("multipart/"):
+        watch = _CloseWatch(request.receive, boundary)
+        request = Request(request.scope, watch)
     try:
         form = await request.form(
             max_files=settings.max_images_per_message + 1,
@@ -220,6 +320,11 @@ async def _read_multipart(
         raise InvalidMultipart(f"the multipart body could not be read: {exc.detail}") from None
     except UnicodeDecodeError:
         raise InvalidMultipart("a form field is not valid UTF-8") from None
+    if watch is not None and not watch.closed:
+        await form.close()
+        raise InvalidMultipart(
+            "the multipart body ended before its closing boundary (an upload cut short?)"
+        )
     try:
         parts: dict[str, list[Any]] = {}
         for key, value in form.multi_items():
@@ -248,11 +353,13 @@ async def _form_message(
         raise BadRequest("send images or an audio file, not both in one message", field="audio")
     _check_count(len(files), settings)
     images = []
-    async with _slot(decoding, bool(files)):
+    audio = None
+    async with _slot(decoding, bool(files or audio_files)):
         for index, upload in enumerate(files):
             with _naming(index, len(files)):
                 images.append(await _prepare(await _read_image(upload, settings), settings))
-    audio = await _read_audio(audio_files[0]) if audio_files else None
+        if audio_files:
+            audio = await _read_audio(audio_files[0])
     is_stream = stream is not None and stream.strip().lower() in TRUE_WORDS
     return MessageForm(text, user, is_stream, tuple(images), audio)
 

@@ -270,6 +270,67 @@ def test_wrong_or_broken_bodies(
     assert stored(eyes) == (0, 0, [])
 
 
+def part(name: str, body: bytes, filename: str = "") -> bytes:
+    extra = f'; filename="{filename}"\r\nContent-Type: image/png' if filename else ""
+    head = f'--xyz\r\nContent-Disposition: form-data; name="{name}"{extra}\r\n\r\n'
+    return head.encode() + body
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        # the image part cut short: its bytes were dropped, the text answered alone
+        part("text", b"what is this?\r\n") + part("image", PNG[:50], "a.png"),
+        # the whole image sent, the close delimiter never came
+        part("text", b"what is this?\r\n") + part("image", PNG + b"\r\n", "a.png"),
+        # the text itself never ended (was: 422 "text: is required")
+        part("text", b"hello"),
+    ],
+    ids=["image-cut", "image-unclosed", "text-unclosed"],
+)
+def test_a_multipart_body_without_its_closing_boundary_is_refused(
+    eyes: LiveServer, fake_llm: FakeLLM, content: bytes
+) -> None:
+    response = eyes.client.post(
+        "/api/chats/cut/messages",
+        content=content,
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert response.status_code == 400, response.text
+    error = error_of(response)
+    assert error["code"] == "invalid_multipart"
+    assert "closing boundary" in error["message"]
+    assert stored(eyes) == (0, 0, [])
+    assert not fake_llm.requests
+
+
+def test_a_closed_multipart_body_with_an_epilogue_is_read(
+    eyes: LiveServer, fake_llm: FakeLLM
+) -> None:
+    content = part("text", b"what?\r\n") + part("image", PNG + b"\r\n", "a.png")
+    content += b"--xyz--\r\nan epilogue, ignored\r\n"
+    response = eyes.client.post(
+        "/api/chats/closed/messages",
+        content=content,
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert response.status_code == 200, response.text
+    assert len(response.json()["images"]) == 1
+    assert len(fake_llm.image_urls()) == 1
+
+
+def test_a_malformed_multipart_body_is_no_warning_in_the_log(
+    eyes: LiveServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    response = eyes.client.post(
+        "/api/chats/raw/messages",
+        content=b"x",
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert response.status_code == 400, response.text
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("python_multipart")] == []
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_an_image_for_a_text_only_setup_is_a_422_before_any_stream(
     live_server: LiveServer, fake_llm: FakeLLM, stream: bool

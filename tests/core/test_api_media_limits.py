@@ -7,10 +7,12 @@ large bodies are in memory at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +31,15 @@ def noise_png(side: int) -> bytes:
     out = io.BytesIO()
     Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
     return out.getvalue()
+
+
+def small_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), "blue").save(out, "PNG")
+    return out.getvalue()
+
+
+PNG_SMALL = small_png()
 
 
 def status_before_body(port: int, path: str, headers: str) -> tuple[int, bytes]:
@@ -196,3 +207,124 @@ def test_images_in_a_small_body_are_decoded_under_the_gate_too(tight: LiveServer
     assert tight.chat("g", "text needs no slot").status_code == 200
     release.set()
     assert tight.client.post("/api/chats/g/messages", files=small).status_code == 200
+
+
+def stalled_upload(
+    port: int,
+    token: str,
+    chat: str,
+    length: int,
+    trickle_s: float = 0.0,
+    kind: str = "application/json",
+) -> socket.socket:
+    """A large upload whose head and first bytes are sent, then nothing (or one
+    byte every ``trickle_s``): a client stuck on a dead link, or a slow-loris."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
+    start = '{"text": "' if kind == "application/json" else "--xx\r\n"
+    head = (
+        f"POST /api/chats/{chat}/messages HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f"Content-Type: {kind}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    sock.sendall((head + start).encode())
+    if trickle_s:
+
+        def trickle() -> None:
+            with contextlib.suppress(OSError):
+                for _ in range(200):
+                    sock.sendall(b"x")
+                    time.sleep(trickle_s)
+
+        threading.Thread(target=trickle, daemon=True).start()
+    return sock
+
+
+def answer_of(sock: socket.socket) -> tuple[int, bytes]:
+    answer = b""
+    while not answer.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)  # times out (15 s) if the server never answers
+        if not chunk:
+            break
+        answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("trickle_s", "words"),
+    [(0.0, b"stalled: no byte came for 1 s"), (0.2, b"was not all sent within 3 s")],
+    ids=["stalled", "trickled"],
+)
+def test_stalled_uploads_are_refused_and_free_their_slots(
+    tight: LiveServer, fake_llm: FakeLLM, trickle_s: float, words: bytes
+) -> None:
+    gate = tight.runtime.uploads
+    gate.idle_s, gate.read_s = 1.0, 3.0
+    port = tight.settings.port
+    socks = [
+        stalled_upload(port, tight.token, f"loris{i}", upload_body_bytes(tight.settings), trickle_s)
+        for i in range(gate.slots)
+    ]
+    try:
+        for sock in socks:
+            status, body = answer_of(sock)
+            assert status == 408, body
+            assert b'"upload_stalled"' in body and words in body
+    finally:
+        for sock in socks:
+            sock.close()
+    # the slots are free again: an image upload is read at once, not 429 busy
+    response = tight.client.post(
+        "/api/chats/after/messages", files={"image": ("a.png", PNG_SMALL, "image/png")}
+    )
+    assert response.status_code == 200, response.text
+    assert tight.call(lambda rt: rt.db.scalar("SELECT count(*) FROM messages")) == 2
+
+
+@pytest.mark.slow
+def test_slow_multipart_uploads_hold_no_slot(tight: LiveServer, fake_llm: FakeLLM) -> None:
+    """A form is spooled to disk as it comes: however many are slow, an image upload
+    is read at once (it waited 10 s for a 429 behind two)."""
+    kind = "multipart/form-data; boundary=xx"
+    port, length = tight.settings.port, upload_body_bytes(tight.settings)
+    socks = [
+        stalled_upload(port, tight.token, f"slow{i}", length, kind=kind)
+        for i in range(tight.runtime.uploads.slots + 1)
+    ]
+    try:
+        time.sleep(0.5)  # their heads are read, their routes wait for the body
+        response = tight.client.post(
+            "/api/chats/after/messages",
+            files={"image": ("a.png", PNG_SMALL, "image/png")},
+            data={"text": "still here?"},
+        )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["images"]) == 1
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_large_forms_read_at_once_are_bounded(tight: LiveServer) -> None:
+    """Each spools up to the body limit to disk: beyond ``readers`` of them, 429."""
+    gate = tight.runtime.uploads
+    gate.wait_s = 1.0
+    kind = "multipart/form-data; boundary=xx"
+    port, length = tight.settings.port, upload_body_bytes(tight.settings)
+    socks = [
+        stalled_upload(port, tight.token, f"slow{i}", length, kind=kind)
+        for i in range(gate.readers + 1)
+    ]
+    try:
+        answered = []
+        for sock in socks:
+            sock.settimeout(3)
+            with contextlib.suppress(TimeoutError):
+                answered.append(answer_of(sock))
+        assert [status for status, _ in answered] == [429], answered
+        assert b'"busy"' in answered[0][1]
+    finally:
+        for sock in socks:
+            sock.close()
