@@ -15,7 +15,9 @@ import asyncio
 import io
 import json
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -138,6 +140,11 @@ FAILED_REPLY = (
     "I couldn't transcribe that voice note right now; the operator has been told. "
     "Please try again in a minute, or write your message."
 )
+# A server known down is re-probed in the background at most this often.
+REPROBE_GAP_S = 2.0
+# A server that let a transcription time out is skipped this long (its probe may
+# answer while its transcriptions hang: the probe alone does not bring it back).
+TIMEOUT_HOLD_S = 30.0
 EXTENSIONS = {
     "audio/ogg": ".ogg",
     "audio/opus": ".ogg",
@@ -191,6 +198,7 @@ class SpeechToText:
         max_seconds: float = 300.0,
         max_bytes: int = 25 * 1_048_576,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.display_url = display_url(self.base_url)
@@ -214,6 +222,16 @@ class SpeechToText:
         self.requests = 0
         self.failures = 0
         self.retries = 0
+        self.skipped = 0  # voice notes refused at once while the server is known down
+        # The server is known down until this (monotonic) time: unreachable (a
+        # failed connection or probe) until a probe reaches it; no answer in time
+        # (reachable, but hung or swamped) for TIMEOUT_HOLD_S. Meanwhile voice
+        # notes are told at once instead of each waiting VIGIL_STT_TIMEOUT_S, and
+        # a background re-probe (one at a time, every REPROBE_GAP_S) finds it back.
+        self.clock = clock
+        self._down_until = 0.0
+        self._probe: asyncio.Task[STTStatus] | None = None
+        self._probed_at = -math.inf
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> SpeechToText | None:
@@ -232,7 +250,14 @@ class SpeechToText:
         options.update(overrides)
         return cls(**options)
 
+    @property
+    def down(self) -> bool:
+        """Known down: voice notes are refused at once (see ``_down_until``)."""
+        return self.clock() < self._down_until
+
     async def aclose(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
         await self._client.aclose()
 
     def check(self, clip: AudioClip) -> float:
@@ -242,6 +267,11 @@ class SpeechToText:
     async def transcribe(self, clip: AudioClip) -> Transcript:
         """The clip's text (stripped; may be empty); raises TranscriptionFailed."""
         started = time.monotonic()
+        if self.down:
+            self._reprobe()
+            self.skipped += 1
+            log.info("transcription at %s skipped: the server is known down", self.display_url)
+            raise TranscriptionFailed(FAILED_REPLY, url=self.display_url, reason="known down")
         self.requests += 1
         attempt = 0
         while True:
@@ -253,9 +283,11 @@ class SpeechToText:
                     attempt += 1
                     await self._backoff(attempt, None)
                     continue
+                self._down_until = math.inf  # until a probe reaches it
                 raise self._failed("unreachable", _reason(exc), started) from exc
             except (httpx.TimeoutException, TimeoutError) as exc:
                 detail = f"no answer within {self.timeout_s:g} s (VIGIL_STT_TIMEOUT_S)"
+                self._down_until = self.clock() + TIMEOUT_HOLD_S
                 raise self._failed("error", detail, started) from exc
             except httpx.HTTPError as exc:
                 raise self._failed("error", _reason(exc), started) from exc
@@ -266,7 +298,18 @@ class SpeechToText:
             text = self._text_of(response, started)
             elapsed = time.monotonic() - started
             self.status = STTStatus("ok", "", time.time(), round(elapsed * 1000, 1))
+            self._down_until = 0.0
             return Transcript(text, elapsed)
+
+    def _reprobe(self) -> None:
+        """One background probe at a time, at most every REPROBE_GAP_S."""
+        if self._probe is not None and not self._probe.done():
+            return
+        now = self.clock()
+        if now - self._probed_at < REPROBE_GAP_S:
+            return
+        self._probed_at = now
+        self._probe = asyncio.ensure_future(self.probe())
 
     async def _post(self, clip: AudioClip) -> httpx.Response:
         files = {"file": (upload_name(clip), clip.data, clip.mime or "application/octet-stream")}
@@ -341,6 +384,7 @@ class SpeechToText:
             response = await self._client.get(f"{self.base_url}/models", timeout=timeout_s)
         except httpx.HTTPError as exc:
             self.status = STTStatus("unreachable", _reason(exc), time.time(), None, "stt_probe")
+            self._down_until = math.inf
             return self.status
         if response.status_code in (401, 403):
             detail = f"HTTP {response.status_code}: the API key was rejected; set VIGIL_STT_API_KEY"
@@ -351,6 +395,8 @@ class SpeechToText:
         else:
             latency = round((time.monotonic() - started) * 1000, 1)
             self.status = STTStatus("ok", "", time.time(), latency)
+            if self._down_until == math.inf:  # reachable again; a hung one keeps its hold
+                self._down_until = 0.0
         return self.status
 
     def health(self) -> dict[str, Any]:
@@ -364,6 +410,8 @@ class SpeechToText:
             "code": status.code or None,
             "checked_at": status.checked_at or None,
             "latency_ms": status.latency_ms,
+            "down": self.down,  # voice notes are refused at once until it answers
+            "skipped": self.skipped,
         }
 
 

@@ -31,7 +31,8 @@ from core.errors import (
 from core.health import health_report
 from core.media import AudioClip
 from core.runtime import Runtime
-from core.stt import check_audio, upload_name
+from core.stt import FAILED_REPLY as STT_FAILED_REPLY
+from core.stt import TIMEOUT_HOLD_S, check_audio, upload_name
 from tests.conftest import make_settings
 from tests.core.media.audio_files import flac, mp3, ogg_opus, wav
 from tests.fake_llm import FakeLLM, dead_url, text_of
@@ -305,6 +306,52 @@ async def test_a_hung_server_times_out_and_the_chat_goes_on(
     text = IncomingMessage("local:v", "hi", user_id="tg:5")
     result = await runtime.chat.handle(text, LocalReply())
     assert result.reply == "echo: hi"  # the chat's turn lock was released
+
+
+async def test_a_hung_server_is_skipped_at_once_for_a_while_then_tried_again(
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
+) -> None:
+    llm, stt = servers
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, stt.url, stt_timeout_s=0.5))
+    client = runtime.chat.stt
+    now = [1000.0]
+    client.clock = lambda: now[0]
+    stt.stt_delay_s = 3.0  # hung: the first voice note waits VIGIL_STT_TIMEOUT_S once
+    with pytest.raises(TranscriptionFailed):
+        await runtime.chat.handle(voice(), LocalReply())
+    assert len(stt.stt_requests) == 1 and client.down
+    with pytest.raises(TranscriptionFailed) as caught:  # the next one is told at once
+        await runtime.chat.handle(voice(), LocalReply())
+    assert caught.value.fields["reason"] == "known down"
+    assert caught.value.message == STT_FAILED_REPLY
+    assert len(stt.stt_requests) == 1  # nothing sent to the hung server
+    await client.probe()  # its /models answers; its transcriptions still hang
+    stt_check = (await health_report(runtime))["checks"]["stt"]
+    assert stt_check["down"] is True and stt_check["skipped"] == 1
+    assert await count(runtime) == 0
+    now[0] += TIMEOUT_HOLD_S + 1  # the hold is over: the next voice note tries again
+    stt.stt_delay_s = 0.0
+    result = await runtime.chat.handle(voice(), LocalReply())
+    assert result.transcript == "what is the capital of France" and not client.down
+
+
+async def test_an_unreachable_server_is_skipped_until_a_probe_reaches_it(
+    tmp_path: Path, servers: tuple[FakeLLM, FakeLLM], runtime_factory: Any
+) -> None:
+    llm, stt = servers
+    runtime = await runtime_factory(voice_settings(tmp_path, llm, dead_url()))
+    client = runtime.chat.stt
+    with pytest.raises(TranscriptionFailed):
+        await runtime.chat.handle(voice(), LocalReply())
+    tried = client.requests
+    with pytest.raises(TranscriptionFailed) as caught:
+        await runtime.chat.handle(voice(), LocalReply())
+    assert caught.value.fields["reason"] == "known down" and client.requests == tried
+    client.base_url = stt.url  # the server is back where it was looked for
+    await client.probe()
+    assert not client.down
+    result = await runtime.chat.handle(voice(), LocalReply())
+    assert result.transcript == "what is the capital of France"
 
 
 async def test_an_empty_transcript_is_a_polite_reply_and_nothing_is_stored(
