@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,36 +21,8 @@ from core.channel import IncomingMessage
 from core.errors import CorruptImage, ImageTooLarge, NotAnImage, NoVisionModel
 from core.media import prepare_image
 from tests.conftest import make_settings
+from tests.core.media.images import photo, png, two_profiles
 from tests.fake_llm import FakeLLM, text_of
-
-
-def png(width: int = 800, height: int = 600, color: str = "red", mode: str = "RGB") -> bytes:
-    out = io.BytesIO()
-    Image.new(mode, (width, height), color).save(out, "PNG")
-    return out.getvalue()
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[FakeLLM, FakeLLM]]:
-    with FakeLLM() as text, FakeLLM() as eyes:
-        text.reply = lambda messages: "from text"
-        eyes.reply = lambda messages: "from eyes"
-        yield text, eyes
-
-
-def two_profiles(text: FakeLLM, eyes: FakeLLM, *, vision: bool = True) -> str:
-    return json.dumps(
-        {
-            "text": {"base_url": text.url, "model": "t"},
-            "eyes": {"base_url": eyes.url, "model": "e", "vision": vision},
-        }
-    )
-
-
-def photo(chat: str, text: str = "what is this?", data: bytes | None = None) -> IncomingMessage:
-    image = prepare_image(data or png(), max_bytes=10_000_000, max_side=1568)
-    return IncomingMessage(chat, text, user_id="5", images=(image,))
-
 
 # --- prepare_image -------------------------------------------------------------------
 

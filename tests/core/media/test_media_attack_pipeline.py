@@ -4,48 +4,16 @@ turns folded into the summary. Real Pillow, SQLite and fake model servers."""
 
 from __future__ import annotations
 
-import io
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from PIL import Image
-
 from core.api import LocalReply
 from core.channel import IncomingMessage
-from core.media import MediaStore, PreparedImage, StoredImage, image_tokens, prepare_image
+from core.media import MediaStore, StoredImage, image_tokens
 from core.runtime import Runtime
 from tests.conftest import make_settings
+from tests.core.media.images import photo, picture, png, two_profiles
 from tests.fake_llm import FakeLLM, text_of
-
-
-def picture(color: str = "red") -> PreparedImage:
-    out = io.BytesIO()
-    Image.new("RGB", (800, 600), color).save(out, "PNG")
-    return prepare_image(out.getvalue(), max_bytes=10_000_000, max_side=1568)
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[FakeLLM, FakeLLM]]:
-    with FakeLLM() as text, FakeLLM() as eyes:
-        text.reply = lambda messages: "from text"
-        eyes.reply = lambda messages: "from eyes"
-        yield text, eyes
-
-
-def profiles(text: FakeLLM, eyes: FakeLLM) -> str:
-    return json.dumps(
-        {
-            "text": {"base_url": text.url, "model": "t"},
-            "eyes": {"base_url": eyes.url, "model": "e", "vision": True},
-        }
-    )
-
-
-def photo(chat: str, text: str = "what is this?", **fields: Any) -> IncomingMessage:
-    return IncomingMessage(chat, text, user_id="5", images=(picture(),), **fields)
 
 
 def said(chat: str, text: str) -> IncomingMessage:
@@ -59,7 +27,7 @@ def user_contents(llm: FakeLLM) -> list[Any]:
 async def seed_image_turns(runtime: Runtime, chat: str, count: int) -> MediaStore:
     media = runtime.chat.media
     assert media is not None
-    prepared = picture("blue")
+    prepared = picture(png(color="blue"))
     for n in range(count):
         path = media.save(chat, prepared)
         caption = f"photo {n}"
@@ -74,7 +42,7 @@ async def test_five_hundred_image_turns_send_only_the_newest_images(
     tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
-    settings = make_settings(tmp_path, llm_models=profiles(text, eyes), llm_default="eyes")
+    settings = make_settings(tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes")
     runtime = await runtime_factory(settings)
     await seed_image_turns(runtime, "local:many", 500)
     result = await runtime.chat.handle(said("local:many", "and the last one?"), LocalReply())
@@ -97,7 +65,7 @@ async def test_older_image_turns_cost_their_placeholder_not_the_picture(
     # the two newest turns).
     text, eyes = pair
     settings = make_settings(
-        tmp_path, llm_models=profiles(text, eyes), llm_default="eyes", context_max_tokens=6000
+        tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes", context_max_tokens=6000
     )
     runtime = await runtime_factory(settings)
     await seed_image_turns(runtime, "local:w", 40)
@@ -112,7 +80,7 @@ async def test_an_image_whose_file_is_gone_still_builds_a_prompt(
 ) -> None:
     text, eyes = pair
     settings = make_settings(
-        tmp_path, llm_models=profiles(text, eyes), llm_default="text", llm_vision_model="eyes"
+        tmp_path, llm_models=two_profiles(text, eyes), llm_default="text", llm_vision_model="eyes"
     )
     runtime = await runtime_factory(settings)
     await runtime.chat.handle(photo("local:gone", "my cat"), LocalReply())
@@ -128,7 +96,7 @@ async def test_retry_of_an_image_turn_shows_the_image_again(
 ) -> None:
     text, eyes = pair
     settings = make_settings(
-        tmp_path, llm_models=profiles(text, eyes), llm_default="text", llm_vision_model="eyes"
+        tmp_path, llm_models=two_profiles(text, eyes), llm_default="text", llm_vision_model="eyes"
     )
     runtime = await runtime_factory(settings)
     first = await runtime.chat.handle(photo("local:r"), LocalReply())
@@ -146,7 +114,7 @@ async def test_reset_then_an_image_sends_only_the_new_one(
     tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
-    settings = make_settings(tmp_path, llm_models=profiles(text, eyes), llm_default="eyes")
+    settings = make_settings(tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes")
     runtime = await runtime_factory(settings)
     await runtime.chat.handle(photo("local:z", "first"), LocalReply())
     await runtime.chat.handle(said("local:z", "/reset"), LocalReply())
@@ -161,7 +129,7 @@ async def test_a_group_image_names_its_author(
     tmp_path: Path, pair: tuple[FakeLLM, FakeLLM], runtime_factory: Any
 ) -> None:
     text, eyes = pair
-    settings = make_settings(tmp_path, llm_models=profiles(text, eyes), llm_default="eyes")
+    settings = make_settings(tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes")
     runtime = await runtime_factory(settings)
     msg = photo("tg:-100", "look", is_group=True, display_name="Ann")
     await runtime.chat.handle(msg, LocalReply())
@@ -176,7 +144,7 @@ async def test_folded_image_turns_are_remembered_as_images(
 ) -> None:
     text, eyes = pair
     settings = make_settings(
-        tmp_path, llm_models=profiles(text, eyes), llm_default="eyes", context_max_messages=4
+        tmp_path, llm_models=two_profiles(text, eyes), llm_default="eyes", context_max_messages=4
     )
     runtime = await runtime_factory(settings)
     await runtime.chat.handle(photo("local:f", "What is this? Tell me."), LocalReply())
