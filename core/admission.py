@@ -27,6 +27,9 @@ class Admission:
         self.throttle_retry_after = 5.0
         self.throttle_reason = ""
         self.draining = False
+        # Set when draining starts: whatever waits on a client (a request body
+        # still being sent) stops waiting and is told to come back.
+        self.drain_started = asyncio.Event()
         self.drain_reason = ""
         self.drain_retry_after = 30.0
         self.maintenance: MaintenanceWindow | None = None
@@ -43,6 +46,7 @@ class Admission:
 
     def start_draining(self, *, reason: str, retry_after: float = 30.0) -> None:
         self.draining, self.drain_reason, self.drain_retry_after = True, reason, retry_after
+        self.drain_started.set()
 
     def check(self) -> None:
         """Raise Draining, MaintenanceError or Busy when a new turn must not start now."""

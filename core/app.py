@@ -158,6 +158,7 @@ def build_runtime(
         stt=stt,
     )
     chat.usage.counters = runtime.counters
+    runtime.uploads.admission = admission  # a body still coming when draining: 503 at once
     return runtime
 
 

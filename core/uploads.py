@@ -35,6 +35,7 @@ from starlette.types import Message, Receive
 from core.errors import (
     BadRequest,
     Busy,
+    Draining,
     ImageTooLarge,
     InvalidMultipart,
     MediaError,
@@ -45,6 +46,7 @@ from core.http import FASTAPI_BODY_PARSE_ERROR, max_body_bytes
 from core.media import AudioClip, PreparedImage, decode_data_url, prepare_image_async
 
 if TYPE_CHECKING:
+    from core.admission import Admission
     from core.config import Settings
 
 FORM_FIELDS = ("text", "image", "audio", "user", "stream")
@@ -155,6 +157,10 @@ class UploadGate:
         self.readers = readers
         self._free = asyncio.Semaphore(slots)
         self._reading = asyncio.Semaphore(readers)
+        # The server's Admission (set by build_runtime): a body still being sent
+        # when draining starts is answered 503 at once, instead of being cancelled
+        # (with a traceback per upload) when the server stops.
+        self.admission: Admission | None = None
 
     def slot(self) -> contextlib.AbstractAsyncContextManager[None]:
         return self._hold(self._free, self.slots)
@@ -196,7 +202,7 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
     # hold a large canvas).
     is_held = is_json and not is_small
     decoding = None if is_held else gate
-    request = Request(request.scope, _Deadline(request.receive, gate.idle_s, gate.read_s))
+    request = Request(request.scope, _Deadline(request.receive, gate))
     if is_held:
         holding = gate.slot()
     elif is_small:
@@ -213,24 +219,55 @@ async def read_message(request: Request, settings: Settings, gate: UploadGate) -
 
 
 class _Deadline:
-    """``receive`` that refuses a body stalled for ``idle_s`` or read for over ``read_s``."""
+    """``receive`` that refuses a body stalled for ``idle_s`` or read for over ``read_s``,
+    and one still being sent when the server starts draining."""
 
-    def __init__(self, receive: Receive, idle_s: float, read_s: float) -> None:
+    def __init__(self, receive: Receive, gate: UploadGate) -> None:
         self.receive = receive
-        self.idle_s = idle_s
-        self.read_s = read_s
-        self.ends_at = asyncio.get_running_loop().time() + read_s
+        self.gate = gate
+        self.ends_at = asyncio.get_running_loop().time() + gate.read_s
 
     async def __call__(self) -> Message:
+        gate = self.gate
         left = self.ends_at - asyncio.get_running_loop().time()
+        limit = max(0.0, min(gate.idle_s, left))
+        admission = gate.admission
+        if admission is None:
+            try:
+                return await asyncio.wait_for(self.receive(), limit)
+            except TimeoutError:
+                raise self._stalled(left) from None
+        if admission.drain_started.is_set():
+            raise _restarting(admission)
+        received = asyncio.ensure_future(self.receive())
+        stopping = asyncio.ensure_future(admission.drain_started.wait())
         try:
-            return await asyncio.wait_for(self.receive(), max(0.0, min(self.idle_s, left)))
-        except TimeoutError:
-            if left <= self.idle_s:
-                why = f"was not all sent within {self.read_s:g} s"
-            else:
-                why = f"stalled: no byte came for {self.idle_s:g} s"
-            raise UploadStalled(f"the request body {why}; send it again") from None
+            done, _ = await asyncio.wait(
+                {received, stopping}, timeout=limit, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopping.cancel()
+        if received in done:
+            return received.result()
+        received.cancel()
+        if stopping in done:
+            raise _restarting(admission)
+        raise self._stalled(left)
+
+    def _stalled(self, left: float) -> UploadStalled:
+        if left <= self.gate.idle_s:
+            why = f"was not all sent within {self.gate.read_s:g} s"
+        else:
+            why = f"stalled: no byte came for {self.gate.idle_s:g} s"
+        return UploadStalled(f"the request body {why}; send it again")
+
+
+def _restarting(admission: Admission) -> Draining:
+    return Draining(
+        "Vigil is restarting: the upload was not finished; send it again in a moment",
+        retry_after=admission.drain_retry_after,
+        reason=admission.drain_reason,
+    )
 
 
 # --- JSON ----------------------------------------------------------------------------

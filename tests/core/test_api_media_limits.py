@@ -21,6 +21,7 @@ from PIL import Image
 
 from core.errors import Busy
 from core.http import max_body_bytes, upload_body_bytes
+from core.runtime import Runtime
 from core.uploads import UploadGate
 from tests.conftest import LiveServer, make_settings
 from tests.core.test_api_errors import error_of
@@ -328,3 +329,31 @@ def test_large_forms_read_at_once_are_bounded(tight: LiveServer) -> None:
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.slow
+def test_uploads_still_coming_when_draining_starts_are_told_to_come_back(
+    tight: LiveServer, fake_llm: FakeLLM
+) -> None:
+    """Not left to be cancelled (a traceback each) when the server stops: a 503 at once."""
+    port, length = tight.settings.port, upload_body_bytes(tight.settings)
+    socks = [
+        stalled_upload(port, tight.token, "j", length),
+        stalled_upload(port, tight.token, "m", length, kind="multipart/form-data; boundary=xx"),
+    ]
+    try:
+        time.sleep(0.5)  # their heads are read; their bodies never come (idle limit: 30 s)
+
+        async def drain(runtime: Runtime) -> None:
+            runtime.admission.start_draining(reason="restart", retry_after=7)
+
+        tight.call(drain)
+        for sock in socks:
+            status, body = answer_of(sock)  # 15 s socket timeout: long before the idle limit
+            assert status == 503, body
+            assert b'"restarting"' in body and b"send it again" in body
+            assert b'"retry_after":7' in body.replace(b" ", b"")
+    finally:
+        for sock in socks:
+            sock.close()
+    assert tight.call(lambda rt: rt.db.scalar("SELECT count(*) FROM messages")) == 0
