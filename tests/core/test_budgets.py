@@ -15,15 +15,14 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from core.api import LocalReply
-from core.app import build_runtime
 from core.budgets import Budgets, Periods, RateLimiter, parse_user
 from core.channel import IncomingMessage, api_user
 from core.chat import IDLE_RESET_NOTE, ChatService
 from core.config import ConfigError, load_settings
 from core.database import Database
 from core.errors import BudgetExceeded, UserRateLimited
-from core.llm import LLMClient
 from tests.conftest import LiveServer, make_settings
+from tests.core.conftest import RuntimeFactory
 from tests.fake_llm import FakeLLM
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -41,16 +40,15 @@ class Clock:
 
 
 @pytest.fixture
-async def service(tmp_path: Path, fake_llm: FakeLLM) -> AsyncIterator[ChatService]:
-    settings = make_settings(tmp_path, llm_base_url=fake_llm.url, llm_concurrency=1)
-    db = Database(settings.db_path)
-    await db.open()
-    llm = LLMClient(base_url=fake_llm.url, model="fake", timeout_s=5)
-    runtime = build_runtime(settings, db, llm)
+async def service(
+    tmp_path: Path, fake_llm: FakeLLM, runtime_factory: RuntimeFactory
+) -> AsyncIterator[ChatService]:
+    settings = make_settings(
+        tmp_path, llm_base_url=fake_llm.url, llm_model="fake", llm_concurrency=1
+    )
+    runtime = await runtime_factory(settings)
     yield runtime.chat
     await runtime.chat.drain_background()
-    await llm.aclose()
-    await db.close()
 
 
 async def spend(db: Database, user: str, at: dt.datetime, tokens: int) -> None:
